@@ -1,0 +1,243 @@
+"""The sparse-delta layer: a wrapped ``nn.Linear`` plus per-entry deltas at selected indices.
+
+Per adapter the layer holds ``fishertune_values`` (trainable, one value per allocated entry),
+``fishertune_indices`` (flat indices into the weight, in global-rank order), ``fishertune_ranks``
+(their global ranks) and ``fishertune_shape`` (the weight shape they were made for), all keyed
+by adapter name. The active entries are always a prefix of the allocated ones, so switching the
+active fraction is an integer per layer; the dense weight ``W + delta`` exists only transiently
+inside forward and backward.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return weight.dtype
+
+
+class _SparseDeltaLinear(torch.autograd.Function):
+    """``y = x (W + scatter(idx, v))^T + b`` without keeping a dense weight copy for backward.
+
+    Backward recomputes the effective weight for ``dL/dx`` and forms the dense ``dL/dW`` only to
+    gather it at ``idx``; both dense tensors die inside backward. Autocast is resolved in forward
+    and replayed in backward, so bf16/fp16 training behaves like ``nn.Linear`` under autocast.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, values, idx):
+        dtype = _compute_dtype(x, weight)
+        w_eff = weight.detach().reshape(-1).index_add(0, idx, values.detach().to(weight.dtype)).view_as(weight)
+        xc = x.detach().to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.linear(xc, w_eff.to(dtype), None if bias is None else bias.detach().to(dtype))
+        need_x, need_w, need_b, need_v = ctx.needs_input_grad[:4]
+        ctx.x_dtype, ctx.dtype, ctx.w_dtype, ctx.v_dtype = x.dtype, dtype, weight.dtype, values.dtype
+        ctx.b_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(
+            xc if (need_w or need_v) else None,
+            weight if need_x else None,
+            values if need_x else None,
+            idx,
+        )
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xc, weight, values, idx = ctx.saved_tensors
+        need_x, need_w, need_b, need_v = ctx.needs_input_grad[:4]
+        grad_out = grad_out.to(ctx.dtype)
+        gx = gw = gb = gv = None
+        if need_x:
+            w_eff = weight.reshape(-1).index_add(0, idx, values.to(weight.dtype)).view_as(weight)
+            gx = (grad_out @ w_eff.to(ctx.dtype)).to(ctx.x_dtype)
+        if need_w or need_v:
+            go2 = grad_out.reshape(-1, grad_out.shape[-1])
+            dense = go2.t() @ xc.reshape(-1, xc.shape[-1])
+            if need_v:
+                gv = dense.reshape(-1).index_select(0, idx).to(ctx.v_dtype)
+            if need_w:
+                gw = dense.to(ctx.w_dtype)
+        if need_b and ctx.b_dtype is not None:
+            gb = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.b_dtype)
+        return gx, gw, gb, gv, None
+
+
+class FisherTuneLayer(BaseTunerLayer):
+    """State and bookkeeping of the sparse deltas; see the module docstring."""
+
+    adapter_layer_names = ("fishertune_values",)
+    other_param_names = ("fishertune_indices", "fishertune_ranks", "fishertune_shape", "fishertune_active")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.fishertune_values = nn.ParameterDict({})
+        self.fishertune_indices = BufferDict({}, persistent=True)
+        self.fishertune_ranks = BufferDict({}, persistent=True)
+        self.fishertune_shape = BufferDict({}, persistent=True)
+        self.fishertune_active: dict[str, int] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        base = self.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(
+                f"FisherTune wraps torch.nn.Linear layers only, got {type(base).__name__}; "
+                "remove this module from `target_modules`."
+            )
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.kwargs = kwargs
+
+    # -- allocation -------------------------------------------------------------------------
+    def update_layer(self, adapter_name: str, inference_mode: bool = False, **kwargs: Any) -> None:
+        """Register ``adapter_name`` on this layer with no allocated entry yet (see ``allocate``)."""
+        self.fishertune_active[adapter_name] = 0
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def allocate(
+        self,
+        adapter_name: str,
+        indices: torch.Tensor,
+        ranks: torch.Tensor,
+        init_weights: bool = True,
+        shape: Optional[torch.Size] = None,
+    ) -> None:
+        """Allocate ``indices`` (global-rank order) with zero deltas, all of them active.
+
+        The tuner narrows the active prefix with ``set_active_rank`` (Eq. 16). A layer that gets
+        no entry keeps no trainable tensor for this adapter at all.
+        """
+        weight = self.get_base_layer().weight
+        expected = tuple(weight.shape)
+        if shape is not None and tuple(int(s) for s in shape) != expected:
+            raise ValueError(
+                f"The FisherTune adapter '{adapter_name}' was made for a weight of shape {tuple(int(s) for s in shape)} "
+                f"but this layer's weight has shape {expected}: the adapter belongs to another model."
+            )
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= weight.numel()):
+            raise ValueError(
+                f"FisherTune indices of adapter '{adapter_name}' fall outside this layer's weight of shape "
+                f"{expected}: the adapter belongs to another model."
+            )
+        if indices.numel() != ranks.numel():
+            raise ValueError("fishertune_indices and fishertune_ranks must have the same length.")
+        for store in (self.fishertune_values, self.fishertune_indices, self.fishertune_ranks, self.fishertune_shape):
+            if adapter_name in store:
+                del store[adapter_name]
+        self.fishertune_active[adapter_name] = 0
+        if indices.numel() == 0:
+            return
+        device = weight.device
+        self.fishertune_indices[adapter_name] = indices.to(device=device, dtype=torch.long)
+        self.fishertune_ranks[adapter_name] = ranks.to(device=device, dtype=torch.long)
+        self.fishertune_shape[adapter_name] = torch.tensor(expected, dtype=torch.long, device=device)
+        init = torch.zeros(indices.numel(), device=device)
+        if not init_weights:
+            # Non-zero deltas make the adapter a non-identity from the start (tests of merge etc.).
+            gen = torch.Generator().manual_seed(int(indices.numel()))
+            init = (torch.randn(indices.numel(), generator=gen) * weight.detach().float().std().clamp_min(1e-3)).to(device)
+        self.fishertune_values[adapter_name] = nn.Parameter(init)
+        self.fishertune_active[adapter_name] = indices.numel()
+        self.set_adapter(self.active_adapters)
+
+    def set_active_rank(self, adapter_name: str, num_global_active: int) -> int:
+        """Activate the entries whose global rank is below ``num_global_active``; returns their count."""
+        if adapter_name not in self.fishertune_ranks:
+            return 0
+        ranks = self.fishertune_ranks[adapter_name]
+        n = int(torch.searchsorted(ranks, torch.tensor(num_global_active, device=ranks.device)))
+        self.fishertune_active[adapter_name] = n
+        return n
+
+    def num_allocated(self, adapter_name: str) -> int:
+        return self.fishertune_indices[adapter_name].numel() if adapter_name in self.fishertune_indices else 0
+
+    def _active_parts(self, adapters) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        vals, idxs = [], []
+        for name in adapters:
+            n = self.fishertune_active.get(name, 0)
+            if name in self.fishertune_values and n > 0:
+                v = self.fishertune_values[name]
+                vals.append(v if n == v.numel() else v[:n])
+                idxs.append(self.fishertune_indices[name][:n])
+        return vals, idxs
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """The dense delta of ``adapter`` (active entries only), shaped like the weight."""
+        w = self.get_base_layer().weight
+        vals, idxs = self._active_parts([adapter])
+        delta = torch.zeros(w.numel(), device=w.device, dtype=torch.float32)
+        if vals:
+            delta.index_add_(0, idxs[0], vals[0].float())
+        return delta.view_as(w)
+
+
+class Linear(nn.Module, FisherTuneLayer):
+    """FisherTune around an ``nn.Linear``."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        super().__init__()
+        FisherTuneLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        weight = self.get_base_layer().weight
+        for name in adapter_names:
+            vals, idxs = self._active_parts([name])
+            if not vals:
+                self.merged_adapters.append(name)
+                continue
+            delta = vals[0].detach().to(weight.dtype)
+            if safe_merge:
+                merged = weight.data.reshape(-1).index_add(0, idxs[0], delta)
+                if not torch.isfinite(merged).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                weight.data.copy_(merged.view_as(weight))
+            else:
+                weight.data.view(-1).index_add_(0, idxs[0], delta)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        weight = self.get_base_layer().weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            vals, idxs = self._active_parts([name])
+            if vals:
+                weight.data.view(-1).index_add_(0, idxs[0], -vals[0].detach().to(weight.dtype))
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        vals, idxs = self._active_parts(self.active_adapters)
+        if not vals:
+            return self.base_layer(x, *args, **kwargs)
+        values = vals[0] if len(vals) == 1 else torch.cat(vals)
+        idx = idxs[0] if len(idxs) == 1 else torch.cat(idxs)
+        base = self.get_base_layer()
+        return _SparseDeltaLinear.apply(x, base.weight, base.bias, values, idx)
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "fishertune." + super().__repr__()
