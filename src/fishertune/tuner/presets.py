@@ -51,7 +51,8 @@ def find_backbone(model: nn.Module) -> tuple[str, str]:
         if mtype not in _BLOCK_PATTERNS:
             continue
         pattern = re.compile(_BLOCK_PATTERNS[mtype])
-        if any(pattern.fullmatch(sub) for sub, m in module.named_modules() if isinstance(m, nn.Linear)):
+        # Match by name only: after a first adapter the linears are already wrapped tuner layers.
+        if any(pattern.fullmatch(sub) for sub, _ in module.named_modules()):
             return name, mtype
     raise ValueError(
         "Could not infer FisherTune targets: no supported backbone found in the model (looked for model_type in "
