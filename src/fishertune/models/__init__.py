@@ -1,0 +1,85 @@
+"""Segmentation models on HF ViT backbones, all with one interface.
+
+Every model takes `pixel_values` [B, 3, H, W] and optional semantic `labels` [B, H, W]
+(255 = ignore), returns a `ModelOutput` with `.loss` when labels are given, exposes
+`semantic_logits(outputs, size)` (log-space per-pixel class scores), keeps its HF backbone at
+`model.backbone`, and lists the submodules trained in full in `decoder_modules`.
+
+- `LightSegmenter`: BN + 1x1 conv on concatenated taps (DINOv2 linear protocol); fast, CPU-friendly.
+- `PyramidMask2Former`: Rein's pyramid of 4 taps feeding HF Mask2Former (the paper's model).
+- `EomtSegmenter`: transformers' EoMT, built from DINOv2.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel
+
+from .backbone import (
+    REIN_DINOV2_LARGE_TAPS,
+    REIN_SCALES,
+    backbone_blocks,
+    default_taps,
+    load_backbone,
+    patch_tokens,
+    tapped_features,
+)
+from .eomt import EomtSegConfig, EomtSegmenter
+from .light import LightSegConfig, LightSegmenter
+from .mask2former import PyramidMask2Former, PyramidMask2FormerConfig, PyramidMask2FormerOutput
+from .mask_classification import (
+    DistributedEomtLoss,
+    DistributedMask2FormerLoss,
+    mask_class_semantic_logits,
+    semantic_to_instances,
+)
+
+MODEL_CLASSES = {"light": LightSegmenter, "mask2former": PyramidMask2Former, "eomt": EomtSegmenter}
+
+
+def build_model(name: str, backbone, num_labels: int | None = None, **kwargs):
+    """Build a segmenter by name.
+
+    Args:
+        name (`str`): `"light"`, `"mask2former"` or `"eomt"`.
+        backbone: path / Hub id, backbone model or backbone config (see `from_backbone`).
+        num_labels (`int`, *optional*): number of classes (or pass `id2label=`).
+        kwargs: `id2label`, `taps` and config fields of the chosen model.
+    """
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"Unknown model {name!r}; choose one of {sorted(MODEL_CLASSES)}.")
+    return MODEL_CLASSES[name].from_backbone(backbone, num_labels=num_labels, **kwargs)
+
+
+for _config_cls, _model_cls in (
+    (LightSegConfig, LightSegmenter),
+    (PyramidMask2FormerConfig, PyramidMask2Former),
+    (EomtSegConfig, EomtSegmenter),
+):
+    try:
+        AutoConfig.register(_config_cls.model_type, _config_cls)
+        AutoModel.register(_config_cls, _model_cls)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+__all__ = [
+    "REIN_DINOV2_LARGE_TAPS",
+    "REIN_SCALES",
+    "DistributedEomtLoss",
+    "DistributedMask2FormerLoss",
+    "EomtSegConfig",
+    "EomtSegmenter",
+    "LightSegConfig",
+    "LightSegmenter",
+    "MODEL_CLASSES",
+    "PyramidMask2Former",
+    "PyramidMask2FormerConfig",
+    "PyramidMask2FormerOutput",
+    "backbone_blocks",
+    "build_model",
+    "default_taps",
+    "load_backbone",
+    "mask_class_semantic_logits",
+    "patch_tokens",
+    "semantic_to_instances",
+    "tapped_features",
+]
