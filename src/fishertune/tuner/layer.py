@@ -140,11 +140,16 @@ class FisherTuneLayer(BaseTunerLayer):
         self.fishertune_indices[adapter_name] = indices.to(device=device, dtype=torch.long)
         self.fishertune_ranks[adapter_name] = ranks.to(device=device, dtype=torch.long)
         self.fishertune_shape[adapter_name] = torch.tensor(expected, dtype=torch.long, device=device)
-        init = torch.zeros(indices.numel(), device=device)
+        # Deltas take the weight's dtype, like other PEFT adapters; PEFT upcasts fp16/bf16 adapters to fp32 afterwards
+        # unless `autocast_adapter_dtype=False`.
+        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+        init = torch.zeros(indices.numel(), device=device, dtype=dtype)
         if not init_weights:
-            # Non-zero deltas make the adapter a non-identity from the start (tests of merge etc.).
-            gen = torch.Generator().manual_seed(int(indices.numel()))
-            init = (torch.randn(indices.numel(), generator=gen) * weight.detach().float().std().clamp_min(1e-3)).to(device)
+            # Non-zero deltas make the adapter a non-identity from the start (tests of merge etc.). They come from
+            # torch's global RNG, as in other PEFT methods: `torch.manual_seed` makes them reproducible, and two
+            # adapters on the same entries still differ.
+            scale = weight.detach().float().std().clamp_min(1e-3).cpu()
+            init = (torch.randn(indices.numel()) * scale).to(device=device, dtype=dtype)
         self.fishertune_values[adapter_name] = nn.Parameter(init)
         self.fishertune_active[adapter_name] = indices.numel()
         self.set_adapter(self.active_adapters)

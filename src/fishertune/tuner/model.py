@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils.integrations import init_empty_weights
 from torch import nn
 
 from .config import FisherTuneConfig
@@ -43,13 +45,29 @@ class FisherTuneModel(BaseTuner):
     target_module_mapping: dict = {}
 
     # -- injection ------------------------------------------------------------------------------
-    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        **kwargs,
+    ) -> None:
         config = self.peft_config[adapter_name]
         if config.target_modules is None:
             config.target_modules = target_regex(model)
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        super().inject_adapter(
+            model,
+            adapter_name,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            **kwargs,
+        )
         if config.init_criterion is not None:
-            self.select(self._init_scores(config, adapter_name), adapter_name=adapter_name)
+            # With low_cpu_mem_usage the deltas are created on the meta device (their values come from a checkpoint);
+            # the selection itself still reads the real base weights.
+            with init_empty_weights() if low_cpu_mem_usage else nullcontext():
+                self.select(self._init_scores(config, adapter_name), adapter_name=adapter_name)
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs):
         if isinstance(target, FisherTuneLayer):
@@ -108,12 +126,24 @@ class FisherTuneModel(BaseTuner):
         init = config.init_weights if init_weights is None else init_weights
         for name, layer in layers.items():
             layer.allocate(adapter_name, selection[name].indices, selection[name].ranks, init_weights=init)
-        # Newly created parameters must follow the adapter's trainable state.
+        # Newly created parameters must follow the adapter's trainable state...
         if adapter_name in self.active_adapters and not config.inference_mode:
             for layer in layers.values():
                 if adapter_name in layer.fishertune_values:
                     layer.fishertune_values[adapter_name].requires_grad_(True)
+        # ... and the dtype PEFT gave the adapter (fp16/bf16 deltas upcast to fp32 unless autocast_adapter_dtype=False).
+        autocast = getattr(self, "_fishertune_autocast", {})
+        if adapter_name in autocast:
+            super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast[adapter_name])
         return {n: sel.indices.numel() for n, sel in selection.items()}
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # PEFT casts right after injection, when a deferred selection has allocated nothing yet; remember the choice
+        # so that `select()` applies it to the deltas it creates later.
+        if not hasattr(self, "_fishertune_autocast"):
+            self._fishertune_autocast: dict[str, bool] = {}
+        self._fishertune_autocast[adapter_name] = autocast_adapter_dtype
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
 
     def num_targeted(self) -> int:
         """N: the number of targeted weight entries (the base of delta_min and delta_max)."""

@@ -25,6 +25,8 @@ _BLOCK_PATTERNS: dict[str, str] = {
     "sam_vision_model": r"(vision_encoder\.)?layers\.\d+\.(attn\.qkv|mlp\.(lin1|lin2))",
     # EomtForUniversalSegmentation: the ViT blocks only, never mask_head / class_predictor
     "eomt": r"layers\.\d+\.(attention\.(q_proj|k_proj|v_proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj))",
+    # fishertune.baselines.eva02.Eva02Backbone (timm eva02_*): separate or fused qkv, SwiGLU FFN in the large models
+    "eva02": r"eva\.blocks\.\d+\.(attn\.(q_proj|k_proj|v_proj|qkv)|mlp\.(fc1|fc1_g|fc1_x|fc2))",
 }
 
 #: Families whose attention fuses q, k and v into one linear (rows ordered q, k, v).

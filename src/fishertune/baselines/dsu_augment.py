@@ -1,0 +1,90 @@
+"""DSU feature perturbation as a training augmentation (Table 5's "+FP"), for any method.
+
+DSU (Li et al., ICLR 2022) on a block's patch tokens x [B, N, C] (CLS/register tokens excluded):
+    mu, sigma = mean and std of x over the tokens           (per sample, per channel; eps 1e-6)
+    Sigma_mu, Sigma_sigma = std over the batch of mu, sigma  (DSU's `sqrtvar`, unbiased + eps)
+    x' = (sigma + eps_s * Sigma_sigma) * (x - mu) / sigma + (mu + eps_m * Sigma_mu),  eps ~ N(0, 1)
+applied to each chosen block's output with probability p per forward, only in train mode, and
+left out for batches of one (the batch statistics are undefined). Gradients flow through mu and
+sigma as in DSU's code. This is the *training-time* augmentation; the DR-FIM estimator's own
+perturbation (fishertune.fisher.perturb) is separate by design: FisherTune itself never tunes on
+perturbed features (Table 5), this module exists to reproduce the "+FP" column for any method.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._common import backbone_blocks, backbone_info, first_tensor, replace_first, resolve_backbone
+
+
+def dsu_perturb(x: torch.Tensor, eps: float = 1e-6, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DSU on tokens `x` [B, N, C]: statistics over N, uncertainty from the batch."""
+    mu = x.mean(dim=1, keepdim=True)
+    sigma = (x.var(dim=1, keepdim=True) + eps).sqrt()
+    sigma_mu = (mu.var(dim=0, keepdim=True) + eps).sqrt()
+    sigma_sigma = (sigma.var(dim=0, keepdim=True) + eps).sqrt()
+    noise_mu = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise_sigma = torch.randn(sigma.shape, generator=generator, device=x.device, dtype=x.dtype)
+    beta = mu + noise_mu * sigma_mu
+    gamma = sigma + noise_sigma * sigma_sigma
+    return (x - mu) / sigma * gamma + beta
+
+
+class DSUHandle:
+    """Returned by `add_dsu_augmentation`; `remove()` uninstalls every hook."""
+
+    def __init__(self, handles, blocks: list[int], p: float):
+        self._handles, self.blocks, self.p = handles, blocks, p
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def add_dsu_augmentation(
+    model: nn.Module,
+    p: float = 0.5,
+    blocks: list[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> DSUHandle:
+    """Perturb the patch tokens after the given backbone blocks with probability `p` (train mode only).
+
+    Args:
+        model: a model holding a supported ViT backbone (or the backbone itself).
+        p: probability of perturbing at each block per forward (DSU's 0.5).
+        blocks: 0-based block indices; `None` uses every block.
+        generator: optional `torch.Generator` (CPU) for reproducible draws.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}.")
+    _, mtype, backbone = resolve_backbone(model)
+    module_list = backbone_blocks(backbone)
+    npt = backbone_info(backbone, mtype)["num_prefix_tokens"]
+    chosen = list(range(len(module_list))) if blocks is None else sorted({int(b) for b in blocks})
+    if any(b < 0 or b >= len(module_list) for b in chosen):
+        raise ValueError(f"blocks {chosen} out of range for {len(module_list)} backbone blocks.")
+
+    def hook(module, args, output):
+        # module.training: the augmentation follows model.train()/eval() like dropout does.
+        if not module.training or p == 0.0:
+            return None
+        hidden = first_tensor(output)
+        if hidden.shape[0] < 2 or torch.rand((), generator=generator).item() >= p:
+            return None
+        patches = hidden[:, npt:]
+        noisy = dsu_perturb(patches, generator=_device_gen(generator, patches))
+        return replace_first(output, torch.cat([hidden[:, :npt], noisy.to(hidden.dtype)], dim=1))
+
+    # prepend: run before transformers' output-capturing hooks, so taps see the perturbed features too.
+    handles = [module_list[b].register_forward_hook(hook, prepend=True) for b in chosen]
+    return DSUHandle(handles, chosen, p)
+
+
+def _device_gen(generator: torch.Generator | None, x: torch.Tensor) -> torch.Generator | None:
+    # A CPU generator cannot drive randn on another device; fall back to the global RNG there.
+    if generator is None or generator.device == x.device:
+        return generator
+    return None

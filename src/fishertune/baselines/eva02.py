@@ -1,0 +1,104 @@
+"""EVA02 (the fifth VFM of Table 1) through timm, behind a thin HF-style wrapper.
+
+`Eva02Backbone` holds a timm `Eva` model at `.eva` and an HF config (`model_type="eva02"`), and its
+forward takes `pixel_values` and returns a `BaseModelOutput` whose `hidden_states[i]` is the raw
+output of block i (no final norm), as the HF ViTs do, so pyramid taps work unchanged.
+Tests build it from timm with random init; users get weights with
+`Eva02Backbone.from_timm("eva02_large_patch14_448.mim_m38m", pretrained=True)` (timm downloads
+from the Hub). Requires `timm` (which requires a torchvision matching the installed torch).
+
+The tuner's presets do not know EVA02 yet; once `"eva02": EVA02_BLOCK_PATTERN` is in
+`fishertune.tuner.presets._BLOCK_PATTERNS`, `find_backbone`/`target_regex` find the wrapper by its
+config's model_type. Until then `eva02_target_regex(model)` gives the same regex.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+from transformers import PreTrainedConfig
+from transformers.modeling_outputs import BaseModelOutput
+
+#: Eq. 3 targets inside an EVA02 block, relative to the wrapper: q/k/v (separate in EVA02-B/L,
+#: fused `attn.qkv` in EVA02-Ti/S) and the SwiGLU FFN (`fc1_g`, `fc1_x`, `fc2`; packed `fc1` in Ti/S).
+EVA02_BLOCK_PATTERN = r"eva\.blocks\.\d+\.(attn\.(q_proj|k_proj|v_proj|qkv)|mlp\.(fc1|fc1_g|fc1_x|fc2))"
+
+
+class Eva02BackboneConfig(PreTrainedConfig):
+    r"""HF config of [`Eva02Backbone`].
+
+    Args:
+        timm_model_name (`str`, defaults to `"eva02_large_patch14_448"`): timm architecture name.
+        timm_kwargs (`dict`, *optional*): extra `timm.create_model` arguments (e.g. a tiny test size).
+        hidden_size, num_hidden_layers, patch_size, num_prefix_tokens: filled in from the timm model.
+    """
+
+    model_type = "eva02"
+
+    timm_model_name: str = "eva02_large_patch14_448"
+    timm_kwargs: dict | None = None
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    patch_size: int = 14
+    num_prefix_tokens: int = 1
+
+
+class Eva02Backbone(nn.Module):
+    """A timm EVA02 with the attributes the package expects of an HF ViT backbone."""
+
+    def __init__(self, eva: nn.Module, config: Eva02BackboneConfig):
+        super().__init__()
+        self.eva = eva
+        self.config = config
+
+    @classmethod
+    def from_timm(cls, name: str = "eva02_large_patch14_448", pretrained: bool = False, **timm_kwargs) -> Eva02Backbone:
+        """Create the timm model (`dynamic_img_size=True` so crops of any size work) and wrap it."""
+        try:
+            import timm
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError("EVA02 needs timm: pip install 'timm>=1.0' (and a torchvision matching torch).") from err
+        timm_kwargs.setdefault("dynamic_img_size", True)
+        eva = timm.create_model(name, pretrained=pretrained, num_classes=0, **timm_kwargs)
+        patch = eva.patch_embed.patch_size
+        config = Eva02BackboneConfig(
+            timm_model_name=name,
+            timm_kwargs=dict(timm_kwargs),
+            hidden_size=int(eva.embed_dim),
+            num_hidden_layers=len(eva.blocks),
+            patch_size=int(patch[0] if isinstance(patch, (tuple, list)) else patch),
+            num_prefix_tokens=int(eva.num_prefix_tokens),
+        )
+        return cls(eva, config)
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True, **_):
+        eva = self.eva
+        x = eva.patch_embed(pixel_values)
+        x, rope = eva._pos_embed(x)  # timm's own embedding step (abs pos embed + RoPE table)
+        x = eva.norm_pre(x)
+        hidden_states = [x]
+        mixed = getattr(eva, "rope_mixed", False) and rope is not None
+        for i, block in enumerate(eva.blocks):
+            x = block(x, rope=rope[i] if mixed else rope)
+            hidden_states.append(x)
+        out = BaseModelOutput(
+            last_hidden_state=eva.norm(x), hidden_states=tuple(hidden_states) if output_hidden_states else None
+        )
+        return out if return_dict else out.to_tuple()
+
+
+def eva02_target_regex(model: nn.Module) -> str:
+    """The Eq. 3 target set of the (first) `Eva02Backbone` inside `model`, as a full-match regex."""
+    for name, module in model.named_modules():
+        if isinstance(module, Eva02Backbone):
+            return (re.escape(name + ".") if name else "") + EVA02_BLOCK_PATTERN
+    raise ValueError("No Eva02Backbone in the model; build one with Eva02Backbone.from_timm(...).")
+
+
+def eva02_pyramid_taps(num_layers: int) -> tuple[int, int, int, int]:
+    """1-based taps at 1/3, 1/2, 2/3 and all of the depth: EVA02-L (24) -> 8, 12, 16, 24 as in Rein."""
+    if num_layers < 4 or num_layers % 6:
+        raise ValueError(f"EVA02 taps are defined for depths divisible by 6 (12, 24, ...), got {num_layers}.")
+    return (num_layers // 3, num_layers // 2, 2 * num_layers // 3, num_layers)

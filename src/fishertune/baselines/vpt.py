@@ -1,0 +1,103 @@
+"""VPT-deep (Jia et al., ECCV 2022): learnable prompt tokens prepended at every block.
+
+Before block l the sequence [prefix, patches] becomes [prefix, P_l, patches]; after the block the
+prompt outputs are dropped, so block l+1 sees fresh prompts P_{l+1} (the "deep" variant) and every
+block output seen outside (pyramid taps, `output_hidden_states`, the final output) keeps its usual
+shape and token order. Prompts are inserted after the embeddings (position embeddings included),
+so they carry no position embedding, as in VPT; "prefix" is CLS plus any register tokens.
+Initialization follows VPT: uniform(+-sqrt(6 / (3 * patch^2 + C))); prompt dropout 0 by default
+(VPT's `PROMPT.DROPOUT` default).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ._common import (
+    BaselineConfig,
+    _check_positive,
+    backbone_blocks,
+    first_tensor,
+    prepare_backbone,
+    record_install,
+    replace_first,
+    wrap_forward,
+)
+
+#: Families whose blocks take extra sequence-position inputs (EVA02's RoPE) cannot take extra tokens.
+_UNSUPPORTED = {"eva02": "EVA02 applies RoPE to a fixed number of patch tokens inside each block"}
+
+
+@dataclass
+class VPTConfig(BaselineConfig):
+    """Configuration of VPT-deep.
+
+    Args:
+        num_tokens (`int`, defaults to 150): prompts per block. 150 reproduces the 3.69M trainable
+            parameters that Rein's comparison (Table 4 of Rein) reports for VPT on DINOv2-L.
+        dropout (`float`, defaults to 0.0): dropout on the prompts (VPT's `PROMPT.DROPOUT`).
+    """
+
+    method = "vpt"
+    num_tokens: int = field(default=150, metadata={"help": "Prompt tokens per block."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the prompt embeddings."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive(self, "num_tokens")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"VPTConfig.dropout must be in [0, 1), got {self.dropout}.")
+
+
+class VPTPrompts(nn.Module):
+    def __init__(self, config: VPTConfig, num_layers: int, dim: int, patch_size: int):
+        super().__init__()
+        self.prompt_embeddings = nn.Parameter(torch.empty(num_layers, config.num_tokens, dim))
+        val = math.sqrt(6.0 / float(3 * patch_size**2 + dim))
+        nn.init.uniform_(self.prompt_embeddings, -val, val)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, layer: int, batch: int) -> torch.Tensor:
+        return self.dropout(self.prompt_embeddings[layer]).unsqueeze(0).expand(batch, -1, -1)
+
+
+def apply_vpt(model: nn.Module, config: VPTConfig | None = None) -> nn.Module:
+    """Freeze the backbone of `model` and prepend learnable prompts at each selected block."""
+    config = VPTConfig() if config is None else config
+    backbone, info = prepare_backbone(model, config)
+    if info["model_type"] in _UNSUPPORTED:
+        raise NotImplementedError(f"VPT on {info['model_type']}: {_UNSUPPORTED[info['model_type']]}.")
+    patch = getattr(backbone.config, "patch_size", 16)
+    prompts = VPTPrompts(config, len(info["layers"]), info["hidden_size"], patch if isinstance(patch, int) else patch[0])
+    backbone.vpt_prompts = prompts
+    blocks = backbone_blocks(backbone)
+    for j, i in enumerate(info["layers"]):
+        wrap_forward(blocks[i], _vpt_forward(prompts, j, info["num_prefix_tokens"], config.num_tokens))
+    record_install(backbone, config, info)
+    return model
+
+
+def _vpt_forward(prompts: VPTPrompts, layer: int, npt: int, num: int):
+    def make(original):
+        def forward(hidden_states, *args, **kwargs):
+            mask = kwargs.get("attention_mask", args[0] if args else None)
+            if mask is not None:
+                raise NotImplementedError("VPT with an attention mask is not supported (vision backbones pass none).")
+            prompt = prompts(layer, hidden_states.shape[0]).to(hidden_states.dtype)
+            x = torch.cat([hidden_states[:, :npt], prompt, hidden_states[:, npt:]], dim=1)
+            out = original(x, *args, **kwargs)
+            y = first_tensor(out)
+            return replace_first(out, torch.cat([y[:, :npt], y[:, npt + num :]], dim=1))
+
+        return forward
+
+    return make
+
+
+def vpt_num_parameters(dim: int, num_layers: int, config: VPTConfig | None = None) -> int:
+    config = VPTConfig() if config is None else config
+    return num_layers * config.num_tokens * dim

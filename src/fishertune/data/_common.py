@@ -1,0 +1,199 @@
+"""Shared machinery of the folder loaders: pairing, validation, label mapping, metadata.
+
+A loader lists (image, label) file pairs in its dataset's official layout and hands them to
+`build_dataset`, which checks every pair (readable image, label of the same size, only raw ids
+the label map knows), maps the labels to train ids once, and returns a `datasets.Dataset` with
+`image` and `label` columns (`datasets.Image` features). Labels are mapped at load time, not in
+a transform, so that `ds[i]["label"]` is always in train ids whatever transform the user sets
+with `ds.set_transform` (which replaces any transform set before it).
+
+The class names travel inside the dataset: `ds.info.description` holds a JSON document
+`{"fishertune": {"dataset", "split", "id2label", "ignore_index"}}`. `DatasetInfo` is kept by
+`select`, `filter`, `shuffle`, `map`, `concatenate_datasets` and `save_to_disk`, so
+`get_id2label(ds)` works on every derived dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .labels import IGNORE_INDEX, LabelMap
+
+_META_KEY = "fishertune"
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset folder does not have the expected layout (missing split, empty folder, ...)."""
+
+
+class LabelError(ValueError):
+    """A label file cannot be used (wrong size, unknown ids, several channels)."""
+
+
+def require_dir(path: Path, what: str, available_from: Path | None = None) -> Path:
+    """Return `path` if it is a directory, else raise an error naming it (and the splits there are)."""
+    if path.is_dir():
+        return path
+    hint = ""
+    if available_from is not None and available_from.is_dir():
+        names = sorted(p.name for p in available_from.iterdir() if p.is_dir())
+        hint = f" Available: {names}."
+    raise DatasetLayoutError(f"{what} not found: {path} does not exist or is not a directory.{hint}")
+
+
+def list_files(folder: Path, suffix: str, recursive: bool = True) -> list[Path]:
+    """All files under `folder` whose name ends with `suffix`, sorted; an error if there is none."""
+    pattern = f"**/*{suffix}" if recursive else f"*{suffix}"
+    files = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not files:
+        raise DatasetLayoutError(f"No '*{suffix}' files found in {folder} (empty folder or wrong layout).")
+    return files
+
+
+def pair_by_suffix(images: list[Path], image_root: Path, label_root: Path, image_suffix: str, label_suffix: str):
+    """Pair each image with the label at the same relative path, suffix swapped; error if one is missing."""
+    pairs = []
+    for img in images:
+        rel = img.relative_to(image_root).as_posix()
+        label = label_root / (rel[: -len(image_suffix)] + label_suffix)
+        if not label.is_file():
+            raise DatasetLayoutError(f"Label file missing for image {img}: expected {label}.")
+        pairs.append((str(img), str(label)))
+    return pairs
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"Cannot read image file {path}: {err}") from err
+
+
+def read_label(path: str) -> np.ndarray:
+    """Raw ids of a single-channel (L, P or I) label file as uint8; palette PNGs give their indices."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError) as err:
+        raise LabelError(f"Cannot read label file {path}: {err}") from err
+    if arr.ndim != 2:
+        raise LabelError(f"Label file {path} has mode {mode!r}; expected a single-channel id map (L or P).")
+    if arr.dtype != np.uint8:
+        if arr.min() < -1 or arr.max() > 255:
+            raise LabelError(f"Label file {path} holds ids outside 0..255.")
+        arr = (arr.astype(np.int64) % 256).astype(np.uint8)
+    return arr
+
+
+def map_label_file(image_path: str, label_path: str, label_map: LabelMap, out_path: str | None):
+    """Validate one pair and return the mapped label as `{"bytes"/"path"}` for a `datasets.Image` column."""
+    size = _image_size(image_path)
+    raw = read_label(label_path)
+    if (raw.shape[1], raw.shape[0]) != size:
+        raise LabelError(
+            f"Label file {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image {image_path} is {size[0]}x{size[1]}."
+        )
+    unknown = label_map.unknown_ids(raw)
+    if unknown:
+        raise LabelError(f"Label file {label_path} contains ids {unknown} outside the label map of this dataset.")
+    mapped = Image.fromarray(label_map(raw))  # 2-D uint8 -> mode L
+    if out_path is not None:
+        mapped.save(out_path)
+        return {"bytes": None, "path": out_path}
+    buf = io.BytesIO()
+    mapped.save(buf, format="PNG", compress_level=1)  # speed over size: decoded again at every access
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def build_dataset(
+    pairs: list[tuple[str, str]],
+    *,
+    name: str,
+    split: str,
+    label_map: LabelMap,
+    cache_dir: str | None = None,
+    num_workers: int | None = None,
+    skip_invalid: bool = False,
+) -> datasets.Dataset:
+    """Check and map every pair, then build the `image`/`label` dataset.
+
+    Args:
+        pairs (`list[tuple[str, str]]`): (image path, raw label path), in dataset order.
+        name (`str`): dataset name, recorded in the metadata.
+        split (`str`): split name, recorded in the metadata.
+        label_map (`LabelMap`): raw id -> train id map.
+        cache_dir (`str`, *optional*): write the mapped labels there as PNG files (reused when
+            present) instead of keeping their bytes in memory; for large datasets.
+        num_workers (`int`, *optional*): threads for decoding and mapping (PIL releases the GIL).
+        skip_invalid (`bool`, *optional*, defaults to `False`): drop bad pairs with a warning
+            instead of raising (GTAV ships a few images whose label has another size).
+    """
+    if not pairs:
+        raise DatasetLayoutError(f"{name} split {split!r}: no image/label pairs found.")
+    outs: list[str | None] = [None] * len(pairs)
+    if cache_dir is not None:
+        out_dir = Path(cache_dir) / name / split
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # A content-independent key per label path keeps cache entries unique across sub-folders.
+        outs = [str(out_dir / (hashlib.sha1(lbl.encode()).hexdigest()[:16] + ".png")) for _, lbl in pairs]
+
+    def one(i: int):
+        img, lbl = pairs[i]
+        out = outs[i]
+        if out is not None and os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(lbl):
+            return {"bytes": None, "path": out}
+        try:
+            return map_label_file(img, lbl, label_map, out)
+        except ValueError as err:
+            if not skip_invalid:
+                raise
+            warnings.warn(f"{name} {split}: skipping pair: {err}", stacklevel=3)
+            return None
+
+    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+    if workers > 1 and len(pairs) > 8:
+        with ThreadPoolExecutor(workers) as pool:
+            labels = list(pool.map(one, range(len(pairs))))
+    else:
+        labels = [one(i) for i in range(len(pairs))]
+    keep = [i for i, lbl in enumerate(labels) if lbl is not None]
+    if not keep:
+        raise DatasetLayoutError(f"{name} split {split!r}: every image/label pair was invalid.")
+    return make_dataset([pairs[i][0] for i in keep], [labels[i] for i in keep], name=name, split=split, id2label=label_map.id2label)
+
+
+def make_dataset(images: list, labels: list, *, name: str, split: str, id2label: dict[int, str]) -> datasets.Dataset:
+    """A `datasets.Dataset` with `image`/`label` Image columns and the fishertune metadata."""
+    meta = {_META_KEY: {"dataset": name, "split": split, "id2label": {str(k): v for k, v in id2label.items()},
+                        "ignore_index": IGNORE_INDEX}}  # fmt: skip
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    info = datasets.DatasetInfo(description=json.dumps(meta), features=features, dataset_name=name)
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features, info=info,
+                                      split=datasets.NamedSplit(split))  # fmt: skip
+
+
+def get_id2label(ds: datasets.Dataset) -> dict[int, str]:
+    """Class names of a dataset built by `fishertune.data` (read from `ds.info.description`).
+
+    Args:
+        ds (`datasets.Dataset`): a dataset returned by `load_dataset` or `make_synthetic_dataset`,
+            or derived from one by `select`, `filter`, `map`, `shuffle`, `save_to_disk`...
+    """
+    try:
+        meta = json.loads(ds.info.description or "")[_META_KEY]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError("This dataset carries no fishertune label metadata; use fishertune.data.id2label(name).") from err
+    return {int(k): v for k, v in meta["id2label"].items()}
