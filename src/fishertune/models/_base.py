@@ -35,6 +35,10 @@ class BackboneSegmenterMixin:
     #: Top-level submodules trained in full (pass to `FisherTuneConfig(modules_to_save=...)`).
     decoder_modules: list[str] = []
 
+    #: The loss is a per-pixel mean computed inside forward; a plain `Trainer` must not rescale it by
+    #: `num_items_in_batch` (it would otherwise multiply it by the number of processes).
+    accepts_loss_kwargs: bool = False
+
     @classmethod
     def from_backbone(
         cls,

@@ -1,0 +1,220 @@
+"""FisherTuneTrainingArguments: TrainingArguments plus the phases and options of Algorithm 1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from transformers import TrainingArguments
+
+#: Criteria that rank entries and train a sparse subset of the backbone (the FisherTune tuner).
+SPARSE_CRITERIA = ("random", "random_q", "random_k", "random_v", "magnitude", "fim", "delta_fim", "dr_fim")
+#: Baselines run by the same trainer: full fine-tuning, decoder only, LoRA (or any PeftModel you pass).
+BASELINE_CRITERIA = ("full", "frozen", "lora")
+#: Criteria whose scores need the estimator's passes over training batches (the others need no data).
+DATA_CRITERIA = ("fim", "delta_fim", "dr_fim")
+#: Fields forwarded to `fishertune.fisher.EstimationConfig` when set (None keeps the estimator's default).
+ESTIMATION_FIELDS = (
+    "gamma", "tau", "variational_lr", "variational_steps_per_batch", "drf_form", "dsu_p", "dsu_eps", "dsu_blocks",
+    "shift_weight",
+)
+
+
+def _default_num_batches() -> int:
+    from fishertune.fisher import EstimationConfig
+
+    return next(f.default for f in fields(EstimationConfig) if f.name == "num_batches")
+
+
+@dataclass
+class FisherTuneTrainingArguments(TrainingArguments):
+    """[`~transformers.TrainingArguments`] for [`FisherTuneTrainer`]: Algorithm 1 of FisherTune.
+
+    Training runs `max_steps = T1 + T3` optimizer steps: T1 warm-up steps (backbone frozen, decoder
+    trained), then T2 estimation batches that take no optimizer step (scores, then selection), then
+    T3 tuning steps (the selected entries and the decoder, active share growing by Eq. 16).
+
+    NOTE: defaults that differ from `TrainingArguments` (Rein's recipe, which the paper follows):
+    `learning_rate=1e-4` (was 5e-5), `weight_decay=0.05` (was 0.0), `lr_scheduler_type="polynomial"`
+    (was "linear") with `lr_scheduler_kwargs={"power": 0.9, "lr_end": 0.0}` (was None), and
+    `remove_unused_columns=False` (was True; image datasets transformed on the fly have no
+    `pixel_values` column to keep). The optimizer is always AdamW with Rein's no-decay rules
+    (see `fishertune.training.optimizer`), so `optim` must name a torch AdamW.
+
+    Args:
+        criterion (`str`, *optional*, defaults to `"dr_fim"`):
+            What is tuned in the backbone. Sparse criteria pick `delta_max` of the targeted entries:
+            `"dr_fim"` (Eq. 7/15), `"fim"` (Fisher only, Child-Tuning-D style), `"delta_fim"` (Eq. 5
+            only), `"magnitude"`, `"random"`, `"random_q"`/`"random_k"`/`"random_v"` (random within one
+            projection). Baselines: `"full"` (whole model), `"frozen"` (decoder only), `"lora"` (PEFT
+            LoRA on the Eq. 3 targets, or the PeftModel passed to the trainer).
+        estimator (`str`, *optional*, defaults to `"variational"`):
+            `"variational"` (stable estimation, Eq. 10-15) or `"diagonal"` (plain Eq. 9).
+        fisher_type (`str`, *optional*, defaults to `"true"`):
+            `"true"` samples labels from the model (Eq. 4); `"empirical"` uses the ground truth.
+        warmup_phase_steps (`int`, *optional*):
+            T1, decoder-only warm-up steps. Overrides `warmup_phase_ratio` when set.
+        warmup_phase_ratio (`float`, *optional*, defaults to 0.1):
+            T1 as a fraction of `max_steps` for sparse criteria (baselines default to no warm-up).
+        estimation_batches (`int`, *optional*):
+            T2, training batches (per process) the estimator reads; None: `EstimationConfig`'s default (100).
+        estimation_ratio (`float`, *optional*):
+            T2 as a fraction of `max_steps`; overrides `estimation_batches` when set.
+        tuning_phase_steps (`int`, *optional*):
+            T3. Defaults to `max_steps - T1` (so its fraction form is `1 - warmup_phase_ratio`); with
+            `max_steps` unset and both T1 and T3 given, `max_steps = T1 + T3`.
+        delta_min (`float`, *optional*):
+            Share of targeted entries active when tuning starts (Eq. 16). None: the FisherTuneConfig's (0.01).
+        delta_max (`float`, *optional*):
+            Share selected and active at the end (paper: 0.05). None: the FisherTuneConfig's (0.05).
+        gamma, tau, variational_lr, variational_steps_per_batch, drf_form (*optional*):
+            Variational estimator options (Eq. 11-15); None keeps `fishertune.fisher.EstimationConfig`'s
+            default (gamma 1e-12, tau 1e-3, lr 0.1, 1 step per batch, drf_form "balanced").
+        dsu_p, dsu_eps, dsu_blocks, shift_weight (*optional*):
+            DSU perturbation (Eq. 6) and the dF weight of Eq. 7 for the estimation; None keeps the default
+            (dsu_p 1.0, dsu_eps 1e-6, all blocks, shift_weight "abs_mean").
+        backbone_learning_rate (`float`, *optional*):
+            Learning rate of the backbone's tuned parameters (sparse deltas, LoRA, full). None: `learning_rate`.
+        decoder_learning_rate (`float`, *optional*):
+            Learning rate of the decoder. None: `learning_rate`.
+        lora_r (`int`, *optional*, defaults to 8), lora_alpha (`int`, *optional*, defaults to 8),
+        lora_dropout (`float`, *optional*, defaults to 0.0):
+            LoRA rank, scale and dropout for `criterion="lora"` when the trainer builds the adapter.
+        save_sensitivity_plot (`bool`, *optional*, defaults to `True`):
+            Write the Fig. 6-style sensitivity map next to the scores after estimation.
+    """
+
+    criterion: str = field(
+        default="dr_fim",
+        metadata={"help": "Backbone tuning: dr_fim, fim, delta_fim, magnitude, random, random_q/k/v; or full, frozen, lora.",
+                  "choices": list(SPARSE_CRITERIA + BASELINE_CRITERIA)},
+    )
+    estimator: str = field(
+        default="variational",
+        metadata={"help": "Fisher estimator: 'variational' (Eq. 10-15) or 'diagonal' (Eq. 9).",
+                  "choices": ["variational", "diagonal"]},
+    )
+    fisher_type: str = field(
+        default="true",
+        metadata={"help": "'true' Fisher (labels sampled from the model) or 'empirical' (ground truth).",
+                  "choices": ["true", "empirical"]},
+    )
+    warmup_phase_steps: Optional[int] = field(
+        default=None, metadata={"help": "T1: decoder-only warm-up steps; overrides warmup_phase_ratio."}
+    )
+    warmup_phase_ratio: float = field(
+        default=0.1, metadata={"help": "T1 as a fraction of max_steps (sparse criteria only)."}
+    )
+    estimation_batches: Optional[int] = field(
+        default=None, metadata={"help": "T2: batches per process read by the estimator (None: EstimationConfig's 100)."}
+    )
+    estimation_ratio: Optional[float] = field(
+        default=None, metadata={"help": "T2 as a fraction of max_steps; overrides estimation_batches."}
+    )
+    tuning_phase_steps: Optional[int] = field(
+        default=None, metadata={"help": "T3: tuning steps; default max_steps - T1."}
+    )
+    delta_min: Optional[float] = field(default=None, metadata={"help": "Active share at the start of tuning (Eq. 16)."})
+    delta_max: Optional[float] = field(default=None, metadata={"help": "Selected share, active at the end (paper: 0.05)."})
+    gamma: Optional[float] = field(default=None, metadata={"help": "KL weight gamma of Eq. 11 (None: estimator default)."})
+    tau: Optional[float] = field(default=None, metadata={"help": "Prior std tau of Eq. 12 (None: estimator default)."})
+    variational_lr: Optional[float] = field(default=None, metadata={"help": "SGD lr of the variational Lambda."})
+    variational_steps_per_batch: Optional[int] = field(default=None, metadata={"help": "Lambda updates per batch."})
+    drf_form: Optional[str] = field(default=None, metadata={"help": "Eq. 15 as 'balanced' or 'literal'."})
+    dsu_p: Optional[float] = field(default=None, metadata={"help": "DSU probability per insertion point (Eq. 6)."})
+    dsu_eps: Optional[float] = field(default=None, metadata={"help": "DSU epsilon added to the variance (Eq. 6)."})
+    dsu_blocks: Optional[list[int]] = field(default=None, metadata={"help": "Blocks whose output DSU perturbs."})
+    shift_weight: Optional[str] = field(default=None, metadata={"help": "Weight of dF in Eq. 7: 'abs_mean' or 'literal'."})
+    backbone_learning_rate: Optional[float] = field(default=None, metadata={"help": "Backbone lr (None: learning_rate)."})
+    decoder_learning_rate: Optional[float] = field(default=None, metadata={"help": "Decoder lr (None: learning_rate)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank for criterion='lora'."})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha for criterion='lora'."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout for criterion='lora'."})
+    save_sensitivity_plot: bool = field(default=True, metadata={"help": "Plot the sensitivity map after estimation."})
+
+    # Rein's recipe (see the NOTE in the docstring).
+    learning_rate: float = field(default=1e-4, metadata={"help": "Initial AdamW learning rate (Rein: 1e-4)."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (Rein: 0.05; never on norms etc.)."})
+    lr_scheduler_type: str = field(default="polynomial", metadata={"help": "LR schedule (Rein: poly, power 0.9)."})
+    lr_scheduler_kwargs: dict | str | None = field(
+        default_factory=lambda: {"power": 0.9, "lr_end": 0.0},
+        metadata={"help": "Extra scheduler arguments (Rein: power 0.9 down to 0)."},
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep columns the collator turns into inputs."})
+
+    def __post_init__(self) -> None:
+        if self.criterion not in SPARSE_CRITERIA + BASELINE_CRITERIA:
+            raise ValueError(
+                f"criterion must be one of {SPARSE_CRITERIA + BASELINE_CRITERIA}, got {self.criterion!r}; "
+                "'dr_fim' is FisherTune, 'full'/'frozen'/'lora' are the baselines."
+            )
+        if self.estimator not in ("variational", "diagonal"):
+            raise ValueError(f"estimator must be 'variational' or 'diagonal', got {self.estimator!r}.")
+        if self.fisher_type not in ("true", "empirical"):
+            raise ValueError(f"fisher_type must be 'true' or 'empirical', got {self.fisher_type!r}.")
+        for name in ("warmup_phase_steps", "estimation_batches", "tuning_phase_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}; leave it unset to use the ratio default.")
+        for name in ("warmup_phase_ratio", "estimation_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] (a fraction of max_steps), got {value}.")
+        if self.delta_min is not None and self.delta_max is not None and not 0 <= self.delta_min <= self.delta_max <= 1:
+            raise ValueError(
+                f"Need 0 <= delta_min <= delta_max <= 1, got {self.delta_min}, {self.delta_max} (paper: 0.01, 0.05)."
+            )
+        if self.tuning_phase_steps is not None and self.warmup_phase_steps is not None:
+            total = self.warmup_phase_steps + self.tuning_phase_steps
+            if self.max_steps is None or self.max_steps <= 0:
+                self.max_steps = total
+            elif self.max_steps != total:
+                raise ValueError(
+                    f"warmup_phase_steps + tuning_phase_steps = {total} but max_steps = {self.max_steps}: "
+                    "set two of the three, or make them agree (estimation takes no optimizer step)."
+                )
+        if not str(getattr(self.optim, "value", self.optim)).startswith("adamw_torch"):
+            raise ValueError(
+                f"FisherTuneTrainer builds its own AdamW (Rein's param groups, sparse-aware decay); got optim={self.optim!r}. "
+                "Use optim='adamw_torch'."
+            )
+        super().__post_init__()
+
+    def phase_lengths(self, max_steps: int) -> tuple[int, int, int]:
+        """(T1, T2, T3) for a run of `max_steps` optimizer steps; T1 + T3 == max_steps."""
+        if self.warmup_phase_steps is not None:
+            t1 = self.warmup_phase_steps
+        elif self.criterion in SPARSE_CRITERIA:
+            t1 = int(round(self.warmup_phase_ratio * max_steps))
+        else:
+            t1 = 0  # baselines train their backbone from step 0 unless a warm-up is asked for explicitly
+        if t1 > max_steps:
+            raise ValueError(f"warm-up T1={t1} exceeds max_steps={max_steps}; lower warmup_phase_steps.")
+        if self.estimation_ratio is not None:
+            t2 = max(1, int(round(self.estimation_ratio * max_steps)))
+        else:
+            t2 = self.estimation_batches if self.estimation_batches is not None else _default_num_batches()
+        if self.criterion not in SPARSE_CRITERIA:
+            t2 = 0
+        t3 = max_steps - t1
+        if self.tuning_phase_steps is not None and self.tuning_phase_steps != t3:
+            raise ValueError(
+                f"tuning_phase_steps={self.tuning_phase_steps} but max_steps - T1 = {t3}; set two of max_steps, "
+                "warmup_phase_steps and tuning_phase_steps."
+            )
+        return t1, t2, t3
+
+    def fishertune_options(self) -> dict[str, Any]:
+        """The fields this class adds to TrainingArguments (what a resumed run must agree on)."""
+        own = {f.name for f in fields(TrainingArguments)}
+        skip = {"save_sensitivity_plot", "backbone_learning_rate", "decoder_learning_rate"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own and f.name not in skip}
+
+    def estimation_config(self, num_batches: int):
+        """The `fishertune.fisher.EstimationConfig` of this run (set fields only; the rest keep its defaults)."""
+        from fishertune.fisher import EstimationConfig
+
+        kwargs = dict(criterion=self.criterion, estimator=self.estimator, fisher_type=self.fisher_type,
+                      num_batches=num_batches, seed=self.seed)
+        kwargs.update({k: getattr(self, k) for k in ESTIMATION_FIELDS if getattr(self, k) is not None})
+        return EstimationConfig(**kwargs)

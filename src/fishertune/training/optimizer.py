@@ -1,0 +1,148 @@
+"""Rein's AdamW param groups, and an AdamW that touches only the active prefix of FisherTune deltas.
+
+Groups (empty ones are left out; the order is fixed so that a checkpoint's optimizer state maps
+back onto a rebuilt optimizer): decoder with decay, decoder without decay, backbone with decay,
+backbone without decay, backbone sparse deltas. No decay on norms, biases, embeddings, position
+embeddings, CLS/mask/register tokens and query/level embeddings (Rein's `paramwise_cfg`).
+
+The sparse deltas (`fishertune_values`) hold exactly the allocated entries, so their optimizer
+state is allocated-sized. Only the active prefix of each is updated: the inactive tail gets no
+decay, no moment update and no step count, and each entry counts its own Adam steps, so an entry
+activated late by Eq. 16 starts with the bias correction of a fresh Adam instead of a jump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+# Learned tokens and lookup tables, whatever their module (HF ViTs, CLIP, Mask2Former, EoMT). The
+# patch projection ("patch_embeddings.projection") is a conv weight and keeps its decay.
+_NO_DECAY_KEYS = (
+    "position_embedding", "pos_embed", "cls_token", "mask_token", "register_tokens", "class_embedding",
+    "query_embed", "queries_embedder", "query_feat", "queries_features", "level_embed", "learnable_tokens",
+    "layer_scale",  # DINOv2's per-channel LayerScale: a scale like a norm's weight
+)
+SPARSE_KEY = "fishertune_values"
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) or "norm" in type(
+        module
+    ).__name__.lower()
+
+
+def no_weight_decay(name: str, module: nn.Module) -> bool:
+    """Rein's rule: no decay for norms, biases, embeddings and query/level embeddings."""
+    if SPARSE_KEY in name:
+        return False
+    leaf = name.rsplit(".", 1)[-1]
+    return (
+        _is_norm(module)
+        or isinstance(module, nn.Embedding)
+        or leaf == "bias"
+        or any(k in name.lower() for k in _NO_DECAY_KEYS)
+    )
+
+
+def build_param_groups(
+    model: nn.Module, backbone_ids: set[int], decoder_lr: float, backbone_lr: float, weight_decay: float
+) -> list[dict]:
+    """Named AdamW groups of `model`'s trainable parameters (see the module docstring)."""
+    buckets: dict[str, list[nn.Parameter]] = {k: [] for k in ("decoder", "decoder_no_decay", "backbone",
+                                                                "backbone_no_decay", "backbone_sparse")}
+    seen: set[int] = set()
+    for mod_name, module in model.named_modules():
+        for leaf, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            name = f"{mod_name}.{leaf}" if mod_name else leaf
+            part = "backbone" if id(p) in backbone_ids else "decoder"
+            if SPARSE_KEY in name:
+                buckets["backbone_sparse"].append(p)
+            elif no_weight_decay(name, module):
+                buckets[f"{part}_no_decay"].append(p)
+            else:
+                buckets[part].append(p)
+    groups = []
+    for key, params in buckets.items():
+        if params:
+            lr = backbone_lr if key.startswith("backbone") else decoder_lr
+            wd = 0.0 if key.endswith("no_decay") else weight_decay
+            groups.append({"params": params, "lr": lr, "weight_decay": wd, "group_name": key,
+                           "sparse_prefix": key == "backbone_sparse"})
+    return groups
+
+
+class FisherTuneAdamW(torch.optim.AdamW):
+    """`torch.optim.AdamW`; groups with `sparse_prefix=True` update only each parameter's active prefix.
+
+    Args:
+        params: param groups as from `build_param_groups`.
+        active_counts: `{parameter: callable returning its active prefix length}` for the sparse
+            groups (read at every step, so Eq. 16 changes need no optimizer call). A sparse
+            parameter without an entry is treated as fully active.
+        **kwargs: `torch.optim.AdamW` arguments (`lr`, `betas`, `eps`, `weight_decay`).
+    """
+
+    def __init__(self, params: Iterable, active_counts: Mapping[nn.Parameter, Callable[[], int]] | None = None,
+                 **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        self.active_counts = dict(active_counts or {})
+        for group in self.param_groups:
+            if group.get("sparse_prefix") and (group["amsgrad"] or group["maximize"]):
+                raise ValueError("The sparse FisherTune group supports plain AdamW only (no amsgrad/maximize).")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        hidden = []
+        for group in self.param_groups:
+            if not group.get("sparse_prefix"):
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self._prefix_step(p, group)
+                # AdamW skips parameters without a gradient: hide it so the dense update leaves p alone.
+                hidden.append((p, p.grad))
+                p.grad = None
+        try:
+            super().step()
+        finally:
+            for p, grad in hidden:
+                p.grad = grad
+        return loss
+
+    def _prefix_step(self, p: nn.Parameter, group: dict) -> None:
+        state = self.state[p]
+        if not state:
+            # torch's Adam expects a scalar "step" (it is checked on load); the bias correction uses the
+            # per-entry count "entry_step".
+            state["step"] = torch.tensor(0.0)
+            state["entry_step"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        count = self.active_counts.get(p)
+        n = p.numel() if count is None else int(count())
+        if n == 0:
+            return
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        x, g = p[:n], p.grad[:n].to(p.dtype)
+        m, v, t = state["exp_avg"][:n], state["exp_avg_sq"][:n], state["entry_step"][:n]
+        t.add_(1)
+        x.mul_(1 - lr * wd)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bc1 = 1 - beta1 ** t.float()
+        bc2 = 1 - beta2 ** t.float()
+        denom = (v.float() / bc2).sqrt_().add_(eps)
+        x.sub_((lr * m.float() / bc1 / denom).to(p.dtype))

@@ -1,0 +1,83 @@
+"""Turn a segmentation model into what a criterion trains: FisherTune, LoRA, full or frozen backbone.
+
+Every criterion ends as one model with the same decoder handling, so the trainer treats all
+baselines of the paper's ablation alike: sparse criteria and LoRA wrap the model with PEFT
+(decoder in `modules_to_save`), `full` and `frozen` keep the plain model.
+"""
+
+from __future__ import annotations
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from ..tuner import FisherTuneConfig, find_backbone, target_regex
+from .arguments import SPARSE_CRITERIA, FisherTuneTrainingArguments
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The segmentation model inside a PeftModel (or the model itself)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def backbone_module(model: nn.Module) -> nn.Module:
+    """The ViT backbone: `model.backbone` (the package's models) or the one the tuner presets find."""
+    base = base_model(model)
+    backbone = getattr(base, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        return backbone
+    path, _ = find_backbone(base)
+    return base.get_submodule(path) if path else base
+
+
+def is_fishertune(model: nn.Module) -> bool:
+    return isinstance(model, PeftModel) and isinstance(model.peft_config[model.active_adapter], FisherTuneConfig)
+
+
+def _decoder_modules(model: nn.Module) -> list[str]:
+    decoder = getattr(model, "decoder_modules", None)
+    if not decoder:
+        raise ValueError(
+            f"{type(model).__name__} has no `decoder_modules`: set it to the names of the top-level decoder modules "
+            "(e.g. ['decode_head']) or wrap the model with PEFT yourself (modules_to_save=...) and pass the PeftModel."
+        )
+    return list(decoder)
+
+
+def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Module:
+    """Return the model `args.criterion` trains (wrapping it with PEFT where the criterion needs it)."""
+    criterion = args.criterion
+    if isinstance(model, PeftModel):
+        if criterion in ("full", "frozen"):
+            raise ValueError(f"criterion={criterion!r} trains the plain model; pass the model without its PEFT wrapper.")
+        if criterion in SPARSE_CRITERIA and not is_fishertune(model):
+            raise ValueError(
+                f"criterion={criterion!r} needs a FisherTune adapter but the PeftModel holds "
+                f"{type(model.peft_config[model.active_adapter]).__name__}; use criterion='lora' for other PEFT methods."
+            )
+        if criterion == "lora" and is_fishertune(model):
+            raise ValueError("criterion='lora' was given a FisherTune PeftModel; pick a sparse criterion such as 'dr_fim'.")
+        if is_fishertune(model):
+            config = model.peft_config[model.active_adapter]
+            for name in ("delta_min", "delta_max"):
+                value = getattr(args, name)
+                if value is not None and abs(value - getattr(config, name)) > 1e-12:
+                    raise ValueError(
+                        f"args.{name}={value} but the FisherTuneConfig of the model says {getattr(config, name)}; "
+                        f"leave args.{name} unset (None) or make them agree."
+                    )
+        return model
+    if criterion == "full":
+        return model.requires_grad_(True)
+    if criterion == "frozen":
+        model.requires_grad_(True)
+        backbone_module(model).requires_grad_(False)
+        return model
+    decoder = _decoder_modules(model)
+    if criterion == "lora":
+        config = LoraConfig(
+            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+            target_modules=target_regex(model), modules_to_save=decoder,
+        )
+        return get_peft_model(model, config)
+    deltas = {k: getattr(args, k) for k in ("delta_min", "delta_max") if getattr(args, k) is not None}
+    return get_peft_model(model, FisherTuneConfig(modules_to_save=decoder, **deltas))

@@ -1,0 +1,317 @@
+"""FisherTuneTrainer: Algorithm 1 (warm-up, estimation, tuning) on top of `transformers.Trainer`.
+
+Optimizer rebuild. The sparse deltas only exist once the selection is made (end of phase 2), so
+phase 1 runs with an optimizer over the decoder alone. `start_tuning` then builds a new optimizer
+from the phase-3 trainable set (same group layout as any phase-3 build), carries the decoder's
+AdamW state over from the old one, and creates a new LR scheduler fast-forwarded to the current
+step: the LR curve of the run is one schedule over `max_steps`, whatever the phase.
+
+Resume. `_save_checkpoint` adds the phase, active fraction, scores and a fingerprint of model and
+FisherTune options to each checkpoint (the selection is in the adapter weights). On
+`train(resume_from_checkpoint=...)`, `_load_from_checkpoint` checks the fingerprint, restores the
+phase and loads the adapter (which re-allocates the selection) before the Trainer creates the
+optimizer, so the optimizer has the checkpoint's groups when its state is loaded.
+
+Multi-process. Parameters that appear or unfreeze after the model was wrapped in DDP (the deltas,
+a LoRA or backbone unfrozen after warm-up) are not in DDP's reducer; `training_step` averages
+their gradients over processes at each optimizer step. Deltas are always excluded from DDP, so a
+resumed run syncs them the same way. The scores are broadcast from rank 0 before selection.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from ..tuner import FisherTuneLayer
+from .arguments import SPARSE_CRITERIA, FisherTuneTrainingArguments
+from .callbacks import EstimationCallback, TuningScheduleCallback, WarmupPhaseCallback
+from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
+from .setup import backbone_module, is_fishertune, prepare_model
+from .state import SCORES_NAME, SELECTION_NAME, check_compatible, model_fingerprint, read_state, write_state
+
+logger = logging.get_logger(__name__)
+
+
+class FisherTuneTrainer(Trainer):
+    """[`~transformers.Trainer`] running FisherTune's Algorithm 1, or a baseline, by `args.criterion`.
+
+    Pass the plain segmentation model (with `backbone` and `decoder_modules`); the trainer wraps it
+    as the criterion needs (see `fishertune.training.setup.prepare_model`). A FisherTune or other
+    PeftModel is accepted as is. The optimizer is always built here (AdamW with Rein's groups), so
+    `optimizers` and `optimizer_cls_and_kwargs` are not accepted.
+    """
+
+    def __init__(self, model=None, args: FisherTuneTrainingArguments = None, **kwargs):
+        if not isinstance(args, FisherTuneTrainingArguments):
+            raise TypeError("FisherTuneTrainer needs `args=FisherTuneTrainingArguments(...)`.")
+        if kwargs.get("optimizers", (None, None)) != (None, None) or kwargs.get("optimizer_cls_and_kwargs"):
+            raise ValueError(
+                "FisherTuneTrainer builds (and at phase 3 rebuilds) its own optimizer and scheduler; drop `optimizers` "
+                "/ `optimizer_cls_and_kwargs` and use backbone_learning_rate, decoder_learning_rate, weight_decay."
+            )
+        model = prepare_model(model, args)
+        super().__init__(model=model, args=args, **kwargs)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise NotImplementedError(
+                "FisherTuneTrainer runs on one process or DDP (accelerate launch --multi_gpu); DeepSpeed and FSDP "
+                "would need their own optimizer rebuild at phase 3."
+            )
+        # Segmentation models return a per-batch mean loss. Trainer would otherwise take `**kwargs` in
+        # forward as "accepts num_items_in_batch" and multiply the loss by the number of processes.
+        self.model_accepts_loss_kwargs = False
+        self.sparse = args.criterion in SPARSE_CRITERIA
+        if self.sparse and not is_fishertune(self.model):
+            raise ValueError(f"criterion={args.criterion!r} needs a FisherTune PeftModel.")
+        self.in_tuning = False
+        self.scores = None
+        self.active_fraction = None
+        self._fingerprint = model_fingerprint(self.model)
+        bb = {id(p) for p in backbone_module(self.model).parameters()}
+        # What the criterion tunes in the backbone (sparse deltas are added by name once they exist).
+        self._tuned_names = {n for n, p in self.model.named_parameters() if id(p) in bb and p.requires_grad}
+        self._ddp_synced = None
+        self._late_params = []
+        for cb in (WarmupPhaseCallback, EstimationCallback, TuningScheduleCallback):
+            self.add_callback(cb(self))
+
+    # -- phases -----------------------------------------------------------------------------------
+    @property
+    def phase_lengths(self) -> tuple[int, int, int]:
+        """(T1, T2, T3) of the current run (needs the Trainer's `state.max_steps`)."""
+        return self.args.phase_lengths(self.state.max_steps)
+
+    def _backbone_params(self):
+        bb = {id(p) for p in backbone_module(self.model).parameters()}
+        return [(n, p) for n, p in self.model.named_parameters() if id(p) in bb]
+
+    def trainable_backbone_names(self) -> list[str]:
+        return [n for n, p in self._backbone_params() if p.requires_grad]
+
+    def _apply_phase_trainability(self) -> None:
+        for name, p in self._backbone_params():
+            p.requires_grad_(self.in_tuning and (name in self._tuned_names or SPARSE_KEY in name))
+
+    def start_tuning(self) -> None:
+        """End of phase 1: estimate and select (sparse criteria), unfreeze, rebuild the optimizer."""
+        if self.sparse:
+            self._estimate_and_select()
+        self.in_tuning = True
+        self._rebuild_optimizer()
+        self.apply_schedule(self.state.global_step)
+        logger.info(f"FisherTune phase 3: tuning from step {self.state.global_step} to {self.state.max_steps}.")
+
+    def apply_schedule(self, global_step: int) -> None:
+        """Eq. 16 for tuning step t = global_step - T1 of T3 (p reaches delta_max at the last step)."""
+        if not self.sparse:
+            return
+        t1, _, t3 = self.phase_lengths
+        self.active_fraction = self.model.set_schedule_step(global_step - t1, max(t3 - 1, 0))
+
+    def _estimate_and_select(self) -> None:
+        from .. import fisher
+
+        _, t2, _ = self.phase_lengths
+        config = self.args.estimation_config(t2)
+        devices = [torch.cuda.current_device()] if self.args.device.type == "cuda" else []
+        # A private RNG stream: the estimation (data order, DSU draws, sampled labels) is the same whenever it
+        # runs, and training after it draws the same numbers as a run resumed from a later checkpoint.
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.args.seed)
+            loader = self.get_train_dataloader()
+            scores = fisher.estimate_scores(self.model, loader, self.model.fishertune_target_weights(), config)
+        # The Trainer zeroed the gradients before this callback; none may leak into the first tuning step.
+        self.model.zero_grad(set_to_none=True)
+        scores = self._broadcast(scores)
+        counts = self.model.select(scores)
+        self.scores = scores
+        summary = self._selection_summary(counts)
+        if self.args.should_save:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            path = os.path.join(self.args.output_dir, SCORES_NAME)
+            if os.path.exists(path):  # a new inode: older checkpoints hold hard links to the old file
+                os.remove(path)
+            fisher.save_scores(scores, path)
+            with open(os.path.join(self.args.output_dir, SELECTION_NAME), "w") as f:
+                json.dump({"per_layer": counts, **summary}, f, indent=2)
+            if self.args.save_sensitivity_plot:
+                self._plot(fisher, scores)
+        # Logging resets the Trainer's should_log flag, which the step's own loss log still needs.
+        should_log = self.control.should_log
+        self.log({"phase": 2.0, "estimation_batches": float(t2), **summary})
+        self.control.should_log = should_log
+
+    def _broadcast(self, scores: dict) -> dict:
+        # The estimator promises equal scores on all ranks; broadcasting makes the masks equal by construction.
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return scores
+        out = {}
+        for name, s in scores.items():
+            t = s.to(self.args.device).float().contiguous()
+            dist.broadcast(t, src=0)
+            out[name] = t.cpu()
+        return out
+
+    def _selection_summary(self, counts: dict[str, int]) -> dict[str, float]:
+        total = max(sum(counts.values()), 1)
+        by_kind: dict[str, int] = {}
+        for name, n in counts.items():
+            kind = name.rsplit(".", 1)[-1]
+            by_kind[kind] = by_kind.get(kind, 0) + n
+        summary = {"allocated_entries": float(sum(counts.values())),
+                   "allocated_fraction": sum(counts.values()) / max(self.model.num_targeted(), 1)}
+        summary.update({f"selected_share/{k}": v / total for k, v in sorted(by_kind.items())})
+        return summary
+
+    def _plot(self, fisher, scores) -> None:
+        adapter = self.model.active_adapter
+        masks = {}
+        for name, module in self.model.base_model.model.named_modules():  # names as in the scores
+            if isinstance(module, FisherTuneLayer) and name in scores:
+                mask = torch.zeros(scores[name].numel(), dtype=torch.bool)
+                if module.num_allocated(adapter):
+                    mask[module.fishertune_indices[adapter].cpu()] = True
+                masks[name] = mask.view_as(scores[name])
+        try:
+            fisher.plot_sensitivity_map(scores, masks, os.path.join(self.args.output_dir, "fishertune_sensitivity.png"))
+        except Exception as err:  # a plot must not end a long run
+            logger.warning(f"Could not plot the sensitivity map: {err}")
+
+    # -- optimizer and scheduler ------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        self._apply_phase_trainability()
+        model = self.model
+        if self._ddp_synced is None:  # first build: accelerate wraps the model in DDP right after this
+            sparse = [n for n, _ in model.named_parameters() if SPARSE_KEY in n]
+            if sparse:
+                model._ddp_params_and_buffers_to_ignore = sparse
+            self._ddp_synced = {id(p) for n, p in model.named_parameters() if p.requires_grad and SPARSE_KEY not in n}
+        args = self.args
+        groups = build_param_groups(
+            model,
+            {id(p) for _, p in self._backbone_params()},
+            decoder_lr=args.decoder_learning_rate or args.learning_rate,
+            backbone_lr=args.backbone_learning_rate or args.learning_rate,
+            weight_decay=args.weight_decay,
+        )
+        counts = {}
+        for module in model.modules():
+            if isinstance(module, FisherTuneLayer):
+                for adapter, values in module.fishertune_values.items():
+                    counts[values] = functools.partial(module.fishertune_active.get, adapter, 0)
+        self.optimizer = FisherTuneAdamW(
+            groups, active_counts=counts, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon, weight_decay=args.weight_decay,
+        )
+        self._late_params = [p for g in groups for p in g["params"] if id(p) not in self._ddp_synced]
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        fresh = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        step = self.state.global_step if self.state is not None else 0
+        if fresh and step > 0 and isinstance(scheduler, LambdaLR):
+            # A scheduler rebuilt mid-run continues the run's single LR curve at the current step.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scheduler.last_epoch = step - 1
+                scheduler.step()
+        return scheduler
+
+    def _rebuild_optimizer(self) -> None:
+        old = self.optimizer
+        old_state = getattr(old, "optimizer", old).state if old is not None else {}
+        self.optimizer, self.lr_scheduler = None, None
+        new = self.create_optimizer()
+        for group in new.param_groups:
+            for p in group["params"]:
+                if p in old_state:  # the decoder keeps its AdamW moments across the phase change
+                    new.state[p] = old_state[p]
+        if old in self.accelerator._optimizers:
+            self.accelerator._optimizers.remove(old)
+        self.optimizer = self.accelerator.prepare_optimizer(new)
+        self.create_scheduler(num_training_steps=self.state.max_steps)
+        self.callback_handler.optimizer, self.callback_handler.lr_scheduler = self.optimizer, self.lr_scheduler
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._late_params and self.args.world_size > 1 and self.accelerator.sync_gradients:
+            self._average_late_gradients()
+        return loss
+
+    def _average_late_gradients(self) -> None:
+        # gloo has no AVG: sum then divide. The same graph on every rank gives the same list of grads.
+        grads = [p.grad for p in self._late_params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    # -- logging ----------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time=None) -> None:
+        # Describes the last completed step: step T1 itself was still a warm-up step.
+        if "phase" not in logs and self.state.max_steps:
+            warmup = self.state.global_step <= self.phase_lengths[0] and self.phase_lengths[0] > 0
+            logs["phase"] = 1.0 if warmup else 3.0
+            if warmup:
+                logs["trainable_backbone_entries"] = 0.0
+            elif self.sparse:
+                logs["active_fraction"] = float(self.active_fraction)
+                logs["trainable_backbone_entries"] = float(self.model.num_active())
+            else:
+                logs["trainable_backbone_entries"] = float(sum(p.numel() for _, p in self._backbone_params()
+                                                               if p.requires_grad))
+        super().log(logs, start_time)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _expected_state(self) -> dict:
+        return {"model_fingerprint": self._fingerprint, "options": self.args.fishertune_options()}
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        ckpt = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        payload = {
+            **self._expected_state(), "global_step": self.state.global_step, "in_tuning": self.in_tuning,
+            "phase": 3 if self.in_tuning else 1, "phase_lengths": list(self.phase_lengths),
+            "active_fraction": self.active_fraction, "selected": self.scores is not None,
+            "num_allocated": self.model.num_allocated() if self.sparse else None,
+            "num_active": self.model.num_active() if self.sparse else None,
+        }
+        scores_file = os.path.join(self.args.output_dir, SCORES_NAME) if self.scores is not None else None
+        write_state(ckpt, payload, scores_file)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        saved = read_state(resume_from_checkpoint)
+        check_compatible(saved, self._expected_state(), resume_from_checkpoint)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.in_tuning = bool(saved["in_tuning"])
+        self.active_fraction = saved.get("active_fraction")
+        if saved.get("selected"):
+            from .. import fisher
+
+            self.scores = fisher.load_scores(os.path.join(resume_from_checkpoint, SCORES_NAME))
+            if self.model.num_allocated() != saved["num_allocated"]:
+                raise ValueError(
+                    f"{resume_from_checkpoint} selected {saved['num_allocated']} entries but "
+                    f"{self.model.num_allocated()} were restored: its adapter weights do not match its state."
+                )
+        self._apply_phase_trainability()
+        self.optimizer, self.lr_scheduler = None, None  # built by the Trainer for the restored phase
