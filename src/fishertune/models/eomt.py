@@ -92,12 +92,13 @@ def eomt_state_dict_from_dinov2(dinov2: PreTrainedModel, config: EomtConfig) -> 
 
 
 class EomtSegmenter(PreTrainedModel):
-    accepts_loss_kwargs = False  # see BackboneSegmenterMixin
     """`EomtForUniversalSegmentation` at `self.backbone`, with semantic labels in and log-scores out.
 
     The loss is EoMT's (summed over the query blocks' predictions) with the world-size fix of
     `DistributedEomtLoss`.
     """
+
+    accepts_loss_kwargs = False  # the loss is computed inside forward; see BackboneSegmenterMixin
 
     config_class = EomtSegConfig
     config: EomtSegConfig
