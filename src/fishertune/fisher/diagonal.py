@@ -1,0 +1,128 @@
+"""Eq. 4 and 9: the diagonal Fisher of the targeted linear weights, with per-sample squares.
+
+    F_n = 1/N * sum_i E_{y ~ p_theta(y|x_i)} [ (dL(f_theta(x_i), y) / d theta_n)^2 ]       (Eq. 9)
+
+The squares are PER SAMPLE, as Eq. 9 writes them. Squaring a batch gradient instead estimates
+(E g)^2 + Var(g)/B, not E[g^2]: it shrinks with the batch size and is dominated by the mean
+gradient, which is a different (and batch-size dependent) ranking. Per-sample squares cost no
+extra backward pass here: for a linear layer the per-sample weight gradient is
+``g_i^T x_i`` (output gradient times input, summed over that sample's tokens), so the estimator
+captures each targeted layer's input and output gradient with hooks and forms the [B, out, in]
+product in fp32 chunks; autograd never builds the dense weight gradients at all.
+
+The expectation over y (the "true" Fisher, Eq. 4) is one draw per sample and pixel from the
+model's own prediction (``likelihood.sample_labels``); ``fisher_type="empirical"`` uses the
+ground truth instead (Child-Tuning-D, FISH).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..tuner import FisherTuneLayer
+from .dist import all_reduce_sum_
+from .likelihood import sample_labels  # noqa: F401  (Eq. 4 lives with the likelihood; re-exported here)
+
+_CHUNK_ELEMENTS = 1 << 25  # cap of the transient [chunk, out, in] fp32 product (128 MiB)
+
+
+def linear_owners(model: nn.Module, weights: Mapping[str, nn.Parameter]) -> dict[str, nn.Module]:
+    """The module whose forward produces each weight's output: the FisherTune wrapper if any, else the nn.Linear."""
+    by_id: dict[int, nn.Module] = {}
+    for mod in model.modules():
+        if isinstance(mod, FisherTuneLayer):
+            by_id[id(mod.get_base_layer().weight)] = mod
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear) and id(mod.weight) not in by_id:
+            by_id[id(mod.weight)] = mod
+    missing = [n for n, w in weights.items() if id(w) not in by_id]
+    if missing:
+        raise TypeError(
+            f"Weights {missing[:3]} do not belong to an nn.Linear (or FisherTune layer) of the model: the diagonal "
+            "estimator forms per-sample gradients of linear layers. Pass model.fishertune_target_weights()."
+        )
+    return {n: by_id[id(w)] for n, w in weights.items()}
+
+
+def per_sample_grad_squares(x: torch.Tensor, g: torch.Tensor, batch_size: int, scale: float = 1.0) -> torch.Tensor:
+    """``sum_i (g_i^T x_i / scale)^2`` [out, in] for layer inputs ``x`` [..., in] and output grads ``g`` [..., out].
+
+    The leading dimension may be a multiple of the batch (SAM's windows are batch-major), so rows
+    are regrouped per sample. Products and squares are fp32 under any autocast dtype: bf16/fp16
+    inputs are upcast before the product, whose square cannot overflow fp32 for finite inputs of
+    any realistic size (|g x| < 1e19).
+    """
+    if x.shape[0] % batch_size:
+        raise ValueError(f"Layer input has leading size {x.shape[0]}, not a multiple of the batch size {batch_size}.")
+    xs = x.reshape(batch_size, -1, x.shape[-1])
+    gs = g.reshape(batch_size, -1, g.shape[-1])
+    out = torch.zeros(g.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device)
+    chunk = max(1, _CHUNK_ELEMENTS // out.numel())
+    with torch.autocast(x.device.type, enabled=False):
+        for s in range(0, batch_size, chunk):
+            per = torch.bmm(gs[s : s + chunk].float().transpose(1, 2), xs[s : s + chunk].float())
+            if scale != 1.0:
+                per = per / scale
+            out += per.square().sum(0)
+    return out
+
+
+def diagonal_fisher(square_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: ``F = 1/N sum_i (dL_i/dtheta)^2`` from the accumulated per-sample squares and N."""
+    return square_sum / count.clamp_min(1)
+
+
+class GradSquareAccumulator:
+    """Running fp32 sums of per-sample squared gradients (Eq. 9) of the given linear weights.
+
+    Memory is one fp32 tensor per weight, whatever the number of batches. ``finalize()``
+    all-reduces sums and the sample count over ranks and returns F.
+    """
+
+    def __init__(self, owners: Mapping[str, nn.Module], weights: Mapping[str, nn.Parameter]) -> None:
+        self.owners = dict(owners)
+        self.sums = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for n, w in weights.items()}
+        self.count = torch.zeros((), dtype=torch.float64)
+        self._calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+
+    @contextmanager
+    def capture(self):
+        """Record every targeted layer's (input, output) during the forward inside this block."""
+        handles = []
+        for name, mod in self.owners.items():
+            def hook(m, inputs, output, name=name):
+                self._calls[name].append((inputs[0], output))
+            handles.append(mod.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def accumulate(self, loss_sum: torch.Tensor, batch_size: int, num_counted: int, scale: float = 1.0) -> None:
+        """Add the per-sample squares of ``d loss_sum / d W`` (``loss_sum = sum_i L_i * scale``)."""
+        names = [n for n in self._calls for _ in self._calls[n]]
+        outs = [o for n in self._calls for _, o in self._calls[n]]
+        grads = torch.autograd.grad(loss_sum, outs, allow_unused=True) if outs else []
+        by_name: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        for name, (x, _), g in zip(names, [c for n in self._calls for c in self._calls[n]], grads):
+            if g is not None:
+                by_name[name].append((x.detach(), g))
+        self._calls.clear()
+        for name, pairs in by_name.items():
+            # A layer called several times per forward: its per-sample gradient is the sum over calls.
+            x = torch.cat([p[0].reshape(batch_size, -1, p[0].shape[-1]) for p in pairs], dim=1)
+            g = torch.cat([p[1].reshape(batch_size, -1, p[1].shape[-1]) for p in pairs], dim=1)
+            self.sums[name] += per_sample_grad_squares(x, g, batch_size, scale)
+        self.count += num_counted
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        for t in self.sums.values():
+            all_reduce_sum_(t)
+        all_reduce_sum_(self.count)
+        return {n: diagonal_fisher(s, self.count.to(s.device, torch.float32)) for n, s in self.sums.items()}

@@ -1,0 +1,198 @@
+"""Eq. 6: DSU feature-statistics perturbation (Li et al., ICLR 2022) as forward hooks on ViT blocks.
+
+FisherTune uses the perturbed features x' only to measure how the Fisher changes under a
+simulated domain shift (Eq. 5, 7, 15); the hooks live only inside the estimator and are removed
+on exit (the tuning phase never sees them, Table 5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..tuner import block_patterns, find_backbone
+from .dist import all_reduce_sum_, global_slice
+
+
+def token_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu(x), sigma(x) of Eq. 6: mean and sqrt(var + eps) over the tokens of ``x`` [B, N, C], per sample and channel."""
+    return x.mean(1), (x.var(1) + eps).sqrt()
+
+
+def batch_std(stat: torch.Tensor, eps: float) -> torch.Tensor:
+    """Sigma_mu / Sigma_sigma of Eq. 6: sqrt(unbiased var over the batch + eps) of ``stat`` [B, C] -> [C].
+
+    Under torch.distributed the variance is over the global batch (sums and counts all-reduced),
+    so two processes with half the samples each perturb exactly like one process. The result is
+    detached: it is DSU's noise scale, and detaching it keeps samples independent, which the
+    per-sample squares of Eq. 9 need. With a single sample the variance is 0 (no shift).
+    """
+    s = stat.detach().double()
+    sums = torch.cat([s.sum(0), (s * s).sum(0), s.new_tensor([s.shape[0]])])
+    all_reduce_sum_(sums)
+    c = stat.shape[1]
+    n = float(sums[-1])
+    mean = sums[:c] / n
+    var = ((sums[c : 2 * c] - n * mean * mean) / max(n - 1.0, 1.0)).clamp_min(0.0)
+    return (var + eps).sqrt().to(stat.dtype)
+
+
+def dsu_perturb(
+    x: torch.Tensor, eps_mu: torch.Tensor, eps_sigma: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 6 on patch tokens ``x`` [B, N, C]: ``x' = beta * (x - mu) / sigma + alpha``.
+
+    ``alpha = mu + eps_mu * Sigma_mu`` and ``beta = sigma + eps_sigma * Sigma_sigma`` with
+    ``eps_mu, eps_sigma`` [B, C] standard-normal draws. Returns ``(x', alpha, beta)``.
+    """
+    mu, sigma = token_statistics(x, eps)
+    alpha = mu + eps_mu * batch_std(mu, eps)
+    beta = sigma + eps_sigma * batch_std(sigma, eps)
+    x_new = beta[:, None] * (x - mu[:, None]) / sigma[:, None] + alpha[:, None]
+    return x_new, alpha, beta
+
+
+class DSUHooks:
+    """Forward hooks that apply Eq. 6 to the output of each of ``blocks`` while ``enabled``.
+
+    Each block is perturbed with probability ``p`` per step; the coin and the draws are made at a
+    block's first call after ``new_draws()`` and reused for every forward of that step, so the
+    antithetic pair and the label-sampling pass of the variational estimator see the same x'.
+    Draws come from ``generator`` for the global batch and are sliced per rank (see
+    ``dist.global_slice``). Use as a context manager: hooks are removed on exit, whatever happens.
+
+    Block outputs are ``[B, T, C]`` tokens whose first ``num_prefix`` (CLS, registers) are left
+    alone, or ``[B, H, W, C]`` maps (SAM), or a tuple whose first element is one of these.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        num_prefix: int | Sequence[int],
+        p: float = 1.0,
+        eps: float = 1e-6,
+        generator: Optional[torch.Generator] = None,
+        record: bool = False,
+    ) -> None:
+        self.blocks, self.p, self.eps = list(blocks), p, eps
+        # One count per block: EoMT prepends its queries to the tokens of its last blocks.
+        self.num_prefix = [num_prefix] * len(self.blocks) if isinstance(num_prefix, int) else list(num_prefix)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.record = record
+        self.enabled = False
+        self.handles: list = []
+        self.records: dict[int, dict[str, torch.Tensor]] = {}
+        self._draws: dict[int, Optional[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # (offset, global batch) of this rank; set once per batch by the estimator to spare a collective per block.
+        self.batch_slice: Optional[tuple[int, int]] = None
+
+    def __enter__(self) -> "DSUHooks":
+        for i, block in enumerate(self.blocks):
+            self.handles.append(block.register_forward_hook(self._make_hook(i)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def new_draws(self) -> None:
+        """Start a new step: the next call of each block draws a fresh coin and fresh eps."""
+        self._draws.clear()
+
+    def step_shift(self) -> Optional[tuple[float, float]]:
+        """``(mean|eps_mu| + mean|eps_sigma|, mean eps_mu + mean eps_sigma)`` over this step's applied draws
+        (global batch, all perturbed blocks), or ``None`` when no block was perturbed."""
+        used = [d for d in self._draws.values() if d is not None]
+        if not used:
+            return None
+        mu = torch.cat([d[0].reshape(-1) for d in used])
+        sg = torch.cat([d[1].reshape(-1) for d in used])
+        return float(mu.abs().mean() + sg.abs().mean()), float(mu.mean() + sg.mean())
+
+    def _slice(self, local_b: int) -> tuple[int, int]:
+        return self.batch_slice if self.batch_slice is not None else global_slice(local_b)
+
+    def _draw(self, idx: int, local_b: int, c: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        if idx not in self._draws:
+            _, total = self._slice(local_b)
+            apply = bool(torch.rand((), generator=self.generator) < self.p)
+            # Always draw, so the generator advances identically whatever the coin says.
+            eps_mu = torch.randn(total, c, generator=self.generator)
+            eps_sigma = torch.randn(total, c, generator=self.generator)
+            self._draws[idx] = (eps_mu, eps_sigma) if apply else None
+        return self._draws[idx]
+
+    def _make_hook(self, idx: int):
+        def hook(module, inputs, output):
+            if not self.enabled:
+                return None
+            h = output[0] if isinstance(output, tuple) else output
+            b, c = h.shape[0], h.shape[-1]
+            draws = self._draw(idx, b, c)
+            if draws is None:
+                return None
+            offset, _ = self._slice(b)
+            eps_mu, eps_sigma = (d[offset : offset + b].to(h.device) for d in draws)
+            if h.dim() == 4:  # SAM: [B, H, W, C], no prefix tokens
+                prefix, tokens = None, h.reshape(b, -1, c)
+            elif h.dim() == 3:
+                k = self.num_prefix[idx]
+                prefix, tokens = h[:, :k], h[:, k:]
+            else:
+                raise ValueError(f"DSU expects block outputs [B, T, C] or [B, H, W, C], got shape {tuple(h.shape)}.")
+            with torch.autocast(h.device.type, enabled=False):
+                x_new, alpha, beta = dsu_perturb(tokens.float(), eps_mu, eps_sigma, self.eps)
+            if self.record:
+                self.records[idx] = {"x": tokens.detach().float(), "x_new": x_new.detach(), "alpha": alpha.detach(),
+                                     "beta": beta.detach(), "eps_mu": eps_mu, "eps_sigma": eps_sigma}
+            x_new = x_new.to(h.dtype)
+            new_h = x_new.reshape(h.shape) if prefix is None else torch.cat([prefix, x_new], dim=1)
+            return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
+
+        return hook
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The task model under PEFT / DDP wrappers (the module that owns ``semantic_logits`` and the config)."""
+    while True:
+        if hasattr(model, "get_base_model") and callable(model.get_base_model):
+            inner = model.get_base_model()
+        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module"):
+            inner = model.module
+        else:
+            return model
+        if inner is model:
+            return model
+        model = inner
+
+
+def find_blocks(model: nn.Module) -> tuple[list[nn.Module], int | list[int]]:
+    """``(blocks, num_prefix)``: the ViT blocks of the model's backbone and its CLS + register count.
+
+    The blocks are the ``ModuleList`` under the backbone whose children hold the family's targeted
+    linears (``encoder.layer`` for DINOv2, ``layers`` for ViT/SAM...). SAM has no prefix token;
+    EoMT's last ``num_blocks`` blocks also carry ``num_queries`` query tokens in front (a list then).
+    """
+    base = unwrap_model(model)
+    path, mtype = find_backbone(base)
+    backbone = base.get_submodule(path) if path else base
+    pattern = re.compile(block_patterns()[mtype])
+    for name, mod in backbone.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            # Wrapped linears (FisherTune layers) are not nn.Linear: match module names only.
+            if any(pattern.fullmatch(f"{name}.0.{sub}") for sub, _ in mod[0].named_modules() if sub):
+                cfg = getattr(backbone, "config", None)
+                prefix = 0 if mtype == "sam_vision_model" else 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
+                if mtype == "eomt":
+                    first_q = len(mod) - int(cfg.num_blocks)
+                    return list(mod), [prefix + (int(cfg.num_queries) if i >= first_q else 0) for i in range(len(mod))]
+                return list(mod), prefix
+    raise ValueError(
+        f"Found the {mtype} backbone at '{path}' but no block list under it; pass `blocks=` and "
+        "`num_prefix_tokens=` to estimate_scores."
+    )

@@ -1,0 +1,111 @@
+"""Eq. 4, 9: the diagonal Fisher against closed forms and hand-computed per-sample gradients."""
+
+import fishertune  # noqa: F401  (registers the PEFT method)
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+
+from fishertune import FisherTuneConfig
+from fishertune.fisher import EstimationConfig, estimate_scores
+
+from fisher_helpers import PixelClassifier, SoftmaxRegression, image_batches, tiny_dinov2
+
+DIAG = dict(criterion="fim", estimator="diagonal")
+
+
+def _batches(x, y, bs, repeats):
+    return [{"pixel_values": x[i : i + bs], "labels": y[i : i + bs]} for _ in range(repeats) for i in range(0, len(x), bs)]
+
+
+def test_true_fisher_converges_to_closed_form(softmax_data):
+    x, y = softmax_data
+    model = SoftmaxRegression()
+    repeats = 60
+    est = estimate_scores(model, _batches(x, y, 64, repeats), {"fc": model.fc.weight},
+                          EstimationConfig(fisher_type="true", num_batches=10_000, **DIAG))["fc"]
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1)  # [N, C]
+    v = p * (1 - p)
+    exact = (v[:, :, None] * x[:, None, :] ** 2).mean(0)  # E_x[x_j^2 p_c (1 - p_c)]
+    # Standard error of the one-draw-per-sample Monte Carlo mean: Var_y[(p_c - 1[y=c])^2] = v((1-p)^3 + p^3) - v^2.
+    var_y = (v * ((1 - p) ** 3 + p**3) - v**2)[:, :, None] * x[:, None, :] ** 4
+    se = (var_y.sum(0) * repeats).sqrt() / (repeats * len(x))
+    assert torch.all((est - exact).abs() <= 5 * se + 1e-7), ((est - exact) / se)
+    # The bound is tight enough to fail: the empirical Fisher is a different quantity here.
+    emp = estimate_scores(model, _batches(x, y, 16, 1), {"fc": model.fc.weight},
+                          EstimationConfig(fisher_type="empirical", **DIAG))["fc"]
+    assert not torch.all((emp - exact).abs() <= 5 * se + 1e-7)
+
+
+def test_empirical_fisher_is_mean_of_squared_per_sample_grads(softmax_data):
+    x, y = softmax_data
+    model = SoftmaxRegression()
+    est = estimate_scores(model, _batches(x, y, 16, 1), {"fc": model.fc.weight},
+                          EstimationConfig(fisher_type="empirical", **DIAG))["fc"]
+    ref = torch.zeros_like(model.fc.weight)
+    for i in range(len(x)):
+        g = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), model.fc.weight)[0]
+        ref += g**2
+    torch.testing.assert_close(est, ref / len(x), rtol=1e-5, atol=1e-9)
+    # Not the square of the batch gradient (that would be ~B times smaller here).
+    gb = sum(torch.autograd.grad(F.cross_entropy(model(x[i : i + 16]), y[i : i + 16]), model.fc.weight)[0] ** 2
+             for i in range(0, 64, 16)) / 4
+    assert not torch.allclose(est, gb, rtol=0.1)
+
+
+def test_segmentation_per_pixel_mean_with_ignore():
+    model = PixelClassifier()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 5, 6, generator=g)
+    y = torch.randint(0, 4, (3, 5, 6), generator=g)
+    y[0, :2] = 255
+    y[2] = 255  # a sample with no valid pixel is not counted
+    est = estimate_scores(model, [{"pixel_values": x, "labels": y}], {"proj": model.proj.weight},
+                          EstimationConfig(fisher_type="empirical", **DIAG))["proj"]
+    ref = torch.zeros_like(model.proj.weight)
+    for i in range(2):
+        loss = F.cross_entropy(model.semantic_logits(model(x[i : i + 1]), (5, 6)), y[i : i + 1], ignore_index=255)
+        ref += torch.autograd.grad(loss, model.proj.weight)[0] ** 2
+    torch.testing.assert_close(est, ref / 2, rtol=1e-5, atol=1e-10)
+
+
+def test_peft_model_with_active_entries_matches_merged_reference():
+    base = tiny_dinov2(layers=1)
+    peft_model = get_peft_model(base, FisherTuneConfig(init_criterion="random", init_weights=False, delta_max=0.3))
+    weights = peft_model.fishertune_target_weights()
+    assert peft_model.num_active() > 0
+    batch = image_batches(1, b=3)[0]
+    est = estimate_scores(peft_model, [batch], weights, EstimationConfig(fisher_type="empirical", **DIAG))
+    # Reference: per-sample autograd on a merged copy (W + delta), one sample at a time.
+    merged = get_peft_model(tiny_dinov2(layers=1), FisherTuneConfig(init_criterion="random", init_weights=False,
+                                                                      delta_max=0.3)).merge_and_unload()
+    mw = {n: merged.get_submodule(n).weight.requires_grad_(True) for n in weights}
+    ref = {n: torch.zeros_like(w) for n, w in mw.items()}
+    for i in range(3):
+        loss = F.cross_entropy(merged(pixel_values=batch["pixel_values"][i : i + 1]).logits, batch["labels"][i : i + 1])
+        for n, gr in zip(mw, torch.autograd.grad(loss, list(mw.values()))):
+            ref[n] += gr**2 / 3
+    for n in weights:
+        torch.testing.assert_close(est[n], ref[n], rtol=1e-4, atol=1e-10)
+
+
+@pytest.mark.parametrize("estimator", ["diagonal", "variational"])
+def test_bf16_autocast_is_finite_and_close(estimator):
+    model = tiny_dinov2()
+    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "fc1"))}
+    data = image_batches(3)
+    cfg = EstimationConfig(criterion="fim", estimator=estimator, fisher_type="empirical")
+    ref = estimate_scores(model, data, weights, cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = estimate_scores(model, data, weights, cfg)
+    for n in weights:
+        assert got[n].dtype == torch.float32 and torch.isfinite(got[n]).all()
+        assert torch.corrcoef(torch.stack([got[n].flatten(), ref[n].flatten()]))[0, 1] > 0.9
+
+
+def test_nan_statistic_names_the_parameter():
+    model = SoftmaxRegression()
+    bad = [{"pixel_values": torch.tensor([[float("nan"), 0.0, 1.0]]), "labels": torch.tensor([0])}]
+    with pytest.raises(FloatingPointError, match="'fc'"):
+        estimate_scores(model, bad, {"fc": model.fc.weight}, EstimationConfig(**DIAG))
