@@ -174,3 +174,18 @@ def test_push_to_hub_uploads_the_adapter(tmp_path, batch, monkeypatch):
     assert {"adapter_model.safetensors", "adapter_config.json"} <= set(uploaded["files"])
     sd = uploaded["files"]["adapter_model.safetensors"]
     assert sum(v.numel() for k, v in sd.items() if k.endswith("fishertune_values")) == model.num_allocated()
+
+
+def test_merge_and_unload_with_a_weightless_module_to_save(batch):
+    """A saved head without its own `.weight` (a Sequential) replaces its wrapper on unload."""
+    x, _ = batch
+    base = tiny_vit(3)
+    base.classifier = torch.nn.Sequential(torch.nn.Linear(32, 5))
+    model = get_peft_model(base, fishertune.FisherTuneConfig(init_criterion="magnitude", init_weights=False,
+                                                             modules_to_save=["classifier"]))
+    with torch.no_grad():
+        model.base_model.model.classifier.modules_to_save["default"][0].weight.add_(1.0)
+        ref = model(pixel_values=x).logits
+        merged = model.merge_and_unload()
+        assert isinstance(merged.classifier, torch.nn.Sequential)
+        torch.testing.assert_close(merged(pixel_values=x).logits, ref, rtol=1e-5, atol=1e-6)

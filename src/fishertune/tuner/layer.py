@@ -61,6 +61,9 @@ class _SparseDeltaLinear(torch.autograd.Function):
         if need_x:
             w_eff = weight.reshape(-1).index_add(0, idx, values.to(weight.dtype)).view_as(weight)
             gx = (grad_out @ w_eff.to(ctx.dtype)).to(ctx.x_dtype)
+            # Free the recomputed weight before the dense dL/dW exists: only one weight-sized
+            # temporary is alive at a time, at the point of the step's activation peak.
+            del w_eff
         if need_w or need_v:
             go2 = grad_out.reshape(-1, grad_out.shape[-1])
             dense = go2.t() @ xc.reshape(-1, xc.shape[-1])
@@ -68,6 +71,7 @@ class _SparseDeltaLinear(torch.autograd.Function):
                 gv = dense.reshape(-1).index_select(0, idx).to(ctx.v_dtype)
             if need_w:
                 gw = dense.to(ctx.w_dtype)
+            del dense
         if need_b and ctx.b_dtype is not None:
             gb = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.b_dtype)
         return gx, gw, gb, gv, None
@@ -137,8 +141,11 @@ class FisherTuneLayer(BaseTunerLayer):
         if indices.numel() == 0:
             return
         device = weight.device
-        self.fishertune_indices[adapter_name] = indices.to(device=device, dtype=torch.long)
-        self.fishertune_ranks[adapter_name] = ranks.to(device=device, dtype=torch.long)
+        # int32 halves the index storage (the bulk of the adapter's bytes) wherever it can address the entries.
+        idx_dtype = torch.int32 if weight.numel() < 2**31 else torch.long
+        rank_dtype = torch.int32 if int(ranks.max()) < 2**31 - 1 else torch.long
+        self.fishertune_indices[adapter_name] = indices.to(device=device, dtype=idx_dtype)
+        self.fishertune_ranks[adapter_name] = ranks.to(device=device, dtype=rank_dtype)
         self.fishertune_shape[adapter_name] = torch.tensor(expected, dtype=torch.long, device=device)
         # Deltas take the weight's dtype, like other PEFT adapters; PEFT upcasts fp16/bf16 adapters to fp32 afterwards
         # unless `autocast_adapter_dtype=False`.
@@ -159,7 +166,7 @@ class FisherTuneLayer(BaseTunerLayer):
         if adapter_name not in self.fishertune_ranks:
             return 0
         ranks = self.fishertune_ranks[adapter_name]
-        n = int(torch.searchsorted(ranks, torch.tensor(num_global_active, device=ranks.device)))
+        n = int(torch.searchsorted(ranks, torch.tensor(num_global_active, device=ranks.device, dtype=ranks.dtype)))
         self.fishertune_active[adapter_name] = n
         return n
 

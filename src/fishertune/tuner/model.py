@@ -145,6 +145,15 @@ class FisherTuneModel(BaseTuner):
         self._fishertune_autocast[adapter_name] = autocast_adapter_dtype
         super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
 
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # On unload, a `modules_to_save` copy (e.g. a segmentation head) replaces its wrapper; BaseTuner would copy
+        # `.weight`/`.bias` from the wrapped module, which a head without its own weight does not have.
+        base = getattr(child, "base_layer", child)
+        if not hasattr(new_module, "base_layer") and not hasattr(base, "weight"):
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
+
     def num_targeted(self) -> int:
         """N: the number of targeted weight entries (the base of delta_min and delta_max)."""
         return sum(m.get_base_layer().weight.numel() for m in self._tuner_layers().values())

@@ -1,0 +1,22 @@
+"""Segment a folder of images with a trained output folder: colour masks, overlays, class legend (PNG).
+
+    python recipes/predict.py --model outputs/demo --images my_images/ --output_dir predictions/
+    python recipes/predict.py --model outputs/camvid --images frames/ --device cuda
+"""
+
+import os
+import sys
+
+from fishertune.experiment import PredictArguments, parse_args, predict_output
+
+
+def main(argv=None):
+    (args, _) = parse_args((PredictArguments,), argv)
+    stems = predict_output(args.model, args.images, args.output_dir, device=args.device, mode=args.eval_mode)
+    out = os.path.abspath(args.output_dir)
+    print(f"Predicted {len(stems)} image(s) into {out}: masks/, overlays/, labels/, legend.png, legend.json")
+    return stems
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,33 @@
+"""Experiments: what the recipes (`recipes/train.py`, `evaluate.py`, `predict.py`) run, as library functions.
+
+- `arguments.py`  `ExperimentArguments` (model, data, evaluation, output) beside `FisherTuneTrainingArguments`
+- `config_io.py`  YAML defaults + command-line overrides (`parse_args`), the resolved config
+- `build.py`      datasets with transforms, the model
+- `run.py`        `run_experiment`: train, evaluate per target, write the output folder, push
+- `saved.py`      `load_output` / `evaluate_output`: a written output folder back as a model
+- `predict.py`    colour-coded masks, overlays and the class legend for a folder of images
+- `card.py`       the model card from `model_cards/`
+"""
+
+from __future__ import annotations
+
+from .arguments import BUILTIN_BACKBONES, EvaluateArguments, ExperimentArguments, PredictArguments, parse_target
+from .card import render_model_card, write_model_card
+from .config_io import parse_args, resolved_config
+from .predict import predict_folder, predict_output
+from .run import format_table, run_experiment
+from .saved import evaluate_output, load_output
+
+
+def parse_experiment_args(argv=None, configs_dir=None, default_config=None):
+    """`(ExperimentArguments, FisherTuneTrainingArguments, config path)` from `--config` YAML + flags."""
+    from ..training import FisherTuneTrainingArguments
+
+    return parse_args((ExperimentArguments, FisherTuneTrainingArguments), argv, configs_dir, default_config)
+
+
+__all__ = [
+    "BUILTIN_BACKBONES", "EvaluateArguments", "ExperimentArguments", "PredictArguments", "evaluate_output",
+    "format_table", "load_output", "parse_args", "parse_experiment_args", "parse_target", "predict_folder",
+    "predict_output", "render_model_card", "resolved_config", "run_experiment", "write_model_card",
+]  # fmt: skip

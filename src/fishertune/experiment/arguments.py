@@ -1,0 +1,176 @@
+"""ExperimentArguments: what a recipe run is about (model, data, evaluation, output), beside the training args.
+
+Everything about *how* to train (criterion, phases, learning rates, steps) lives in
+[`~fishertune.training.FisherTuneTrainingArguments`]; this dataclass holds the rest, so that one
+YAML file (keys of both dataclasses) describes a whole experiment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+#: Built-in small backbones (`backbone: "config:<name>"`), randomly initialised: the offline demo and tests.
+#: DINOv2 layout (q/k/v + FFN targets the tuner presets know); patch 8 so that 64x96 images give a 8x12 grid.
+BUILTIN_BACKBONES = {
+    "vit-small-demo": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+                           image_size=64, patch_size=8, layerscale_value=1.0),
+    "vit-micro-test": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           image_size=32, patch_size=8, layerscale_value=1.0),
+}  # fmt: skip
+HEADS = ("light", "mask2former", "eomt")
+EVAL_MODES = ("whole", "slide")
+
+
+def parse_target(spec: str) -> tuple[str, str]:
+    """`"camvid:target_dusk"` -> `("camvid", "target_dusk")`; `"synthetic:fog"` -> `("synthetic", "fog")`."""
+    name, sep, split = spec.partition(":")
+    if not sep or not name or not split:
+        raise ValueError(f"A dataset split must read 'dataset:split' (e.g. 'camvid:target_dusk'), got {spec!r}.")
+    return name.strip().lower(), split.strip()
+
+
+@dataclass
+class ExperimentArguments:
+    """Model, data, evaluation and output options of a `recipes/train.py` run.
+
+    Args:
+        backbone (`str`): Hub id, local folder, or `"config:<name>"` for a built-in randomly
+            initialised ViT (`BUILTIN_BACKBONES`: `vit-small-demo`, `vit-micro-test`).
+        head (`str`, defaults to `"light"`): `"light"`, `"mask2former"` (the paper's) or `"eomt"`.
+        taps (`list[int]`, *optional*): 1-based blocks feeding the head (default: evenly spaced).
+        dataset (`str`, defaults to `"synthetic"`): source dataset name (`fishertune.data.DATASET_NAMES`).
+        data_root (`str`, *optional*): source dataset folder (unused for `synthetic`).
+        train_split / val_split (`str`): source splits (for `synthetic`: domains).
+        targets (`list[str]`): target domains as `dataset:split`; each needs its root in `target_roots`
+            unless it is the source dataset (then `data_root`) or `synthetic`.
+        target_roots (`list[str]`): `dataset=folder` pairs, e.g. `cityscapes=/data/cityscapes`.
+        label_space (`str`, *optional*): CamVid label space (`camvid` or `cityscapes`).
+        crop_size (`list[int]`): training crop (h, w). scale_range (`list[int]`): short-edge range.
+        eval_mode (`str`): `whole` or `slide` inference. eval_crop_size / eval_stride: sliding window.
+        eval_scale (`list[int]`, *optional*): (long, short) keep-ratio evaluation size; default per dataset.
+        num_synthetic_samples / num_synthetic_eval_samples / synthetic_size: the synthetic data.
+        max_train_samples / max_eval_samples (`int`, *optional*): truncate datasets (quick runs).
+        merge (`bool`): save the merged plain model instead of the adapter.
+        quick (`bool`): CI smoke run: a handful of steps and samples (overrides the step counts).
+        card_title (`str`, *optional*): model card title. (`hub_model_id`, `push_to_hub` are training arguments.)
+    """
+
+    backbone: str = field(default="config:vit-small-demo", metadata={
+        "help": "Hub id, local folder, or 'config:<name>' for a built-in random-init ViT (vit-small-demo, vit-micro-test)."})
+    head: str = field(default="light", metadata={"help": "Segmentation head.", "choices": list(HEADS)})
+    taps: Optional[list[int]] = field(default=None, metadata={"help": "1-based blocks feeding the head."})
+    num_queries: Optional[int] = field(default=None, metadata={"help": "Mask2Former/EoMT queries (None: model default)."})
+    dataset: str = field(default="synthetic", metadata={"help": "Source dataset (gtav, cityscapes, camvid, synthetic, ...)."})
+    data_root: Optional[str] = field(default=None, metadata={"help": "Source dataset folder (unused for synthetic)."})
+    train_split: str = field(default="source", metadata={"help": "Source training split (synthetic: a domain)."})
+    val_split: Optional[str] = field(default=None, metadata={"help": "Source validation split (model selection only)."})
+    targets: list[str] = field(default_factory=list, metadata={
+        "help": "Unseen target domains as dataset:split, e.g. cityscapes:val camvid:target_dusk synthetic:fog."})
+    target_roots: list[str] = field(default_factory=list, metadata={
+        "help": "dataset=folder for target datasets other than the source one, e.g. bdd100k=/data/bdd100k."})
+    label_space: Optional[str] = field(default=None, metadata={"help": "CamVid: 'camvid' (11) or 'cityscapes' (19)."})
+    crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata={"help": "Training crop (h w)."})
+    scale_range: list[int] = field(default_factory=lambda: [256, 1024], metadata={"help": "Training short-edge range."})
+    photometric: bool = field(default=True, metadata={"help": "mmseg photometric distortion in training."})
+    eval_mode: str = field(default="slide", metadata={"help": "Inference: whole or slide.", "choices": list(EVAL_MODES)})
+    eval_crop_size: int = field(default=512, metadata={"help": "Sliding-window size."})
+    eval_stride: int = field(default=341, metadata={"help": "Sliding-window stride."})
+    eval_scale: Optional[list[int]] = field(default=None, metadata={
+        "help": "(long short) keep-ratio evaluation size; default: the dataset's (Rein's protocol)."})
+    num_synthetic_samples: int = field(default=256, metadata={"help": "Synthetic training images."})
+    num_synthetic_eval_samples: int = field(default=64, metadata={"help": "Synthetic images per eval domain."})
+    synthetic_size: list[int] = field(default_factory=lambda: [64, 96], metadata={"help": "Synthetic image (h w)."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate every evaluation set."})
+    merge: bool = field(default=False, metadata={"help": "Save the merged model instead of the adapter."})
+    card_title: Optional[str] = field(default=None, metadata={"help": "Model card title (default from the run)."})
+    quick: bool = field(default=False, metadata={"help": "CI smoke run: a few steps and samples."})
+
+    def __post_init__(self) -> None:
+        from ..data import DATASET_NAMES
+
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}.")
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}.")
+        if self.backbone.startswith("config:") and self.backbone[7:] not in BUILTIN_BACKBONES:
+            raise ValueError(f"Unknown built-in backbone {self.backbone!r}; choose config:<{'|'.join(BUILTIN_BACKBONES)}>.")
+        if self.dataset.lower() not in DATASET_NAMES:
+            raise ValueError(f"dataset must be one of {DATASET_NAMES}, got {self.dataset!r}.")
+        if self.dataset.lower() != "synthetic" and not self.data_root:
+            raise ValueError(f"dataset={self.dataset!r} needs --data_root (the dataset's folder).")
+        for spec in self.targets:
+            name, _ = parse_target(spec)
+            if name not in DATASET_NAMES:
+                raise ValueError(f"Target {spec!r}: unknown dataset {name!r}; choose one of {DATASET_NAMES}.")
+        self.target_root_map()  # validates the pairs
+        for name in ("crop_size", "scale_range", "synthetic_size"):
+            value = getattr(self, name)
+            if len(value) != 2 or min(value) <= 0:
+                raise ValueError(f"{name} must be two positive integers, got {value}.")
+        if self.scale_range[0] > self.scale_range[1]:
+            raise ValueError(f"scale_range must be (low, high), got {self.scale_range}.")
+        if self.eval_scale is not None and len(self.eval_scale) != 2:
+            raise ValueError(f"eval_scale must be (long short), got {self.eval_scale}.")
+
+    def target_root_map(self) -> dict[str, str]:
+        """`{dataset: folder}` from `target_roots`, the source's own root included."""
+        roots = {self.dataset.lower(): self.data_root} if self.data_root else {}
+        for pair in self.target_roots:
+            name, sep, path = pair.partition("=")
+            if not sep or not path:
+                raise ValueError(f"target_roots entries read 'dataset=folder', got {pair!r}.")
+            roots[name.strip().lower()] = path
+        return roots
+
+
+@dataclass
+class EvaluateArguments:
+    """`recipes/evaluate.py`: a trained output folder on any dataset of the package.
+
+    Args:
+        model (`str`): an output folder of `recipes/train.py`.
+        targets (`list[str]`): `dataset:split` domains; empty: the run's own targets and source val.
+        target_roots (`list[str]`): `dataset=folder` for datasets read from disk.
+        label_space, eval_mode, eval_scale, max_eval_samples, num_synthetic_eval_samples: override the run's.
+        device (`str`): `auto`, `cpu`, `cuda`, ... output_file (`str`, *optional*): write the metrics JSON there.
+    """
+
+    model: str = field(metadata={"help": "Output folder of recipes/train.py."})
+    targets: list[str] = field(default_factory=list, metadata={"help": "dataset:split domains (default: the run's)."})
+    target_roots: list[str] = field(default_factory=list, metadata={"help": "dataset=folder pairs."})
+    label_space: Optional[str] = field(default=None, metadata={"help": "CamVid label space override."})
+    eval_mode: Optional[str] = field(default=None, metadata={"help": "whole or slide (default: the run's)."})
+    eval_scale: Optional[list[int]] = field(default=None, metadata={"help": "(long short) evaluation size."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate every evaluation set."})
+    num_synthetic_eval_samples: Optional[int] = field(default=None, metadata={"help": "Synthetic images per domain."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    output_file: Optional[str] = field(default=None, metadata={"help": "Write the metrics JSON here."})
+
+    def __post_init__(self) -> None:
+        if self.eval_mode is not None and self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}.")
+        for spec in self.targets:
+            parse_target(spec)
+
+
+@dataclass
+class PredictArguments:
+    """`recipes/predict.py`: a folder of images -> colour-coded masks, overlays and the class legend.
+
+    Args:
+        model (`str`): an output folder of `recipes/train.py`.
+        images (`str`): folder of images. output_dir (`str`): where masks/, overlays/, legend.png go.
+        device (`str`): `auto`, `cpu`, `cuda`, ... eval_mode (`str`, *optional*): override the run's.
+    """
+
+    model: str = field(metadata={"help": "Output folder of recipes/train.py."})
+    images: str = field(metadata={"help": "Folder of images to segment."})
+    output_dir: str = field(default="predictions", metadata={"help": "Where masks/, overlays/, legend.png go."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    eval_mode: Optional[str] = field(default=None, metadata={"help": "whole or slide (default: the run's)."})
+
+    def __post_init__(self) -> None:
+        if self.eval_mode is not None and self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}.")

@@ -1,0 +1,101 @@
+"""Build what an experiment needs from its [`ExperimentArguments`]: datasets with transforms, and the model."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+
+from .. import data as ftdata
+from ..models import build_model
+from .arguments import BUILTIN_BACKBONES, ExperimentArguments, parse_target
+
+# Synthetic evaluation sets use another seed than training: other scenes, not the training ones repainted.
+SYNTHETIC_TRAIN_SEED, SYNTHETIC_EVAL_SEED = 0, 1
+
+
+def backbone_source(backbone: str):
+    """What `build_model` takes: a `Dinov2Config` for `config:<name>`, else the Hub id / folder itself."""
+    if backbone.startswith("config:"):
+        from transformers import Dinov2Config
+
+        return Dinov2Config(**BUILTIN_BACKBONES[backbone[len("config:"):]])
+    return backbone
+
+
+def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on the 0..255 scale: the backbone's `preprocessor_config.json` when it is a local
+    folder that has one (e.g. ViT augreg uses 0.5/0.5), else ImageNet's (DINOv2, Rein)."""
+    path = os.path.join(backbone, "preprocessor_config.json")
+    if not backbone.startswith("config:") and os.path.isfile(path):
+        with open(path) as f:
+            proc = json.load(f)
+        if "image_mean" in proc and "image_std" in proc:
+            return tuple(255.0 * m for m in proc["image_mean"]), tuple(255.0 * s for s in proc["image_std"])
+    return ftdata.IMAGENET_MEAN, ftdata.IMAGENET_STD
+
+
+def source_id2label(args: ExperimentArguments) -> dict[int, str]:
+    """Class names of the source dataset (the model's label space)."""
+    return ftdata.id2label(args.dataset.lower(), label_space=args.label_space)
+
+
+def build_base_model(args: ExperimentArguments, id2label: dict[int, str], seed: Optional[int] = None):
+    """The plain segmenter (backbone + head). `seed` makes random initialisation (head, built-in backbones) repeatable."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    kwargs = {"taps": tuple(args.taps)} if args.taps else {}
+    if args.num_queries is not None:
+        kwargs["num_queries"] = args.num_queries
+    return build_model(args.head, backbone_source(args.backbone), id2label=id2label, **kwargs)
+
+
+def load_split(args: ExperimentArguments, name: str, split: str, train: bool, roots: Optional[dict] = None):
+    """One raw split (`image`/`label` columns): synthetic domains are generated, the rest read from their folder."""
+    name = name.lower()
+    limit = args.max_train_samples if train else args.max_eval_samples
+    if name == "synthetic":
+        n = args.num_synthetic_samples if train else args.num_synthetic_eval_samples
+        n = min(n, limit) if limit else n
+        seed = SYNTHETIC_TRAIN_SEED if train else SYNTHETIC_EVAL_SEED
+        return ftdata.make_synthetic_dataset(n, domain=split, size=tuple(args.synthetic_size), seed=seed)
+    roots = args.target_root_map() if roots is None else roots
+    if name not in roots:
+        raise ValueError(f"No folder for dataset {name!r}: pass --target_roots {name}=/path/to/{name}.")
+    kw = {"label_space": args.label_space} if name == "camvid" and args.label_space else {}
+    ds = ftdata.load_dataset(name, roots[name], split, **kw)
+    return ds.select(range(min(limit, len(ds)))) if limit else ds
+
+
+def eval_transform(args: ExperimentArguments, name: str):
+    mean, std = normalization(args.backbone)
+    scale = tuple(args.eval_scale) if args.eval_scale else ftdata.EVAL_SCALES.get(name.lower())
+    return ftdata.eval_transforms(scale=scale, mean=mean, std=std)
+
+
+def build_train_dataset(args: ExperimentArguments):
+    """The source training set with Rein's augmentation pipeline (sized by `crop_size`/`scale_range`)."""
+    mean, std = normalization(args.backbone)
+    ds = load_split(args, args.dataset, args.train_split, train=True)
+    transform = ftdata.train_transforms(crop_size=tuple(args.crop_size), scale_range=tuple(args.scale_range),
+                                        photometric=args.photometric, mean=mean, std=std)
+    return ds.with_transform(transform)
+
+
+def build_eval_datasets(args: ExperimentArguments, targets: Optional[list[str]] = None) -> dict:
+    """`{"dataset:split": dataset with eval transform}` for `targets` (default: `args.targets`)."""
+    out = {}
+    for spec in args.targets if targets is None else targets:
+        name, split = parse_target(spec)
+        out[spec] = load_split(args, name, split, train=False).with_transform(eval_transform(args, name))
+    return out
+
+
+def build_source_val(args: ExperimentArguments) -> dict:
+    """`{"source:<dataset>:<split>": ...}` or `{}` without `val_split` (its key starts with "source": not a target)."""
+    if not args.val_split:
+        return {}
+    ds = load_split(args, args.dataset, args.val_split, train=False)
+    return {f"source:{args.dataset}:{args.val_split}": ds.with_transform(eval_transform(args, args.dataset))}

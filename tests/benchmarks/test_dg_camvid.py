@@ -1,0 +1,72 @@
+"""benchmarks/dg_camvid.py without training: recipe tags, resumable grid bookkeeping, aggregation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("dg_camvid", REPO / "benchmarks" / "dg_camvid.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dg_camvid"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+dg = _load()
+
+
+def _args(*extra):
+    import argparse
+
+    ns = argparse.Namespace(quick="--quick" in extra, steps=None, estimation_batches=None, eval_every=None,
+                            fisher_type="true", corruptions=list(dg.DEFAULT_CORRUPTIONS), extra=None,
+                            root=dg.DEFAULT_ROOT, backbone=dg.DEFAULT_BACKBONE)  # fmt: skip
+    return ns
+
+
+def _fake_run(out: Path, method: str, seed: int, base: float):
+    targets = ["source_val", "target_day_new_route", "target_dusk", "target_fog", "target_dark"]
+    metrics = {t: {"mIoU": base + i + seed, "aAcc": 90.0, "IoU": {}} for i, t in enumerate(targets)}
+    (out / f"{method}__seed{seed}.json").write_text(json.dumps({
+        "method": method, "seed": seed, "metrics": metrics, "train_seconds": 1.0, "machine": {"cpu": "x", "cpu_count": 2},
+        "selection": None, "trainable_backbone_entries": 0.0,
+    }))  # fmt: skip
+
+
+def test_recipe_defaults_and_tags():
+    quick, full = dg.recipe_from_args(_args("--quick")), dg.recipe_from_args(_args())
+    assert (quick["steps"], quick["eval_every"], full["steps"], full["eval_every"]) == (120, 3, 800, 1)
+    assert full["crop_size"] == [224, 304] and full["taps"] == [3, 6, 9, 12] and full["batch_size"] == 8
+    assert (full["backbone_lr"], full["decoder_lr"], full["delta_max"]) == (1e-4, 1e-3, 0.05)
+    full["default"], quick["default"] = True, True
+    assert dg.recipe_tag(full) == "full" and dg.recipe_tag(quick) == "quick"
+    other = dict(full, default=False, extra={"gamma": 1e-12})
+    assert dg.recipe_tag(other).startswith("full_800steps_") and dg.recipe_tag(other) != dg.recipe_tag(dict(other, extra={}))
+
+
+def test_aggregate_mean_std_and_outputs(tmp_path):
+    recipe = dict(dg.recipe_from_args(_args()), default=True, command="python benchmarks/dg_camvid.py")
+    out = dg.runs_dir(recipe, tmp_path)
+    out.mkdir(parents=True)
+    for seed in (0, 1, 2):
+        _fake_run(out, "frozen", seed, 40.0)
+        _fake_run(out, "dr_fim_var", seed, 42.0)
+    summary = dg.aggregate(recipe, tmp_path)
+    row = summary["methods"]["dr_fim_var"]["mIoU"]
+    assert row["source_val"]["mean"] == pytest.approx(43.0) and row["source_val"]["std"] == pytest.approx(1.0)
+    # mean over the 4 targets (day 43, dusk 44, fog 45, dark 46) + seed offset 1
+    assert row["mean_targets"]["mean"] == pytest.approx(45.5)
+    assert row["mean_clean_targets"]["mean"] == pytest.approx(44.5) and row["mean_corrupted"]["mean"] == pytest.approx(46.5)
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"dg_camvid.{ext}").is_file()
+    md = (tmp_path / "dg_camvid.md").read_text()
+    assert "43.0 ± 1.0" in md and "frozen backbone" in md

@@ -1,0 +1,99 @@
+"""Config parsing: YAML sets defaults, flags override, unknown keys fail; every shipped YAML parses."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from fishertune.experiment import ExperimentArguments, parse_experiment_args
+from fishertune.training import FisherTuneTrainingArguments
+
+from ._helpers import CONFIGS_DIR
+
+ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS_DIR, "*.yaml")))
+ABLATIONS = {
+    "full": ("full", None), "frozen": ("frozen", None), "lora": ("lora", None), "random": ("random", None),
+    "random_q": ("random_q", None), "random_k": ("random_k", None), "random_v": ("random_v", None),
+    "fim_diagonal": ("fim", "diagonal"), "fim_variational": ("fim", "variational"),
+    "delta_fim": ("delta_fim", "variational"), "dr_fim_diagonal": ("dr_fim", "diagonal"),
+    "dr_fim_variational": ("dr_fim", "variational"),
+}  # fmt: skip
+
+
+def parse(argv, default_config="demo"):
+    return parse_experiment_args(argv, configs_dir=CONFIGS_DIR, default_config=default_config)
+
+
+def test_no_argument_is_the_demo():
+    exp, targs, path = parse([])
+    assert os.path.basename(path) == "demo.yaml"
+    assert exp.backbone.startswith("config:") and exp.dataset == "synthetic" and len(exp.targets) >= 2
+    assert targs.criterion == "dr_fim" and targs.max_steps > 0 and targs.warmup_phase_steps > 0
+
+
+def test_cli_overrides_yaml():
+    exp, targs, _ = parse(["--config", "demo", "--max_steps", "7", "--targets", "synthetic:blur", "synthetic:fog",
+                           "--criterion", "random_q", "--merge", "true"])
+    assert targs.max_steps == 7 and targs.criterion == "random_q" and exp.merge is True
+    assert exp.targets == ["synthetic:blur", "synthetic:fog"]
+    assert targs.learning_rate == pytest.approx(3e-4)  # still the YAML's, not the dataclass default (1e-4)
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbone: config:vit-micro-test\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        parse(["--config", str(bad)])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--targets", "fog"], "dataset:split"),
+    (["--targets", "nowhere:val"], "unknown dataset"),
+    (["--backbone", "config:nope"], "built-in backbone"),
+    (["--dataset", "cityscapes"], "data_root"),
+    (["--target_roots", "cityscapes"], "dataset=folder"),
+])  # fmt: skip
+def test_invalid_values_fail_with_a_message(argv, match):
+    with pytest.raises(ValueError, match=match):
+        parse(argv)
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: os.path.basename(p)[:-5])
+def test_every_config_parses(path):
+    exp, targs, used = parse(["--config", path])
+    assert isinstance(exp, ExperimentArguments) and isinstance(targs, FisherTuneTrainingArguments)
+    assert used == path and targs.output_dir
+    assert exp.targets, "every config names its target domains"
+    if exp.dataset != "synthetic":
+        assert exp.data_root and all(t.split(":")[0] in exp.target_root_map() for t in exp.targets)
+
+
+def test_the_issue_configs_exist():
+    names = {os.path.basename(p)[:-5] for p in ALL_CONFIGS}
+    assert {"demo", "camvid_vit_tiny", "gtav_dinov2_large_mask2former", "cityscapes_to_bdd",
+            "cityscapes_to_acdc"} <= names
+    assert {f"ablation_{a}" for a in ABLATIONS} <= names
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablations_differ_only_in_the_method(name):
+    exp, targs, _ = parse(["--config", f"ablation_{name}"])
+    ref_exp, ref_targs, _ = parse(["--config", "ablation_dr_fim_variational"])
+    criterion, estimator = ABLATIONS[name]
+    assert targs.criterion == criterion and (estimator is None or targs.estimator == estimator)
+    assert exp == ref_exp  # same model, data, evaluation
+    same = ("max_steps", "learning_rate", "per_device_train_batch_size", "delta_max", "seed", "estimation_batches")
+    assert all(getattr(targs, k) == getattr(ref_targs, k) for k in same)
+    assert targs.delta_max == 0.05
+
+
+def test_paper_settings():
+    exp, targs, _ = parse(["--config", "gtav_dinov2_large_mask2former"])
+    assert exp.backbone == "facebook/dinov2-large" and exp.head == "mask2former" and exp.taps == [8, 12, 16, 24]
+    assert exp.dataset == "gtav" and exp.targets == ["cityscapes:val", "bdd100k:val", "mapillary:val"]
+    assert targs.max_steps == 40000 and targs.per_device_train_batch_size == 4 and exp.crop_size == [512, 512]
+    # data paths are arguments
+    exp, _, _ = parse(["--config", "cityscapes_to_acdc", "--data_root", "/d/cs", "--target_roots", "acdc=/d/acdc"])
+    assert exp.target_root_map() == {"cityscapes": "/d/cs", "acdc": "/d/acdc"}
