@@ -1,0 +1,487 @@
+"""Real-data domain-generalization benchmark on CamVid (issue 8): FisherTune vs its baselines.
+
+Backbone: the pretrained ViT-Tiny/16 (augreg) with the light head (BN + 1x1 conv on the patch
+tokens of blocks 3, 6, 9, 12). Source: CamVid day sequences 0016E5 + 0006R0 (`source_train`;
+`source_val` is only reported, never used to pick anything). Targets, never seen in training:
+`target_day_new_route` (Seq05VD), `target_dusk` (0001TP), and six corrupted copies of Seq05VD
+(fog, frost, snow, motion blur, gaussian noise at severity 3, and a night-like darkening; see
+benchmarks/camvid_corruptions.py).
+
+Every method goes through `fishertune.training.FisherTuneTrainer` with one recipe (the probe's):
+crops 224x304 from images scaled 0.5-1.0, horizontal flip, batch 8, AdamW lr 1e-4 (backbone) /
+1e-3 (head), weight decay 0.05, poly(0.9) decay over the whole run, N optimizer steps. Phases:
+
+- sparse criteria (random, fim, delta_fim, dr_fim; diagonal and variational estimators): T1 =
+  10% decoder-only warm-up, T2 estimation batches (no optimizer step, not counted in N), T3 = 90%
+  tuning with the active share growing from delta_min = 1% to delta_max = 5% (Eq. 16).
+- full / frozen / lora: all N steps train what the method trains (no warm-up): the head gets the
+  same N steps everywhere, and the backbone trains for N (baselines) or 0.9 N (sparse) steps.
+
+Evaluation: `fishertune.evaluation.evaluate_model`, full-resolution 480x360 images in one window
+zero-padded to 368x480 (a multiple of the patch size), mIoU over CamVid's 11 classes (void ignored).
+
+Each (method, seed) runs in its own subprocess and writes runs/<mode>/<method>__seed<k>.json; a
+rerun skips finished runs (resumable). Then the runs are aggregated to
+results/dg_camvid[_quick].{json,md,png}.
+
+Usage::
+
+    python benchmarks/dg_camvid.py --quick                 # 1 seed, 120 steps, every 3rd eval image (CPU)
+    python benchmarks/dg_camvid.py                         # 3 seeds, 800 steps (GPU)
+    python benchmarks/dg_camvid.py --methods frozen dr_fim_var --seeds 0
+    python benchmarks/dg_camvid.py --aggregate-only [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DEFAULT_ROOT = "/work/shared/data/camvid"
+DEFAULT_BACKBONE = "/work/shared/models/vit-tiny-patch16-224-augreg"
+
+#: name -> trainer options. Order = run order within a seed (the most informative first).
+METHODS = {
+    "frozen": dict(criterion="frozen"),
+    "full": dict(criterion="full"),
+    "random": dict(criterion="random"),
+    "dr_fim_var": dict(criterion="dr_fim", estimator="variational"),
+    "fim_var": dict(criterion="fim", estimator="variational"),
+    "lora": dict(criterion="lora"),
+    "delta_fim_var": dict(criterion="delta_fim", estimator="variational"),
+    "dr_fim_diag": dict(criterion="dr_fim", estimator="diagonal"),
+    "fim_diag": dict(criterion="fim", estimator="diagonal"),
+    "delta_fim_diag": dict(criterion="delta_fim", estimator="diagonal"),
+}
+#: Investigation variants (not in the default grid; pass them with --methods). `combine="normalized"`:
+#: DRF = F / mean(F) + w * dF / mean(dF), with w = exp(-2 sqrt(2/pi)) (the expected `abs_mean` weight of
+#: Eq. 7 for eps ~ N(0, 1)). The package's "balanced" Eq. 7/15 adds F (~1e-9..1e-5 here) to the
+#: dimensionless ratio dF (~0.01..100), so its ranking equals dF's; "literal" scales dF by gamma, so it
+#: equals F's. This variant puts both terms on one scale (see dg_camvid_selection.py).
+VARIANTS = {
+    "dr_fim_norm_var": dict(criterion="dr_fim", estimator="variational", combine="normalized"),
+    "dr_fim_norm_diag": dict(criterion="dr_fim", estimator="diagonal", combine="normalized"),
+}
+LABELS = {
+    "frozen": "frozen backbone", "full": "full fine-tuning", "lora": "LoRA (r=8)", "random": "random 5%",
+    "fim_var": "F 5% (variational)", "delta_fim_var": "dF 5% (variational)", "dr_fim_var": "DRF 5% (variational) = FisherTune",
+    "fim_diag": "F 5% (diagonal)", "delta_fim_diag": "dF 5% (diagonal)", "dr_fim_diag": "DRF 5% (diagonal)",
+    "dr_fim_norm_var": "DRF, scale-normalized (var.) [variant]", "dr_fim_norm_diag": "DRF, scale-normalized (diag.) [variant]",
+}  # fmt: skip
+ALL_METHODS = {**METHODS, **VARIANTS}
+#: Row order of the tables and bars: baselines, then Table 4's criteria (random < F < dF < DRF) per estimator.
+DISPLAY_ORDER = ["frozen", "full", "lora", "random", "fim_var", "delta_fim_var", "dr_fim_var", "fim_diag",
+                 "delta_fim_diag", "dr_fim_diag", *VARIANTS]
+CLEAN_TARGETS = ("target_day_new_route", "target_dusk")
+DEFAULT_CORRUPTIONS = ["fog", "frost", "snow", "motion_blur", "gaussian_noise", "dark"]
+SHORT = {"source_val": "src val", "target_day_new_route": "Seq05VD", "target_dusk": "dusk", "target_fog": "fog",
+         "target_frost": "frost", "target_snow": "snow", "target_motion_blur": "motion", "target_gaussian_noise": "noise",
+         "target_dark": "dark"}  # fmt: skip
+
+
+def recipe_from_args(args) -> dict:
+    quick = args.quick
+    steps = args.steps or (120 if quick else 800)
+    return {
+        "mode": "quick" if quick else "full",
+        "root": args.root,
+        "backbone": args.backbone,
+        "model": "light",
+        "taps": [3, 6, 9, 12],
+        "steps": steps,
+        "batch_size": 8,
+        "crop_size": [224, 304],
+        "scale_range": [0.5, 1.0],
+        "flip_prob": 0.5,
+        "photometric": False,
+        "backbone_lr": 1e-4,
+        "decoder_lr": 1e-3,
+        "weight_decay": 0.05,
+        "lr_schedule": "poly 0.9 to 0 over all steps",
+        "warmup_phase_ratio": 0.1,
+        "estimation_batches": args.estimation_batches or (16 if quick else 100),
+        "delta_min": 0.01,
+        "delta_max": 0.05,
+        "fisher_type": args.fisher_type,
+        "lora_r": 8,
+        "corruptions": list(args.corruptions),
+        "severity": 3,
+        "corruption_seed": 0,
+        "eval_window": [368, 480],
+        # quick: every 3rd image of every evaluation set (the corrupted sets keep the same Seq05VD frames)
+        "eval_every": args.eval_every or (3 if quick else 1),
+        "extra": dict(args.extra or {}),
+    }
+
+
+# -- one run (in a subprocess) ------------------------------------------------------------------
+def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int | None) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from transformers import AutoImageProcessor
+
+    sys.path.insert(0, str(HERE))
+    from camvid_corruptions import DEFAULT_CACHE, corrupted_targets
+
+    from fishertune.data import eval_transforms, get_id2label, load_dataset, normalization_from_processor, train_transforms
+    from fishertune.data import collate_fn
+    from fishertune.evaluation import evaluate_model
+    from fishertune.models import build_model
+    from fishertune.training import FisherTuneTrainer, FisherTuneTrainingArguments
+
+    t_start = time.time()
+    mean, std = normalization_from_processor(AutoImageProcessor.from_pretrained(recipe["backbone"]))
+    train = load_dataset("camvid", recipe["root"], "source_train")
+    id2label = get_id2label(train)
+    lo, hi = recipe["scale_range"]
+    short = 360  # CamVid is 480x360: the short edge scaled by 0.5..1.0
+    train.set_transform(train_transforms(
+        crop_size=tuple(recipe["crop_size"]), scale_range=(int(lo * short), int(hi * short)), num_scales=None,
+        cat_max_ratio=1.0, flip_prob=recipe["flip_prob"], photometric=recipe["photometric"], mean=mean, std=std,
+    ))  # fmt: skip
+
+    torch.manual_seed(seed)  # the head's init
+    model = build_model("light", recipe["backbone"], num_labels=len(id2label), id2label=id2label, taps=recipe["taps"])
+    opts = dict(ALL_METHODS[method])
+    if opts.pop("combine", None) == "normalized":
+        _patch_normalized_drf()
+    extra = dict(recipe.get("extra") or {})
+    work_dir = out_file.parent / f"{out_file.stem}_work"
+    args = FisherTuneTrainingArguments(
+        output_dir=str(work_dir), max_steps=recipe["steps"], per_device_train_batch_size=recipe["batch_size"],
+        learning_rate=recipe["backbone_lr"], backbone_learning_rate=recipe["backbone_lr"],
+        decoder_learning_rate=recipe["decoder_lr"], weight_decay=recipe["weight_decay"],
+        warmup_phase_ratio=recipe["warmup_phase_ratio"], estimation_batches=recipe["estimation_batches"],
+        delta_min=recipe["delta_min"], delta_max=recipe["delta_max"], fisher_type=recipe["fisher_type"],
+        lora_r=recipe["lora_r"], lora_alpha=recipe["lora_r"], seed=seed, data_seed=seed, logging_steps=10,
+        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(), save_sensitivity_plot=True, **opts, **extra,
+    )  # fmt: skip
+    trainer = FisherTuneTrainer(model=model, args=args, train_dataset=train, data_collator=collate_fn)
+    t0 = time.time()
+    trainer.train()
+    train_s = time.time() - t0
+    t1, t2, t3 = args.phase_lengths(recipe["steps"])
+    selection = None
+    if (work_dir / "fishertune_selection.json").is_file():
+        sel = json.loads((work_dir / "fishertune_selection.json").read_text())
+        selection = {k: v for k, v in sel.items() if k != "per_layer"}
+        blocks: dict[str, int] = {}
+        for name, n in sel.get("per_layer", {}).items():
+            parts = name.split(".")
+            blk = next((p for a, p in zip(parts, parts[1:]) if a in ("layer", "layers", "blocks")), "?")
+            blocks[blk] = blocks.get(blk, 0) + n
+        selection["per_block"] = blocks
+
+    ev = eval_transforms(mean=mean, std=std)
+    targets = {"source_val": load_dataset("camvid", recipe["root"], "source_val")}
+    for name in CLEAN_TARGETS:
+        targets[name] = load_dataset("camvid", recipe["root"], name)
+    targets.update(corrupted_targets(recipe["root"], recipe["corruptions"], severity=recipe["severity"],
+                                     seed=recipe["corruption_seed"], cache_dir=DEFAULT_CACHE))  # fmt: skip
+    every = recipe.get("eval_every", 1)
+    if every > 1:
+        targets = {k: ds.select(range(0, len(ds), every)) for k, ds in targets.items()}
+    window = tuple(recipe["eval_window"])
+    t0 = time.time()
+    metrics = evaluate_model(trainer.model, targets, batch_size=8, mode="slide", crop_size=window, stride=window,
+                             num_classes=len(id2label), transform=ev)  # fmt: skip
+    eval_s = time.time() - t0
+    metrics.pop("mean", None)
+    compact = {t: {"mIoU": 100 * m["mIoU"], "aAcc": 100 * m["aAcc"],
+                   "IoU": {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else 100 * v)
+                           for k, v in _per_class(m).items()}}
+               for t, m in metrics.items()}  # fmt: skip
+    history = [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate", "phase", "active_fraction",
+                                                    "trainable_backbone_entries", "grad_norm")}
+               for h in trainer.state.log_history if "loss" in h]  # fmt: skip
+    result = {
+        "method": method, "seed": seed, "options": opts, "recipe": recipe, "phases": {"T1": t1, "T2": t2, "T3": t3},
+        "metrics": compact, "selection": selection, "train_seconds": train_s, "eval_seconds": eval_s,
+        "total_seconds": time.time() - t_start, "machine": machine(), "log_history": history,
+        "trainable_backbone_entries": history[-1].get("trainable_backbone_entries") if history else None,
+    }  # fmt: skip
+    tmp = out_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out_file)
+    return result
+
+
+def _patch_normalized_drf() -> None:
+    """Make `fishertune.fisher.estimate_scores` return the scale-normalized DRF for criterion dr_fim."""
+    import dataclasses
+
+    import torch
+
+    import fishertune.fisher as fisher
+
+    original = fisher.estimate_scores
+    weight = math.exp(-2 * math.sqrt(2 / math.pi))
+
+    def estimate_scores(model, dataloader, weights, config, *a, **kw):
+        if config.criterion != "dr_fim":
+            return original(model, dataloader, weights, config, *a, **kw)
+        parts = {}
+        for crit in ("fim", "delta_fim"):
+            torch.manual_seed(config.seed)  # both passes read the same batches
+            parts[crit] = original(model, dataloader, weights, dataclasses.replace(config, criterion=crit), *a, **kw)
+        mean = {c: torch.cat([v.reshape(-1).double() for v in p.values()]).mean().item() or 1.0 for c, p in parts.items()}
+        return {n: (parts["fim"][n].double() / mean["fim"] + weight * parts["delta_fim"][n].double() / mean["delta_fim"]).float()
+                for n in parts["fim"]}  # fmt: skip
+
+    fisher.estimate_scores = estimate_scores
+
+
+def _per_class(m: dict) -> dict:
+    for key in ("per_class_iou", "per_class_IoU", "IoU"):
+        if key in m:
+            v = m[key]
+            if isinstance(v, dict):
+                return v
+            try:
+                return {str(i): float(x) for i, x in enumerate(v)}
+            except TypeError:
+                return {}
+    return {}
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine()}  # fmt: skip
+    try:
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# -- the grid -----------------------------------------------------------------------------------
+def recipe_tag(recipe: dict) -> str:
+    """`quick` / `full` for the default recipes, else `<mode>_<steps>steps_<hash>` (never mixes recipes)."""
+    import hashlib
+
+    key = {k: v for k, v in recipe.items() if k not in ("command", "default")}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
+    return recipe["mode"] if recipe.get("default") else f"{recipe['mode']}_{recipe['steps']}steps_{digest}"
+
+
+def runs_dir(recipe: dict, out_root: Path) -> Path:
+    return out_root / "runs" / recipe_tag(recipe)
+
+
+def run_grid(args, recipe: dict) -> None:
+    out = runs_dir(recipe, Path(args.out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=1))
+    recipe_file = out / "recipe.json"
+    with open(out / "commands.log", "a") as f:  # every invocation that added runs to this folder
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{recipe['command']}\n")
+    grid = [(m, s) for s in args.seeds for m in args.methods]
+    for i, (method, seed) in enumerate(grid):
+        out_file = out / f"{method}__seed{seed}.json"
+        if out_file.is_file():
+            print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: done, skipped", flush=True)
+            continue
+        print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: running ({time.strftime('%H:%M:%S')})", flush=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_run", method, "--_seed", str(seed),
+               "--_recipe", str(recipe_file), "--_out", str(out_file)]  # fmt: skip
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        log = out / f"{method}__seed{seed}.log"
+        t0 = time.time()
+        with open(log, "w") as f:
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0 or not out_file.is_file():
+            print(f"    FAILED (rc={rc}) after {time.time() - t0:.0f}s; see {log}", flush=True)
+            if args.stop_on_error:
+                sys.exit(rc or 1)
+            continue
+        r = json.loads(out_file.read_text())
+        mi = {SHORT.get(t, t): round(v["mIoU"], 1) for t, v in r["metrics"].items()}
+        print(f"    {time.time() - t0:.0f}s (train {r['train_seconds']:.0f}s, eval {r['eval_seconds']:.0f}s): {mi}",
+              flush=True)  # fmt: skip
+        aggregate(recipe, Path(args.out_dir))
+
+
+# -- aggregation --------------------------------------------------------------------------------
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return mean, std
+
+
+def aggregate(recipe: dict, out_root: Path) -> dict | None:
+    out = runs_dir(recipe, out_root)
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*__seed*.json"))]
+    if not runs:
+        print(f"no finished runs in {out}")
+        return None
+    targets = [t for t in runs[0]["metrics"] if t != "source_val"]
+    corr = [t for t in targets if t not in CLEAN_TARGETS]
+    table = {}
+    for method in DISPLAY_ORDER:
+        rs = [r for r in runs if r["method"] == method]
+        if not rs:
+            continue
+        per = {}
+        cols = {"source_val": [r["metrics"]["source_val"]["mIoU"] for r in rs]}
+        for t in targets:
+            cols[t] = [r["metrics"][t]["mIoU"] for r in rs]
+        cols["mean_clean_targets"] = [sum(r["metrics"][t]["mIoU"] for t in CLEAN_TARGETS) / len(CLEAN_TARGETS) for r in rs]
+        if corr:
+            cols["mean_corrupted"] = [sum(r["metrics"][t]["mIoU"] for t in corr) / len(corr) for r in rs]
+        cols["mean_targets"] = [sum(r["metrics"][t]["mIoU"] for t in targets) / len(targets) for r in rs]
+        for k, vals in cols.items():
+            m, s = _mean_std(vals)
+            per[k] = {"mean": m, "std": s, "values": vals}
+        table[method] = {"label": LABELS[method], "seeds": [r["seed"] for r in rs], "mIoU": per,
+                         "trainable_backbone_entries": rs[0].get("trainable_backbone_entries"),
+                         "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
+                         "selection_share": (rs[0].get("selection") or {}).get("per_block"),
+                         "selected_share": {k.split("/")[-1]: v for k, v in (rs[0].get("selection") or {}).items()
+                                            if k.startswith("selected_share/")}}  # fmt: skip
+    summary = {"recipe": recipe, "targets": targets, "machine": runs[0]["machine"], "methods": table,
+               "num_runs": len(runs), "command": recipe.get("command"),
+               "commands": (out / "commands.log").read_text().splitlines() if (out / "commands.log").is_file() else [],
+               "machines": sorted({json.dumps(r["machine"], sort_keys=True) for r in runs})}  # fmt: skip
+    tag = recipe_tag(recipe)
+    stem = "dg_camvid" + ("" if tag == "full" else f"_{tag}")
+    out_root.mkdir(parents=True, exist_ok=True)
+    (out_root / f"{stem}.json").write_text(json.dumps(summary, indent=1))
+    (out_root / f"{stem}.md").write_text(markdown(summary))
+    try:
+        plot(summary, out_root / f"{stem}.png")
+    except Exception as err:  # a plot must not lose the tables
+        print(f"plot failed: {err}")
+    return summary
+
+
+def _fmt(cell: dict) -> str:
+    return f"{cell['mean']:.1f}" + (f" ± {cell['std']:.1f}" if cell["std"] is not None else "")
+
+
+def markdown(summary: dict) -> str:
+    r, targets = summary["recipe"], summary["targets"]
+    cols = ["source_val", *targets, "mean_clean_targets"]
+    if "mean_corrupted" in next(iter(summary["methods"].values()))["mIoU"]:
+        cols.append("mean_corrupted")
+    cols.append("mean_targets")
+    head = {"mean_clean_targets": "mean clean", "mean_corrupted": "mean corr.", "mean_targets": "**mean targets**"}
+    lines = [
+        f"CamVid DG, ViT-Tiny/16 augreg + light head, {r['steps']} steps, batch {r['batch_size']}, "
+        f"mode `{r['mode']}`; mIoU (%), mean ± std over seeds (n per row). "
+        "Targets are never used for training or selection.",
+        "",
+        "| method | n | " + " | ".join(head.get(c, SHORT.get(c, c)) for c in cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for method, row in summary["methods"].items():
+        cells = [_fmt(row["mIoU"][c]) for c in cols]
+        lines.append(f"| {row['label']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    m = summary["machine"]
+    lines += ["", f"Machine: {m.get('gpu') or m.get('cpu')} ({m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
+              f"{m.get('torch_threads')} threads)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = ["source_val", *CLEAN_TARGETS]
+    if "mean_corrupted" in next(iter(summary["methods"].values()))["mIoU"]:
+        groups.append("mean_corrupted")
+    groups.append("mean_targets")
+    names = {"mean_corrupted": "mean corrupted", "mean_targets": "mean all targets"}
+    methods = list(summary["methods"])
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(min(14, max(8, 1.2 * len(groups) + 0.15 * len(methods) * len(groups))), 5))
+    cmap = plt.get_cmap("tab10")
+    for i, method in enumerate(methods):
+        row = summary["methods"][method]["mIoU"]
+        xs = [g + (i - (len(methods) - 1) / 2) * width for g in range(len(groups))]
+        ys = [row[g]["mean"] for g in groups]
+        err = [row[g]["std"] or 0.0 for g in groups]
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=summary["methods"][method]["label"], color=cmap(i % 10))
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([names.get(g, SHORT.get(g, g)) for g in groups])
+    lo = min(summary["methods"][m]["mIoU"][g]["mean"] for m in methods for g in groups)
+    hi = max(summary["methods"][m]["mIoU"][g]["mean"] for m in methods for g in groups)
+    ax.set_ylim(max(0, lo - 8), hi + 2)
+    ax.set_ylabel("mIoU (%)")
+    r = summary["recipe"]
+    n = max(len(summary["methods"][m]["seeds"]) for m in methods)
+    ax.set_title(f"CamVid DG, ViT-Tiny/16, {r['steps']} steps, {n} seed(s){' (quick)' if r['mode'] == 'quick' else ''}")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 seed, 120 steps, 16 estimation batches, every 3rd eval image")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 800, quick 120)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS),
+                   help=f"default: the grid {list(METHODS)}; variants: {list(VARIANTS)}")
+    p.add_argument("--estimation-batches", type=int, default=None, help="T2 (default 100, quick 16)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate every k-th image (default 1, quick 3)")
+    p.add_argument("--fisher-type", default="true", choices=["true", "empirical"])
+    p.add_argument("--corruptions", nargs="+", default=list(DEFAULT_CORRUPTIONS))
+    p.add_argument("--extra", type=json.loads, default=None, help="JSON dict of extra FisherTuneTrainingArguments")
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
+    p.add_argument("--aggregate-only", action="store_true")
+    p.add_argument("--stop-on-error", action="store_true")
+    p.add_argument("--_run", help=argparse.SUPPRESS)
+    p.add_argument("--_seed", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--_recipe", help=argparse.SUPPRESS)
+    p.add_argument("--_out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._run:
+        recipe = json.loads(Path(args._recipe).read_text())
+        run_one(recipe, args._run, args._seed, Path(args._out), args.threads)
+        return
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    recipe = recipe_from_args(args)
+    recipe["command"] = "python benchmarks/dg_camvid.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    recipe["default"] = not (args.steps or args.estimation_batches or args.eval_every or args.extra or args.fisher_type != "true"
+                             or args.root != DEFAULT_ROOT or args.backbone != DEFAULT_BACKBONE
+                             or list(args.corruptions) != DEFAULT_CORRUPTIONS)  # fmt: skip
+    if args.aggregate_only:
+        summary = aggregate(recipe, Path(args.out_dir))
+        if summary:
+            print(markdown(summary))
+        return
+    run_grid(args, recipe)
+    summary = aggregate(recipe, Path(args.out_dir))
+    if summary:
+        print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()
