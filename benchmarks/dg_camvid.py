@@ -120,6 +120,9 @@ def recipe_from_args(args) -> dict:
         # quick: every 3rd image of every evaluation set (the corrupted sets keep the same Seq05VD frames)
         "eval_every": args.eval_every or (3 if quick else 1),
         "extra": dict(args.extra or {}),
+        # DataLoader workers for training (0 on the 2-core CPU; ~4-8 on a GPU machine). Changes the random
+        # crop stream, not the recipe, so it does not change the results folder.
+        "workers": getattr(args, "workers", 0),
     }
 
 
@@ -158,16 +161,19 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
         _patch_normalized_drf()
     extra = dict(recipe.get("extra") or {})
     work_dir = out_file.parent / f"{out_file.stem}_work"
-    args = FisherTuneTrainingArguments(
+    kwargs = dict(
         output_dir=str(work_dir), max_steps=recipe["steps"], per_device_train_batch_size=recipe["batch_size"],
         learning_rate=recipe["backbone_lr"], backbone_learning_rate=recipe["backbone_lr"],
         decoder_learning_rate=recipe["decoder_lr"], weight_decay=recipe["weight_decay"],
         warmup_phase_ratio=recipe["warmup_phase_ratio"], estimation_batches=recipe["estimation_batches"],
         delta_min=recipe["delta_min"], delta_max=recipe["delta_max"], fisher_type=recipe["fisher_type"],
         lora_r=recipe["lora_r"], lora_alpha=recipe["lora_r"], seed=seed, data_seed=seed, logging_steps=10,
-        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(), save_sensitivity_plot=True, **opts, **extra,
+        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=recipe.get("workers", 0),
+        use_cpu=not torch.cuda.is_available(), save_sensitivity_plot=True,
     )  # fmt: skip
+    kwargs.update(opts)
+    kwargs.update(extra)  # --extra overrides anything above (e.g. backbone_learning_rate, gamma, dsu_blocks)
+    args = FisherTuneTrainingArguments(**kwargs)
     trainer = FisherTuneTrainer(model=model, args=args, train_dataset=train, data_collator=collate_fn)
     t0 = time.time()
     trainer.train()
@@ -276,7 +282,7 @@ def recipe_tag(recipe: dict) -> str:
     """`quick` / `full` for the default recipes, else `<mode>_<steps>steps_<hash>` (never mixes recipes)."""
     import hashlib
 
-    key = {k: v for k, v in recipe.items() if k not in ("command", "default")}
+    key = {k: v for k, v in recipe.items() if k not in ("command", "default", "workers")}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
     return recipe["mode"] if recipe.get("default") else f"{recipe['mode']}_{recipe['steps']}steps_{digest}"
 
@@ -454,6 +460,7 @@ def main(argv=None) -> None:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
+    p.add_argument("--workers", type=int, default=0, help="training DataLoader workers (GPU machines: 4-8)")
     p.add_argument("--aggregate-only", action="store_true")
     p.add_argument("--stop-on-error", action="store_true")
     p.add_argument("--_run", help=argparse.SUPPRESS)

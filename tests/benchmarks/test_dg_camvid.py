@@ -29,7 +29,7 @@ def _args(*extra):
 
     ns = argparse.Namespace(quick="--quick" in extra, steps=None, estimation_batches=None, eval_every=None,
                             fisher_type="true", corruptions=list(dg.DEFAULT_CORRUPTIONS), extra=None,
-                            root=dg.DEFAULT_ROOT, backbone=dg.DEFAULT_BACKBONE)  # fmt: skip
+                            root=dg.DEFAULT_ROOT, backbone=dg.DEFAULT_BACKBONE, workers=0)  # fmt: skip
     return ns
 
 

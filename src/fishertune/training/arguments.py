@@ -69,7 +69,7 @@ class FisherTuneTrainingArguments(TrainingArguments):
             Share selected and active at the end (paper: 0.05). None: the FisherTuneConfig's (0.05).
         gamma, tau, variational_lr, variational_steps_per_batch, drf_form (*optional*):
             Variational estimator options (Eq. 11-15); None keeps `fishertune.fisher.EstimationConfig`'s
-            default (gamma 1e-12, tau 1e-3, lr 0.1, 1 step per batch, drf_form "balanced").
+            default (gamma 1e-15, tau 1e-3, lr 0.1, 1 step per batch, drf_form "balanced").
         dsu_p, dsu_eps, dsu_blocks, shift_weight (*optional*):
             DSU perturbation (Eq. 6) and the dF weight of Eq. 7 for the estimation; None keeps the default
             (dsu_p 1.0, dsu_eps 1e-6, all blocks, shift_weight "abs_mean").
