@@ -19,6 +19,7 @@ ABLATIONS = {
     "fim_diagonal": ("fim", "diagonal"), "fim_variational": ("fim", "variational"),
     "delta_fim": ("delta_fim", "variational"), "dr_fim_diagonal": ("dr_fim", "diagonal"),
     "dr_fim_variational": ("dr_fim", "variational"),
+    "rein": ("rein", None), "vpt": ("vpt", None), "adaptformer": ("adaptformer", None),
 }  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 Output folder (`training_args.output_dir`):
 
     adapter_config.json + adapter_model.safetensors   the adapter (or config.json + model.safetensors:
-                                                      `--merge`, or the full/frozen baselines)
+                                                      `--merge`, or the full/frozen/rein/vpt/adaptformer baselines)
+    baseline/                                         rein/vpt/adaptformer: the method's parameters alone
     base_model/                                       the random-init base, only for `config:` backbones
     fishertune_scores.safetensors, fishertune_selection.json, fishertune_sensitivity.png   (sparse criteria)
     metrics.json   config.yaml   README.md (model card)
@@ -19,15 +20,18 @@ from typing import Any, Optional
 import yaml
 from peft import PeftModel
 
+from ..baselines import api as baselines_api
 from ..data import collate_fn
 from ..evaluation import evaluate_model
 from ..training import FisherTuneTrainer, FisherTuneTrainingArguments
+from ..training.arguments import METHOD_CRITERIA
 from .arguments import ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, build_train_dataset, source_id2label
 from .card import write_model_card
 from .config_io import resolved_config
 
 METRICS_NAME, CONFIG_NAME, CARD_NAME, BASE_MODEL_DIR = "metrics.json", "config.yaml", "README.md", "base_model"
+BASELINE_DIR = "baseline"  # Rein / VPT / AdaptFormer parameters alone (`fishertune.baselines.load_method_state`)
 SCORES_NAME, PLOT_NAME = "fishertune_scores.safetensors", "fishertune_sensitivity.png"
 #: `quick=True` (CI): phases T1=2, T2=2 batches, T3=4, on a handful of samples.
 QUICK = dict(max_steps=6, warmup_phase_steps=2, estimation_batches=2, logging_steps=2)
@@ -91,7 +95,13 @@ def save_model(model, exp: ExperimentArguments, out: str):
             return model
         model.save_pretrained(out)
         return model
-    model.save_pretrained(out)  # full / frozen baselines: the whole model
+    model.save_pretrained(out)  # full / frozen / rein / vpt / adaptformer baselines: the whole model
+    try:
+        baselines_api.installed_state(model)
+    except ValueError:
+        return model
+    # Rein / VPT / AdaptFormer: also their own parameters, loadable with `load_method_state` onto the backbone.
+    baselines_api.save_method_state(model, os.path.join(out, BASELINE_DIR))
     return model
 
 
@@ -116,7 +126,8 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     train_ds = build_train_dataset(exp)
     targets, source_val = build_eval_datasets(exp), build_source_val(exp)
     model = build_base_model(exp, id2label, seed=targs.seed)
-    adapter_needs_base = exp.backbone.startswith("config:") and not exp.merge and targs.criterion not in ("full", "frozen")
+    plain_model = targs.criterion in ("full", "frozen") + METHOD_CRITERIA  # saved whole, backbone included
+    adapter_needs_base = exp.backbone.startswith("config:") and not exp.merge and not plain_model
     if adapter_needs_base and targs.should_save:
         # A random-init backbone exists nowhere else: the adapter is loadable only with these exact weights.
         model.save_pretrained(os.path.join(out, BASE_MODEL_DIR))

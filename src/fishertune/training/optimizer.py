@@ -3,7 +3,10 @@
 Groups (empty ones are left out; the order is fixed so that a checkpoint's optimizer state maps
 back onto a rebuilt optimizer): decoder with decay, decoder without decay, backbone with decay,
 backbone without decay, backbone sparse deltas. No decay on norms, biases, embeddings, position
-embeddings, CLS/mask/register tokens and query/level embeddings (Rein's `paramwise_cfg`).
+embeddings, CLS/mask/register tokens and query/level embeddings (Rein's `paramwise_cfg`), nor on
+the learned tokens of the `fishertune.baselines` methods (Rein's tokens and scale, VPT's prompts).
+The baselines' parameters (prefixed `rein_`, `vpt_`, ...) are backbone groups, with the backbone lr,
+wherever they hang (Rein's query link sits in the Mask2Former head).
 
 The sparse deltas (`fishertune_values`) hold exactly the allocated entries, so their optimizer
 state is allocated-sized. Only the active prefix of each is updated: the inactive tail gets no
@@ -24,8 +27,13 @@ _NO_DECAY_KEYS = (
     "position_embedding", "pos_embed", "cls_token", "mask_token", "register_tokens", "class_embedding",
     "query_embed", "queries_embedder", "query_feat", "queries_features", "level_embed", "learnable_tokens",
     "layer_scale",  # DINOv2's per-channel LayerScale: a scale like a norm's weight
+    # fishertune.baselines: Rein's tokens (matched by "learnable_tokens") and scale, VPT-deep's prompts
+    "rein_tokens.scale", "vpt_prompts.prompt_embeddings",
 )
 SPARSE_KEY = "fishertune_values"
+#: Attribute prefixes of the `fishertune.baselines` methods' modules. Their parameters are backbone-side
+#: (backbone lr) even where one sits in the head (Rein's token-query link on Mask2Former's queries).
+BASELINE_PREFIXES = ("rein_", "vpt_", "adaptformer_", "vqt_")
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -60,7 +68,8 @@ def build_param_groups(
                 continue
             seen.add(id(p))
             name = f"{mod_name}.{leaf}" if mod_name else leaf
-            part = "backbone" if id(p) in backbone_ids else "decoder"
+            baseline = any(s.startswith(BASELINE_PREFIXES) for s in name.split("."))
+            part = "backbone" if id(p) in backbone_ids or baseline else "decoder"
             if SPARSE_KEY in name:
                 buckets["backbone_sparse"].append(p)
             elif no_weight_decay(name, module):

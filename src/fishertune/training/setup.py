@@ -1,8 +1,10 @@
-"""Turn a segmentation model into what a criterion trains: FisherTune, LoRA, full or frozen backbone.
+"""Turn a segmentation model into what a criterion trains: FisherTune, LoRA, full/frozen backbone, Rein/VPT/AdaptFormer.
 
 Every criterion ends as one model with the same decoder handling, so the trainer treats all
 baselines of the paper's ablation alike: sparse criteria and LoRA wrap the model with PEFT
-(decoder in `modules_to_save`), `full` and `frozen` keep the plain model.
+(decoder in `modules_to_save`), `full` and `frozen` keep the plain model, and `rein`, `vpt` and
+`adaptformer` install the method of `fishertune.baselines` (default config) on the plain model: the
+backbone frozen, the method's parameters (attached under the backbone) and the decoder trainable.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from ..tuner import FisherTuneConfig, find_backbone, target_regex
-from .arguments import SPARSE_CRITERIA, FisherTuneTrainingArguments
+from .arguments import METHOD_CRITERIA, SPARSE_CRITERIA, FisherTuneTrainingArguments
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -47,7 +49,7 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
     """Return the model `args.criterion` trains (wrapping it with PEFT where the criterion needs it)."""
     criterion = args.criterion
     if isinstance(model, PeftModel):
-        if criterion in ("full", "frozen"):
+        if criterion in ("full", "frozen") + METHOD_CRITERIA:
             raise ValueError(f"criterion={criterion!r} trains the plain model; pass the model without its PEFT wrapper.")
         if criterion in SPARSE_CRITERIA and not is_fishertune(model):
             raise ValueError(
@@ -72,6 +74,8 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
         model.requires_grad_(True)
         backbone_module(model).requires_grad_(False)
         return model
+    if criterion in METHOD_CRITERIA:
+        return _apply_baseline_method(model, criterion)
     decoder = _decoder_modules(model)
     if criterion == "lora":
         config = LoraConfig(
@@ -81,3 +85,22 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
         return get_peft_model(model, config)
     deltas = {k: getattr(args, k) for k in ("delta_min", "delta_max") if getattr(args, k) is not None}
     return get_peft_model(model, FisherTuneConfig(modules_to_save=decoder, **deltas))
+
+
+def _apply_baseline_method(model: nn.Module, criterion: str) -> nn.Module:
+    """Install `criterion` (Rein, VPT-deep, AdaptFormer; default config) unless the model already holds it."""
+    from ..baselines import api as baselines
+
+    try:
+        _, state = baselines.installed_state(model)
+    except ValueError:
+        state = None
+    if state is not None:
+        if state["config"].method != criterion:
+            raise ValueError(
+                f"criterion={criterion!r} but the model already holds the {state['config'].method!r} baseline."
+            )
+        return model  # e.g. a model built and installed by the caller with its own config
+    model.requires_grad_(True)  # the decoder (and the method's parameters) train; apply_method freezes the backbone
+    config_cls = baselines.METHODS[criterion][0]
+    return baselines.apply_method(model, config_cls())
