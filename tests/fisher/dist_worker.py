@@ -35,3 +35,5 @@ if __name__ == "__main__":
         for k, scores in out.items():
             save_scores(scores, f"{sys.argv[1]}/{k}.safetensors")
     state.wait_for_everyone()
+    # Tear gloo down explicitly: leaving it to interpreter exit can abort a rank (SIGABRT, 'terminate called').
+    torch.distributed.destroy_process_group()

@@ -31,3 +31,7 @@ def run(out: str, per_device_batch: int) -> None:
 
 if __name__ == "__main__":
     run(sys.argv[1], int(sys.argv[2]))
+    if torch.distributed.is_initialized():
+        # Explicit teardown: leaving gloo to interpreter exit can abort a rank ('terminate called ...').
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
