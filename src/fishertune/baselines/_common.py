@@ -79,24 +79,13 @@ def resolve_backbone(model: nn.Module) -> tuple[str, str, nn.Module]:
 
 
 def backbone_blocks(backbone: nn.Module) -> nn.ModuleList:
-    """The backbone's block list (delegates to `fishertune.models` when it is importable)."""
+    """The backbone's block list: timm EVA02's `eva.blocks`, else `fishertune.models`' search."""
+    from ..models.backbone import backbone_blocks as _models_blocks
+
     blocks = getattr(getattr(backbone, "eva", None), "blocks", None)
     if isinstance(blocks, nn.ModuleList):
         return blocks
-    try:
-        from ..models.backbone import backbone_blocks as _models_blocks
-    except ImportError:  # models package unavailable: same search, local copy
-        _models_blocks = None
-    if _models_blocks is not None:
-        return _models_blocks(backbone)
-    for path in ("encoder.layer", "encoder.layers", "layers", "blocks"):
-        try:
-            module = backbone.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(module, nn.ModuleList):
-            return module
-    raise ValueError(f"No block list found in {type(backbone).__name__}.")
+    return _models_blocks(backbone)
 
 
 def backbone_info(backbone: nn.Module, mtype: str) -> dict[str, int | str]:
