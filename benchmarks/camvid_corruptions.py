@@ -223,7 +223,7 @@ def corrupted_targets(root, corruptions=DEFAULT_CORRUPTIONS, severity: int = DEF
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default="/work/shared/data/camvid", help="CamVid folder (images/, labels/, splits.json)")
+    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"), help="CamVid folder (images/, labels/, splits.json)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
     parser.add_argument("--corruptions", nargs="+", default=list(DEFAULT_CORRUPTIONS))
     parser.add_argument("--severity", type=int, default=DEFAULT_SEVERITY)

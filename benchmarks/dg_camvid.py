@@ -46,8 +46,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DEFAULT_ROOT = "/work/shared/data/camvid"
-DEFAULT_BACKBONE = "/work/shared/models/vit-tiny-patch16-224-augreg"
+# ../shared beside the checkout, as in CI and on the developers' machines.
+SHARED = HERE.parent.parent / "shared"
+DEFAULT_ROOT = str(SHARED / "data" / "camvid")
+DEFAULT_BACKBONE = str(SHARED / "models" / "vit-tiny-patch16-224-augreg")
 
 #: name -> trainer options. Order = run order within a seed (the most informative first).
 METHODS = {

@@ -9,19 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-CAMVID = Path("/work/shared/data/camvid")
+from _benchmark_modules import REPO, load_benchmark
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("camvid_corruptions", REPO / "benchmarks" / "camvid_corruptions.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["camvid_corruptions"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cc = _load()
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
+cc = load_benchmark("camvid_corruptions")
 if importlib.util.find_spec("imagecorruptions") is None:  # not importable before the shims: no importorskip
     pytest.skip("imagecorruptions is not installed (pip install -e '.[benchmark]')", allow_module_level=True)
 

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from _benchmark_modules import load_benchmark
 
-
-def _load():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("dg_camvid", REPO / "benchmarks" / "dg_camvid.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dg_camvid"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dg = _load()
+dg = load_benchmark("dg_camvid")
 
 
 def _args(*extra):
