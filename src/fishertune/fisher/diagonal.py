@@ -50,25 +50,28 @@ def linear_owners(model: nn.Module, weights: Mapping[str, nn.Parameter]) -> dict
 
 
 def per_sample_grad_squares(x: torch.Tensor, g: torch.Tensor, batch_size: int, scale: float = 1.0) -> torch.Tensor:
-    """``sum_i (g_i^T x_i / scale)^2`` [out, in] for layer inputs ``x`` [..., in] and output grads ``g`` [..., out].
+    """``sum_i (g_i^T x_i / scale)^2`` [out, in], fp64, for layer inputs ``x`` [..., in] and output grads ``g`` [..., out].
 
     The leading dimension may be a multiple of the batch (SAM's windows are batch-major), so rows
     are regrouped per sample. Products and squares are fp32 under any autocast dtype: bf16/fp16
     inputs are upcast before the product, whose square cannot overflow fp32 for finite inputs of
-    any realistic size (|g x| < 1e19).
+    any realistic size (|g x| < 1e19). Each sample's square is computed alone (identical whichever
+    batch or rank holds the sample) and the sum over samples is fp64, so how samples are grouped
+    into chunks, batches and ranks changes the sum by ~1e-16 relative, far below the fp32 rounding
+    of the final Fisher: one or two processes give the same fp32 scores.
     """
     if x.shape[0] % batch_size:
         raise ValueError(f"Layer input has leading size {x.shape[0]}, not a multiple of the batch size {batch_size}.")
     xs = x.reshape(batch_size, -1, x.shape[-1])
     gs = g.reshape(batch_size, -1, g.shape[-1])
-    out = torch.zeros(g.shape[-1], x.shape[-1], dtype=torch.float32, device=x.device)
+    out = torch.zeros(g.shape[-1], x.shape[-1], dtype=torch.float64, device=x.device)
     chunk = max(1, _CHUNK_ELEMENTS // out.numel())
     with torch.autocast(x.device.type, enabled=False):
         for s in range(0, batch_size, chunk):
             per = torch.bmm(gs[s : s + chunk].float().transpose(1, 2), xs[s : s + chunk].float())
             if scale != 1.0:
                 per = per / scale
-            out += per.square().sum(0)
+            out += per.square().sum(0, dtype=torch.float64)
     return out
 
 
@@ -78,15 +81,18 @@ def diagonal_fisher(square_sum: torch.Tensor, count: torch.Tensor) -> torch.Tens
 
 
 class GradSquareAccumulator:
-    """Running fp32 sums of per-sample squared gradients (Eq. 9) of the given linear weights.
+    """Running fp64 sums of per-sample squared gradients (Eq. 9) of the given linear weights.
 
-    Memory is one fp32 tensor per weight, whatever the number of batches. ``finalize()``
-    all-reduces sums and the sample count over ranks and returns F.
+    Memory is one fp64 tensor per weight, whatever the number of batches. ``finalize()``
+    all-reduces sums and the sample count over ranks and returns F in fp32. fp64 (not fp32) sums
+    are what makes the scores independent of the number of processes: an fp32 sum's rounding
+    depends on how the samples are split over ranks, and Eq. 5's |F - F'| / min(F, F') amplifies
+    that rounding where F ~ F' (1 vs 2 processes then differed by up to 1e-2 relative).
     """
 
     def __init__(self, owners: Mapping[str, nn.Module], weights: Mapping[str, nn.Parameter]) -> None:
         self.owners = dict(owners)
-        self.sums = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for n, w in weights.items()}
+        self.sums = {n: torch.zeros(w.shape, dtype=torch.float64, device=w.device) for n, w in weights.items()}
         self.count = torch.zeros((), dtype=torch.float64)
         self._calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
 
@@ -125,4 +131,4 @@ class GradSquareAccumulator:
         for t in self.sums.values():
             all_reduce_sum_(t)
         all_reduce_sum_(self.count)
-        return {n: diagonal_fisher(s, self.count.to(s.device, torch.float32)) for n, s in self.sums.items()}
+        return {n: diagonal_fisher(s, self.count.to(s.device)).float() for n, s in self.sums.items()}

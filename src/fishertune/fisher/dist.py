@@ -1,7 +1,10 @@
 """torch.distributed helpers: every statistic is a sum plus a count, all-reduced once.
 
 Summing (not averaging) per rank and dividing by the global count makes the 2-process result
-the 1-process result over the same samples, up to float summation order.
+the 1-process result over the same samples. The sums that feed scores are fp64 (Eq. 9's squares,
+DSU's batch moments), so the order in which ranks add them changes nothing at fp32: the scores
+are bitwise those of one process (tested with two gloo processes on CPU; on GPUs a batched
+matmul may pick another kernel for another batch size, so expect equal masks, not bits).
 """
 
 from __future__ import annotations
