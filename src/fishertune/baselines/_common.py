@@ -72,7 +72,7 @@ def resolve_backbone(model: nn.Module) -> tuple[str, str, nn.Module]:
     from .eva02 import Eva02Backbone  # local: eva02 imports this module
 
     for name, module in model.named_modules():
-        if isinstance(module, Eva02Backbone):  # until the presets know "eva02" (see eva02.py)
+        if isinstance(module, Eva02Backbone):  # by type first; find_backbone's "eva02" preset finds it too
             return name, "eva02", module
     path, mtype = find_backbone(model)
     return path, mtype, model.get_submodule(path) if path else model

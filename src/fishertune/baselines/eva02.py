@@ -7,9 +7,14 @@ Tests build it from timm with random init; users get weights with
 `Eva02Backbone.from_timm("eva02_large_patch14_448.mim_m38m", pretrained=True)` (timm downloads
 from the Hub). Requires `timm` (which requires a torchvision matching the installed torch).
 
-The tuner's presets do not know EVA02 yet; once `"eva02": EVA02_BLOCK_PATTERN` is in
-`fishertune.tuner.presets._BLOCK_PATTERNS`, `find_backbone`/`target_regex` find the wrapper by its
-config's model_type. Until then `eva02_target_regex(model)` gives the same regex.
+The tuner's presets know the wrapper by its config's model_type (`"eva02"` in
+`fishertune.tuner.presets`), so `find_backbone`/`target_regex` find it; `eva02_target_regex(model)`
+gives the same regex.
+
+EVA02-Ti/S fuse q/k/v into `attn.qkv` and timm then calls `F.linear(x, attn.qkv.weight, bias)`,
+bypassing the module (a FisherTune/LoRA wrapper's delta and the Fisher hooks would be ignored);
+`from_timm` switches those attentions to `qkv_bias_separate`, which calls `attn.qkv(x)` and adds
+the bias after.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Eva02Backbone(nn.Module):
             raise ImportError("EVA02 needs timm: pip install 'timm>=1.0' (and a torchvision matching torch).") from err
         timm_kwargs.setdefault("dynamic_img_size", True)
         eva = timm.create_model(name, pretrained=pretrained, num_classes=0, **timm_kwargs)
+        _route_fused_qkv_through_module(eva)
         patch = eva.patch_embed.patch_size
         config = Eva02BackboneConfig(
             timm_model_name=name,
@@ -87,6 +93,20 @@ class Eva02Backbone(nn.Module):
             last_hidden_state=eva.norm(x), hidden_states=tuple(hidden_states) if output_hidden_states else None
         )
         return out if return_dict else out.to_tuple()
+
+
+def _route_fused_qkv_through_module(eva: nn.Module) -> None:
+    """Make every fused-qkv attention call its `qkv` module (timm's `qkv_bias_separate` path)."""
+    for block in eva.blocks:
+        attn = getattr(block, "attn", None)
+        if getattr(attn, "qkv", None) is None:
+            continue
+        if not hasattr(attn, "qkv_bias_separate"):
+            raise RuntimeError(
+                "This timm's EvaAttention has no `qkv_bias_separate`; its fused qkv may bypass the module "
+                "(adapters on attn.qkv would be ignored). Use timm>=1.0.31 or an EVA02 with separate q/k/v."
+            )
+        attn.qkv_bias_separate = True
 
 
 def eva02_target_regex(model: nn.Module) -> str:
