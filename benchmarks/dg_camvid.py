@@ -14,7 +14,7 @@ crops 224x304 from images scaled 0.5-1.0, horizontal flip, batch 8, AdamW lr 1e-
 - sparse criteria (random, fim, delta_fim, dr_fim; diagonal and variational estimators): T1 =
   10% decoder-only warm-up, T2 estimation batches (no optimizer step, not counted in N), T3 = 90%
   tuning with the active share growing from delta_min = 1% to delta_max = 5% (Eq. 16).
-- full / frozen / lora / rein / vpt / adaptformer: all N steps train what the method trains (no warm-up): the head gets the
+- full / frozen / lora / rein / vpt / adaptformer / vqt: all N steps train what the method trains (no warm-up): the head gets the
   same N steps everywhere, and the backbone trains for N (baselines) or 0.9 N (sparse) steps.
 
 Evaluation: `fishertune.evaluation.evaluate_model`, full-resolution 480x360 images in one window
@@ -67,6 +67,7 @@ METHODS = {
     "rein": dict(criterion="rein"),
     "vpt": dict(criterion="vpt"),
     "adaptformer": dict(criterion="adaptformer"),
+    "vqt": dict(criterion="vqt"),
 }
 #: Investigation variants (not in the default grid; pass them with --methods). `combine="normalized"`:
 #: DRF = F / mean(F) + w * dF / mean(dF), with w = exp(-2 sqrt(2/pi)) (the expected `abs_mean` weight of
@@ -80,13 +81,14 @@ VARIANTS = {
 LABELS = {
     "frozen": "frozen backbone", "full": "full fine-tuning", "lora": "LoRA (r=8)", "random": "random 5%",
     "rein": "Rein (default config)", "vpt": "VPT-deep (150 prompts)", "adaptformer": "AdaptFormer (bottleneck 64)",
+    "vqt": "VQT (10 queries per block)",
     "fim_var": "F 5% (variational)", "delta_fim_var": "dF 5% (variational)", "dr_fim_var": "DRF 5% (variational) = FisherTune",
     "fim_diag": "F 5% (diagonal)", "delta_fim_diag": "dF 5% (diagonal)", "dr_fim_diag": "DRF 5% (diagonal)",
     "dr_fim_norm_var": "DRF, scale-normalized (var.) [variant]", "dr_fim_norm_diag": "DRF, scale-normalized (diag.) [variant]",
 }  # fmt: skip
 ALL_METHODS = {**METHODS, **VARIANTS}
 #: Row order of the tables and bars: baselines, then Table 4's criteria (random < F < dF < DRF) per estimator.
-DISPLAY_ORDER = ["frozen", "full", "lora", "rein", "vpt", "adaptformer", "random", "fim_var", "delta_fim_var",
+DISPLAY_ORDER = ["frozen", "full", "lora", "rein", "vpt", "adaptformer", "vqt", "random", "fim_var", "delta_fim_var",
                  "dr_fim_var", "fim_diag", "delta_fim_diag", "dr_fim_diag", *VARIANTS]
 CLEAN_TARGETS = ("target_day_new_route", "target_dusk")
 DEFAULT_CORRUPTIONS = ["fog", "frost", "snow", "motion_blur", "gaussian_noise", "dark"]

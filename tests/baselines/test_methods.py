@@ -22,7 +22,7 @@ CONFIGS = {
     "rein": lambda: ReinConfig(token_length=T, lora_dim=R, link_token_to_query=False),
     "vpt": lambda: VPTConfig(num_tokens=Q),
     "adaptformer": lambda: AdaptFormerConfig(bottleneck=B),
-    "vqt": lambda: VQTConfig(num_queries=Q),
+    "vqt": lambda: VQTConfig(num_queries=Q, link_to_head=False),
 }
 # Hand formulas (L blocks, width C): written out here, independent of the package's own.
 EXPECTED = {

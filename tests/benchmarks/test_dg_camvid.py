@@ -57,3 +57,12 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
         assert (tmp_path / f"dg_camvid.{ext}").is_file()
     md = (tmp_path / "dg_camvid.md").read_text()
     assert "43.0 ± 1.0" in md and "frozen backbone" in md
+
+
+def test_grid_methods_are_trainer_criteria_with_labels():
+    from fishertune.training.arguments import BASELINE_CRITERIA, SPARSE_CRITERIA
+
+    assert dg.METHODS["vqt"] == {"criterion": "vqt"}
+    for name, opts in dg.ALL_METHODS.items():
+        assert opts["criterion"] in SPARSE_CRITERIA + BASELINE_CRITERIA, name
+        assert name in dg.LABELS and name in dg.DISPLAY_ORDER, name

@@ -19,7 +19,7 @@ ABLATIONS = {
     "fim_diagonal": ("fim", "diagonal"), "fim_variational": ("fim", "variational"),
     "delta_fim": ("delta_fim", "variational"), "dr_fim_diagonal": ("dr_fim", "diagonal"),
     "dr_fim_variational": ("dr_fim", "variational"),
-    "rein": ("rein", None), "vpt": ("vpt", None), "adaptformer": ("adaptformer", None),
+    "rein": ("rein", None), "vpt": ("vpt", None), "adaptformer": ("adaptformer", None), "vqt": ("vqt", None),
 }  # fmt: skip
 
 
@@ -98,3 +98,10 @@ def test_paper_settings():
     # data paths are arguments
     exp, _, _ = parse(["--config", "cityscapes_to_acdc", "--data_root", "/d/cs", "--target_roots", "acdc=/d/acdc"])
     assert exp.target_root_map() == {"cityscapes": "/d/cs", "acdc": "/d/acdc"}
+
+
+def test_every_baseline_criterion_has_a_model_card_line():
+    from fishertune.experiment.card import BASELINE_LINES
+    from fishertune.training.arguments import BASELINE_CRITERIA
+
+    assert set(BASELINE_LINES) == set(BASELINE_CRITERIA)

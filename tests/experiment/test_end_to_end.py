@@ -127,3 +127,20 @@ def test_merge_and_baseline_outputs(tmp_path):
     assert "**`lora` baseline**" in card and "PEFT LoRA" in card and "FisherTune** adapter" not in card
     assert "fishertune_scores.safetensors" not in os.listdir(out) and "sensitivity map" not in card
     assert ADAPTER_FILES <= set(os.listdir(out))
+
+
+def test_baseline_output_reloads_with_its_method(tmp_path):
+    # A method criterion saves the whole model plus baseline/; load_output must put the method back
+    # (from_pretrained alone drops VQT's queries and head link and evaluates the bare model).
+    from fishertune.baselines.api import installed_state
+    from fishertune.experiment import load_output
+
+    out = tmp_path / "vqt"
+    micro = ["--backbone", "config:vit-micro-test", "--targets", "synthetic:fog", "--val_split", ""]
+    result = recipe_main("train")(quick_demo_argv(out, "--criterion", "vqt", *micro))
+    assert {"config.json", "model.safetensors", "baseline"} <= set(os.listdir(out))
+    model, _ = load_output(str(out), device="cpu")
+    assert installed_state(model)[1]["config"].method == "vqt"
+    assert model.decode_head.vqt_classifier.classifier.weight.any()  # trained, not the zero init
+    again = recipe_main("evaluate")(["--model", str(out)])
+    assert again["synthetic:fog"]["mIoU"] == pytest.approx(result["metrics"]["synthetic:fog"]["mIoU"], abs=1e-3)

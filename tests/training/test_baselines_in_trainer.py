@@ -1,4 +1,4 @@
-"""Rein, VPT-deep and AdaptFormer as trainer criteria: backbone bitwise frozen, method + decoder trained."""
+"""Rein, VPT-deep, AdaptFormer and VQT as trainer criteria: backbone bitwise frozen, method + decoder trained."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from fishertune.baselines import api as baselines_api
 
 from ._tiny import make_trainer, model_state, tiny_model
 
-METHODS = {"rein": "rein_", "vpt": "vpt_", "adaptformer": "adaptformer_"}
+METHODS = {"rein": "rein_", "vpt": "vpt_", "adaptformer": "adaptformer_", "vqt": "vqt_"}
+#: Method parameters that hang in the light head rather than the backbone (VQT's link).
+HEAD_LINKS = {"vqt": "decode_head.vqt_classifier."}
 
 
 def _train(tmp_path, criterion, **overrides):
@@ -42,7 +44,7 @@ def test_method_trains_its_params_and_the_decoder_only(tmp_path, criterion):
     for k in base:
         assert torch.equal(before[k], after[k]), f"backbone weight {k} changed"
     assert any(not torch.equal(before[k], after[k]) for k in method), "no method parameter changed"
-    assert all(k.startswith("backbone.") for k in method)
+    assert all(k.startswith("backbone.") or k.startswith(HEAD_LINKS.get(criterion, "backbone.")) for k in method)
     assert any(not torch.equal(before[k], after[k]) for k in decoder if "running" not in k), "decoder unchanged"
     # optimizer: the method's params in the backbone groups at the backbone lr, nothing else of the backbone
     groups = {g["group_name"]: g for g in trainer.optimizer.param_groups}
@@ -60,10 +62,26 @@ def test_method_trains_its_params_and_the_decoder_only(tmp_path, criterion):
         assert tokens and set(tokens) <= no_decay and groups["backbone_no_decay"]["weight_decay"] == 0.0
 
 
-def test_saved_method_reloads(tmp_path):
+def test_vqt_trains_its_queries_and_head_link(tmp_path):
+    # The head reads the queries only through the zero-initialised link: after step 1 moves the link, the
+    # loss reaches the queries. No weight decay on them (Rein's rule for learned tokens), so a change is a step.
+    trainer, before = _train(tmp_path, "vqt")
+    after = model_state(trainer.model)
+    for key in ("backbone.vqt_queries.query_embeddings", "decode_head.vqt_classifier.classifier.weight"):
+        assert not torch.equal(before[key], after[key]), f"{key} did not train"
+    assert not before["decode_head.vqt_classifier.classifier.weight"].any()
+    frozen = [k for k in before if k.startswith("backbone.") and "vqt_" not in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    groups = {g["group_name"]: g for g in trainer.optimizer.param_groups}
+    queries = trainer.model.backbone.vqt_queries.query_embeddings
+    assert any(p is queries for p in groups["backbone_no_decay"]["params"])
+
+
+@pytest.mark.parametrize("criterion", ["vpt", "vqt"])
+def test_saved_method_reloads(tmp_path, criterion):
     from fishertune.experiment.run import BASELINE_DIR, save_model
 
-    trainer, _ = _train(tmp_path / "train", "vpt")
+    trainer, _ = _train(tmp_path / "train", criterion)
     out = str(tmp_path / "out")
     save_model(trainer.model, exp=None, out=out)
     assert os.path.isfile(os.path.join(out, "config.json"))

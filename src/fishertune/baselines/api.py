@@ -17,6 +17,7 @@ from .eva02 import eva02_target_regex
 from .rein import ReinConfig, apply_rein, rein_num_parameters
 from .vpt import VPTConfig, apply_vpt, vpt_num_parameters
 from .vqt import VQTConfig, apply_vqt, vqt_num_parameters
+from .vqt_heads import vqt_head
 
 #: method name -> (config class, apply function, parameter-count formula).
 METHODS = {
@@ -124,7 +125,8 @@ def parameter_table(model: nn.Module, fishertune_fraction: float = 0.05, lora_ra
     """Trainable backbone-side parameters of each method on `model`'s backbone, with default configs.
 
     FisherTune: `fishertune_fraction` of the Eq. 3 weight entries (q, k, v, FFN; biases excluded).
-    LoRA: rank `lora_rank` on the same linears, r * (in + out) each. Rein with its query link.
+    LoRA: rank `lora_rank` on the same linears, r * (in + out) each. Rein with its query link; VQT
+    with its link to `model`'s head (light head or Mask2Former) when it has one.
     Decoder parameters are excluded everywhere (every method trains the decoder in full).
     """
     path, mtype, backbone = resolve_backbone(model)
@@ -141,8 +143,13 @@ def parameter_table(model: nn.Module, fishertune_fraction: float = 0.05, lora_ra
         ("fishertune", int(round(fishertune_fraction * entries)), f"{fishertune_fraction:.0%} of {entries} targeted entries"),
         ("lora", sum(lora_rank * (m.in_features + m.out_features) for m in linears), f"r={lora_rank} on q/k/v/FFN"),
     ]
+    head = vqt_head(model)
     for name, (config_cls, _, formula) in METHODS.items():
-        rows.append((name, formula(dim, depth, config_cls()), "default config"))
+        if name == "vqt" and head is not None:  # its head link is vqt_-prefixed: trained and saved with it
+            count = formula(dim, depth, config_cls(), head=head[2])
+            rows.append((name, count, f"default config + {head[2]['kind']} link"))
+        else:
+            rows.append((name, formula(dim, depth, config_cls()), "default config"))
     return [
         {"method": name, "trainable": count, "percent_of_backbone": 100.0 * count / total, "note": note}
         for name, count, note in rows

@@ -7,14 +7,23 @@ float summation order), and the block output passed on is Z_{l+1} alone. The que
 blocks, `vqt_features(model)` -> [B, L, T, C], are what VQT hands to the head (the paper
 concatenates them with the final CLS for a linear classifier). Init follows VPT's uniform rule.
 
-Not reproduced: VQT has no segmentation head; the HF decoders here do not consume these features,
-so VQT in a segmentation model needs a head that reads `vqt_features` (e.g. as extra decoder
-queries). VQT's optional feature compression of the query outputs is not implemented.
+Heads (see `vqt_heads.py`): `apply_vqt` links the queries to the segmentation head it finds, the
+light head (an image-level linear classifier on the layer-concatenated mean query outputs, added to
+every pixel's logits) or HF Mask2Former (the outputs, pooled over layers as Rein's token-query
+link pools its tokens, are added to the per-image decoder query content). Both links end in a
+zero-initialised map, so installing VQT leaves the predictions unchanged; their parameters are
+`vqt_`-prefixed and saved with the queries. EoMT is refused (`NotImplementedError`): its last
+blocks already run its own queries under a masked attention, and it has no decoder to read ours.
+
+Not reproduced: VQT defines no segmentation head; the two links above are our reading of its
+linear classifier for dense prediction. VQT's optional feature compression of the query outputs
+is not implemented.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -29,8 +38,16 @@ from ._common import (
     prepare_backbone,
     record_install,
     replace_first,
+    resolve_backbone,
     wrap_forward,
 )
+from .vqt_heads import install_link, link_num_parameters, vqt_head
+
+
+_UNSUPPORTED = {
+    "eva02": "its blocks apply RoPE to a fixed number of tokens",
+    "eomt": "its last blocks run EoMT's own queries under a masked attention, and no decoder reads ours",
+}
 
 
 @dataclass
@@ -39,10 +56,14 @@ class VQTConfig(BaselineConfig):
 
     Args:
         num_queries (`int`, defaults to 10): query tokens per block (the paper sweeps 1 to 20 or so).
+        link_to_head (`bool`, *optional*): let the segmentation head read the query outputs (light
+            head or HF Mask2Former, see `vqt_heads.py`). `None` links when such a head is found,
+            `True` requires one, `False` only exposes them through `vqt_features`.
     """
 
     method = "vqt"
     num_queries: int = field(default=10, metadata={"help": "Query tokens per block."})
+    link_to_head: bool | None = field(default=None, metadata={"help": "None: link if a known head is found."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -57,13 +78,27 @@ class VQTQueries(nn.Module):
         nn.init.uniform_(self.query_embeddings, -val, val)
         self.outputs: dict[int, torch.Tensor] = {}  # query outputs of the last forward, per layer
 
+    def features(self, batch_size: int | None = None) -> torch.Tensor:
+        """Query outputs of the last forward, [batch, num_layers, num_queries, hidden]."""
+        if len(self.outputs) != self.query_embeddings.shape[0]:
+            raise RuntimeError("vqt_features: run a forward pass of the model first.")
+        stacked = torch.stack([self.outputs[j] for j in sorted(self.outputs)], dim=1)
+        # A head run on its own after a forward of another batch would silently read stale queries.
+        if batch_size is not None and stacked.shape[0] != batch_size:
+            raise RuntimeError(f"VQT holds queries of a batch of {stacked.shape[0]}, the head got {batch_size}.")
+        return stacked
+
 
 def apply_vqt(model: nn.Module, config: VQTConfig | None = None) -> nn.Module:
-    """Freeze the backbone of `model`; learn queries that read each selected block. Outputs are unchanged."""
+    """Freeze the backbone of `model`; learn queries that read each selected block and link them to the head."""
     config = VQTConfig() if config is None else config
+    mtype = resolve_backbone(model)[1]
+    if mtype in _UNSUPPORTED:  # checked before prepare_backbone freezes anything
+        raise NotImplementedError(f"VQT on {mtype.upper()}: {_UNSUPPORTED[mtype]}.")
+    found = vqt_head(model) if config.link_to_head is not False else None
+    if config.link_to_head and found is None:
+        raise ValueError("link_to_head=True but the model has no light head nor HF Mask2Former queries.")
     backbone, info = prepare_backbone(model, config)
-    if info["model_type"] == "eva02":
-        raise NotImplementedError("VQT on EVA02: its blocks apply RoPE to a fixed number of tokens.")
     patch = getattr(backbone.config, "patch_size", 16)
     queries = VQTQueries(len(info["layers"]), config.num_queries, info["hidden_size"],
                          patch if isinstance(patch, int) else patch[0])
@@ -71,7 +106,12 @@ def apply_vqt(model: nn.Module, config: VQTConfig | None = None) -> nn.Module:
     blocks = backbone_blocks(backbone)
     for j, i in enumerate(info["layers"]):
         wrap_forward(blocks[i], _vqt_forward(queries, j))
-    record_install(backbone, config, info)
+    if found is not None:
+        install_link(found, queries, len(info["layers"]), info["hidden_size"])
+    elif config.link_to_head is None:
+        warnings.warn("VQT: no light head nor Mask2Former found; the queries only feed `vqt_features`.")
+    resolved = VQTConfig.from_dict({**config.to_dict(), "link_to_head": found is not None})
+    record_install(backbone, resolved, info, head_path=found[0] if found else None)
     return model
 
 
@@ -107,12 +147,11 @@ def vqt_features(model: nn.Module) -> torch.Tensor:
     backbone, state = installed_state(model)
     if state["config"].method != "vqt":
         raise ValueError(f"vqt_features needs a VQT model, this one has '{state['config'].method}'.")
-    outputs = backbone.vqt_queries.outputs
-    if len(outputs) != backbone.vqt_queries.query_embeddings.shape[0]:
-        raise RuntimeError("vqt_features: run a forward pass of the model first.")
-    return torch.stack([outputs[j] for j in sorted(outputs)], dim=1)
+    return backbone.vqt_queries.features()
 
 
-def vqt_num_parameters(dim: int, num_layers: int, config: VQTConfig | None = None) -> int:
+def vqt_num_parameters(dim: int, num_layers: int, config: VQTConfig | None = None, head: dict | None = None) -> int:
+    """Queries, plus the head link for `head = vqt_head(model)[2]` (light head or Mask2Former) when given."""
     config = VQTConfig() if config is None else config
-    return num_layers * config.num_queries * dim
+    link = link_num_parameters(head, dim, num_layers, config.num_queries) if config.link_to_head is not False else 0
+    return num_layers * config.num_queries * dim + link

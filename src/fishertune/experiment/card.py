@@ -56,6 +56,10 @@ BASELINE_LINES = {
     "full": "every weight of the backbone and the decoder fine-tuned (full fine-tuning).",
     "frozen": "the backbone frozen, only the decoder trained.",
     "lora": "PEFT LoRA on the q, k, v and FFN linears of every block, plus the decoder.",
+    "rein": "Rein: learnable low-rank tokens refining every block's features (backbone frozen), plus the decoder.",
+    "vpt": "VPT-deep: learnable prompt tokens prepended at every block (backbone frozen), plus the decoder.",
+    "adaptformer": "AdaptFormer: a scaled bottleneck MLP parallel to every block's FFN (backbone frozen), plus the decoder.",
+    "vqt": "VQT: learnable query tokens summarizing every block's features for the head (backbone frozen), plus the decoder.",
 }
 
 

@@ -3,8 +3,8 @@
 Output folder (`training_args.output_dir`):
 
     adapter_config.json + adapter_model.safetensors   the adapter (or config.json + model.safetensors:
-                                                      `--merge`, or the full/frozen/rein/vpt/adaptformer baselines)
-    baseline/                                         rein/vpt/adaptformer: the method's parameters alone
+                                                      `--merge`, or the full/frozen/rein/vpt/adaptformer/vqt baselines)
+    baseline/                                         rein/vpt/adaptformer/vqt: the method's parameters alone
     base_model/                                       the random-init base, only for `config:` backbones
     fishertune_scores.safetensors, fishertune_selection.json, fishertune_sensitivity.png   (sparse criteria)
     metrics.json   config.yaml   README.md (model card)
@@ -31,7 +31,7 @@ from .card import write_model_card
 from .config_io import resolved_config
 
 METRICS_NAME, CONFIG_NAME, CARD_NAME, BASE_MODEL_DIR = "metrics.json", "config.yaml", "README.md", "base_model"
-BASELINE_DIR = "baseline"  # Rein / VPT / AdaptFormer parameters alone (`fishertune.baselines.load_method_state`)
+BASELINE_DIR = "baseline"  # Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`)
 SCORES_NAME, PLOT_NAME = "fishertune_scores.safetensors", "fishertune_sensitivity.png"
 #: `quick=True` (CI): phases T1=2, T2=2 batches, T3=4, on a handful of samples.
 QUICK = dict(max_steps=6, warmup_phase_steps=2, estimation_batches=2, logging_steps=2)
@@ -95,12 +95,12 @@ def save_model(model, exp: ExperimentArguments, out: str):
             return model
         model.save_pretrained(out)
         return model
-    model.save_pretrained(out)  # full / frozen / rein / vpt / adaptformer baselines: the whole model
+    model.save_pretrained(out)  # full / frozen / rein / vpt / adaptformer / vqt baselines: the whole model
     try:
         baselines_api.installed_state(model)
     except ValueError:
         return model
-    # Rein / VPT / AdaptFormer: also their own parameters, loadable with `load_method_state` onto the backbone.
+    # Rein / VPT / AdaptFormer / VQT: also their own parameters, loadable with `load_method_state` onto the backbone.
     baselines_api.save_method_state(model, os.path.join(out, BASELINE_DIR))
     return model
 

@@ -56,6 +56,15 @@ def load_output(folder: str, device: Optional[str] = None):
         model = PeftModel.from_pretrained(base, folder)
     elif os.path.isfile(os.path.join(folder, "config.json")):
         model = AutoModel.from_pretrained(folder)
+        from .run import BASELINE_DIR
+
+        baseline_dir = os.path.join(folder, BASELINE_DIR)
+        if os.path.isdir(baseline_dir):
+            from ..baselines import load_method_state
+
+            # The full checkpoint gave the backbone and decoder; the method (Rein / VPT / AdaptFormer / VQT)
+            # must be installed again before its parameters, which `from_pretrained` dropped, can go back in.
+            load_method_state(model, baseline_dir)
     else:
         raise FileNotFoundError(f"{folder} holds neither an adapter (adapter_config.json) nor a model (config.json).")
     return model.to(resolve_device(device)).eval(), exp

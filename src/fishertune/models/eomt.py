@@ -5,7 +5,8 @@ small upscaling head. The whole `EomtForUniversalSegmentation` sits at `model.ba
 tuner's "eomt" preset targets its ViT blocks only; the EoMT-specific parts are `decoder_modules`.
 Limits: EoMT has fixed position embeddings, so inputs must be `image_size` square (use sliding
 windows for other sizes), and the masked-attention annealing (`backbone.attn_mask_probs`) is
-left at 1 (always masked) unless the trainer anneals it.
+left at 1 (always masked) unless the trainer anneals it. VQT (`fishertune.baselines`) is refused with
+a `NotImplementedError`: EoMT's last blocks already carry its own queries and no decoder would read VQT's.
 """
 
 from __future__ import annotations

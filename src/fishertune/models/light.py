@@ -62,6 +62,8 @@ class LightSegmenter(BackboneSegmenterMixin, PreTrainedModel):
 
     Input: `pixel_values` [B, 3, H, W] (normalised), optional `labels` [B, H, W] (255 = ignore).
     The logits are at the patch grid; the loss upsamples them bilinearly to the labels (as mmseg does).
+    With VQT installed (`fishertune.baselines.apply_vqt`), `decode_head` also adds image-level class
+    logits read from the query outputs (see `fishertune.baselines.vqt_heads`).
 
     Example:
 

@@ -2,7 +2,9 @@
 
 The HF pieces are reused as they are (`Mask2FormerPixelDecoder`, `Mask2FormerTransformerModule`,
 the class predictor and the loss); only the Swin backbone is replaced by four tapped ViT blocks
-resampled x4, x2, x1, x0.5 to strides 4, 8, 16, 32, as in Rein's DINOv2 backbone.
+resampled x4, x2, x1, x0.5 to strides 4, 8, 16, 32, as in Rein's DINOv2 backbone. The baselines
+that feed the decoder queries (Rein's token-query link, VQT's query outputs) install themselves on the
+HF transformer module (`fishertune.baselines.rein`, `fishertune.baselines.vqt_heads`).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from transformers import TrainingArguments
 #: Criteria that rank entries and train a sparse subset of the backbone (the FisherTune tuner).
 SPARSE_CRITERIA = ("random", "random_q", "random_k", "random_v", "magnitude", "fim", "delta_fim", "dr_fim")
 #: Baselines run by the same trainer: full fine-tuning, decoder only, LoRA (or any PeftModel you pass),
-#: and the `fishertune.baselines` methods (Rein, VPT-deep, AdaptFormer with their default configs).
-BASELINE_CRITERIA = ("full", "frozen", "lora", "rein", "vpt", "adaptformer")
+#: and the `fishertune.baselines` methods (Rein, VPT-deep, AdaptFormer, VQT with their default configs).
+BASELINE_CRITERIA = ("full", "frozen", "lora", "rein", "vpt", "adaptformer", "vqt")
 #: Baseline criteria installed by `fishertune.baselines.apply_method` (frozen backbone + the method's params).
-METHOD_CRITERIA = ("rein", "vpt", "adaptformer")
+METHOD_CRITERIA = ("rein", "vpt", "adaptformer", "vqt")
 #: Criteria whose scores need the estimator's passes over training batches (the others need no data).
 DATA_CRITERIA = ("fim", "delta_fim", "dr_fim")
 #: Fields forwarded to `fishertune.fisher.EstimationConfig` when set (None keeps the estimator's default).
@@ -51,8 +51,9 @@ class FisherTuneTrainingArguments(TrainingArguments):
             only), `"magnitude"`, `"random"`, `"random_q"`/`"random_k"`/`"random_v"` (random within one
             projection). Baselines: `"full"` (whole model), `"frozen"` (decoder only), `"lora"` (PEFT
             LoRA on the Eq. 3 targets, or the PeftModel passed to the trainer), `"rein"`, `"vpt"` (VPT-deep),
-            `"adaptformer"` (`fishertune.baselines` with default configs: backbone frozen, the method's
-            parameters and the decoder trained). Baselines: no estimation, no warm-up unless `warmup_phase_steps`.
+            `"adaptformer"`, `"vqt"` (`fishertune.baselines` with default configs: backbone frozen, the
+            method's parameters and the decoder trained; VQT's queries feed the head through its link).
+            Baselines: no estimation, no warm-up unless `warmup_phase_steps`.
         estimator (`str`, *optional*, defaults to `"variational"`):
             `"variational"` (stable estimation, Eq. 10-15) or `"diagonal"` (plain Eq. 9).
         fisher_type (`str`, *optional*, defaults to `"true"`):
@@ -92,7 +93,7 @@ class FisherTuneTrainingArguments(TrainingArguments):
     criterion: str = field(
         default="dr_fim",
         metadata={"help": "Backbone tuning: dr_fim, fim, delta_fim, magnitude, random, random_q/k/v; or full, frozen, lora, "
-                          "rein, vpt, adaptformer.",
+                          "rein, vpt, adaptformer, vqt.",
                   "choices": list(SPARSE_CRITERIA + BASELINE_CRITERIA)},
     )
     estimator: str = field(
@@ -152,7 +153,7 @@ class FisherTuneTrainingArguments(TrainingArguments):
         if self.criterion not in SPARSE_CRITERIA + BASELINE_CRITERIA:
             raise ValueError(
                 f"criterion must be one of {SPARSE_CRITERIA + BASELINE_CRITERIA}, got {self.criterion!r}; "
-                "'dr_fim' is FisherTune, 'full'/'frozen'/'lora'/'rein'/'vpt'/'adaptformer' are the baselines."
+                "'dr_fim' is FisherTune, 'full'/'frozen'/'lora'/'rein'/'vpt'/'adaptformer'/'vqt' are the baselines."
             )
         if self.estimator not in ("variational", "diagonal"):
             raise ValueError(f"estimator must be 'variational' or 'diagonal', got {self.estimator!r}.")

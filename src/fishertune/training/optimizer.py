@@ -6,7 +6,7 @@ backbone without decay, backbone sparse deltas. No decay on norms, biases, embed
 embeddings, CLS/mask/register tokens and query/level embeddings (Rein's `paramwise_cfg`), nor on
 the learned tokens of the `fishertune.baselines` methods (Rein's tokens and scale, VPT's prompts).
 The baselines' parameters (prefixed `rein_`, `vpt_`, ...) are backbone groups, with the backbone lr,
-wherever they hang (Rein's query link sits in the Mask2Former head).
+wherever they hang (Rein's query link and VQT's head links sit in the head).
 
 The sparse deltas (`fishertune_values`) hold exactly the allocated entries, so their optimizer
 state is allocated-sized. Only the active prefix of each is updated: the inactive tail gets no

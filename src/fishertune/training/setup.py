@@ -1,10 +1,11 @@
-"""Turn a segmentation model into what a criterion trains: FisherTune, LoRA, full/frozen backbone, Rein/VPT/AdaptFormer.
+"""Turn a segmentation model into what a criterion trains: FisherTune, LoRA, full/frozen backbone, the baselines.
 
 Every criterion ends as one model with the same decoder handling, so the trainer treats all
 baselines of the paper's ablation alike: sparse criteria and LoRA wrap the model with PEFT
-(decoder in `modules_to_save`), `full` and `frozen` keep the plain model, and `rein`, `vpt` and
-`adaptformer` install the method of `fishertune.baselines` (default config) on the plain model: the
-backbone frozen, the method's parameters (attached under the backbone) and the decoder trainable.
+(decoder in `modules_to_save`), `full` and `frozen` keep the plain model, and `rein`, `vpt`,
+`adaptformer` and `vqt` install the method of `fishertune.baselines` (default config) on the plain
+model: the backbone frozen, the method's parameters (attached under the backbone, plus the head-side
+links of Rein and VQT) and the decoder trainable.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
 
 
 def _apply_baseline_method(model: nn.Module, criterion: str) -> nn.Module:
-    """Install `criterion` (Rein, VPT-deep, AdaptFormer; default config) unless the model already holds it."""
+    """Install `criterion` (Rein, VPT-deep, AdaptFormer, VQT; default config) unless the model already holds it."""
     from ..baselines import api as baselines
 
     try:
