@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 
@@ -100,8 +101,33 @@ def test_paper_settings():
     assert exp.target_root_map() == {"cityscapes": "/d/cs", "acdc": "/d/acdc"}
 
 
+def test_eva02_setting_is_the_dinov2_recipe_on_timm_eva02():
+    """Parsing needs no timm: the `timm:` name is only checked to be an EVA02."""
+    exp, targs, _ = parse(["--config", "gtav_eva02_large_mask2former"])
+    ref_exp, ref_targs, _ = parse(["--config", "gtav_dinov2_large_mask2former"])
+    assert exp.backbone.startswith("timm:eva02_large") and exp.taps == [8, 12, 16, 24]
+    assert dataclasses.replace(exp, backbone=ref_exp.backbone) == ref_exp
+    differ = {f.name for f in dataclasses.fields(targs) if getattr(targs, f.name) != getattr(ref_targs, f.name)}
+    assert differ <= {"output_dir", "logging_dir", "run_name"}, differ
+    with pytest.raises(ValueError, match="EVA02"):
+        parse(["--backbone", "timm:vit_large_patch14_dinov2"])
+    with pytest.raises(ValueError, match="eomt"):
+        parse(["--backbone", "timm:eva02_tiny_patch14_224", "--head", "eomt"])
+
+
 def test_every_baseline_criterion_has_a_model_card_line():
     from fishertune.experiment.card import BASELINE_LINES
     from fishertune.training.arguments import BASELINE_CRITERIA
 
     assert set(BASELINE_LINES) == set(BASELINE_CRITERIA)
+
+
+@pytest.mark.parametrize(
+    "backbone, expected",
+    [("timm:eva02_large_patch14_224.mim_m38m", "timm/eva02_large_patch14_224.mim_m38m"),
+     ("facebook/dinov2-large", "facebook/dinov2-large")],
+)
+def test_card_metadata_names_a_hub_repo(backbone, expected):
+    from fishertune.experiment.card import hub_base_model_id
+
+    assert hub_base_model_id(backbone) == expected

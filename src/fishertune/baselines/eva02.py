@@ -4,8 +4,23 @@
 forward takes `pixel_values` and returns a `BaseModelOutput` whose `hidden_states[i]` is the raw
 output of block i (no final norm), as the HF ViTs do, so pyramid taps work unchanged.
 Tests build it from timm with random init; users get weights with
-`Eva02Backbone.from_timm("eva02_large_patch14_448.mim_m38m", pretrained=True)` (timm downloads
-from the Hub). Requires `timm` (which requires a torchvision matching the installed torch).
+`Eva02Backbone.from_timm("eva02_large_patch14_224.mim_m38m", pretrained=True)` (timm downloads
+from the Hub). Requires `timm` (which requires a torchvision matching the installed torch); this
+module itself imports timm only when a model is created, so `import fishertune` works without it.
+
+Segmenters: `fishertune.models.build_model("light" | "mask2former", backbone, ...)` takes EVA02 as
+an `Eva02Backbone` (weights copied), an `Eva02BackboneConfig` (random init) or the string
+`"timm:<eva02 model name>"` (pretrained weights through timm), e.g.
+
+    ```py
+    >>> from fishertune.models import build_model
+    >>> seg = build_model("mask2former", "timm:eva02_large_patch14_224.mim_m38m",
+    ...                   num_labels=19, taps=eva02_pyramid_taps(24))
+    ```
+
+The config is registered with `transformers.AutoConfig`, so a saved segmenter reloads with
+`from_pretrained` (the backbone is created randomly by timm, then filled from the checkpoint; no
+download). EoMT is DINOv2-only and refuses EVA02.
 
 The tuner's presets know the wrapper by its config's model_type (`"eva02"` in
 `fishertune.tuner.presets`), so `find_backbone`/`target_regex` find it; `eva02_target_regex(model)`
@@ -23,8 +38,11 @@ import re
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.modeling_outputs import BaseModelOutput
+
+#: `build_model` / `load_backbone` string prefix selecting a timm EVA02 with pretrained weights.
+TIMM_PREFIX = "timm:"
 
 #: Eq. 3 targets inside an EVA02 block, relative to the wrapper: q/k/v (separate in EVA02-B/L,
 #: fused `attn.qkv` in EVA02-Ti/S) and the SwiGLU FFN (`fc1_g`, `fc1_x`, `fc2`; packed `fc1` in Ti/S).
@@ -79,6 +97,30 @@ class Eva02Backbone(nn.Module):
         )
         return cls(eva, config)
 
+    @classmethod
+    def from_config(cls, config: Eva02BackboneConfig) -> Eva02Backbone:
+        """A randomly initialised wrapper of `config`'s architecture (no download: `pretrained=False`)."""
+        model = cls.from_timm(config.timm_model_name, pretrained=False, **dict(config.timm_kwargs or {}))
+        got = (model.config.hidden_size, model.config.num_hidden_layers, model.config.patch_size)
+        want = (config.hidden_size, config.num_hidden_layers, config.patch_size)
+        if got != want:  # a hand-edited config whose shape fields disagree with the timm architecture
+            raise ValueError(
+                f"{config.timm_model_name} with {config.timm_kwargs} gives (hidden, depth, patch) = {got}, "
+                f"but the config says {want}."
+            )
+        return model
+
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute timm's non-persistent buffers (RoPE bands, fused-qkv `k_bias`).
+
+        Checkpoints do not hold them, and transformers' `from_pretrained` builds the model on the meta
+        device and leaves such buffers uninitialised; the segmenters call this after loading.
+        """
+        for module in self.eva.modules():
+            if hasattr(module, "init_non_persistent_buffers"):  # timm's own convention
+                module.init_non_persistent_buffers()
+
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False, return_dict: bool = True, **_):
         eva = self.eva
         x = eva.patch_embed(pixel_values)
@@ -122,3 +164,18 @@ def eva02_pyramid_taps(num_layers: int) -> tuple[int, int, int, int]:
     if num_layers < 4 or num_layers % 6:
         raise ValueError(f"EVA02 taps are defined for depths divisible by 6 (12, 24, ...), got {num_layers}.")
     return (num_layers // 3, num_layers // 2, 2 * num_layers // 3, num_layers)
+
+
+def timm_eva02_name(spec: str) -> str:
+    """The timm model name of a `"timm:<name>"` backbone string; only EVA02 models are supported."""
+    name = spec[len(TIMM_PREFIX) :].strip()
+    if not name.startswith("eva02"):
+        raise ValueError(f"Only EVA02 models are supported through timm ('timm:eva02_...'), got {spec!r}.")
+    return name
+
+
+# Nested in a segmenter's saved config.json; registering lets `from_pretrained` rebuild it (no timm import).
+try:
+    AutoConfig.register(Eva02BackboneConfig.model_type, Eva02BackboneConfig)
+except ValueError:  # already registered (module reloaded)
+    pass

@@ -35,8 +35,10 @@ class ExperimentArguments:
     """Model, data, evaluation and output options of a `recipes/train.py` run.
 
     Args:
-        backbone (`str`): Hub id, local folder, or `"config:<name>"` for a built-in randomly
-            initialised ViT (`BUILTIN_BACKBONES`: `vit-small-demo`, `vit-micro-test`).
+        backbone (`str`): Hub id, local folder, `"config:<name>"` for a built-in randomly
+            initialised ViT (`BUILTIN_BACKBONES`: `vit-small-demo`, `vit-micro-test`), or
+            `"timm:<eva02 name>"` for timm's pretrained EVA02 (needs `timm`), e.g.
+            `"timm:eva02_large_patch14_224.mim_m38m"`.
         head (`str`, defaults to `"light"`): `"light"`, `"mask2former"` (the paper's) or `"eomt"`.
         taps (`list[int]`, *optional*): 1-based blocks feeding the head (default: evenly spaced).
         dataset (`str`, defaults to `"synthetic"`): source dataset name (`fishertune.data.DATASET_NAMES`).
@@ -57,7 +59,8 @@ class ExperimentArguments:
     """
 
     backbone: str = field(default="config:vit-small-demo", metadata={
-        "help": "Hub id, local folder, or 'config:<name>' for a built-in random-init ViT (vit-small-demo, vit-micro-test)."})
+        "help": "Hub id, local folder, 'config:<name>' for a built-in random-init ViT (vit-small-demo, "
+                "vit-micro-test), or 'timm:<eva02 name>' for timm's pretrained EVA02."})
     head: str = field(default="light", metadata={"help": "Segmentation head.", "choices": list(HEADS)})
     taps: Optional[list[int]] = field(default=None, metadata={"help": "1-based blocks feeding the head."})
     num_queries: Optional[int] = field(default=None, metadata={"help": "Mask2Former/EoMT queries (None: model default)."})
@@ -96,6 +99,12 @@ class ExperimentArguments:
             raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}.")
         if self.backbone.startswith("config:") and self.backbone[7:] not in BUILTIN_BACKBONES:
             raise ValueError(f"Unknown built-in backbone {self.backbone!r}; choose config:<{'|'.join(BUILTIN_BACKBONES)}>.")
+        if self.backbone.startswith("timm:"):
+            from ..baselines.eva02 import timm_eva02_name  # no timm import: only the name is checked here
+
+            timm_eva02_name(self.backbone)
+            if self.head == "eomt":
+                raise ValueError("head='eomt' is built from DINOv2 only; use 'light' or 'mask2former' with EVA02.")
         if self.dataset.lower() not in DATASET_NAMES:
             raise ValueError(f"dataset must be one of {DATASET_NAMES}, got {self.dataset!r}.")
         if self.dataset.lower() != "synthetic" and not self.data_root:

@@ -17,7 +17,7 @@ SYNTHETIC_TRAIN_SEED, SYNTHETIC_EVAL_SEED = 0, 1
 
 
 def backbone_source(backbone: str):
-    """What `build_model` takes: a `Dinov2Config` for `config:<name>`, else the Hub id / folder itself."""
+    """What `build_model` takes: a `Dinov2Config` for `config:<name>`, else the Hub id, folder or `timm:` name."""
     if backbone.startswith("config:"):
         from transformers import Dinov2Config
 
@@ -27,7 +27,8 @@ def backbone_source(backbone: str):
 
 def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on the 0..255 scale: the backbone's `preprocessor_config.json` when it is a local
-    folder that has one (e.g. ViT augreg uses 0.5/0.5), else ImageNet's (DINOv2, Rein)."""
+    folder that has one (e.g. ViT augreg uses 0.5/0.5), else ImageNet's (DINOv2, Rein; Rein also
+    feeds EVA02 ImageNet-normalised images, so `timm:` backbones get ImageNet's too)."""
     path = os.path.join(backbone, "preprocessor_config.json")
     if not backbone.startswith("config:") and os.path.isfile(path):
         with open(path) as f:

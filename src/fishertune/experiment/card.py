@@ -63,6 +63,12 @@ BASELINE_LINES = {
 }
 
 
+def hub_base_model_id(backbone: str) -> str:
+    """The card's `base_model` metadata: a Hub repo id. timm's models live at `timm/<name>`; `timm:<name>`
+    is only this package's way of naming them on the command line."""
+    return "timm/" + backbone[len("timm:") :] if backbone.startswith("timm:") else backbone
+
+
 def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths, repo_id: str | None = None) -> dict:
     """The template variables of a run's card, from its arguments, metrics and output folder."""
     import json
@@ -86,6 +92,7 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
         "title": exp.card_title or f"{criterion} on {exp.backbone} ({exp.head}), {exp.dataset} -> {', '.join(exp.targets)}",
         "version": __version__,
         "base_model": exp.backbone,
+        "base_model_id": hub_base_model_id(exp.backbone),
         "head": exp.head,
         "head_name": exp.head,
         "num_labels": len(source_id2label(exp)),

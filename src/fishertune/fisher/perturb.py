@@ -171,11 +171,21 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def _num_prefix_tokens(config) -> int:
+    """The config's own `num_prefix_tokens` (EVA02's wrapper), else CLS + registers (HF configs lack the field).
+
+    Mirrors `fishertune.models.backbone.num_prefix_tokens`, not imported: `fisher` must not depend on `models`.
+    """
+    explicit = getattr(config, "num_prefix_tokens", None)
+    return int(explicit) if explicit is not None else 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
 def find_blocks(model: nn.Module) -> tuple[list[nn.Module], int | list[int]]:
     """``(blocks, num_prefix)``: the ViT blocks of the model's backbone and its CLS + register count.
 
     The blocks are the ``ModuleList`` under the backbone whose children hold the family's targeted
-    linears (``encoder.layer`` for DINOv2, ``layers`` for ViT/SAM...). SAM has no prefix token;
+    linears (``encoder.layer`` for DINOv2, ``layers`` for ViT/SAM, ``eva.blocks`` for timm's EVA02...).
+    The prefix count is the config's ``num_prefix_tokens`` when it has one (EVA02). SAM has no prefix token;
     EoMT's last ``num_blocks`` blocks also carry ``num_queries`` query tokens in front (a list then).
     """
     base = unwrap_model(model)
@@ -187,7 +197,7 @@ def find_blocks(model: nn.Module) -> tuple[list[nn.Module], int | list[int]]:
             # Wrapped linears (FisherTune layers) are not nn.Linear: match module names only.
             if any(pattern.fullmatch(f"{name}.0.{sub}") for sub, _ in mod[0].named_modules() if sub):
                 cfg = getattr(backbone, "config", None)
-                prefix = 0 if mtype == "sam_vision_model" else 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
+                prefix = 0 if mtype == "sam_vision_model" else _num_prefix_tokens(cfg)
                 if mtype == "eomt":
                     first_q = len(mod) - int(cfg.num_blocks)
                     return list(mod), [prefix + (int(cfg.num_queries) if i >= first_q else 0) for i in range(len(mod))]

@@ -1,19 +1,27 @@
-"""Segmentation models on HF ViT backbones, all with one interface.
+"""Segmentation models on HF ViT backbones (and timm's EVA02), all with one interface.
 
 Every model takes `pixel_values` [B, 3, H, W] and optional semantic `labels` [B, H, W]
 (255 = ignore), returns a `ModelOutput` with `.loss` when labels are given, exposes
-`semantic_logits(outputs, size)` (log-space per-pixel class scores), keeps its HF backbone at
+`semantic_logits(outputs, size)` (log-space per-pixel class scores), keeps its backbone at
 `model.backbone`, and lists the submodules trained in full in `decoder_modules`.
 
 - `LightSegmenter`: BN + 1x1 conv on concatenated taps (DINOv2 linear protocol); fast, CPU-friendly.
 - `PyramidMask2Former`: Rein's pyramid of 4 taps feeding HF Mask2Former (the paper's model).
-- `EomtSegmenter`: transformers' EoMT, built from DINOv2.
+- `EomtSegmenter`: transformers' EoMT, built from DINOv2 (EVA02 is refused).
+
+EVA02 (needs `timm`): `build_model("light" | "mask2former", backbone, ...)` with `backbone` an
+`fishertune.baselines.Eva02Backbone`, an `Eva02BackboneConfig` (random init) or
+`"timm:eva02_large_patch14_224.mim_m38m"` (timm's pretrained weights); use
+`fishertune.baselines.eva02_pyramid_taps(24)` for Rein's taps (8, 12, 16, 24). A saved EVA02
+segmenter reloads with `AutoModel.from_pretrained(folder)` without downloading timm weights.
 """
 
 from __future__ import annotations
 
 from transformers import AutoConfig, AutoModel
 
+# Registers Eva02BackboneConfig with AutoConfig (nested in saved EVA02 segmenters); imports no timm.
+from ..baselines import eva02 as _eva02  # noqa: F401
 from .backbone import (
     REIN_DINOV2_LARGE_TAPS,
     REIN_SCALES,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
 
@@ -40,21 +41,37 @@ class BackboneSegmenterMixin:
     accepts_loss_kwargs: bool = False
 
     @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then the backbone's non-persistent buffers are recomputed.
+
+        transformers builds the model on the meta device and fills only what the checkpoint holds (and
+        what HF modules' `_init_weights` know); timm's EVA02 keeps RoPE tables in non-persistent
+        buffers, which `Eva02Backbone.init_non_persistent_buffers` restores.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
+        reinit = getattr(getattr(model, "backbone", None), "init_non_persistent_buffers", None)
+        if callable(reinit):
+            reinit()
+        return loaded
+
+    @classmethod
     def from_backbone(
         cls,
-        backbone: str | os.PathLike | PreTrainedModel | PreTrainedConfig,
+        backbone: str | os.PathLike | PreTrainedModel | nn.Module | PreTrainedConfig,
         num_labels: int | None = None,
         id2label: dict[int, str] | None = None,
         taps: tuple[int, ...] | None = None,
         **kwargs,
     ):
-        """Build the segmenter on an HF ViT backbone.
+        """Build the segmenter on an HF ViT backbone or a timm EVA02.
 
         Args:
-            backbone (`str`, `os.PathLike`, `PreTrainedModel` or `PreTrainedConfig`):
-                A local folder or Hub id (loaded with its pretrained weights), a backbone model (its
-                weights are copied), or a config (random initialisation). CLIP checkpoints give their
-                vision tower; task checkpoints such as `ViTForImageClassification` give their encoder.
+            backbone (`str`, `os.PathLike`, `PreTrainedModel`, `Eva02Backbone` or `PreTrainedConfig`):
+                A local folder or Hub id (loaded with its pretrained weights), `"timm:<eva02 name>"`
+                (timm's pretrained EVA02), a backbone model (its weights are copied), or a config such
+                as `Eva02BackboneConfig` (random initialisation). CLIP checkpoints give their vision
+                tower; task checkpoints such as `ViTForImageClassification` give their encoder.
             num_labels (`int`, *optional*): number of classes (or pass `id2label`).
             id2label (`dict[int, str]`, *optional*): class names.
             taps (`tuple[int, ...]`, *optional*): 1-based blocks whose patch tokens feed the head;

@@ -1,8 +1,9 @@
 """Shared ViT-backbone plumbing: build/load an HF ViT, find its blocks, tap patch tokens.
 
-Every segmenter of the package keeps its Hugging Face backbone at `model.backbone`, so that
+Every segmenter of the package keeps its backbone at `model.backbone`, so that
 `fishertune.tuner.target_regex(model)` finds it and `backbone_blocks` / `patch_tokens` work
-on any of them (DINOv2 with or without registers, ViT, CLIP vision, ViT-MAE).
+on any of them (DINOv2 with or without registers, ViT, CLIP vision, ViT-MAE, and timm's EVA02
+through `fishertune.baselines.Eva02Backbone`; timm itself is imported only when an EVA02 is created).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from torch import nn
 from transformers import AutoConfig, CLIPVisionModel, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+# The wrapper module needs no timm; only creating an EVA02 imports it.
+from ..baselines.eva02 import TIMM_PREFIX, Eva02Backbone, timm_eva02_name
+
 # Where each supported family keeps its blocks (tried in order; a generic search follows).
-_BLOCK_PATHS = ("encoder.layer", "encoder.layers", "layers", "vision_model.encoder.layers", "blocks")
+_BLOCK_PATHS = ("encoder.layer", "encoder.layers", "layers", "vision_model.encoder.layers", "blocks", "eva.blocks")
 
 #: Rein's taps for DINOv2-L/14 (1-based block indices), used by the paper's Mask2Former.
 REIN_DINOV2_LARGE_TAPS = (8, 12, 16, 24)
@@ -33,7 +37,11 @@ def vision_config(config: PreTrainedConfig) -> PreTrainedConfig:
 
 
 def num_prefix_tokens(config: PreTrainedConfig) -> int:
-    """CLS plus register tokens that precede the patch tokens (DINOv2-reg: 1 + 4)."""
+    """Tokens before the patch tokens: the config's `num_prefix_tokens` when it has one (EVA02), else
+    CLS plus register tokens (DINOv2-reg: 1 + 4). HF's ViT configs have no such field."""
+    explicit = getattr(config, "num_prefix_tokens", None)
+    if explicit is not None:
+        return int(explicit)
     return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
 
 
@@ -92,9 +100,26 @@ def patch_tokens(
     return tokens.transpose(1, 2).reshape(batch, channels, h, w)
 
 
-def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
+def is_eva02(backbone) -> bool:
+    """Whether `backbone` (a model, config or `"timm:..."` string) is a timm EVA02."""
+    if isinstance(backbone, (str, os.PathLike)):
+        return str(backbone).startswith(TIMM_PREFIX)
+    config = backbone if isinstance(backbone, PreTrainedConfig) else getattr(backbone, "config", None)
+    return getattr(config, "model_type", None) == "eva02"
+
+
+def build_backbone(config: PreTrainedConfig) -> nn.Module:
     """A randomly initialised backbone for `config`, without pooler (unused; it would stall DDP)."""
     config = vision_config(config)
+    if config.model_type == "eva02":
+        model = Eva02Backbone.from_config(config)
+        # Keep timm's own init: the segmenter's post_init would otherwise redraw every timm Linear and
+        # LayerNorm with HF's generic init (HF backbones keep theirs as PreTrainedModels). Not on the meta
+        # device (from_pretrained): there the generic init must still fill weights a checkpoint lacks.
+        if next(model.parameters()).device.type != "meta":
+            for module in model.modules():
+                module._is_hf_initialized = True
+        return model
     if config.model_type in ("clip_vision_model", "clip"):
         return CLIPVisionModel(config)
     if config.model_type == "vit_mae":
@@ -106,19 +131,31 @@ def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
 
 
 def load_backbone(
-    backbone: str | os.PathLike | PreTrainedModel | PreTrainedConfig, **from_pretrained_kwargs
-) -> tuple[PreTrainedConfig, PreTrainedModel | None]:
+    backbone: str | os.PathLike | nn.Module | PreTrainedConfig, **from_pretrained_kwargs
+) -> tuple[PreTrainedConfig, nn.Module | None]:
     """Resolve a `from_backbone` argument to `(backbone config, loaded model or None)`.
 
     A path or Hub id is loaded with real weights (`AutoModel.from_pretrained`; a CLIP checkpoint
-    gives its vision tower); a model is used as is; a config gives `None` (random init later).
+    gives its vision tower); `"timm:<eva02 name>"` creates a timm EVA02 with its pretrained weights
+    (`from_pretrained_kwargs` then go to `timm.create_model`); a model (HF or `Eva02Backbone`) is
+    used as is; a config gives `None` (random init later).
     """
     if isinstance(backbone, PreTrainedConfig):
         return vision_config(backbone), None
+    if is_eva02(backbone):
+        if isinstance(backbone, (str, os.PathLike)):
+            name = timm_eva02_name(str(backbone))
+            backbone = Eva02Backbone.from_timm(name, pretrained=True, **from_pretrained_kwargs)
+        return backbone.config, backbone
     if isinstance(backbone, PreTrainedModel):
         if getattr(backbone.config, "vision_config", None) is not None and hasattr(backbone, "vision_model"):
             raise ValueError("Pass the vision tower (e.g. CLIPVisionModel), not the full multimodal model.")
         return backbone.config, backbone
+    if isinstance(backbone, nn.Module):
+        raise TypeError(
+            f"Unsupported backbone module {type(backbone).__name__}: pass an HF ViT model (DINOv2, ViT, CLIP "
+            "vision, ViT-MAE), a fishertune.baselines.Eva02Backbone, a config, a path / Hub id or 'timm:eva02_...'."
+        )
     config = AutoConfig.from_pretrained(backbone)
     if config.model_type == "clip":
         model = CLIPVisionModel.from_pretrained(backbone, **from_pretrained_kwargs)

@@ -28,6 +28,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.eomt.modeling_eomt import EomtForUniversalSegmentationOutput
 
 from ._base import labels_kwargs
+from .backbone import is_eva02
 from .mask_classification import DistributedEomtLoss, mask_class_semantic_logits, semantic_to_instances
 
 _DINOV2_TO_EOMT = (
@@ -134,6 +135,11 @@ class EomtSegmenter(PreTrainedModel):
             taps: not used by EoMT (accepted for a uniform `build_model` call; must be `None`).
             kwargs: `EomtConfig` fields, e.g. `num_queries`, `num_blocks`, `image_size`, `train_num_points`.
         """
+        if is_eva02(backbone):
+            # EoMT's query blocks are transformers' DINOv2-style layers; EVA02's RoPE blocks have no counterpart.
+            raise ValueError(
+                "EoMT is built from DINOv2 only; for EVA02 use build_model('light' or 'mask2former', ...)."
+            )
         if taps is not None:
             raise ValueError("EoMT has no feature taps; its last `num_blocks` blocks process the queries.")
         source = None
