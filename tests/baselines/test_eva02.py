@@ -1,4 +1,4 @@
-"""EVA02 through timm (random init): HF-style outputs, target regex, taps, Rein and AdaptFormer on it."""
+"""EVA02 through timm (random init): HF-style outputs, target regex, taps, Rein, AdaptFormer and VPT on it."""
 
 import re
 
@@ -48,6 +48,6 @@ def test_rein_and_adaptformer_on_eva02():
     assert count_trainable(model) == 2 * (2 * 32 * 8 + 8 + 32)
     rein = apply_method(_eva(), ReinConfig(token_length=5, lora_dim=4, link_token_to_query=False))
     assert not torch.allclose(rein(x).last_hidden_state, ref)
-    with pytest.raises(NotImplementedError, match="RoPE"):
-        apply_method(_eva(), VPTConfig())
+    vpt = apply_method(_eva(), VPTConfig(num_tokens=2))  # prompts kept out of RoPE: test_eva02_prompts.py
+    assert vpt(x).last_hidden_state.shape == ref.shape and not torch.allclose(vpt(x).last_hidden_state, ref)
     assert {r["method"] for r in parameter_table(_eva())} >= {"fishertune", "lora", "rein"}

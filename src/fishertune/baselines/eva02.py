@@ -30,11 +30,20 @@ EVA02-Ti/S fuse q/k/v into `attn.qkv` and timm then calls `F.linear(x, attn.qkv.
 bypassing the module (a FisherTune/LoRA wrapper's delta and the Fisher hooks would be ignored);
 `from_timm` switches those attentions to `qkv_bias_separate`, which calls `attn.qkv(x)` and adds
 the bias after.
+
+Extra tokens (VPT prompts, VQT queries): timm's EVA attention rotates every token after the first
+`attn.num_prefix_tokens` by the RoPE table of the patch grid, so VPT/VQT insert them right after
+CLS/registers and `extra_prefix_tokens` raises that count for the block's call: they stay
+un-rotated and the patches keep their rotation (no timm fork; `check_extra_token_blocks` refuses
+blocks whose attention has no such count). The count is an attribute mutated during the call, so a
+block must not run concurrently in two threads, and `torch.compile` would see it change.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -149,6 +158,29 @@ def _route_fused_qkv_through_module(eva: nn.Module) -> None:
                 "(adapters on attn.qkv would be ignored). Use timm>=1.0.31 or an EVA02 with separate q/k/v."
             )
         attn.qkv_bias_separate = True
+
+
+def check_extra_token_blocks(blocks, method: str) -> None:
+    """Refuse EVA02 blocks whose attention does not expose timm's `num_prefix_tokens` (RoPE skip count)."""
+    for i, block in enumerate(blocks):
+        if not isinstance(getattr(getattr(block, "attn", None), "num_prefix_tokens", None), int):
+            raise NotImplementedError(
+                f"{method} on EVA02: block {i} ({type(block).__name__}) has no `attn.num_prefix_tokens`, so its "
+                "extra tokens cannot be kept out of RoPE (timm's EvaBlock/EvaBlockPostNorm with EvaAttention or "
+                "AttentionRope are supported)."
+            )
+
+
+@contextmanager
+def extra_prefix_tokens(block: nn.Module, num: int) -> Iterator[None]:
+    """Within the block, `num` tokens after the prefix are prefix too (RoPE skips them); restored on exit."""
+    attn = block.attn
+    base = attn.num_prefix_tokens
+    attn.num_prefix_tokens = base + num
+    try:
+        yield
+    finally:
+        attn.num_prefix_tokens = base
 
 
 def eva02_target_regex(model: nn.Module) -> str:

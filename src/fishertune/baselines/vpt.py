@@ -7,6 +7,13 @@ shape and token order. Prompts are inserted after the embeddings (position embed
 so they carry no position embedding, as in VPT; "prefix" is CLS plus any register tokens.
 Initialization follows VPT: uniform(+-sqrt(6 / (3 * patch^2 + C))); prompt dropout 0 by default
 (VPT's `PROMPT.DROPOUT` default).
+
+EVA02 (timm): the same layout [prefix, P_l, patches]; the block's attention counts the prompts as
+prefix tokens while they are present (`eva02.extra_prefix_tokens`), so timm's RoPE rotates the
+patches exactly as without VPT and never the prompts, which carry no position at all, as in VPT.
+Reproduced there: deep prompts per block, dropped after it, outputs without prompts. Not supported
+(`NotImplementedError`): an incoming attention mask or causal attention (the backbones pass none),
+and blocks whose attention has no timm `num_prefix_tokens`.
 """
 
 from __future__ import annotations
@@ -25,11 +32,10 @@ from ._common import (
     prepare_backbone,
     record_install,
     replace_first,
+    resolve_backbone,
     wrap_forward,
 )
-
-#: Families whose blocks take extra sequence-position inputs (EVA02's RoPE) cannot take extra tokens.
-_UNSUPPORTED = {"eva02": "EVA02 applies RoPE to a fixed number of patch tokens inside each block"}
+from .eva02 import check_extra_token_blocks, extra_prefix_tokens
 
 
 @dataclass
@@ -68,15 +74,20 @@ class VPTPrompts(nn.Module):
 def apply_vpt(model: nn.Module, config: VPTConfig | None = None) -> nn.Module:
     """Freeze the backbone of `model` and prepend learnable prompts at each selected block."""
     config = VPTConfig() if config is None else config
+    _, mtype, found = resolve_backbone(model)
+    if mtype == "eva02":  # checked before prepare_backbone freezes anything
+        check_extra_token_blocks(backbone_blocks(found), "VPT")
     backbone, info = prepare_backbone(model, config)
-    if info["model_type"] in _UNSUPPORTED:
-        raise NotImplementedError(f"VPT on {info['model_type']}: {_UNSUPPORTED[info['model_type']]}.")
     patch = getattr(backbone.config, "patch_size", 16)
     prompts = VPTPrompts(config, len(info["layers"]), info["hidden_size"], patch if isinstance(patch, int) else patch[0])
     backbone.vpt_prompts = prompts
     blocks = backbone_blocks(backbone)
+    npt, num = info["num_prefix_tokens"], config.num_tokens
     for j, i in enumerate(info["layers"]):
-        wrap_forward(blocks[i], _vpt_forward(prompts, j, info["num_prefix_tokens"], config.num_tokens))
+        if mtype == "eva02":
+            wrap_forward(blocks[i], _vpt_forward_eva02(prompts, j, npt, num, blocks[i]))
+        else:
+            wrap_forward(blocks[i], _vpt_forward(prompts, j, npt, num))
     record_install(backbone, config, info)
     return model
 
@@ -92,6 +103,23 @@ def _vpt_forward(prompts: VPTPrompts, layer: int, npt: int, num: int):
             out = original(x, *args, **kwargs)
             y = first_tensor(out)
             return replace_first(out, torch.cat([y[:, :npt], y[:, npt + num :]], dim=1))
+
+        return forward
+
+    return make
+
+
+def _vpt_forward_eva02(prompts: VPTPrompts, layer: int, npt: int, num: int, block: nn.Module):
+    """timm EvaBlock: the prompts sit after the prefix and count as prefix tokens, so RoPE skips them."""
+
+    def make(original):
+        def forward(x, rope=None, attn_mask=None, is_causal=False):
+            if attn_mask is not None or is_causal:
+                raise NotImplementedError("VPT on EVA02 with an attention mask or causal attention is not supported.")
+            prompt = prompts(layer, x.shape[0]).to(x.dtype)
+            with extra_prefix_tokens(block, num):
+                y = original(torch.cat([x[:, :npt], prompt, x[:, npt:]], dim=1), rope=rope)
+            return torch.cat([y[:, :npt], y[:, npt + num :]], dim=1)
 
         return forward
 

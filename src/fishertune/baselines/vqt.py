@@ -15,6 +15,15 @@ zero-initialised map, so installing VQT leaves the predictions unchanged; their 
 `vqt_`-prefixed and saved with the queries. EoMT is refused (`NotImplementedError`): its last
 blocks already run its own queries under a masked attention, and it has no decoder to read ours.
 
+EVA02 (timm): timm's EVA attention rotates every token after its `num_prefix_tokens` by the RoPE
+table of the patch grid, so the queries are placed right after CLS/registers, [prefix, Q_l, patches],
+and counted as prefix tokens for the block's call (`eva02.extra_prefix_tokens`): they are not
+rotated (no position, as appended tokens in VQT) and the patches keep their rotation. The mask is
+the same (no original token attends to a query; queries attend to everything, themselves included),
+passed as timm's `attn_mask`; token order does not otherwise matter to attention, so this is the
+appended-query computation. Light and Mask2Former links work unchanged on EVA02 segmenters.
+Refused there: an incoming mask or causal attention, and blocks without timm's `num_prefix_tokens`.
+
 Not reproduced: VQT defines no segmentation head; the two links above are our reading of its
 linear classifier for dense prediction. VQT's optional feature compression of the query outputs
 is not implemented.
@@ -41,11 +50,11 @@ from ._common import (
     resolve_backbone,
     wrap_forward,
 )
+from .eva02 import check_extra_token_blocks, extra_prefix_tokens
 from .vqt_heads import install_link, link_num_parameters, vqt_head
 
 
 _UNSUPPORTED = {
-    "eva02": "its blocks apply RoPE to a fixed number of tokens",
     "eomt": "its last blocks run EoMT's own queries under a masked attention, and no decoder reads ours",
 }
 
@@ -92,9 +101,11 @@ class VQTQueries(nn.Module):
 def apply_vqt(model: nn.Module, config: VQTConfig | None = None) -> nn.Module:
     """Freeze the backbone of `model`; learn queries that read each selected block and link them to the head."""
     config = VQTConfig() if config is None else config
-    mtype = resolve_backbone(model)[1]
+    _, mtype, found_backbone = resolve_backbone(model)
     if mtype in _UNSUPPORTED:  # checked before prepare_backbone freezes anything
         raise NotImplementedError(f"VQT on {mtype.upper()}: {_UNSUPPORTED[mtype]}.")
+    if mtype == "eva02":
+        check_extra_token_blocks(backbone_blocks(found_backbone), "VQT")
     found = vqt_head(model) if config.link_to_head is not False else None
     if config.link_to_head and found is None:
         raise ValueError("link_to_head=True but the model has no light head nor HF Mask2Former queries.")
@@ -105,7 +116,10 @@ def apply_vqt(model: nn.Module, config: VQTConfig | None = None) -> nn.Module:
     backbone.vqt_queries = queries
     blocks = backbone_blocks(backbone)
     for j, i in enumerate(info["layers"]):
-        wrap_forward(blocks[i], _vqt_forward(queries, j))
+        if mtype == "eva02":
+            wrap_forward(blocks[i], _vqt_forward_eva02(queries, j, info["num_prefix_tokens"], blocks[i]))
+        else:
+            wrap_forward(blocks[i], _vqt_forward(queries, j))
     if found is not None:
         install_link(found, queries, len(info["layers"]), info["hidden_size"])
     elif config.link_to_head is None:
@@ -124,10 +138,7 @@ def _vqt_forward(queries: VQTQueries, layer: int):
             b, n, _ = hidden_states.shape
             q = queries.query_embeddings[layer].to(hidden_states.dtype)
             x = torch.cat([hidden_states, q.unsqueeze(0).expand(b, -1, -1)], dim=1)
-            t = q.shape[0]
-            # Additive mask: rows are queries of attention, columns keys. Original tokens never see Q.
-            mask = hidden_states.new_zeros(1, 1, n + t, n + t)
-            mask[..., :n, n:] = torch.finfo(hidden_states.dtype).min
+            mask = _query_mask(x, n, q.shape[0])
             if args:
                 args[0] = mask
             else:
@@ -136,6 +147,39 @@ def _vqt_forward(queries: VQTQueries, layer: int):
             y = first_tensor(out)
             queries.outputs[layer] = y[:, n:]
             return replace_first(out, y[:, :n])
+
+        return forward
+
+    return make
+
+
+def _query_mask(x: torch.Tensor, start: int, num: int) -> torch.Tensor:
+    """Additive [1, 1, S, S] mask of `x` [B, S, C] whose tokens start:start+num are VQT queries.
+
+    Rows are attention queries, columns keys: the original tokens never see the VQT queries; the
+    VQT queries see every token.
+    """
+    size = x.shape[1]
+    is_query = torch.zeros(size, dtype=torch.bool, device=x.device)
+    is_query[start : start + num] = True
+    mask = x.new_zeros(1, 1, size, size)
+    return mask.masked_fill(~is_query[:, None] & is_query[None, :], torch.finfo(x.dtype).min)
+
+
+def _vqt_forward_eva02(queries: VQTQueries, layer: int, npt: int, block: nn.Module):
+    """timm EvaBlock: the queries sit after the prefix and count as prefix tokens, so RoPE skips them."""
+
+    def make(original):
+        def forward(x, rope=None, attn_mask=None, is_causal=False):
+            if attn_mask is not None or is_causal:
+                raise NotImplementedError("VQT on EVA02 with an incoming attention mask or causal attention.")
+            q = queries.query_embeddings[layer].to(x.dtype)
+            t = q.shape[0]
+            x = torch.cat([x[:, :npt], q.unsqueeze(0).expand(x.shape[0], -1, -1), x[:, npt:]], dim=1)
+            with extra_prefix_tokens(block, t):
+                y = original(x, rope=rope, attn_mask=_query_mask(x, npt, t))
+            queries.outputs[layer] = y[:, npt : npt + t]
+            return torch.cat([y[:, :npt], y[:, npt + t :]], dim=1)
 
         return forward
 
