@@ -411,8 +411,11 @@ def markdown(summary: dict) -> str:
         cells = [_fmt(row["mIoU"][c]) for c in cols]
         lines.append(f"| {row['label']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     m = summary["machine"]
+    # Runs may come from several invocations (resumed grids): report every thread count used.
+    threads = sorted({json.loads(x).get("torch_threads") for x in summary.get("machines", [])} - {None}) or [
+        m.get("torch_threads")]
     lines += ["", f"Machine: {m.get('gpu') or m.get('cpu')} ({m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
-              f"{m.get('torch_threads')} threads)."]  # fmt: skip
+              f"{' or '.join(map(str, threads))} threads per run)."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
