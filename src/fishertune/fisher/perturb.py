@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..tuner import block_patterns, find_backbone
+from ..tuner import block_patterns, find_backbone, num_prefix_tokens
 from .dist import all_reduce_sum_, global_slice
 
 
@@ -171,15 +171,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _num_prefix_tokens(config) -> int:
-    """The config's own `num_prefix_tokens` (EVA02's wrapper), else CLS + registers (HF configs lack the field).
-
-    Mirrors `fishertune.models.backbone.num_prefix_tokens`, not imported: `fisher` must not depend on `models`.
-    """
-    explicit = getattr(config, "num_prefix_tokens", None)
-    return int(explicit) if explicit is not None else 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-
-
 def find_blocks(model: nn.Module) -> tuple[list[nn.Module], int | list[int]]:
     """``(blocks, num_prefix)``: the ViT blocks of the model's backbone and its CLS + register count.
 
@@ -197,7 +188,7 @@ def find_blocks(model: nn.Module) -> tuple[list[nn.Module], int | list[int]]:
             # Wrapped linears (FisherTune layers) are not nn.Linear: match module names only.
             if any(pattern.fullmatch(f"{name}.0.{sub}") for sub, _ in mod[0].named_modules() if sub):
                 cfg = getattr(backbone, "config", None)
-                prefix = 0 if mtype == "sam_vision_model" else _num_prefix_tokens(cfg)
+                prefix = 0 if mtype == "sam_vision_model" else num_prefix_tokens(cfg)
                 if mtype == "eomt":
                     first_q = len(mod) - int(cfg.num_blocks)
                     return list(mod), [prefix + (int(cfg.num_queries) if i >= first_q else 0) for i in range(len(mod))]

@@ -21,6 +21,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 # The wrapper module needs no timm; only creating an EVA02 imports it.
 from ..baselines.eva02 import TIMM_PREFIX, Eva02Backbone, timm_eva02_name
+from ..tuner import num_prefix_tokens  # noqa: F401  (re-exported: the count lives with the backbone presets)
 
 # Where each supported family keeps its blocks (tried in order; a generic search follows).
 _BLOCK_PATHS = ("encoder.layer", "encoder.layers", "layers", "vision_model.encoder.layers", "blocks", "eva.blocks")
@@ -34,15 +35,6 @@ REIN_SCALES = (4.0, 2.0, 1.0, 0.5)
 def vision_config(config: PreTrainedConfig) -> PreTrainedConfig:
     """The vision tower's config of `config` (CLIP's `vision_config`, otherwise `config` itself)."""
     return getattr(config, "vision_config", None) or config
-
-
-def num_prefix_tokens(config: PreTrainedConfig) -> int:
-    """Tokens before the patch tokens: the config's `num_prefix_tokens` when it has one (EVA02), else
-    CLS plus register tokens (DINOv2-reg: 1 + 4). HF's ViT configs have no such field."""
-    explicit = getattr(config, "num_prefix_tokens", None)
-    if explicit is not None:
-        return int(explicit)
-    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
 
 
 def default_taps(num_layers: int, num_taps: int = 4) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ from peft.utils import register_peft_method
 from .config import FisherTuneConfig
 from .layer import FisherTuneLayer, Linear
 from .model import FisherTuneModel
-from .presets import FUSED_QKV_FAMILIES, block_patterns, find_backbone, target_regex
+from .presets import FUSED_QKV_FAMILIES, block_patterns, find_backbone, num_prefix_tokens, target_regex
 from .schedule import active_fraction
 from .selection import LayerSelection, global_topk
 
@@ -19,6 +19,7 @@ __all__ = [
     "active_fraction",
     "block_patterns",
     "find_backbone",
+    "num_prefix_tokens",
     "global_topk",
     "target_regex",
 ]

@@ -38,6 +38,15 @@ def _model_type(module: nn.Module) -> str | None:
     return getattr(config, "model_type", None) if config is not None else None
 
 
+def num_prefix_tokens(config) -> int:
+    """Tokens before the patch tokens: the config's `num_prefix_tokens` when it has one (EVA02), else
+    CLS plus register tokens (DINOv2-reg: 1 + 4). HF's ViT configs have no such field."""
+    explicit = getattr(config, "num_prefix_tokens", None)
+    if explicit is not None:
+        return int(explicit)
+    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
 def find_backbone(model: nn.Module) -> tuple[str, str]:
     """Return ``(path, model_type)`` of the outermost supported ViT backbone inside ``model``.
 
