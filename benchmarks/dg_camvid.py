@@ -132,7 +132,7 @@ def recipe_from_args(args) -> dict:
         # DataLoader workers for training (0 on the 2-core CPU; ~4-8 on a GPU machine). Changes the random
         # crop stream, not the recipe, so it does not change the results folder.
         "workers": getattr(args, "workers", 0),
-    }
+    } | ({"also_every": args.also_every} if getattr(args, "also_every", None) else {})
 
 
 # -- one run (in a subprocess) ------------------------------------------------------------------
@@ -213,17 +213,20 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     metrics = evaluate_model(trainer.model, targets, batch_size=8, mode="slide", crop_size=window, stride=window,
                              num_classes=len(id2label), transform=ev)  # fmt: skip
     eval_s = time.time() - t0
-    metrics.pop("mean", None)
-    compact = {t: {"mIoU": 100 * m["mIoU"], "aAcc": 100 * m["aAcc"],
-                   "IoU": {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else 100 * v)
-                           for k, v in _per_class(m).items()}}
-               for t, m in metrics.items()}  # fmt: skip
+    compact = _compact(metrics)
+    subset = None
+    if recipe.get("also_every"):  # the same model scored on every k-th image too: what subsetting costs
+        k = recipe["also_every"]
+        subset = _compact(evaluate_model(trainer.model, {n: ds.select(range(0, len(ds), k)) for n, ds in targets.items()},
+                                         batch_size=8, mode="slide", crop_size=window, stride=window,
+                                         num_classes=len(id2label), transform=ev))  # fmt: skip
     history = [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate", "phase", "active_fraction",
                                                     "trainable_backbone_entries", "grad_norm")}
                for h in trainer.state.log_history if "loss" in h]  # fmt: skip
     result = {
         "method": method, "seed": seed, "options": opts, "recipe": recipe, "phases": {"T1": t1, "T2": t2, "T3": t3},
-        "metrics": compact, "selection": selection, "train_seconds": train_s, "eval_seconds": eval_s,
+        "metrics": compact, **({f"metrics_every{recipe['also_every']}": subset} if subset else {}),
+        "selection": selection, "train_seconds": train_s, "eval_seconds": eval_s,
         "total_seconds": time.time() - t_start, "machine": machine(), "log_history": history,
         "trainable_backbone_entries": history[-1].get("trainable_backbone_entries") if history else None,
     }  # fmt: skip
@@ -231,6 +234,14 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out_file)
     return result
+
+
+def _compact(metrics: dict) -> dict:
+    metrics = {t: m for t, m in metrics.items() if t != "mean"}
+    return {t: {"mIoU": 100 * m["mIoU"], "aAcc": 100 * m["aAcc"],
+                "IoU": {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else 100 * v)
+                        for k, v in _per_class(m).items()}}
+            for t, m in metrics.items()}  # fmt: skip
 
 
 def _patch_normalized_drf() -> None:
@@ -466,6 +477,8 @@ def main(argv=None) -> None:
     p.add_argument("--estimation-batches", type=int, default=None, help="T2 (default 100, quick 16)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every k-th image (default 1, quick 3)")
     p.add_argument("--fisher-type", default="true", choices=["true", "empirical"])
+    p.add_argument("--also-every", type=int, default=None,
+                   help="also score each model on every k-th image (reported as metrics_every<k>; floor checks)")
     p.add_argument("--corruptions", nargs="+", default=list(DEFAULT_CORRUPTIONS))
     p.add_argument("--extra", type=json.loads, default=None, help="JSON dict of extra FisherTuneTrainingArguments")
     p.add_argument("--root", default=DEFAULT_ROOT)
@@ -489,7 +502,7 @@ def main(argv=None) -> None:
     recipe = recipe_from_args(args)
     recipe["command"] = "python benchmarks/dg_camvid.py " + " ".join(sys.argv[1:] if argv is None else argv)
     recipe["default"] = not (args.steps or args.estimation_batches or args.eval_every or args.extra or args.fisher_type != "true"
-                             or args.root != DEFAULT_ROOT or args.backbone != DEFAULT_BACKBONE
+                             or args.also_every or args.root != DEFAULT_ROOT or args.backbone != DEFAULT_BACKBONE
                              or list(args.corruptions) != DEFAULT_CORRUPTIONS)  # fmt: skip
     if args.aggregate_only:
         summary = aggregate(recipe, Path(args.out_dir))

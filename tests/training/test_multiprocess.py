@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from fishertune.training.state import STATE_NAME
+
 from . import _two_proc
 
 def _free_port() -> int:
@@ -20,18 +22,25 @@ def _free_port() -> int:
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo CPU run; on a GPU machine --multi_gpu would use NCCL")
-def test_two_processes_match_one(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    os.makedirs(one), os.makedirs(two)
+def _launch_two(out, *extra: str) -> None:
     # `--multi_gpu` on a machine without GPUs: torchrun starts 2 processes and accelerate picks gloo on the CPU
     # (`--cpu` / a MULTI_CPU config would start one process and expect mpirun).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), _two_proc.__file__, str(two), "2"]
+           "--main_process_port", str(_free_port()), _two_proc.__file__, str(out), "2", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+GLOO_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo CPU run; a GPU machine would use NCCL")
+
+
+@GLOO_ONLY
+def test_two_processes_match_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    os.makedirs(one), os.makedirs(two)
+    _launch_two(two)
     _two_proc.run(str(one), 4)
 
     ref = torch.load(one / "state_rank0.pt")
@@ -49,3 +58,30 @@ def test_two_processes_match_one(tmp_path):
     ref_losses = [h["loss"] for h in json.load(open(one / "log_rank0.json"))["history"] if "loss" in h]
     two_losses = [h["loss"] for h in logs[0]["history"] if "loss" in h]
     assert two_losses == pytest.approx(ref_losses, rel=1e-4)
+
+
+@GLOO_ONLY
+def test_two_processes_resume_a_phase3_checkpoint(tmp_path):
+    """A checkpoint written in phase 3 by 2 processes, resumed by 2 fresh processes, ends where the run would have."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    os.makedirs(full), os.makedirs(resumed)
+    _launch_two(full, "save_at=5")  # T1 = 3, so step 5 is in phase 3 with masks allocated
+    ckpt = full / "checkpoint-5"
+    saved = json.load(open(ckpt / STATE_NAME))
+    assert saved["phase"] == 3 and saved["selected"] and saved["num_allocated"] > 0
+    _launch_two(resumed, f"resume={ckpt}")
+    ref = torch.load(full / "state_rank0.pt")
+    for rank in (0, 1):
+        state = torch.load(resumed / f"state_rank{rank}.pt")
+        assert set(state) == set(ref)
+        for k in ref:
+            if "fishertune_indices" in k or "fishertune_ranks" in k:
+                assert torch.equal(state[k], ref[k]), k
+            torch.testing.assert_close(state[k], ref[k], rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {k}")
+    ref_losses = {h["step"]: h["loss"] for h in json.load(open(full / "log_rank0.json"))["history"] if "loss" in h}
+    resumed_log = json.load(open(resumed / "log_rank0.json"))
+    assert resumed_log["steps_run"] == 3  # steps 6-8: it resumed rather than retrained (which would end the same)
+    resumed_losses = {h["step"]: h["loss"] for h in resumed_log["history"] if "loss" in h}
+    assert sorted(resumed_losses) == sorted(ref_losses)
+    for step, loss in resumed_losses.items():
+        assert loss == pytest.approx(ref_losses[step], rel=1e-5)
