@@ -77,6 +77,9 @@ class LightSegmenter(BackboneSegmenterMixin, PreTrainedModel):
     config_class = LightSegConfig
     config: LightSegConfig
     base_model_prefix = "fishertune_light_seg"
+    # The backbone's blocks are GradientCheckpointingLayers; the default non-reentrant checkpoint also gives
+    # frozen-backbone methods (sparse deltas, LoRA, VQT) their gradients (tests/models/test_gradient_checkpointing.py).
+    supports_gradient_checkpointing = True
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     decoder_modules = ["decode_head"]

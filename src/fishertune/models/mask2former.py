@@ -126,6 +126,9 @@ class PyramidMask2Former(BackboneSegmenterMixin, Mask2FormerPreTrainedModel):
     config_class = PyramidMask2FormerConfig
     config: PyramidMask2FormerConfig
     base_model_prefix = "fishertune_mask2former"
+    # The backbone's blocks are GradientCheckpointingLayers; the default non-reentrant checkpoint also gives
+    # frozen-backbone methods (sparse deltas, LoRA, VQT) their gradients (tests/models/test_gradient_checkpointing.py).
+    supports_gradient_checkpointing = True
     decoder_modules = ["pixel_decoder", "transformer_module", "class_predictor"]
 
     def __init__(self, config: PyramidMask2FormerConfig):

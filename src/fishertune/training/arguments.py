@@ -186,6 +186,17 @@ class FisherTuneTrainingArguments(TrainingArguments):
                 "Use optim='adamw_torch'."
             )
         super().__post_init__()
+        ckpt_kwargs = getattr(self, "activation_checkpointing_kwargs", None) or self.gradient_checkpointing_kwargs or {}
+        if (getattr(self, "activation_checkpointing", False) or self.gradient_checkpointing) and ckpt_kwargs.get(
+            "use_reentrant"
+        ):
+            # A reentrant checkpoint only back-propagates into blocks whose input requires grad; with a frozen
+            # patch embedding (every method but full) the deltas, LoRA and VQT would silently get no gradient.
+            raise ValueError(
+                "activation checkpointing with use_reentrant=True leaves the sparse deltas / adapters without "
+                "gradients (the frozen patch embedding's output does not require grad); drop use_reentrant or set it "
+                "to False (the default)."
+            )
 
     def phase_lengths(self, max_steps: int) -> tuple[int, int, int]:
         """(T1, T2, T3) for a run of `max_steps` optimizer steps; T1 + T3 == max_steps."""
