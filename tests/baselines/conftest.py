@@ -6,6 +6,13 @@ import transformers as T
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14)
 DIM, DEPTH, FFN = 32, 2, 64
+#: timm EVA02 kwargs for the tests in .venv-eva02 (28 px, patch 14 -> 4 patches); override `depth` where needed.
+EVA02_TINY = dict(img_size=28, embed_dim=32, depth=2, num_heads=2)
+#: Mask2Former reduced everywhere except its structure (3 transformer levels + 1 FPN level).
+TINY_M2F = dict(
+    num_queries=4, decoder_layers=3, encoder_layers=1, train_num_points=64, feature_size=32, mask_feature_size=32,
+    hidden_dim=32, encoder_feedforward_dim=32, dim_feedforward=32, num_attention_heads=2,
+)  # fmt: skip
 
 
 def tiny_backbone(family: str, seed: int = 0, **overrides) -> torch.nn.Module:

@@ -7,6 +7,7 @@ import torch
 
 timm = pytest.importorskip("timm")
 
+from .conftest import EVA02_TINY  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
     AdaptFormerConfig,
     Eva02Backbone,
@@ -19,7 +20,7 @@ from fishertune.baselines import (  # noqa: E402
     parameter_table,
 )
 
-TINY = dict(img_size=28, embed_dim=32, depth=2, num_heads=2)
+TINY = EVA02_TINY
 
 
 def _eva(name="eva02_base_patch14_224"):

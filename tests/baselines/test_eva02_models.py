@@ -13,6 +13,7 @@ from transformers import AutoModel
 timm = pytest.importorskip("timm")
 
 import fishertune  # noqa: E402
+from .conftest import EVA02_TINY, TINY_M2F  # noqa: E402
 from fishertune.baselines import Eva02Backbone, Eva02BackboneConfig, eva02_pyramid_taps  # noqa: E402
 from fishertune.fisher import DSUHooks, find_blocks  # noqa: E402
 from fishertune.models import REIN_SCALES, build_model, tapped_features  # noqa: E402
@@ -21,12 +22,8 @@ from fishertune.training import FisherTuneTrainer, FisherTuneTrainingArguments  
 from fishertune.tuner import FisherTuneLayer  # noqa: E402
 
 NAME = "eva02_base_patch14_224"  # separate q/k/v and SwiGLU, as EVA02-L
-TINY = dict(img_size=28, embed_dim=32, depth=6, num_heads=2)
+TINY = {**EVA02_TINY, "depth": 6}  # the pyramid taps 4 of 6 blocks
 LEAVES = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "mlp.fc1_g", "mlp.fc1_x", "mlp.fc2")
-TINY_M2F = dict(
-    num_queries=4, decoder_layers=3, encoder_layers=1, train_num_points=64, feature_size=32, mask_feature_size=32,
-    hidden_dim=32, encoder_feedforward_dim=32, dim_feedforward=32, num_attention_heads=2,
-)  # fmt: skip
 HEADS = {"light": {}, "mask2former": TINY_M2F}
 TAPS = eva02_pyramid_taps(6)  # (2, 3, 4, 6): Rein's 1/3, 1/2, 2/3, all of the depth
 # Prefix tokens: CLS (1), CLS + 2 registers (3), none (0); patch_tokens must read the config's count.

@@ -11,6 +11,7 @@ timm = pytest.importorskip("timm")
 
 from timm.layers import apply_rot_embed_cat  # noqa: E402
 
+from .conftest import EVA02_TINY, TINY_M2F  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
     Eva02Backbone,
     VPTConfig,
@@ -24,7 +25,7 @@ from fishertune.baselines import (  # noqa: E402
 )
 from fishertune.models import build_model  # noqa: E402
 
-TINY = dict(img_size=28, embed_dim=32, depth=2, num_heads=2)
+TINY = EVA02_TINY
 # eva02_base: separate q/k/v + SwiGLU (as EVA02-L); eva02_tiny: fused qkv + packed GluMlp; registers.
 CASES = {
     "base": ("eva02_base_patch14_224", {}),
@@ -128,10 +129,6 @@ def test_vqt_queries_do_not_leak_and_match_reference(case):
 
 
 TAPS = eva02_pyramid_taps(6)
-TINY_M2F = dict(
-    num_queries=4, decoder_layers=3, encoder_layers=1, train_num_points=64, feature_size=32, mask_feature_size=32,
-    hidden_dim=32, encoder_feedforward_dim=32, dim_feedforward=32, num_attention_heads=2,
-)  # fmt: skip
 
 
 def _plain_seg(case, head="light"):

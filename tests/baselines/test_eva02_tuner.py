@@ -12,6 +12,7 @@ timm = pytest.importorskip("timm")
 from peft import PeftModel, get_peft_model  # noqa: E402
 
 import fishertune  # noqa: E402
+from .conftest import EVA02_TINY  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
     AdaptFormerConfig,
     Eva02Backbone,
@@ -26,7 +27,7 @@ from fishertune.models import REIN_SCALES, tapped_features  # noqa: E402
 from fishertune.models.backbone import resample  # noqa: E402
 from fishertune.tuner import FisherTuneLayer, find_backbone, target_regex  # noqa: E402
 
-TINY = dict(img_size=28, embed_dim=32, depth=2, num_heads=2)
+TINY = EVA02_TINY
 # EVA02-B/L: separate q/k/v and SwiGLU (fc1_g, fc1_x); EVA02-Ti/S: fused qkv and a packed GLU fc1.
 LEAVES = {
     "eva02_base_patch14_224": ("attn.q_proj", "attn.k_proj", "attn.v_proj", "mlp.fc1_g", "mlp.fc1_x", "mlp.fc2"),
