@@ -45,6 +45,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, runs_dir  # noqa: E402,F401
+
 RESULTS = HERE / "results"
 # ../shared beside the checkout, as in CI and on the developers' machines.
 SHARED = HERE.parent.parent / "shared"
@@ -78,23 +81,8 @@ VARIANTS = {
     "dr_fim_norm_var": dict(criterion="dr_fim", estimator="variational", combine="normalized"),
     "dr_fim_norm_diag": dict(criterion="dr_fim", estimator="diagonal", combine="normalized"),
 }
-LABELS = {
-    "frozen": "frozen backbone", "full": "full fine-tuning", "lora": "LoRA (r=8)", "random": "random 5%",
-    "rein": "Rein (default config)", "vpt": "VPT-deep (150 prompts)", "adaptformer": "AdaptFormer (bottleneck 64)",
-    "vqt": "VQT (10 queries per block)",
-    "fim_var": "F 5% (variational)", "delta_fim_var": "dF 5% (variational)", "dr_fim_var": "DRF 5% (variational) = FisherTune",
-    "fim_diag": "F 5% (diagonal)", "delta_fim_diag": "dF 5% (diagonal)", "dr_fim_diag": "DRF 5% (diagonal)",
-    "dr_fim_norm_var": "DRF, scale-normalized (var.) [variant]", "dr_fim_norm_diag": "DRF, scale-normalized (diag.) [variant]",
-}  # fmt: skip
 ALL_METHODS = {**METHODS, **VARIANTS}
-#: Row order of the tables and bars: baselines, then Table 4's criteria (random < F < dF < DRF) per estimator.
-DISPLAY_ORDER = ["frozen", "full", "lora", "rein", "vpt", "adaptformer", "vqt", "random", "fim_var", "delta_fim_var",
-                 "dr_fim_var", "fim_diag", "delta_fim_diag", "dr_fim_diag", *VARIANTS]
-CLEAN_TARGETS = ("target_day_new_route", "target_dusk")
 DEFAULT_CORRUPTIONS = ["fog", "frost", "snow", "motion_blur", "gaussian_noise", "dark"]
-SHORT = {"source_val": "src val", "target_day_new_route": "Seq05VD", "target_dusk": "dusk", "target_fog": "fog",
-         "target_frost": "frost", "target_snow": "snow", "target_motion_blur": "motion", "target_gaussian_noise": "noise",
-         "target_dark": "dark"}  # fmt: skip
 
 
 def recipe_from_args(args) -> dict:
@@ -298,19 +286,6 @@ def machine() -> dict:
 
 
 # -- the grid -----------------------------------------------------------------------------------
-def recipe_tag(recipe: dict) -> str:
-    """`quick` / `full` for the default recipes, else `<mode>_<steps>steps_<hash>` (never mixes recipes)."""
-    import hashlib
-
-    key = {k: v for k, v in recipe.items() if k not in ("command", "default", "workers")}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
-    return recipe["mode"] if recipe.get("default") else f"{recipe['mode']}_{recipe['steps']}steps_{digest}"
-
-
-def runs_dir(recipe: dict, out_root: Path) -> Path:
-    return out_root / "runs" / recipe_tag(recipe)
-
-
 def run_grid(args, recipe: dict) -> None:
     out = runs_dir(recipe, Path(args.out_dir))
     out.mkdir(parents=True, exist_ok=True)
@@ -343,128 +318,6 @@ def run_grid(args, recipe: dict) -> None:
         print(f"    {time.time() - t0:.0f}s (train {r['train_seconds']:.0f}s, eval {r['eval_seconds']:.0f}s): {mi}",
               flush=True)  # fmt: skip
         aggregate(recipe, Path(args.out_dir))
-
-
-# -- aggregation --------------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return mean, std
-
-
-def aggregate(recipe: dict, out_root: Path) -> dict | None:
-    out = runs_dir(recipe, out_root)
-    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*__seed*.json"))]
-    if not runs:
-        print(f"no finished runs in {out}")
-        return None
-    targets = [t for t in runs[0]["metrics"] if t != "source_val"]
-    corr = [t for t in targets if t not in CLEAN_TARGETS]
-    table = {}
-    for method in DISPLAY_ORDER:
-        rs = [r for r in runs if r["method"] == method]
-        if not rs:
-            continue
-        per = {}
-        cols = {"source_val": [r["metrics"]["source_val"]["mIoU"] for r in rs]}
-        for t in targets:
-            cols[t] = [r["metrics"][t]["mIoU"] for r in rs]
-        cols["mean_clean_targets"] = [sum(r["metrics"][t]["mIoU"] for t in CLEAN_TARGETS) / len(CLEAN_TARGETS) for r in rs]
-        if corr:
-            cols["mean_corrupted"] = [sum(r["metrics"][t]["mIoU"] for t in corr) / len(corr) for r in rs]
-        cols["mean_targets"] = [sum(r["metrics"][t]["mIoU"] for t in targets) / len(targets) for r in rs]
-        for k, vals in cols.items():
-            m, s = _mean_std(vals)
-            per[k] = {"mean": m, "std": s, "values": vals}
-        table[method] = {"label": LABELS[method], "seeds": [r["seed"] for r in rs], "mIoU": per,
-                         "trainable_backbone_entries": rs[0].get("trainable_backbone_entries"),
-                         "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
-                         "selection_share": (rs[0].get("selection") or {}).get("per_block"),
-                         "selected_share": {k.split("/")[-1]: v for k, v in (rs[0].get("selection") or {}).items()
-                                            if k.startswith("selected_share/")}}  # fmt: skip
-    summary = {"recipe": recipe, "targets": targets, "machine": runs[0]["machine"], "methods": table,
-               "num_runs": len(runs), "command": recipe.get("command"),
-               "commands": (out / "commands.log").read_text().splitlines() if (out / "commands.log").is_file() else [],
-               "machines": sorted({json.dumps(r["machine"], sort_keys=True) for r in runs})}  # fmt: skip
-    tag = recipe_tag(recipe)
-    stem = "dg_camvid" + ("" if tag == "full" else f"_{tag}")
-    out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / f"{stem}.json").write_text(json.dumps(summary, indent=1))
-    (out_root / f"{stem}.md").write_text(markdown(summary))
-    try:
-        plot(summary, out_root / f"{stem}.png")
-    except Exception as err:  # a plot must not lose the tables
-        print(f"plot failed: {err}")
-    return summary
-
-
-def _fmt(cell: dict) -> str:
-    return f"{cell['mean']:.1f}" + (f" ± {cell['std']:.1f}" if cell["std"] is not None else "")
-
-
-def markdown(summary: dict) -> str:
-    r, targets = summary["recipe"], summary["targets"]
-    cols = ["source_val", *targets, "mean_clean_targets"]
-    if "mean_corrupted" in next(iter(summary["methods"].values()))["mIoU"]:
-        cols.append("mean_corrupted")
-    cols.append("mean_targets")
-    head = {"mean_clean_targets": "mean clean", "mean_corrupted": "mean corr.", "mean_targets": "**mean targets**"}
-    lines = [
-        f"CamVid DG, ViT-Tiny/16 augreg + light head, {r['steps']} steps, batch {r['batch_size']}, "
-        f"mode `{r['mode']}`; mIoU (%), mean ± std over seeds (n per row). "
-        "Targets are never used for training or selection.",
-        "",
-        "| method | n | " + " | ".join(head.get(c, SHORT.get(c, c)) for c in cols) + " |",
-        "|---|---|" + "---|" * len(cols),
-    ]
-    for method, row in summary["methods"].items():
-        cells = [_fmt(row["mIoU"][c]) for c in cols]
-        lines.append(f"| {row['label']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
-    m = summary["machine"]
-    # Runs may come from several invocations (resumed grids): report every thread count used.
-    threads = sorted({json.loads(x).get("torch_threads") for x in summary.get("machines", [])} - {None}) or [
-        m.get("torch_threads")]
-    lines += ["", f"Machine: {m.get('gpu') or m.get('cpu')} ({m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
-              f"{' or '.join(map(str, threads))} threads per run)."]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = ["source_val", *CLEAN_TARGETS]
-    if "mean_corrupted" in next(iter(summary["methods"].values()))["mIoU"]:
-        groups.append("mean_corrupted")
-    groups.append("mean_targets")
-    names = {"mean_corrupted": "mean corrupted", "mean_targets": "mean all targets"}
-    methods = list(summary["methods"])
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(min(14, max(8, 1.2 * len(groups) + 0.15 * len(methods) * len(groups))), 5))
-    cmap = plt.get_cmap("tab10")
-    for i, method in enumerate(methods):
-        row = summary["methods"][method]["mIoU"]
-        xs = [g + (i - (len(methods) - 1) / 2) * width for g in range(len(groups))]
-        ys = [row[g]["mean"] for g in groups]
-        err = [row[g]["std"] or 0.0 for g in groups]
-        ax.bar(xs, ys, width, yerr=err, capsize=2, label=summary["methods"][method]["label"], color=cmap(i % 10))
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([names.get(g, SHORT.get(g, g)) for g in groups])
-    lo = min(summary["methods"][m]["mIoU"][g]["mean"] for m in methods for g in groups)
-    hi = max(summary["methods"][m]["mIoU"][g]["mean"] for m in methods for g in groups)
-    ax.set_ylim(max(0, lo - 8), hi + 2)
-    ax.set_ylabel("mIoU (%)")
-    r = summary["recipe"]
-    n = max(len(summary["methods"][m]["seeds"]) for m in methods)
-    ax.set_title(f"CamVid DG, ViT-Tiny/16, {r['steps']} steps, {n} seed(s){' (quick)' if r['mode'] == 'quick' else ''}")
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> None:
