@@ -124,23 +124,15 @@ def recipe_from_args(args) -> dict:
 
 
 # -- one run (in a subprocess) ------------------------------------------------------------------
-def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int | None) -> dict:
+def build_trainer(recipe: dict, method: str, seed: int, work_dir: Path, callbacks=None):
+    """The recipe's FisherTuneTrainer for `method` (model, data, arguments); returns (trainer, args, mean, std)."""
     import torch
-
-    if threads:
-        torch.set_num_threads(threads)
     from transformers import AutoImageProcessor
 
-    sys.path.insert(0, str(HERE))
-    from camvid_corruptions import DEFAULT_CACHE, corrupted_targets
-
-    from fishertune.data import eval_transforms, get_id2label, load_dataset, normalization_from_processor, train_transforms
-    from fishertune.data import collate_fn
-    from fishertune.evaluation import evaluate_model
+    from fishertune.data import collate_fn, get_id2label, load_dataset, normalization_from_processor, train_transforms
     from fishertune.models import build_model
     from fishertune.training import FisherTuneTrainer, FisherTuneTrainingArguments
 
-    t_start = time.time()
     mean, std = normalization_from_processor(AutoImageProcessor.from_pretrained(recipe["backbone"]))
     train = load_dataset("camvid", recipe["root"], "source_train")
     id2label = get_id2label(train)
@@ -157,7 +149,6 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     if opts.pop("combine", None) == "normalized":
         _patch_normalized_drf()
     extra = dict(recipe.get("extra") or {})
-    work_dir = out_file.parent / f"{out_file.stem}_work"
     kwargs = dict(
         output_dir=str(work_dir), max_steps=recipe["steps"], per_device_train_batch_size=recipe["batch_size"],
         learning_rate=recipe["backbone_lr"], backbone_learning_rate=recipe["backbone_lr"],
@@ -171,7 +162,25 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     kwargs.update(opts)
     kwargs.update(extra)  # --extra overrides anything above (e.g. backbone_learning_rate, gamma, dsu_blocks)
     args = FisherTuneTrainingArguments(**kwargs)
-    trainer = FisherTuneTrainer(model=model, args=args, train_dataset=train, data_collator=collate_fn)
+    trainer = FisherTuneTrainer(model=model, args=args, train_dataset=train, data_collator=collate_fn, callbacks=callbacks)
+    return trainer, args, mean, std
+
+
+def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int | None) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from camvid_corruptions import DEFAULT_CACHE, corrupted_targets
+
+    from fishertune.data import eval_transforms, load_dataset
+    from fishertune.evaluation import evaluate_model
+
+    t_start = time.time()
+    work_dir = out_file.parent / f"{out_file.stem}_work"
+    trainer, args, mean, std = build_trainer(recipe, method, seed, work_dir)
+    opts = {k: v for k, v in ALL_METHODS[method].items() if k != "combine"}
+    id2label = trainer.model.config.id2label
     t0 = time.time()
     trainer.train()
     train_s = time.time() - t0
