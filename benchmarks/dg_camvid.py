@@ -113,14 +113,15 @@ def recipe_from_args(args) -> dict:
         "corruptions": list(args.corruptions),
         "severity": 3,
         "corruption_seed": 0,
-        "eval_window": [368, 480],
+        "eval_window": list(args.eval_window) if getattr(args, "eval_window", None) else [368, 480],
         # quick: every 3rd image of every evaluation set (the corrupted sets keep the same Seq05VD frames)
         "eval_every": args.eval_every or (3 if quick else 1),
         "extra": dict(args.extra or {}),
         # DataLoader workers for training (0 on the 2-core CPU; ~4-8 on a GPU machine). Changes the random
         # crop stream, not the recipe, so it does not change the results folder.
         "workers": getattr(args, "workers", 0),
-    } | ({"also_every": args.also_every} if getattr(args, "also_every", None) else {})
+    } | ({"also_every": args.also_every} if getattr(args, "also_every", None) else {}) | (
+        {"eval_stride": list(args.eval_stride)} if getattr(args, "eval_stride", None) else {})
 
 
 # -- one run (in a subprocess) ------------------------------------------------------------------
@@ -206,8 +207,9 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     if every > 1:
         targets = {k: ds.select(range(0, len(ds), every)) for k, ds in targets.items()}
     window = tuple(recipe["eval_window"])
+    stride = tuple(recipe.get("eval_stride") or window)  # overlapping windows are averaged (mmseg's slide mode)
     t0 = time.time()
-    metrics = evaluate_model(trainer.model, targets, batch_size=8, mode="slide", crop_size=window, stride=window,
+    metrics = evaluate_model(trainer.model, targets, batch_size=8, mode="slide", crop_size=window, stride=stride,
                              num_classes=len(id2label), transform=ev)  # fmt: skip
     eval_s = time.time() - t0
     compact = _compact(metrics)
@@ -215,7 +217,7 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     if recipe.get("also_every"):  # the same model scored on every k-th image too: what subsetting costs
         k = recipe["also_every"]
         subset = _compact(evaluate_model(trainer.model, {n: ds.select(range(0, len(ds), k)) for n, ds in targets.items()},
-                                         batch_size=8, mode="slide", crop_size=window, stride=window,
+                                         batch_size=8, mode="slide", crop_size=window, stride=stride,
                                          num_classes=len(id2label), transform=ev))  # fmt: skip
     history = [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate", "phase", "active_fraction",
                                                     "trainable_backbone_entries", "grad_norm")}
@@ -341,6 +343,9 @@ def main(argv=None) -> None:
     p.add_argument("--fisher-type", default="true", choices=["true", "empirical"])
     p.add_argument("--also-every", type=int, default=None,
                    help="also score each model on every k-th image (reported as metrics_every<k>; floor checks)")
+    p.add_argument("--eval-window", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="sliding-window size (default 368 480: the whole zero-padded image in one window)")
+    p.add_argument("--eval-stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="default: the window")
     p.add_argument("--corruptions", nargs="+", default=list(DEFAULT_CORRUPTIONS))
     p.add_argument("--extra", type=json.loads, default=None, help="JSON dict of extra FisherTuneTrainingArguments")
     p.add_argument("--root", default=DEFAULT_ROOT)
@@ -364,7 +369,8 @@ def main(argv=None) -> None:
     recipe = recipe_from_args(args)
     recipe["command"] = "python benchmarks/dg_camvid.py " + " ".join(sys.argv[1:] if argv is None else argv)
     recipe["default"] = not (args.steps or args.estimation_batches or args.eval_every or args.extra or args.fisher_type != "true"
-                             or args.also_every or args.root != DEFAULT_ROOT or args.backbone != DEFAULT_BACKBONE
+                             or args.also_every or args.eval_window or args.eval_stride
+                             or args.root != DEFAULT_ROOT or args.backbone != DEFAULT_BACKBONE
                              or list(args.corruptions) != DEFAULT_CORRUPTIONS)  # fmt: skip
     if args.aggregate_only:
         summary = aggregate(recipe, Path(args.out_dir))
