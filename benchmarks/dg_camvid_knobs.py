@@ -123,7 +123,9 @@ def main(argv=None) -> None:
         f"T2 = {recipe['estimation_batches']} batches, top {recipe['delta_max']:.0%})",
         "",
         "Command: `python benchmarks/dg_camvid_knobs.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip() + "`. "
-        "Every setting is estimated on the same warmed-up model from the same batches and DSU draws.",
+        "Every setting is estimated on the same warmed-up model from the same batches and DSU draws. "
+        f"Reference: two independent random masks of share d overlap at Jaccard d/(2-d) = "
+        f"{recipe['delta_max'] / (2 - recipe['delta_max']):.3f}.",
         "",
         "| setting | Jaccard vs DRF | Jaccard vs F | " + " | ".join(kinds) + " | blocks 1-4 | 5-8 | 9-12 |",
         "|---|---|---|" + "---|" * (len(kinds) + 3),
