@@ -121,7 +121,8 @@ def recipe_from_args(args) -> dict:
         # crop stream, not the recipe, so it does not change the results folder.
         "workers": getattr(args, "workers", 0),
     } | ({"also_every": args.also_every} if getattr(args, "also_every", None) else {}) | (
-        {"eval_stride": list(args.eval_stride)} if getattr(args, "eval_stride", None) else {})
+        {"eval_stride": list(args.eval_stride)} if getattr(args, "eval_stride", None) else {}) | (
+        {"also_scales": list(args.also_scale)} if getattr(args, "also_scale", None) else {})
 
 
 # -- one run (in a subprocess) ------------------------------------------------------------------
@@ -219,12 +220,18 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
         subset = _compact(evaluate_model(trainer.model, {n: ds.select(range(0, len(ds), k)) for n, ds in targets.items()},
                                          batch_size=8, mode="slide", crop_size=window, stride=stride,
                                          num_classes=len(id2label), transform=ev))  # fmt: skip
+    scaled = {}
+    for f in recipe.get("also_scales", []):  # training saw images scaled 0.5-1.0; the main score is at 1.0
+        ev_f = eval_transforms(scale=(round(480 * f), round(360 * f)), mean=mean, std=std)  # labels stay full size
+        scaled[f"metrics_scale{f:g}"] = _compact(evaluate_model(trainer.model, targets, batch_size=8, mode="slide",
+                                                                crop_size=window, stride=stride,
+                                                                num_classes=len(id2label), transform=ev_f))  # fmt: skip
     history = [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate", "phase", "active_fraction",
                                                     "trainable_backbone_entries", "grad_norm")}
                for h in trainer.state.log_history if "loss" in h]  # fmt: skip
     result = {
         "method": method, "seed": seed, "options": opts, "recipe": recipe, "phases": {"T1": t1, "T2": t2, "T3": t3},
-        "metrics": compact, **({f"metrics_every{recipe['also_every']}": subset} if subset else {}),
+        "metrics": compact, **({f"metrics_every{recipe['also_every']}": subset} if subset else {}), **scaled,
         "selection": selection, "train_seconds": train_s, "eval_seconds": eval_s,
         "total_seconds": time.time() - t_start, "machine": machine(), "log_history": history,
         "trainable_backbone_entries": history[-1].get("trainable_backbone_entries") if history else None,
@@ -343,6 +350,8 @@ def main(argv=None) -> None:
     p.add_argument("--fisher-type", default="true", choices=["true", "empirical"])
     p.add_argument("--also-every", type=int, default=None,
                    help="also score each model on every k-th image (reported as metrics_every<k>; floor checks)")
+    p.add_argument("--also-scale", type=float, nargs="+", default=None, metavar="F",
+                   help="also score each model on images resized by F of 480x360 (metrics_scale<F>; floor checks)")
     p.add_argument("--eval-window", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="sliding-window size (default 368 480: the whole zero-padded image in one window)")
     p.add_argument("--eval-stride", type=int, nargs=2, default=None, metavar=("H", "W"), help="default: the window")
@@ -369,7 +378,7 @@ def main(argv=None) -> None:
     recipe = recipe_from_args(args)
     recipe["command"] = "python benchmarks/dg_camvid.py " + " ".join(sys.argv[1:] if argv is None else argv)
     recipe["default"] = not (args.steps or args.estimation_batches or args.eval_every or args.extra or args.fisher_type != "true"
-                             or args.also_every or args.eval_window or args.eval_stride
+                             or args.also_every or args.also_scale or args.eval_window or args.eval_stride
                              or args.root != DEFAULT_ROOT or args.backbone != DEFAULT_BACKBONE
                              or list(args.corruptions) != DEFAULT_CORRUPTIONS)  # fmt: skip
     if args.aggregate_only:
