@@ -40,6 +40,25 @@ def test_recipe_defaults_and_tags():
     assert dg.recipe_tag(other).startswith("full_800steps_") and dg.recipe_tag(other) != dg.recipe_tag(dict(other, extra={}))
 
 
+def test_default_protocol_slides_training_crops_and_the_whole_image_protocol_keeps_its_results_folder():
+    full = dg.recipe_from_args(_args())
+    assert full["eval_window"] == full["crop_size"] == [224, 304] and full["eval_stride"] == [149, 203]
+    # two overlapping windows per axis reach past a 360x480 image (slide mode clamps the last one to the border)
+    assert [s + w for s, w in zip(full["eval_stride"], full["eval_window"])] == [373, 507]
+    whole = dg.recipe_from_args(argparse_ns(eval_window=[368, 480]))
+    assert whole["eval_window"] == [368, 480] and "eval_stride" not in whole  # one window: stride = window
+    # the 800-step, every-3rd-image grid of the README was made with this protocol; its folder must not move
+    old = dict(dg.recipe_from_args(argparse_ns(eval_window=[368, 480], steps=800, eval_every=3)), default=False)
+    assert dg.recipe_tag(old) == "full_800steps_52bf8d"
+
+
+def argparse_ns(**kw):
+    ns = _args()
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
 def test_aggregate_mean_std_and_outputs(tmp_path):
     recipe = dict(dg.recipe_from_args(_args()), default=True, command="python benchmarks/dg_camvid.py")
     out = dg.runs_dir(recipe, tmp_path)
