@@ -114,9 +114,9 @@ def recipe_from_args(args) -> dict:
         "corruptions": list(args.corruptions),
         "severity": 3,
         "corruption_seed": 0,
-        # Rein's protocol: slide windows of the training crop size. One whole 368x480 window asks the ViT for
-        # position embeddings at 23x30 patches, never seen in training (14x19), and costs the frozen backbone
-        # 6 target-mean points (README, floor check); pass `--eval-window 368 480` for that protocol.
+        # Rein's protocol: slide windows of the training crop size. One whole 368x480 window gives the ViT a
+        # 23x30 token grid it never saw in training (14x19) and costs the frozen backbone 6 target-mean points
+        # (README, floor check); `--eval-window 368 480` is that protocol.
         "eval_window": list(args.eval_window) if getattr(args, "eval_window", None) else list(DEFAULT_WINDOW),
         # quick: every 3rd image of every evaluation set (the corrupted sets keep the same Seq05VD frames)
         "eval_every": args.eval_every or (3 if quick else 1),
