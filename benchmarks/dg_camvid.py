@@ -214,29 +214,27 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
         targets = {k: ds.select(range(0, len(ds), every)) for k, ds in targets.items()}
     window = tuple(recipe["eval_window"])
     stride = tuple(recipe.get("eval_stride") or window)  # overlapping windows are averaged (mmseg's slide mode)
+
+    def score(sets: dict, transform=ev) -> dict:  # one protocol for every score of this model
+        return _compact(evaluate_model(trainer.model, sets, batch_size=8, mode="slide", crop_size=window, stride=stride,
+                                       num_classes=len(id2label), transform=transform))  # fmt: skip
+
     t0 = time.time()
-    metrics = evaluate_model(trainer.model, targets, batch_size=8, mode="slide", crop_size=window, stride=stride,
-                             num_classes=len(id2label), transform=ev)  # fmt: skip
+    compact = score(targets)
     eval_s = time.time() - t0
-    compact = _compact(metrics)
-    subset = None
+    extra = {}
     if recipe.get("also_every"):  # the same model scored on every k-th image too: what subsetting costs
         k = recipe["also_every"]
-        subset = _compact(evaluate_model(trainer.model, {n: ds.select(range(0, len(ds), k)) for n, ds in targets.items()},
-                                         batch_size=8, mode="slide", crop_size=window, stride=stride,
-                                         num_classes=len(id2label), transform=ev))  # fmt: skip
-    scaled = {}
+        extra[f"metrics_every{k}"] = score({n: ds.select(range(0, len(ds), k)) for n, ds in targets.items()})
     for f in recipe.get("also_scales", []):  # training saw images scaled 0.5-1.0; the main score is at 1.0
-        ev_f = eval_transforms(scale=(round(480 * f), round(360 * f)), mean=mean, std=std)  # labels stay full size
-        scaled[f"metrics_scale{f:g}"] = _compact(evaluate_model(trainer.model, targets, batch_size=8, mode="slide",
-                                                                crop_size=window, stride=stride,
-                                                                num_classes=len(id2label), transform=ev_f))  # fmt: skip
+        resized = eval_transforms(scale=(round(480 * f), round(360 * f)), mean=mean, std=std)  # labels stay full size
+        extra[f"metrics_scale{f:g}"] = score(targets, resized)
     history = [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate", "phase", "active_fraction",
                                                     "trainable_backbone_entries", "grad_norm")}
                for h in trainer.state.log_history if "loss" in h]  # fmt: skip
     result = {
         "method": method, "seed": seed, "options": opts, "recipe": recipe, "phases": {"T1": t1, "T2": t2, "T3": t3},
-        "metrics": compact, **({f"metrics_every{recipe['also_every']}": subset} if subset else {}), **scaled,
+        "metrics": compact, **extra,
         "selection": selection, "train_seconds": train_s, "eval_seconds": eval_s,
         "total_seconds": time.time() - t_start, "machine": machine(), "log_history": history,
         "trainable_backbone_entries": history[-1].get("trainable_backbone_entries") if history else None,
