@@ -310,8 +310,12 @@ def machine() -> dict:
 def run_grid(args, recipe: dict) -> None:
     out = runs_dir(recipe, Path(args.out_dir))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(recipe, indent=1))
     recipe_file = out / "recipe.json"
+    # Grids of one recipe run side by side (one per core): a plain write_text of two commands' recipes into one
+    # file interleaved them once. os.replace is atomic, so a reader sees one whole recipe.
+    tmp = out / f"recipe.json.{os.getpid()}"
+    tmp.write_text(json.dumps(recipe, indent=1))
+    os.replace(tmp, recipe_file)
     with open(out / "commands.log", "a") as f:  # every invocation that added runs to this folder
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{recipe['command']}\n")
     grid = [(m, s) for s in args.seeds for m in args.methods]

@@ -27,11 +27,22 @@ SHORT = {"source_val": "src val", "target_day_new_route": "Seq05VD", "target_dus
          "target_dark": "dark"}  # fmt: skip
 
 
+def portable_path(path: str) -> str:
+    """`.../shared/data/camvid` -> `shared/data/camvid`: the checkout-independent name of a ../shared path."""
+    parts = Path(path).parts
+    if "shared" not in parts:
+        return str(path)
+    i = len(parts) - 1 - parts[::-1].index("shared")
+    return "/".join(parts[i:])
+
+
 def recipe_tag(recipe: dict) -> str:
     """`quick` / `full` for the default recipes, else `<mode>_<steps>steps_<hash>` (never mixes recipes)."""
     import hashlib
 
     key = {k: v for k, v in recipe.items() if k not in ("command", "default", "workers")}
+    # The folder must not depend on where the checkout lives: CI's ../shared is not the developers'.
+    key |= {k: portable_path(recipe[k]) for k in ("root", "backbone") if k in recipe}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
     return recipe["mode"] if recipe.get("default") else f"{recipe['mode']}_{recipe['steps']}steps_{digest}"
 

