@@ -17,12 +17,14 @@ crops 224x304 from images scaled 0.5-1.0, horizontal flip, batch 8, AdamW lr 1e-
 - full / frozen / lora / rein / vpt / adaptformer / vqt: all N steps train what the method trains (no warm-up): the head gets the
   same N steps everywhere, and the backbone trains for N (baselines) or 0.9 N (sparse) steps.
 
-Evaluation: `fishertune.evaluation.evaluate_model`, full-resolution 480x360 images in one window
-zero-padded to 368x480 (a multiple of the patch size), mIoU over CamVid's 11 classes (void ignored).
+Evaluation: `fishertune.evaluation.evaluate_model` on the full-resolution 480x360 images in Rein's
+slide mode, windows of the training crop (224x304, stride 149x203, overlaps averaged); mIoU over
+CamVid's 11 classes (void ignored). `--eval-window 368 480` is the older whole-image protocol.
 
-Each (method, seed) runs in its own subprocess and writes runs/<mode>/<method>__seed<k>.json; a
-rerun skips finished runs (resumable). Then the runs are aggregated to
-results/dg_camvid[_quick].{json,md,png}.
+Each (method, seed) runs in its own subprocess and writes runs/<tag>/<method>__seed<k>.json and its
+trained model (`<method>__seed<k>_work/final_model.pt`, for `--rescore-from`, see dg_camvid_eval.py);
+a rerun skips finished runs (resumable). Then the runs are aggregated to
+results/dg_camvid[_<tag>].{json,md,png}.
 
 Usage::
 
@@ -30,6 +32,7 @@ Usage::
     python benchmarks/dg_camvid.py                         # 3 seeds, 800 steps (GPU)
     python benchmarks/dg_camvid.py --methods frozen dr_fim_var --seeds 0
     python benchmarks/dg_camvid.py --aggregate-only [--quick]
+    python benchmarks/dg_camvid.py --rescore-from <tag> --eval-every 1   # new protocol, same trained models
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from dg_camvid_eval import rescore, save_final_model, score_all  # noqa: E402
 from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, runs_dir  # noqa: E402,F401
 
 RESULTS = HERE / "results"
@@ -178,16 +182,10 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
 
     if threads:
         torch.set_num_threads(threads)
-    from camvid_corruptions import DEFAULT_CACHE, corrupted_targets
-
-    from fishertune.data import eval_transforms, load_dataset
-    from fishertune.evaluation import evaluate_model
-
     t_start = time.time()
     work_dir = out_file.parent / f"{out_file.stem}_work"
     trainer, args, mean, std = build_trainer(recipe, method, seed, work_dir)
     opts = {k: v for k, v in ALL_METHODS[method].items() if k != "combine"}
-    id2label = trainer.model.config.id2label
     t0 = time.time()
     trainer.train()
     train_s = time.time() - t0
@@ -203,38 +201,18 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
             blocks[blk] = blocks.get(blk, 0) + n
         selection["per_block"] = blocks
 
-    ev = eval_transforms(mean=mean, std=std)
-    targets = {"source_val": load_dataset("camvid", recipe["root"], "source_val")}
-    for name in CLEAN_TARGETS:
-        targets[name] = load_dataset("camvid", recipe["root"], name)
-    targets.update(corrupted_targets(recipe["root"], recipe["corruptions"], severity=recipe["severity"],
-                                     seed=recipe["corruption_seed"], cache_dir=DEFAULT_CACHE))  # fmt: skip
-    every = recipe.get("eval_every", 1)
-    if every > 1:
-        targets = {k: ds.select(range(0, len(ds), every)) for k, ds in targets.items()}
-    window = tuple(recipe["eval_window"])
-    stride = tuple(recipe.get("eval_stride") or window)  # overlapping windows are averaged (mmseg's slide mode)
-
-    def score(sets: dict, transform=ev) -> dict:  # one protocol for every score of this model
-        return _compact(evaluate_model(trainer.model, sets, batch_size=8, mode="slide", crop_size=window, stride=stride,
-                                       num_classes=len(id2label), transform=transform))  # fmt: skip
-
-    t0 = time.time()
-    compact = score(targets)
-    eval_s = time.time() - t0
-    extra = {}
-    if recipe.get("also_every"):  # the same model scored on every k-th image too: what subsetting costs
-        k = recipe["also_every"]
-        extra[f"metrics_every{k}"] = score({n: ds.select(range(0, len(ds), k)) for n, ds in targets.items()})
-    for f in recipe.get("also_scales", []):  # training saw images scaled 0.5-1.0; the main score is at 1.0
-        resized = eval_transforms(scale=(round(480 * f), round(360 * f)), mean=mean, std=std)  # labels stay full size
-        extra[f"metrics_scale{f:g}"] = score(targets, resized)
+    try:  # lets a protocol change re-score instead of retrain; the scores below matter more than the file
+        final_model = str(save_final_model(trainer.model, work_dir))
+    except Exception as err:  # noqa: BLE001
+        print(f"WARNING: could not save the trained model ({type(err).__name__}: {err}); it cannot be re-scored")
+        final_model = None
+    compact, extra, eval_s = score_all(trainer.model, recipe, mean, std)
     history = [{k: v for k, v in h.items() if k in ("step", "loss", "learning_rate", "phase", "active_fraction",
                                                     "trainable_backbone_entries", "grad_norm")}
                for h in trainer.state.log_history if "loss" in h]  # fmt: skip
     result = {
         "method": method, "seed": seed, "options": opts, "recipe": recipe, "phases": {"T1": t1, "T2": t2, "T3": t3},
-        "metrics": compact, **extra,
+        "metrics": compact, **extra, "final_model": final_model,
         "selection": selection, "train_seconds": train_s, "eval_seconds": eval_s,
         "total_seconds": time.time() - t_start, "machine": machine(), "log_history": history,
         "trainable_backbone_entries": history[-1].get("trainable_backbone_entries") if history else None,
@@ -243,14 +221,6 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, out_file)
     return result
-
-
-def _compact(metrics: dict) -> dict:
-    metrics = {t: m for t, m in metrics.items() if t != "mean"}
-    return {t: {"mIoU": 100 * m["mIoU"], "aAcc": 100 * m["aAcc"],
-                "IoU": {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else 100 * v)
-                        for k, v in _per_class(m).items()}}
-            for t, m in metrics.items()}  # fmt: skip
 
 
 def _patch_normalized_drf() -> None:
@@ -276,19 +246,6 @@ def _patch_normalized_drf() -> None:
                 for n in parts["fim"]}  # fmt: skip
 
     fisher.estimate_scores = estimate_scores
-
-
-def _per_class(m: dict) -> dict:
-    for key in ("per_class_iou", "per_class_IoU", "IoU"):
-        if key in m:
-            v = m[key]
-            if isinstance(v, dict):
-                return v
-            try:
-                return {str(i): float(x) for i, x in enumerate(v)}
-            except TypeError:
-                return {}
-    return {}
 
 
 def machine() -> dict:
@@ -319,6 +276,9 @@ def run_grid(args, recipe: dict) -> None:
     with open(out / "commands.log", "a") as f:  # every invocation that added runs to this folder
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{recipe['command']}\n")
     grid = [(m, s) for s in args.seeds for m in args.methods]
+    if args.rescore_from:
+        _rescore_grid(args, recipe, out, grid)
+        return
     for i, (method, seed) in enumerate(grid):
         out_file = out / f"{method}__seed{seed}.json"
         if out_file.is_file():
@@ -343,6 +303,25 @@ def run_grid(args, recipe: dict) -> None:
         print(f"    {time.time() - t0:.0f}s (train {r['train_seconds']:.0f}s, eval {r['eval_seconds']:.0f}s): {mi}",
               flush=True)  # fmt: skip
         aggregate(recipe, Path(args.out_dir))
+
+
+def _rescore_grid(args, recipe: dict, out: Path, grid: list) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = Path(args.out_dir) / "runs" / args.rescore_from
+    for i, (method, seed) in enumerate(grid):
+        out_file = out / f"{method}__seed{seed}.json"
+        if out_file.is_file():
+            print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: done, skipped", flush=True)
+        elif not (source / f"{method}__seed{seed}.json").is_file():
+            print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: not in {source}, skipped", flush=True)
+        else:
+            r = rescore(source, recipe, method, seed, out_file)
+            print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: re-scored in {r['eval_seconds']:.0f}s: "
+                  f"{ {SHORT.get(t, t): round(v['mIoU'], 1) for t, v in r['metrics'].items()} }", flush=True)  # fmt: skip
+    aggregate(recipe, Path(args.out_dir))
 
 
 def main(argv=None) -> None:
@@ -371,6 +350,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     p.add_argument("--workers", type=int, default=0, help="training DataLoader workers (GPU machines: 4-8)")
     p.add_argument("--aggregate-only", action="store_true")
+    p.add_argument("--rescore-from", metavar="TAG", default=None,
+                   help="score the saved models of runs/TAG (same training recipe) with this command's protocol")
     p.add_argument("--stop-on-error", action="store_true")
     p.add_argument("--_run", help=argparse.SUPPRESS)
     p.add_argument("--_seed", type=int, help=argparse.SUPPRESS)
