@@ -75,9 +75,10 @@ def test_rescoring_refuses_a_recipe_that_trains_another_model(trained, tmp_path)
         ev.load_final_model(tmp_path)
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "rein", "vpt", "adaptformer", "vqt"])
+@pytest.mark.parametrize("method", ["full", "lora", "rein", "vpt", "adaptformer", "vqt", "dr_fim_norm_var"])
 def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path):
-    # LoRA is a PEFT wrapper; Rein, VPT, AdaptFormer and VQT add modules run by closures hooked into the backbone
+    # LoRA is a PEFT wrapper; Rein, VPT, AdaptFormer and VQT add modules run by closures hooked into the backbone;
+    # dr_fim_norm_var patches the estimator (patch_normalized_drf)
     recipe, runs, _ = trained
     result = dg.run_one(dict(recipe, steps=2), method, 0, tmp_path / f"{method}__seed0.json", threads=None)
     assert result["final_model"] is not None
