@@ -76,7 +76,12 @@ def test_rescoring_refuses_a_recipe_that_trains_another_model(trained, tmp_path)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "rein", "vpt", "adaptformer", "vqt", "dr_fim_norm_var"])
-def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path):
+def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path, monkeypatch):
+    import fishertune.fisher
+
+    # dr_fim_norm_var replaces fishertune.fisher.estimate_scores for the rest of its process (dg_camvid runs each
+    # model in its own subprocess); here the process is pytest's, and the demo test after this one must not see it
+    monkeypatch.setattr(fishertune.fisher, "estimate_scores", fishertune.fisher.estimate_scores)
     # LoRA is a PEFT wrapper; Rein, VPT, AdaptFormer and VQT add modules run by closures hooked into the backbone;
     # dr_fim_norm_var patches the estimator (patch_normalized_drf)
     recipe, runs, _ = trained
