@@ -53,7 +53,7 @@ from dg_camvid_recipe import (  # noqa: E402,F401
     ALL_METHODS, DEFAULT_BACKBONE, DEFAULT_CORRUPTIONS, DEFAULT_ROOT, DEFAULT_STRIDE, DEFAULT_WINDOW, METHODS, VARIANTS,
     patch_normalized_drf, recipe_from_args,
 )
-from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, runs_dir  # noqa: E402,F401
+from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, runs_dir, write_json  # noqa: E402,F401
 
 RESULTS = HERE / "results"
 # -- one run (in a subprocess) ------------------------------------------------------------------
@@ -139,9 +139,7 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
         "total_seconds": time.time() - t_start, "machine": machine(), "log_history": history,
         "trainable_backbone_entries": history[-1].get("trainable_backbone_entries") if history else None,
     }  # fmt: skip
-    tmp = out_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out_file)
+    write_json(out_file, result)
     return result
 
 
@@ -165,11 +163,7 @@ def run_grid(args, recipe: dict) -> None:
     out = runs_dir(recipe, Path(args.out_dir))
     out.mkdir(parents=True, exist_ok=True)
     recipe_file = out / "recipe.json"
-    # Grids of one recipe run side by side (one per core): a plain write_text of two commands' recipes into one
-    # file interleaved them once. os.replace is atomic, so a reader sees one whole recipe.
-    tmp = out / f"recipe.json.{os.getpid()}"
-    tmp.write_text(json.dumps(recipe, indent=1))
-    os.replace(tmp, recipe_file)
+    write_json(recipe_file, recipe)  # atomic: grids of one recipe run side by side and once interleaved this file
     with open(out / "commands.log", "a") as f:  # every invocation that added runs to this folder
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\t{recipe['command']}\n")
     grid = [(m, s) for s in args.seeds for m in args.methods]

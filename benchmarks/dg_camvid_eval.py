@@ -20,8 +20,6 @@ from pathlib import Path
 
 #: Recipe keys that only change how a trained model is scored (everything else changes the model).
 EVAL_KEYS = ("eval_window", "eval_stride", "eval_every", "also_every", "also_scales")
-#: Keys that never change a result.
-BOOKKEEPING_KEYS = ("command", "default", "workers")
 FINAL_MODEL = "final_model.pt"
 
 
@@ -31,8 +29,10 @@ def evaluation_sets(recipe: dict) -> dict:
 
     from fishertune.data import load_dataset
 
+    from dg_camvid_report import CLEAN_TARGETS
+
     sets = {"source_val": load_dataset("camvid", recipe["root"], "source_val")}
-    for name in ("target_day_new_route", "target_dusk"):
+    for name in CLEAN_TARGETS:
         sets[name] = load_dataset("camvid", recipe["root"], name)
     sets.update(corrupted_targets(recipe["root"], recipe["corruptions"], severity=recipe["severity"],
                                   seed=recipe["corruption_seed"], cache_dir=recipe.get("corruption_cache") or DEFAULT_CACHE))  # fmt: skip
@@ -98,13 +98,9 @@ def load_final_model(work_dir: Path):
 
 def check_rescorable(source: dict, target: dict) -> None:
     """Raise unless `source` and `target` recipes train the same models (they may score them differently)."""
-    skip = set(EVAL_KEYS) | set(BOOKKEEPING_KEYS)
-    from dg_camvid_report import portable_path
+    from dg_camvid_report import recipe_identity
 
-    def training(r: dict) -> dict:
-        return {k: (portable_path(v) if k in ("root", "backbone") else v) for k, v in r.items() if k not in skip}
-
-    a, b = training(source), training(target)
+    a, b = recipe_identity(source, drop=EVAL_KEYS), recipe_identity(target, drop=EVAL_KEYS)
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if differ:
         raise ValueError(f"Cannot re-score: the recipes differ in {differ}, which change the trained model; "
@@ -126,10 +122,10 @@ def rescore(source_dir: Path, recipe: dict, method: str, seed: int, out_file: Pa
     result = {k: v for k, v in trained.items() if not k.startswith("metrics")}
     result |= {"recipe": recipe, "metrics": metrics, **extra, "eval_seconds": eval_s,
                "rescored_from": str(source_dir / f"{stem}.json")}  # fmt: skip
+    from dg_camvid_report import write_json
+
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out_file)
+    write_json(out_file, result)
     return result
 
 

@@ -36,15 +36,32 @@ def portable_path(path: str) -> str:
     return "/".join(parts[i:])
 
 
+#: Recipe keys that never change a result (and so never name a folder).
+BOOKKEEPING_KEYS = ("command", "default", "workers")
+
+
+def recipe_identity(recipe: dict, drop=()) -> dict:
+    """What a recipe is, wherever it runs: without bookkeeping (and `drop`) keys, with portable ../shared paths."""
+    key = {k: v for k, v in recipe.items() if k not in BOOKKEEPING_KEYS and k not in drop}
+    # The folder must not depend on where the checkout lives: CI's ../shared is not the developers'.
+    return key | {k: portable_path(key[k]) for k in ("root", "backbone") if k in key}
+
+
 def recipe_tag(recipe: dict) -> str:
     """`quick` / `full` for the default recipes, else `<mode>_<steps>steps_<hash>` (never mixes recipes)."""
     import hashlib
 
-    key = {k: v for k, v in recipe.items() if k not in ("command", "default", "workers")}
-    # The folder must not depend on where the checkout lives: CI's ../shared is not the developers'.
-    key |= {k: portable_path(recipe[k]) for k in ("root", "backbone") if k in recipe}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:6]
+    digest = hashlib.sha1(json.dumps(recipe_identity(recipe), sort_keys=True).encode()).hexdigest()[:6]
     return recipe["mode"] if recipe.get("default") else f"{recipe['mode']}_{recipe['steps']}steps_{digest}"
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomically: a killed run leaves no half file, and two processes writing one file leave one whole version."""
+    import os
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def runs_dir(recipe: dict, out_root: Path) -> Path:
