@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -51,7 +52,7 @@ sys.path.insert(0, str(HERE))
 from dg_camvid_eval import rescore, save_final_model, score_all  # noqa: E402
 from dg_camvid_recipe import (  # noqa: E402,F401
     ALL_METHODS, DEFAULT_BACKBONE, DEFAULT_CORRUPTIONS, DEFAULT_ROOT, DEFAULT_STRIDE, DEFAULT_WINDOW, METHODS, VARIANTS,
-    patch_normalized_drf, recipe_from_args,
+    normalized_drf, recipe_from_args,
 )
 from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, runs_dir, write_json  # noqa: E402,F401
 
@@ -79,8 +80,7 @@ def build_trainer(recipe: dict, method: str, seed: int, work_dir: Path, callback
     torch.manual_seed(seed)  # the head's init
     model = build_model("light", recipe["backbone"], num_labels=len(id2label), id2label=id2label, taps=recipe["taps"])
     opts = dict(ALL_METHODS[method])
-    if opts.pop("combine", None) == "normalized":
-        patch_normalized_drf()
+    opts.pop("combine", None)  # not a trainer argument: run_one swaps the estimator for it
     extra = dict(recipe.get("extra") or {})
     kwargs = dict(
         output_dir=str(work_dir), max_steps=recipe["steps"], per_device_train_batch_size=recipe["batch_size"],
@@ -109,7 +109,8 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     trainer, args, mean, std = build_trainer(recipe, method, seed, work_dir)
     opts = {k: v for k, v in ALL_METHODS[method].items() if k != "combine"}
     t0 = time.time()
-    trainer.train()
+    with normalized_drf() if ALL_METHODS[method].get("combine") == "normalized" else contextlib.nullcontext():
+        trainer.train()
     train_s = time.time() - t0
     t1, t2, t3 = args.phase_lengths(recipe["steps"])
     selection = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -87,8 +88,12 @@ def recipe_from_args(args) -> dict:
         {"also_scales": list(args.also_scale)} if getattr(args, "also_scale", None) else {})
 
 
-def patch_normalized_drf() -> None:
-    """Make `fishertune.fisher.estimate_scores` return the scale-normalized DRF for criterion dr_fim."""
+@contextlib.contextmanager
+def normalized_drf():
+    """Within the block, `fishertune.fisher.estimate_scores` returns the scale-normalized DRF for criterion dr_fim.
+
+    Scoped, so the next run in the same process (the tests', a notebook's) gets the package's estimator back.
+    """
     import dataclasses
 
     import torch
@@ -110,3 +115,7 @@ def patch_normalized_drf() -> None:
                 for n in parts["fim"]}  # fmt: skip
 
     fisher.estimate_scores = estimate_scores
+    try:
+        yield
+    finally:
+        fisher.estimate_scores = original

@@ -76,17 +76,17 @@ def test_rescoring_refuses_a_recipe_that_trains_another_model(trained, tmp_path)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "rein", "vpt", "adaptformer", "vqt", "dr_fim_norm_var"])
-def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path, monkeypatch):
+def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path):
     import fishertune.fisher
 
-    # dr_fim_norm_var replaces fishertune.fisher.estimate_scores for the rest of its process (dg_camvid runs each
-    # model in its own subprocess); here the process is pytest's, and the demo test after this one must not see it
-    monkeypatch.setattr(fishertune.fisher, "estimate_scores", fishertune.fisher.estimate_scores)
     # LoRA is a PEFT wrapper; Rein, VPT, AdaptFormer and VQT add modules run by closures hooked into the backbone;
-    # dr_fim_norm_var patches the estimator (patch_normalized_drf)
+    # dr_fim_norm_var swaps the estimator for its run (normalized_drf)
+    package_estimator = fishertune.fisher.estimate_scores
     recipe, runs, _ = trained
     result = dg.run_one(dict(recipe, steps=2), method, 0, tmp_path / f"{method}__seed0.json", threads=None)
     assert result["final_model"] is not None
+    # the swap ends with the run: later runs in this process (and the demo test) get the package's estimator
+    assert fishertune.fisher.estimate_scores is package_estimator
     (tmp_path / "recipe.json").write_text(json.dumps(dict(recipe, steps=2)))
     again = ev.rescore(tmp_path, dict(recipe, steps=2), method, 0, tmp_path / "again.json")
     for name, m in result["metrics"].items():
