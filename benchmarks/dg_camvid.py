@@ -54,7 +54,7 @@ from dg_camvid_recipe import (  # noqa: E402,F401
     ALL_METHODS, DEFAULT_BACKBONE, DEFAULT_CORRUPTIONS, DEFAULT_ROOT, DEFAULT_STRIDE, DEFAULT_WINDOW, METHODS, VARIANTS,
     normalized_drf, recipe_from_args,
 )
-from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, runs_dir, write_json  # noqa: E402,F401
+from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, row_label, runs_dir, write_json  # noqa: E402,F401
 
 RESULTS = HERE / "results"
 # -- one run (in a subprocess) ------------------------------------------------------------------

@@ -27,6 +27,12 @@ SHORT = {"source_val": "src val", "target_day_new_route": "Seq05VD", "target_dus
          "target_dark": "dark"}  # fmt: skip
 
 
+def row_label(method: str, recipe: dict) -> str:
+    """`LABELS[method]` with the budget this recipe trained at: `--extra '{"delta_max": 0.1}'` labels "10%", not "5%"."""
+    budget = (recipe.get("extra") or {}).get("delta_max", recipe.get("delta_max", 0.05))
+    return LABELS[method].replace("5%", f"{100 * budget:g}%")
+
+
 def portable_path(path: str) -> str:
     """`.../shared/data/camvid` -> `shared/data/camvid`: the checkout-independent name of a ../shared path."""
     parts = Path(path).parts
@@ -100,7 +106,7 @@ def aggregate(recipe: dict, out_root: Path) -> dict | None:
         for k, vals in cols.items():
             m, s = _mean_std(vals)
             per[k] = {"mean": m, "std": s, "values": vals}
-        table[method] = {"label": LABELS[method], "seeds": [r["seed"] for r in rs], "mIoU": per,
+        table[method] = {"label": row_label(method, recipe), "seeds": [r["seed"] for r in rs], "mIoU": per,
                          "trainable_backbone_entries": rs[0].get("trainable_backbone_entries"),
                          "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
                          "selection_share": (rs[0].get("selection") or {}).get("per_block"),
@@ -126,6 +132,16 @@ def _fmt(cell: dict) -> str:
     return f"{cell['mean']:.1f}" + (f" ± {cell['std']:.1f}" if cell["std"] is not None else "")
 
 
+def _protocol_line(r: dict) -> str:
+    every = r.get("eval_every", 1)
+    images = "every evaluation image" if every == 1 else f"1 in {every} evaluation images"
+    win = r.get("eval_window") or [368, 480]
+    stride = r.get("eval_stride") or win
+    how = (f"sliding windows {win[0]}x{win[1]}, stride {stride[0]}x{stride[1]}" if stride != win
+           else f"windows {win[0]}x{win[1]} without overlap" + (" (the whole padded image)" if win == [368, 480] else ""))
+    return f"Scored on {images}, {how}."
+
+
 def markdown(summary: dict) -> str:
     r, targets = summary["recipe"], summary["targets"]
     cols = ["source_val", *targets, "mean_clean_targets"]
@@ -137,6 +153,9 @@ def markdown(summary: dict) -> str:
         f"CamVid DG, ViT-Tiny/16 augreg + light head, {r['steps']} steps, batch {r['batch_size']}, "
         f"mode `{r['mode']}`; mIoU (%), mean ± std over seeds (n per row). "
         "Targets are never used for training or selection.",
+        _protocol_line(r),
+        *([f"Training-argument overrides of this recipe (`--extra`): `{json.dumps(r['extra'], sort_keys=True)}`."]
+          if r.get("extra") else []),
         "",
         "| method | n | " + " | ".join(head.get(c, SHORT.get(c, c)) for c in cols) + " |",
         "|---|---|" + "---|" * len(cols),

@@ -96,3 +96,23 @@ def test_grid_methods_are_trainer_criteria_with_labels():
     for name, opts in dg.ALL_METHODS.items():
         assert opts["criterion"] in SPARSE_CRITERIA + BASELINE_CRITERIA, name
         assert name in dg.LABELS and name in dg.DISPLAY_ORDER, name
+
+
+def test_tables_name_the_budget_overrides_and_protocol_the_recipe_ran_with(tmp_path):
+    recipe = dict(dg.recipe_from_args(_args()), command="python benchmarks/dg_camvid.py")
+    recipe["extra"] = {"delta_max": 0.1}
+    out = dg.runs_dir(recipe, tmp_path)
+    out.mkdir(parents=True)
+    _fake_run(out, "random", 0, 40.0)
+    _fake_run(out, "dr_fim_var", 0, 42.0)
+    summary = dg.aggregate(recipe, tmp_path)
+    assert summary["methods"]["random"]["label"] == "random 10%"
+    assert summary["methods"]["dr_fim_var"]["label"] == "DRF 10% (variational) = FisherTune"
+    md = dg.markdown(summary)
+    assert "5%" not in md and '`{"delta_max": 0.1}`' in md
+    assert "Scored on every evaluation image, sliding windows 224x304, stride 149x203." in md
+    # the default budget keeps the 5% labels and prints no overrides line
+    summary["recipe"] = dict(recipe, extra={}, eval_every=3, eval_window=[368, 480], eval_stride=None)
+    assert dg.row_label("random", summary["recipe"]) == "random 5%"
+    md = dg.markdown(summary)
+    assert "--extra" not in md and "1 in 3 evaluation images, windows 368x480 without overlap (the whole padded image)" in md
