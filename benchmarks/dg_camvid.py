@@ -49,7 +49,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from dg_camvid_eval import rescore, save_final_model, score_all  # noqa: E402
+from dg_camvid_eval import FINAL_MODEL, rescore, save_final_model, score_all  # noqa: E402
 from dg_camvid_recipe import (  # noqa: E402,F401
     ALL_METHODS, DEFAULT_BACKBONE, DEFAULT_CORRUPTIONS, DEFAULT_ROOT, DEFAULT_STRIDE, DEFAULT_WINDOW, METHODS, VARIANTS,
     normalized_drf, recipe_from_args,
@@ -209,6 +209,10 @@ def _rescore_grid(args, recipe: dict, out: Path, grid: list) -> None:
             print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: done, skipped", flush=True)
         elif not (source / f"{method}__seed{seed}.json").is_file():
             print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: not in {source}, skipped", flush=True)
+        elif not (source / f"{method}__seed{seed}_work" / FINAL_MODEL).is_file():
+            # Runs from before models were saved: skip them so one gap does not stop the rest of the grid.
+            print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: no saved model in {source} (a run from before "
+                  "models were saved), skipped; train it with this protocol instead", flush=True)  # fmt: skip
         else:
             r = rescore(source, recipe, method, seed, out_file)
             print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: re-scored in {r['eval_seconds']:.0f}s: "

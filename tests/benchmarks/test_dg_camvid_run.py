@@ -100,8 +100,15 @@ def test_rescore_grid_fills_the_new_protocols_folder_and_aggregates(trained, cap
     out = dg.runs_dir(whole, runs.parents[1])
     out.mkdir(parents=True, exist_ok=True)
     args = argparse.Namespace(threads=None, rescore_from=runs.name, out_dir=str(runs.parents[1]))
-    dg._rescore_grid(args, whole, out, [("dr_fim_var", 0), ("frozen", 0)])
-    assert "frozen seed 0: not in" in capsys.readouterr().out
+    modelless = runs / "random__seed0.json"  # a finished run from before models were saved
+    modelless.write_text((runs / "dr_fim_var__seed0.json").read_text())
+    try:
+        dg._rescore_grid(args, whole, out, [("random", 0), ("dr_fim_var", 0), ("frozen", 0)])
+    finally:
+        modelless.unlink()
+    printed = capsys.readouterr().out
+    assert "frozen seed 0: not in" in printed and "random seed 0: no saved model" in printed
+    assert not (out / "random__seed0.json").exists()
     new = json.loads((out / "dr_fim_var__seed0.json").read_text())
     assert new["rescored_from"].endswith(f"{runs.name}/dr_fim_var__seed0.json") and new["train_seconds"] == result["train_seconds"]
     summary = json.loads((runs.parents[1] / f"dg_camvid_{out.name}.json").read_text())
