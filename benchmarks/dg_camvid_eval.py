@@ -93,7 +93,27 @@ def load_final_model(work_dir: Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no saved model (runs before the models were saved cannot be re-scored).")
     # weights_only=False: the file is a whole module, and one that run_one wrote
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=dill).eval()
+    model = torch.load(path, map_location="cpu", weights_only=False, pickle_module=dill).eval()
+    _register_output_capture(model)
+    return model
+
+
+def _register_output_capture(model) -> None:
+    """Redo what unpickling skips of `PreTrainedModel.__init__`: registering the class's recordable outputs.
+
+    transformers 5 collects `hidden_states` through a per-class registry that only `__init__` fills. In a
+    fresh process that loads a pickled model and never builds one, the backbone would silently return no
+    hidden states (the light head taps them).
+    """
+    try:
+        from transformers.utils import output_capturing
+    except ImportError:  # transformers < 5 returns hidden states without the registry
+        return
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and getattr(module, "_can_record_outputs", None) is not None:
+            output_capturing._CAN_RECORD_REGISTRY[module] = module._can_record_outputs
 
 
 def check_rescorable(source: dict, target: dict) -> None:

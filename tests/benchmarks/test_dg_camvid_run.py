@@ -76,7 +76,9 @@ def test_rescoring_refuses_a_recipe_that_trains_another_model(trained, tmp_path)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "rein", "vpt", "adaptformer", "vqt", "dr_fim_norm_var"])
-def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path):
+def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path, monkeypatch):
+    from transformers.utils import output_capturing
+
     import fishertune.fisher
 
     # LoRA is a PEFT wrapper; Rein, VPT, AdaptFormer and VQT add modules run by closures hooked into the backbone;
@@ -88,6 +90,8 @@ def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path):
     # the swap ends with the run: later runs in this process (and the demo test) get the package's estimator
     assert fishertune.fisher.estimate_scores is package_estimator
     (tmp_path / "recipe.json").write_text(json.dumps(dict(recipe, steps=2)))
+    # as in a fresh process that only loads the pickled model: no model class has registered its outputs
+    monkeypatch.setattr(output_capturing, "_CAN_RECORD_REGISTRY", output_capturing._CanRecordRegistry())
     again = ev.rescore(tmp_path, dict(recipe, steps=2), method, 0, tmp_path / "again.json")
     for name, m in result["metrics"].items():
         assert again["metrics"][name]["mIoU"] == pytest.approx(m["mIoU"], abs=1e-9), (method, name)
