@@ -54,6 +54,16 @@ def test_tapped_features_are_raw_block_outputs(family, images):
     assert torch.equal(tapped_features(backbone, images, taps=(4,))[0], feats[1])
 
 
+def test_a_backbone_that_returns_no_hidden_states_gets_a_clear_error(images, monkeypatch):
+    from transformers.utils import output_capturing
+
+    backbone = build_backbone(tiny_config("vit")).eval()
+    # what a process that unpickled the model without ever building one sees: an empty output registry
+    monkeypatch.setattr(output_capturing, "_CAN_RECORD_REGISTRY", output_capturing._CanRecordRegistry())
+    with pytest.raises(RuntimeError, match="ViTModel returned no hidden_states.*unpickled"):
+        tapped_features(backbone, images, taps=(1,))
+
+
 def test_position_embeddings_are_interpolated_for_non_square_input(images):
     backbone = build_backbone(tiny_config("vit")).eval()
     captured = {}

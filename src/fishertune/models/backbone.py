@@ -180,6 +180,14 @@ def tapped_features(
         n = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
         kwargs["noise"] = torch.arange(n, device=pixel_values.device, dtype=torch.float32).expand(len(pixel_values), n)
     outputs = backbone(pixel_values=pixel_values, **kwargs)
+    if getattr(outputs, "hidden_states", None) is None:
+        # transformers 5 records hidden states through a per-class registry filled in PreTrainedModel.__init__;
+        # a backbone unpickled in a process that never built one skips it and returns none, silently.
+        raise RuntimeError(
+            f"{type(backbone).__name__} returned no hidden_states although output_hidden_states=True was passed. "
+            "If the model was unpickled (torch.load of a whole module), build it with from_pretrained / "
+            "from_config and load a state dict instead, or construct one instance of its class first."
+        )
     # hidden_states[i] is the raw output of block i (1-based), before the final layer norm.
     size = tuple(pixel_values.shape[-2:])
     return [patch_tokens(outputs.hidden_states[t], config, size) for t in taps]
