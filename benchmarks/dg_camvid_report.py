@@ -163,13 +163,19 @@ def markdown(summary: dict) -> str:
     for method, row in summary["methods"].items():
         cells = [_fmt(row["mIoU"][c]) for c in cols]
         lines.append(f"| {row['label']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
-    m = summary["machine"]
-    # Runs may come from several invocations (resumed grids): report every thread count used.
-    threads = sorted({json.loads(x).get("torch_threads") for x in summary.get("machines", [])} - {None}) or [
-        m.get("torch_threads")]
-    lines += ["", f"Machine: {m.get('gpu') or m.get('cpu')} ({m.get('cpu_count')} CPUs, torch {m.get('torch')}, "
-              f"{' or '.join(map(str, threads))} threads per run)."]  # fmt: skip
+    lines += ["", _machines_line(summary)]
     return "\n".join(lines) + "\n"
+
+
+def _machines_line(summary: dict) -> str:
+    """Every machine the runs came from: a grid resumed elsewhere must not print only its first run's."""
+    machines = [json.loads(x) for x in summary.get("machines", [])] or [summary["machine"]]
+    kinds: dict[str, set] = {}  # "<device> (<n> CPUs, torch <v>" -> thread counts used
+    for m in machines:
+        kinds.setdefault(f"{m.get('gpu') or m.get('cpu')} ({m.get('cpu_count')} CPUs, torch {m.get('torch')}",
+                         set()).add(m.get("torch_threads"))  # fmt: skip
+    parts = [f"{k}, {' or '.join(map(str, sorted(t - {None}) or ['?']))} threads per run)" for k, t in kinds.items()]
+    return ("Machine: " if len(parts) == 1 else "Machines (runs of this table came from each): ") + "; ".join(parts) + "."
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -116,3 +116,20 @@ def test_tables_name_the_budget_overrides_and_protocol_the_recipe_ran_with(tmp_p
     assert dg.row_label("random", summary["recipe"]) == "random 5%"
     md = dg.markdown(summary)
     assert "--extra" not in md and "1 in 3 evaluation images, windows 368x480 without overlap (the whole padded image)" in md
+
+
+def test_table_names_every_machine_its_runs_came_from(tmp_path):
+    recipe = dict(dg.recipe_from_args(_args()), default=True, command="python benchmarks/dg_camvid.py")
+    out = dg.runs_dir(recipe, tmp_path)
+    out.mkdir(parents=True)
+    _fake_run(out, "frozen", 0, 40.0)
+    _fake_run(out, "random", 0, 41.0)
+    run = json.loads((out / "random__seed0.json").read_text())
+    run["machine"] = {"cpu": "Intel Xeon", "cpu_count": 2, "torch": "2.13.0+cpu", "torch_threads": 1}
+    (out / "random__seed0.json").write_text(json.dumps(run))
+    md = dg.markdown(dg.aggregate(recipe, tmp_path))
+    assert md.rstrip().endswith("Machines (runs of this table came from each): Intel Xeon (2 CPUs, torch 2.13.0+cpu, "
+                                "1 threads per run); x (2 CPUs, torch None, ? threads per run).")
+    (out / "random__seed0.json").unlink()
+    md = dg.markdown(dg.aggregate(recipe, tmp_path))
+    assert md.rstrip().endswith("Machine: x (2 CPUs, torch None, ? threads per run).")
