@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_PAIRS = ["random:dr_fim_var", "dr_fim_var:fim_var", "random:fim_var", "dr_fim_var:lora", "random:lora",
                  "lora:frozen", "dr_fim_var:frozen", "random:frozen", "dr_fim_var:full", "delta_fim_var:dr_fim_var",
                  "dr_fim_diag:dr_fim_var", "dr_fim_diag:fim_diag", "delta_fim_diag:fim_diag",
-                 "dr_fim_diag:delta_fim_diag", "fim_diag:random", "dr_fim_diag:random", "fim_diag:fim_var", "dr_fim_diag:full", "random:full", "full:frozen"]  # fmt: skip
+                 "dr_fim_diag:delta_fim_diag", "fim_diag:random", "dr_fim_diag:random", "fim_diag:fim_var",
+                 "dr_fim_diag:full", "random:full", "full:frozen"]  # fmt: skip
 
 
 def target_means(runs_dir: Path) -> dict[str, dict[int, float]]:

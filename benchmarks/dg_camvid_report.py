@@ -170,11 +170,12 @@ def markdown(summary: dict) -> str:
 def _machines_line(summary: dict) -> str:
     """Every machine the runs came from: a grid resumed elsewhere must not print only its first run's."""
     machines = [json.loads(x) for x in summary.get("machines", [])] or [summary["machine"]]
-    kinds: dict[str, set] = {}  # "<device> (<n> CPUs, torch <v>" -> thread counts used
+    threads: dict[tuple, set] = {}  # (device, CPUs, torch) -> thread counts its runs used
     for m in machines:
-        kinds.setdefault(f"{m.get('gpu') or m.get('cpu')} ({m.get('cpu_count')} CPUs, torch {m.get('torch')}",
-                         set()).add(m.get("torch_threads"))  # fmt: skip
-    parts = [f"{k}, {' or '.join(map(str, sorted(t - {None}) or ['?']))} threads per run)" for k, t in kinds.items()]
+        threads.setdefault((m.get("gpu") or m.get("cpu"), m.get("cpu_count"), m.get("torch")), set()).add(
+            m.get("torch_threads"))
+    parts = [f"{device} ({cpus} CPUs, torch {torch}, {' or '.join(map(str, sorted(t - {None}) or ['?']))} threads per run)"
+             for (device, cpus, torch), t in threads.items()]  # fmt: skip
     return ("Machine: " if len(parts) == 1 else "Machines (runs of this table came from each): ") + "; ".join(parts) + "."
 
 
