@@ -6,7 +6,7 @@
 - `run.py`        `run_experiment`: train, evaluate per target, write the output folder, push
 - `saved.py`      `load_output` / `evaluate_output`: a written output folder back as a model
 - `predict.py`    colour-coded masks, overlays and the class legend for a folder of images
-- `card.py`       the model card from `model_cards/`
+- `card.py`       the model card (template: `model_card_template.md`, package data)
 """
 
 from __future__ import annotations

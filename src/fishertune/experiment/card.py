@@ -1,4 +1,4 @@
-"""Model card rendering from the template in ``model_cards/`` (shipped in the package via a link)."""
+"""Model card rendering from ``model_card_template.md``, package data next to this module (it ships in the wheel)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def render_model_card(context: Mapping[str, Any], template_path: str = TEMPLATE)
         context: template variables. ``results`` is ``{domain: {"mIoU": ..., "aAcc": ...}}`` in
             percent; ``mean`` (mean mIoU over the target domains) is computed when absent. Other
             keys (title, head, delta_min, ...) fall back to "n/a".
-        template_path: a Jinja2 Markdown template; defaults to ``model_cards/fishertune_adapter.md``.
+        template_path: a Jinja2 Markdown template; defaults to the package's ``model_card_template.md``.
     """
     missing = [k for k in _REQUIRED if k not in context]
     if missing:
