@@ -63,18 +63,20 @@ def planted_batches(n=8, b=16):
 
 @pytest.mark.parametrize("estimator", ["diagonal", "variational"])
 def test_planted_style_weights(estimator):
+    """dF finds the planted style-only weights; the literal Eq. 7 sum ranks like dF (F << 1)."""
     model = Planted()
     weights = {"task": model.task.weight, "style": model.style.weight}
     data = planted_batches()
     ranks = {}
     for crit in ("fim", "delta_fim", "dr_fim"):
-        s = estimate_scores(model, data, weights, EstimationConfig(criterion=crit, estimator=estimator),
+        s = estimate_scores(model, data, weights, EstimationConfig(criterion=crit, estimator=estimator, exchange="sum"),
                             blocks=[model.block], num_prefix_tokens=1)
         allv = torch.cat([s["task"].flatten(), s["style"].flatten()])
         rank = allv.argsort(descending=True).argsort()  # 0 = best
         ranks[crit] = rank[s["task"].numel():].float().mean()  # mean rank of the style entries
         if crit == "fim":
-            assert s["style"].max() < 1e-12 < s["task"].min()  # fim ranks the task weights first
+            # fim ranks the task weights first (the variational F of a zero-Fisher entry is fp32 rounding of the prior)
+            assert s["style"].max() < 1e-5 * s["task"].min()
     assert ranks["dr_fim"] < ranks["fim"] and ranks["delta_fim"] < ranks["fim"], ranks
     assert ranks["dr_fim"] == 3.5  # the 8 style entries take exactly the top 8 of 14 (mean rank of 0..7)
 

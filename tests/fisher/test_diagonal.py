@@ -54,7 +54,10 @@ def test_empirical_fisher_is_mean_of_squared_per_sample_grads(softmax_data):
     assert not torch.allclose(est, gb, rtol=0.1)
 
 
-def test_segmentation_per_pixel_mean_with_ignore():
+@pytest.mark.parametrize("unit", ["pixel", "sample"])
+def test_segmentation_per_pixel_mean_with_ignore(unit):
+    """Per sample: the squared gradient of the per-pixel-mean loss, times its number of valid pixels
+    for the "pixel" unit (18 and 30 here), and a sample with no valid pixel is not counted."""
     model = PixelClassifier()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, 5, 6, generator=g)
@@ -62,11 +65,11 @@ def test_segmentation_per_pixel_mean_with_ignore():
     y[0, :2] = 255
     y[2] = 255  # a sample with no valid pixel is not counted
     est = estimate_scores(model, [{"pixel_values": x, "labels": y}], {"proj": model.proj.weight},
-                          EstimationConfig(fisher_type="empirical", **DIAG))["proj"]
+                          EstimationConfig(fisher_type="empirical", fisher_unit=unit, **DIAG))["proj"]
     ref = torch.zeros_like(model.proj.weight)
-    for i in range(2):
+    for i, n_valid in ((0, 18), (1, 30)):
         loss = F.cross_entropy(model.semantic_logits(model(x[i : i + 1]), (5, 6)), y[i : i + 1], ignore_index=255)
-        ref += torch.autograd.grad(loss, model.proj.weight)[0] ** 2
+        ref += torch.autograd.grad(loss, model.proj.weight)[0] ** 2 * (n_valid if unit == "pixel" else 1)
     torch.testing.assert_close(est, ref / 2, rtol=1e-5, atol=1e-10)
 
 

@@ -51,7 +51,13 @@ class StubEstimationConfig:
     tau: Optional[float] = None
     variational_lr: Optional[float] = None
     variational_steps_per_batch: Optional[int] = None
-    drf_form: Optional[str] = None
+    fisher_unit: Optional[str] = None
+    delta_eps: Optional[float] = None
+    exchange: Optional[str] = None
+    exchange_quantile: Optional[float] = None
+    prior_floor: Optional[float] = None
+    variational_gradient: Optional[str] = None
+    shift_weight_reading: Optional[str] = None
     dsu_p: Optional[float] = None
     dsu_eps: Optional[float] = None
     dsu_blocks: Optional[list] = None

@@ -4,21 +4,33 @@
 - likelihood.py   Eq. 4   per-pixel predictive distribution, label sampling, per-sample NLL
 - diagonal.py     Eq. 9   diagonal Fisher from per-sample squared gradients
 - variational.py  Eq. 10-15 variational precision, Fisher and DR-FIM
-- criteria.py     Eq. 5, 7 and every selection criterion
+- criteria.py     Eq. 5, 7 (with its exchange rates) and every selection criterion
+- passes.py       the clean and DSU-perturbed estimation passes over T2 batches
 - estimate.py     `estimate_scores`; config.py `EstimationConfig`; io.py; plots.py (Fig. 6)
 """
 
 from .config import EstimationConfig
-from .criteria import CRITERIA, domain_sensitivity, dr_fim, magnitude_scores, random_scores
+from .criteria import (
+    CRITERIA,
+    EXCHANGES,
+    domain_sensitivity,
+    dr_fim,
+    magnitude_scores,
+    percentile_ranks,
+    random_scores,
+    relative_eps,
+)
 from .diagonal import diagonal_fisher
-from .estimate import estimate_scores
+from .estimate import estimate_scores, estimate_statistics, scores_from_stats
 from .io import load_scores, save_scores
 from .perturb import DSUHooks, dsu_perturb, find_blocks
 from .plots import plot_sensitivity_map, sensitivity_table
-from .variational import fisher_from_precision, kl_divergence, variational_dr_fim
+from .likelihood import fisher_sample_weights
+from .variational import fisher_from_precision, kl_divergence, variational_delta
 
 __all__ = [
     "CRITERIA",
+    "EXCHANGES",
     "DSUHooks",
     "EstimationConfig",
     "diagonal_fisher",
@@ -26,14 +38,19 @@ __all__ = [
     "dr_fim",
     "dsu_perturb",
     "estimate_scores",
+    "estimate_statistics",
     "find_blocks",
+    "fisher_sample_weights",
     "fisher_from_precision",
     "kl_divergence",
     "load_scores",
     "magnitude_scores",
+    "percentile_ranks",
     "plot_sensitivity_map",
     "random_scores",
+    "relative_eps",
     "save_scores",
+    "scores_from_stats",
     "sensitivity_table",
-    "variational_dr_fim",
+    "variational_delta",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .criteria import CRITERIA
+from .criteria import CRITERIA, EXCHANGES
 
 
 @dataclass
@@ -23,15 +23,34 @@ class EstimationConfig:
             `true`: labels sampled from the model's own per-pixel prediction (Eq. 4, the Fisher as defined).
             `empirical`: ground-truth labels (Child-Tuning-D/FISH). Default `true`: it is the paper's definition
             and, unlike the empirical Fisher, is not biased toward the gradients of labels the model misfits.
+        fisher_unit (`str`, defaults to `"pixel"`):
+            The unit of F. `pixel`: each sample's squared gradient is scaled by its number of valid pixels, which
+            makes F (true Fisher) the mean over pixels of the one-pixel Fisher: the same value and ranking for any
+            crop size or share of ignored pixels. `sample`: the Fisher of the per-pixel-mean loss (scales as
+            1/pixels; the first implementation's unit, kept for comparison).
         num_batches (`int`, defaults to 100):
             T2, estimation batches per process. 100 batches of 4-8 crops give 400-800 per-sample squares per
             entry and cost ~1% of a 36k-step tuning phase (see benchmarks/fisher_estimation.py).
-        gamma (`float`, defaults to 1e-15):
-            KL weight of Eq. 11. With `tau` it sets the Fisher floor gamma/tau^2 = 1e-9 (Lambda = F/gamma + tau^-2):
-            entries whose Fisher is far below it stay at the prior and the Eq. 15 ratio's denominator never drops
-            below it. 1e-9 is under the ~1e-8 95th-percentile Fisher of a ViT-S with the per-pixel-mean loss, and
-            under Eq. 5's eps (1e-8, which Eq. 15 carries as eps/gamma), so Eq. 15's floor matches Eq. 5's. Raise
-            it to smooth more; lower it if a warning says most entries sit at the prior.
+        delta_eps (`float`, defaults to 1e-3):
+            Eq. 5's eps as a fraction of the mean of F over all targeted entries. The paper's eps "prevents
+            division by zero", so it must sit below F: at 1e-3 of the mean, min(F, F') is the denominator
+            for the large majority of entries (measured share in benchmarks/README.md).
+        exchange (`str`, defaults to `"rank"`):
+            The exchange rate between F and dF in Eq. 7/15 (DRF = F + rate * w * dF). `rank`: percentile of F plus
+            w times percentile of dF over all targeted entries (unit-free; default, see docs/METHOD.md for the
+            measurement that chose it). `quantile`: rate = the `exchange_quantile` of F. `gamma`: the printed
+            Eq. 15, rate = the ELBO's gamma (variational only). `sum`: the literal Eq. 7 (rate 1), which ranks like
+            dF alone whenever F is far below 1; kept for the record.
+        exchange_quantile (`float`, defaults to 0.99):
+            The quantile of F that one unit of w * dF is worth under `exchange="quantile"`.
+        gamma (`float`, *optional*):
+            KL weight of Eq. 11. With `tau` it sets the Fisher floor gamma/tau^2 (Lambda = F/gamma + tau^-2):
+            entries whose Fisher is far below it stay at the prior, and Eq. 15's denominator never drops below
+            it. `None` (default): derived from the data as gamma = prior_floor * tau^2 * mean F of the first
+            clean batch, so the floor follows F's scale on any model.
+        prior_floor (`float`, defaults to 1e-3):
+            The floor gamma/tau^2 as a fraction of the mean Fisher, when `gamma` is None. Small, so that the
+            prior only stabilizes entries the data does not resolve.
         tau (`float`, defaults to 1e-3):
             Prior std (Eq. 10) around the pretrained weights, and the largest posterior std: weights sampled by
             the "reparam" gradient move by at most ~tau, 5% of the ~0.02 std of ViT weights, so the second-order
@@ -47,19 +66,21 @@ class EstimationConfig:
             fishertune/fisher/variational.py).
         variational_steps_per_batch (`int`, defaults to 1):
             ELBO steps per batch (one antithetic draw each): the paper's one sample per batch.
-        drf_form (`str`, defaults to `"balanced"`):
-            Eq. 15 as `"literal"` (outer gamma on both terms: dF is scaled by gamma, so it ranks like F) or
-            `"balanced"` (gamma on the Fisher term only: Eq. 7's exchange rate between F and dF).
-        dsu_p (`float`, defaults to 1.0):
-            Probability that a hooked block perturbs a given step (DSU uses 0.5 in training; here every
-            perturbed pass should see a shift, so 1.0).
+        dsu_p (`float`, defaults to 0.5):
+            Probability that a hooked block perturbs a given step: DSU's own default (Li et al., ICLR 2022).
         dsu_eps (`float`, defaults to 1e-6):
             The eps of Eq. 6 inside sqrt(var + eps), as in DSU.
         dsu_blocks (`list[int]`, *optional*):
             Indices of the backbone blocks whose output is perturbed; `None` = all blocks.
         shift_weight (`str`, defaults to `"abs_mean"`):
             The exp(-(eps_mu + eps_sigma)) factor of Eq. 7/15: `abs_mean` = exp(-(mean|eps_mu| + mean|eps_sigma|))
-            per step, averaged (METHOD.md's reading); `literal` uses the signed means.
+            per step (docs/METHOD.md's reading); `literal` uses the signed means.
+        shift_weight_reading (`str`, defaults to `"mean"`):
+            Where the weight enters. `mean`: dF from the Fisher of all batches, times the mean weight of all
+            steps. `per_batch`: each batch's dF (from that batch's F and F') times that batch's weight, averaged
+            over batches (needs the diagonal estimator or `variational_gradient="expected"`). Default `mean`:
+            a one-batch dF is the ratio of two one-batch Fisher estimates, much noisier than the ratio of
+            T2-batch ones.
         seed (`int`, defaults to 0):
             Seeds the random criteria, label sampling, DSU draws and the variational noise. Same seed and data
             give identical scores on every rank and run.
@@ -70,19 +91,26 @@ class EstimationConfig:
     fisher_type: str = field(
         default="true", metadata={"help": "'true' (labels sampled from the prediction, Eq. 4) or 'empirical'."}
     )
+    fisher_unit: str = field(default="pixel", metadata={"help": "'pixel' (crop-size invariant F) or 'sample'."})
     num_batches: int = field(default=100, metadata={"help": "T2: estimation batches per process."})
-    gamma: float = field(default=1e-15, metadata={"help": "KL weight of Eq. 11; gamma/tau^2 is the Fisher floor."})
+    delta_eps: float = field(default=1e-3, metadata={"help": "Eq. 5's eps as a fraction of mean(F)."})
+    exchange: str = field(default="rank", metadata={"help": f"F-vs-dF exchange rate of Eq. 7: {', '.join(EXCHANGES)}."})
+    exchange_quantile: float = field(default=0.99, metadata={"help": "Quantile of F worth one unit of w*dF ('quantile')."})
+    gamma: Optional[float] = field(default=None, metadata={"help": "KL weight of Eq. 11; None: prior_floor * tau^2 * mean(F)."})
+    prior_floor: float = field(default=1e-3, metadata={"help": "gamma/tau^2 as a fraction of mean(F) when gamma is None."})
     tau: float = field(default=1e-3, metadata={"help": "Prior std around the pretrained weights (Eq. 10)."})
     variational_lr: float = field(default=0.1, metadata={"help": "Preconditioned SGD step on log-variance."})
     variational_gradient: str = field(
         default="expected", metadata={"help": "'expected' (closed form, default) or 'reparam' (sampled)."}
     )
     variational_steps_per_batch: int = field(default=1, metadata={"help": "ELBO steps (antithetic draws) per batch."})
-    drf_form: str = field(default="balanced", metadata={"help": "Eq. 15 as 'balanced' or 'literal'."})
-    dsu_p: float = field(default=1.0, metadata={"help": "Probability of perturbing a hooked block per step."})
+    dsu_p: float = field(default=0.5, metadata={"help": "Probability of perturbing a hooked block per step (DSU: 0.5)."})
     dsu_eps: float = field(default=1e-6, metadata={"help": "eps inside sqrt(var + eps) of Eq. 6."})
     dsu_blocks: Optional[list[int]] = field(default=None, metadata={"help": "Blocks to perturb; None = all."})
     shift_weight: str = field(default="abs_mean", metadata={"help": "'abs_mean' or 'literal' weight of Eq. 7."})
+    shift_weight_reading: str = field(
+        default="mean", metadata={"help": "'mean' (dF of all batches x mean weight) or 'per_batch'."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of every random draw of the estimation."})
 
     def __post_init__(self) -> None:
@@ -95,15 +123,28 @@ class EstimationConfig:
         choice("estimator", ("diagonal", "variational"))
         choice("fisher_type", ("true", "empirical"))
         choice("variational_gradient", ("expected", "reparam"))
-        choice("drf_form", ("balanced", "literal"))
+        choice("fisher_unit", ("pixel", "sample"))
+        choice("exchange", EXCHANGES)
         choice("shift_weight", ("abs_mean", "literal"))
+        choice("shift_weight_reading", ("mean", "per_batch"))
         if self.num_batches < 1:
             raise ValueError(f"num_batches must be >= 1 (T2 estimation batches), got {self.num_batches}.")
         if self.variational_steps_per_batch < 1:
             raise ValueError(f"variational_steps_per_batch must be >= 1, got {self.variational_steps_per_batch}.")
-        for name in ("gamma", "tau", "variational_lr", "dsu_eps"):
+        for name in ("tau", "variational_lr", "dsu_eps", "delta_eps", "prior_floor"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}; see the EstimationConfig docstring.")
+        if self.gamma is not None and not self.gamma > 0:
+            raise ValueError(f"gamma must be > 0 or None (derived from the data), got {self.gamma}.")
+        if not 0.0 <= self.exchange_quantile <= 1.0:
+            raise ValueError(f"exchange_quantile is a quantile in [0, 1], got {self.exchange_quantile}.")
+        if self.exchange == "gamma" and self.estimator != "variational":
+            raise ValueError("exchange='gamma' is the printed Eq. 15 (the ELBO's gamma as the rate): it needs "
+                             "estimator='variational'; with the diagonal estimator use 'rank' or 'quantile'.")
+        if (self.shift_weight_reading == "per_batch" and self.estimator == "variational"
+                and self.variational_gradient == "reparam"):
+            raise ValueError("shift_weight_reading='per_batch' needs each batch's Fisher: use the diagonal estimator "
+                             "or variational_gradient='expected'.")
         if self.variational_lr > 1.0:
             raise ValueError(f"variational_lr must be in (0, 1] (a fraction of the distance per step), got {self.variational_lr}.")
         if not 0.0 <= self.dsu_p <= 1.0:

@@ -69,19 +69,37 @@ def sample_labels(
 
 
 def per_sample_nll(log_probs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(L_i [B], counted [B] bool)``: mean negative log-likelihood over the valid pixels of each sample.
+    """``(L_i [B], n_i [B])``: mean negative log-likelihood over the valid pixels of each sample, and
+    their number (1 per sample for a classifier).
 
-    The mean over pixels (not the sum) is the segmentation loss of Eq. 1, so F is on the scale of
-    the training loss whatever the crop size. A sample with no valid pixel contributes 0 and is
-    not counted in the 1/N of Eq. 9.
+    The mean over pixels is the segmentation loss of Eq. 1. A sample with no valid pixel has
+    ``n_i = 0``, contributes 0 and is not counted in the 1/N of Eq. 9.
     """
     logp = F.log_softmax(log_probs.float(), dim=1)
     safe = torch.where(mask, labels, torch.zeros_like(labels))
     nll = -logp.gather(1, safe.unsqueeze(1)).squeeze(1) * mask
     b = nll.shape[0]
     n = mask.reshape(b, -1).sum(1)
-    return nll.reshape(b, -1).sum(1) / n.clamp_min(1), n > 0
+    return nll.reshape(b, -1).sum(1) / n.clamp_min(1), n
 
+
+def fisher_sample_weights(n_valid: torch.Tensor, unit: str, power: float = 0.5) -> torch.Tensor:
+    """Per-sample factors on L_i that put the Fisher in ``unit`` (``EstimationConfig.fisher_unit``).
+
+    ``"pixel"``: the squared gradient of sample i is scaled by its number of valid pixels n_i,
+    ``n_i (dL_i/dtheta)^2 = (d sum_p l_p / dtheta)^2 / n_i``. For the true Fisher (Eq. 4) labels
+    are drawn independently per pixel, so the cross terms of the square vanish in expectation and
+    this is the mean over pixels of the one-pixel Fisher: the same value whatever the crop size or
+    the share of ignored pixels. With ``power=0.5`` the factor multiplies L_i before the squaring
+    (``sqrt(n_i) L_i``, for the per-sample squares of Eq. 9); ``power=1`` gives the loss whose
+    Hessian is that Fisher (``n_i L_i``, the ELBO data term of the sampled variational gradient).
+    ``"sample"``: 1 per counted sample: the Fisher of the per-pixel-mean loss, which scales as
+    1/pixels (kept for comparison with the first implementation).
+    """
+    counted = (n_valid > 0).to(torch.float32)
+    if unit == "sample":
+        return counted
+    return n_valid.to(torch.float32).pow(power) * counted
 
 def batch_nll(
     model: nn.Module,
@@ -94,7 +112,7 @@ def batch_nll(
     labels_override: Optional[torch.Tensor] = None,
     forward: Optional[Callable[..., Any]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward one batch through ``forward`` (default: ``model``); ``(L_i, counted, labels used)``.
+    """Forward one batch through ``forward`` (default: ``model``); ``(L_i, n_i valid pixels, labels used)``.
 
     True Fisher: labels drawn from the prediction (Eq. 4) unless ``labels_override`` is given.
     """
@@ -117,5 +135,5 @@ def batch_nll(
         labels = sample_labels(log_probs, generator, offset, global_size)
     else:
         labels = gt
-    nll, counted = per_sample_nll(log_probs, labels, mask)
-    return nll, counted, labels
+    nll, n_valid = per_sample_nll(log_probs, labels, mask)
+    return nll, n_valid, labels

@@ -66,48 +66,28 @@ def fisher_from_precision(precision: torch.Tensor, gamma: float, tau: float) -> 
     return (gamma * (precision - 1.0 / (tau * tau))).clamp_min(0.0)
 
 
-def variational_delta(precision: torch.Tensor, precision_shift: torch.Tensor, gamma: float, eps: float = 1e-8) -> torch.Tensor:
+def variational_delta(precision: torch.Tensor, precision_shift: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
     """The domain-sensitivity ratio inside Eq. 15: |Lambda_x - Lambda_x'| / (min(Lambda_x, Lambda_x') + eps/gamma).
 
     Since Lambda = F/gamma + tau^-2 this is |F - F'| / (min(F, F') + gamma tau^-2 + eps): Eq. 5
-    with the prior precision as a floor in the denominator, which is what keeps entries with a
-    negligible Fisher from getting huge ratios (the "stability" the paper claims for Eq. 15).
+    with the prior precision as a floor in the denominator, which keeps entries with a negligible
+    Fisher from getting huge ratios (the "stability" the paper claims for Eq. 15). ``eps`` is
+    Eq. 5's (relative to F's scale, see `criteria.relative_eps`). The Eq. 15 score itself is
+    `criteria.dr_fim` on `fisher_from_precision` and this ratio (``exchange="gamma"`` is the
+    printed form gamma * (Lambda_x - tau^-2 + w * ratio)).
     """
     return (precision - precision_shift).abs() / (torch.minimum(precision, precision_shift) + eps / gamma)
-
-
-def variational_dr_fim(
-    precision: torch.Tensor,
-    precision_shift: torch.Tensor,
-    gamma: float,
-    tau: float,
-    weight: float,
-    form: str = "balanced",
-    eps: float = 1e-8,
-) -> torch.Tensor:
-    """Eq. 15: DR-FIM from the clean and perturbed precisions.
-
-    ``form="literal"``: ``gamma * (Lambda_x - tau^-2 + w * ratio)`` as printed. Its two terms
-    compare F/gamma with an O(1) ratio, and F/gamma = Lambda - tau^-2 is >= tau^-2-scale for any
-    entry the data resolves, so whenever tau is small enough for the local expansion (tau << 1),
-    the literal form ranks like F alone. ``form="balanced"`` (default) applies the outer gamma to
-    the Fisher term only, ``F_var + w * ratio``: exactly Eq. 7 with the variational F and the
-    prior-floored Eq. 5, i.e. the same F-vs-dF exchange rate as the diagonal DR-FIM.
-    """
-    ratio = variational_delta(precision, precision_shift, gamma, eps)
-    fisher = fisher_from_precision(precision, gamma, tau)
-    if form == "literal":
-        return fisher + gamma * weight * ratio
-    return fisher + weight * ratio
 
 
 class PrecisionFit:
     """Per-entry SGD on log s = -log Lambda (Eq. 11) with the schedule described in the module docstring."""
 
     def __init__(
-        self, shapes: Mapping[str, torch.Size], gamma: float, tau: float, lr: float, total_steps: int,
+        self, shapes: Mapping[str, torch.Size], gamma: float | None, tau: float, lr: float, total_steps: int,
         device: torch.device | str = "cpu",
     ) -> None:
+        # gamma may be set after construction (before the first update): the estimator derives it from
+        # the first batch's Fisher when EstimationConfig.gamma is None.
         self.gamma, self.tau, self.lr = gamma, tau, lr
         # Start at the prior (s = tau^2): the largest variance the optimum can have, and a safe one.
         self.log_var = {n: torch.full(tuple(s), 2.0 * math.log(tau), device=device) for n, s in shapes.items()}
@@ -122,6 +102,8 @@ class PrecisionFit:
 
     def update(self, data_grad: Mapping[str, torch.Tensor]) -> None:
         """One preconditioned, clipped step of every entry given the data term of d ELBO / d log s."""
+        if self.gamma is None:
+            raise RuntimeError("PrecisionFit.gamma must be set before the first update.")
         half_gamma = 0.5 * self.gamma
         for n, lv in self.log_var.items():
             u = elbo_log_var_grad(lv, data_grad[n], self.gamma, self.tau) / half_gamma

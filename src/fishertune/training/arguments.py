@@ -18,8 +18,9 @@ METHOD_CRITERIA = ("rein", "vpt", "adaptformer", "vqt")
 DATA_CRITERIA = ("fim", "delta_fim", "dr_fim")
 #: Fields forwarded to `fishertune.fisher.EstimationConfig` when set (None keeps the estimator's default).
 ESTIMATION_FIELDS = (
-    "gamma", "tau", "variational_lr", "variational_steps_per_batch", "drf_form", "dsu_p", "dsu_eps", "dsu_blocks",
-    "shift_weight",
+    "fisher_unit", "delta_eps", "exchange", "exchange_quantile", "gamma", "prior_floor", "tau", "variational_lr",
+    "variational_gradient", "variational_steps_per_batch", "dsu_p", "dsu_eps", "dsu_blocks", "shift_weight",
+    "shift_weight_reading",
 )
 
 
@@ -73,12 +74,15 @@ class FisherTuneTrainingArguments(TrainingArguments):
             Share of targeted entries active when tuning starts (Eq. 16). None: the FisherTuneConfig's (0.01).
         delta_max (`float`, *optional*):
             Share selected and active at the end (paper: 0.05). None: the FisherTuneConfig's (0.05).
-        gamma, tau, variational_lr, variational_steps_per_batch, drf_form (*optional*):
-            Variational estimator options (Eq. 11-15); None keeps `fishertune.fisher.EstimationConfig`'s
-            default (gamma 1e-15, tau 1e-3, lr 0.1, 1 step per batch, drf_form "balanced").
-        dsu_p, dsu_eps, dsu_blocks, shift_weight (*optional*):
+        fisher_unit, delta_eps, exchange, exchange_quantile (*optional*):
+            F's unit, Eq. 5's relative eps and Eq. 7's exchange rate between F and dF; None keeps
+            `fishertune.fisher.EstimationConfig`'s default ("pixel", 1e-3, "rank", 0.99).
+        gamma, prior_floor, tau, variational_lr, variational_gradient, variational_steps_per_batch (*optional*):
+            Variational estimator options (Eq. 11-15); None keeps the `EstimationConfig` default (gamma derived
+            from the data with prior_floor 1e-3, tau 1e-3, lr 0.1, "expected" gradient, 1 step per batch).
+        dsu_p, dsu_eps, dsu_blocks, shift_weight, shift_weight_reading (*optional*):
             DSU perturbation (Eq. 6) and the dF weight of Eq. 7 for the estimation; None keeps the default
-            (dsu_p 1.0, dsu_eps 1e-6, all blocks, shift_weight "abs_mean").
+            (dsu_p 0.5, dsu_eps 1e-6, all blocks, shift_weight "abs_mean", reading "mean").
         backbone_learning_rate (`float`, *optional*):
             Learning rate of the backbone's tuned parameters (sparse deltas, LoRA, full). None: `learning_rate`.
         decoder_learning_rate (`float`, *optional*):
@@ -123,15 +127,23 @@ class FisherTuneTrainingArguments(TrainingArguments):
     )
     delta_min: Optional[float] = field(default=None, metadata={"help": "Active share at the start of tuning (Eq. 16)."})
     delta_max: Optional[float] = field(default=None, metadata={"help": "Selected share, active at the end (paper: 0.05)."})
-    gamma: Optional[float] = field(default=None, metadata={"help": "KL weight gamma of Eq. 11 (None: estimator default)."})
+    fisher_unit: Optional[str] = field(default=None, metadata={"help": "F's unit: 'pixel' (default) or 'sample'."})
+    delta_eps: Optional[float] = field(default=None, metadata={"help": "Eq. 5's eps as a fraction of mean(F)."})
+    exchange: Optional[str] = field(
+        default=None, metadata={"help": "Eq. 7's F-vs-dF exchange: 'rank' (default), 'quantile', 'gamma', 'sum'."}
+    )
+    exchange_quantile: Optional[float] = field(default=None, metadata={"help": "Quantile of F for exchange='quantile'."})
+    gamma: Optional[float] = field(default=None, metadata={"help": "KL weight gamma of Eq. 11 (None: from the data)."})
+    prior_floor: Optional[float] = field(default=None, metadata={"help": "gamma/tau^2 as a fraction of mean(F)."})
     tau: Optional[float] = field(default=None, metadata={"help": "Prior std tau of Eq. 12 (None: estimator default)."})
     variational_lr: Optional[float] = field(default=None, metadata={"help": "SGD lr of the variational Lambda."})
     variational_steps_per_batch: Optional[int] = field(default=None, metadata={"help": "Lambda updates per batch."})
-    drf_form: Optional[str] = field(default=None, metadata={"help": "Eq. 15 as 'balanced' or 'literal'."})
+    variational_gradient: Optional[str] = field(default=None, metadata={"help": "'expected' or 'reparam'."})
     dsu_p: Optional[float] = field(default=None, metadata={"help": "DSU probability per insertion point (Eq. 6)."})
     dsu_eps: Optional[float] = field(default=None, metadata={"help": "DSU epsilon added to the variance (Eq. 6)."})
     dsu_blocks: Optional[list[int]] = field(default=None, metadata={"help": "Blocks whose output DSU perturbs."})
     shift_weight: Optional[str] = field(default=None, metadata={"help": "Weight of dF in Eq. 7: 'abs_mean' or 'literal'."})
+    shift_weight_reading: Optional[str] = field(default=None, metadata={"help": "'mean' or 'per_batch' weighting of dF."})
     backbone_learning_rate: Optional[float] = field(default=None, metadata={"help": "Backbone lr (None: learning_rate)."})
     decoder_learning_rate: Optional[float] = field(default=None, metadata={"help": "Decoder lr (None: learning_rate)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank for criterion='lora'."})
