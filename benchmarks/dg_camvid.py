@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -52,7 +51,7 @@ sys.path.insert(0, str(HERE))
 from dg_camvid_eval import FINAL_MODEL, rescore, save_final_model, score_all  # noqa: E402
 from dg_camvid_recipe import (  # noqa: E402,F401
     ALL_METHODS, DEFAULT_BACKBONE, DEFAULT_CORRUPTIONS, DEFAULT_ROOT, DEFAULT_STRIDE, DEFAULT_WINDOW, METHODS, VARIANTS,
-    normalized_drf, recipe_from_args,
+    recipe_from_args,
 )
 from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, row_label, runs_dir, write_json  # noqa: E402,F401
 
@@ -80,7 +79,6 @@ def build_trainer(recipe: dict, method: str, seed: int, work_dir: Path, callback
     torch.manual_seed(seed)  # the head's init
     model = build_model("light", recipe["backbone"], num_labels=len(id2label), id2label=id2label, taps=recipe["taps"])
     opts = dict(ALL_METHODS[method])
-    opts.pop("combine", None)  # not a trainer argument: run_one swaps the estimator for it
     extra = dict(recipe.get("extra") or {})
     kwargs = dict(
         output_dir=str(work_dir), max_steps=recipe["steps"], per_device_train_batch_size=recipe["batch_size"],
@@ -90,7 +88,7 @@ def build_trainer(recipe: dict, method: str, seed: int, work_dir: Path, callback
         delta_min=recipe["delta_min"], delta_max=recipe["delta_max"], fisher_type=recipe["fisher_type"],
         lora_r=recipe["lora_r"], lora_alpha=recipe["lora_r"], seed=seed, data_seed=seed, logging_steps=10,
         save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=recipe.get("workers", 0),
-        use_cpu=not torch.cuda.is_available(), save_sensitivity_plot=True,
+        use_cpu=not torch.cuda.is_available(), save_sensitivity_plot=True, save_estimation_statistics=True,
     )  # fmt: skip
     kwargs.update(opts)
     kwargs.update(extra)  # --extra overrides anything above (e.g. backbone_learning_rate, gamma, dsu_blocks)
@@ -107,10 +105,9 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     t_start = time.time()
     work_dir = out_file.parent / f"{out_file.stem}_work"
     trainer, args, mean, std = build_trainer(recipe, method, seed, work_dir)
-    opts = {k: v for k, v in ALL_METHODS[method].items() if k != "combine"}
+    opts = dict(ALL_METHODS[method])
     t0 = time.time()
-    with normalized_drf() if ALL_METHODS[method].get("combine") == "normalized" else contextlib.nullcontext():
-        trainer.train()
+    trainer.train()
     train_s = time.time() - t0
     t1, t2, t3 = args.phase_lengths(recipe["steps"])
     selection = None

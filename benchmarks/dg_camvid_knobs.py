@@ -24,17 +24,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-#: name -> EstimationConfig overrides; "drf" is the package default (criterion dr_fim, balanced form).
+#: name -> EstimationConfig overrides; "drf" is the package default (criterion dr_fim, rank exchange).
 SETTINGS = {
     "drf": {},
     "F": {"criterion": "fim"},
     "dF": {"criterion": "delta_fim"},
-    "drf literal (gamma-scaled dF)": {"drf_form": "literal"},
-    "drf gamma 1e-12 (floor 1e-6)": {"gamma": 1e-12},
-    "drf gamma 1e-18 (floor 1e-12)": {"gamma": 1e-18},
+    "drf exchange quantile 0.99": {"exchange": "quantile", "exchange_quantile": 0.99},
+    "drf exchange gamma (printed Eq. 15)": {"exchange": "gamma"},
+    "drf exchange sum (literal Eq. 7)": {"exchange": "sum"},
     "drf DSU blocks 1-4": {"dsu_blocks": [0, 1, 2, 3]},
     "drf DSU blocks 9-12": {"dsu_blocks": [8, 9, 10, 11]},
-    "drf DSU p = 0.5": {"dsu_p": 0.5},
+    "drf DSU p = 1.0": {"dsu_p": 1.0},
 }
 
 

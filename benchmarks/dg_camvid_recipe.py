@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,14 +28,12 @@ METHODS = {
     "adaptformer": dict(criterion="adaptformer"),
     "vqt": dict(criterion="vqt"),
 }
-#: Investigation variants (not in the default grid; pass them with --methods). `combine="normalized"`:
-#: DRF = F / mean(F) + w * dF / mean(dF), with w = exp(-2 sqrt(2/pi)) (the expected `abs_mean` weight of
-#: Eq. 7 for eps ~ N(0, 1)). The package's "balanced" Eq. 7/15 adds F (~1e-9..1e-5 here) to the
-#: dimensionless ratio dF (~0.01..100), so its ranking equals dF's; "literal" scales dF by gamma, so it
-#: equals F's. This variant puts both terms on one scale (see dg_camvid_selection.py).
+#: Investigation variants (not in the default grid; pass them with --methods): other exchange rates of Eq. 7
+#: (`EstimationConfig.exchange`; the default is "rank"), set through the trainer's arguments.
 VARIANTS = {
-    "dr_fim_norm_var": dict(criterion="dr_fim", estimator="variational", combine="normalized"),
-    "dr_fim_norm_diag": dict(criterion="dr_fim", estimator="diagonal", combine="normalized"),
+    "dr_fim_q99_var": dict(criterion="dr_fim", estimator="variational", exchange="quantile", exchange_quantile=0.99),
+    "dr_fim_q99_diag": dict(criterion="dr_fim", estimator="diagonal", exchange="quantile", exchange_quantile=0.99),
+    "dr_fim_perbatch_var": dict(criterion="dr_fim", estimator="variational", shift_weight_reading="per_batch"),
 }
 ALL_METHODS = {**METHODS, **VARIANTS}
 DEFAULT_CORRUPTIONS = ["fog", "frost", "snow", "motion_blur", "gaussian_noise", "dark"]
@@ -49,6 +45,9 @@ def recipe_from_args(args) -> dict:
     steps = args.steps or (120 if quick else 800)
     return {
         "mode": "quick" if quick else "full",
+        # 2: DR-FIM in the per-pixel Fisher unit with a relative Eq. 5 eps, rank exchange, DSU p = 0.5 (issue 16).
+        # Methods that use no estimator (frozen, full, lora, random, adapters) train the same model in 1 and 2.
+        "dr_fim_version": 2,
         "root": args.root,
         "backbone": args.backbone,
         "model": "light",
@@ -86,36 +85,3 @@ def recipe_from_args(args) -> dict:
         {"eval_stride": list(args.eval_stride)} if getattr(args, "eval_stride", None)
         else {"eval_stride": list(DEFAULT_STRIDE)} if not getattr(args, "eval_window", None) else {}) | (
         {"also_scales": list(args.also_scale)} if getattr(args, "also_scale", None) else {})
-
-
-@contextlib.contextmanager
-def normalized_drf():
-    """Within the block, `fishertune.fisher.estimate_scores` returns the scale-normalized DRF for criterion dr_fim.
-
-    Scoped, so the next run in the same process (the tests', a notebook's) gets the package's estimator back.
-    """
-    import dataclasses
-
-    import torch
-
-    import fishertune.fisher as fisher
-
-    original = fisher.estimate_scores
-    weight = math.exp(-2 * math.sqrt(2 / math.pi))
-
-    def estimate_scores(model, dataloader, weights, config, *a, **kw):
-        if config.criterion != "dr_fim":
-            return original(model, dataloader, weights, config, *a, **kw)
-        parts = {}
-        for crit in ("fim", "delta_fim"):
-            torch.manual_seed(config.seed)  # both passes read the same batches
-            parts[crit] = original(model, dataloader, weights, dataclasses.replace(config, criterion=crit), *a, **kw)
-        mean = {c: torch.cat([v.reshape(-1).double() for v in p.values()]).mean().item() or 1.0 for c, p in parts.items()}
-        return {n: (parts["fim"][n].double() / mean["fim"] + weight * parts["delta_fim"][n].double() / mean["delta_fim"]).float()
-                for n in parts["fim"]}  # fmt: skip
-
-    fisher.estimate_scores = estimate_scores
-    try:
-        yield
-    finally:
-        fisher.estimate_scores = original

@@ -16,11 +16,13 @@ LABELS = {
     "vqt": "VQT (10 queries per block)",
     "fim_var": "F 5% (variational)", "delta_fim_var": "dF 5% (variational)", "dr_fim_var": "DRF 5% (variational) = FisherTune",
     "fim_diag": "F 5% (diagonal)", "delta_fim_diag": "dF 5% (diagonal)", "dr_fim_diag": "DRF 5% (diagonal)",
-    "dr_fim_norm_var": "DRF, scale-normalized (var.) [variant]", "dr_fim_norm_diag": "DRF, scale-normalized (diag.) [variant]",
+    "dr_fim_q99_var": "DRF 5%, quantile-0.99 exchange (var.)", "dr_fim_q99_diag": "DRF 5%, quantile-0.99 exchange (diag.)",
+    "dr_fim_perbatch_var": "DRF 5%, per-batch weight (var.)",
 }  # fmt: skip
 #: Row order of the tables and bars: baselines, then Table 4's criteria (random < F < dF < DRF) per estimator.
 DISPLAY_ORDER = ["frozen", "full", "lora", "rein", "vpt", "adaptformer", "vqt", "random", "fim_var", "delta_fim_var",
-                 "dr_fim_var", "fim_diag", "delta_fim_diag", "dr_fim_diag", "dr_fim_norm_var", "dr_fim_norm_diag"]
+                 "dr_fim_var", "dr_fim_q99_var", "dr_fim_perbatch_var", "fim_diag", "delta_fim_diag", "dr_fim_diag",
+                 "dr_fim_q99_diag"]
 CLEAN_TARGETS = ("target_day_new_route", "target_dusk")
 SHORT = {"source_val": "src val", "target_day_new_route": "Seq05VD", "target_dusk": "dusk", "target_fog": "fog",
          "target_frost": "frost", "target_snow": "snow", "target_motion_blur": "motion", "target_gaussian_noise": "noise",
@@ -58,7 +60,10 @@ def recipe_tag(recipe: dict) -> str:
     import hashlib
 
     digest = hashlib.sha1(json.dumps(recipe_identity(recipe), sort_keys=True).encode()).hexdigest()[:6]
-    return recipe["mode"] if recipe.get("default") else f"{recipe['mode']}_{recipe['steps']}steps_{digest}"
+    if recipe.get("default"):  # version 1 (before the DR-FIM units of issue 16) kept the bare mode name
+        version = recipe.get("dr_fim_version", 1)
+        return recipe["mode"] if version == 1 else f"{recipe['mode']}_v{version}"
+    return f"{recipe['mode']}_{recipe['steps']}steps_{digest}"
 
 
 def write_json(path: Path, obj) -> None:

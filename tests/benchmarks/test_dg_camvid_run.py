@@ -75,14 +75,14 @@ def test_rescoring_refuses_a_recipe_that_trains_another_model(trained, tmp_path)
         ev.load_final_model(tmp_path)
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "rein", "vpt", "adaptformer", "vqt", "dr_fim_norm_var"])
+@pytest.mark.parametrize("method", ["full", "lora", "rein", "vpt", "adaptformer", "vqt", "dr_fim_q99_var"])
 def test_every_kind_of_trained_model_can_be_rescored(trained, method, tmp_path, monkeypatch):
     from transformers.utils import output_capturing
 
     import fishertune.fisher
 
     # LoRA is a PEFT wrapper; Rein, VPT, AdaptFormer and VQT add modules run by closures hooked into the backbone;
-    # dr_fim_norm_var swaps the estimator for its run (normalized_drf)
+    # dr_fim_q99_var is a variant set through the trainer's arguments (the package's estimator is never replaced)
     package_estimator = fishertune.fisher.estimate_scores
     recipe, runs, _ = trained
     result = dg.run_one(dict(recipe, steps=2), method, 0, tmp_path / f"{method}__seed0.json", threads=None)

@@ -22,7 +22,7 @@ from .criteria import (
 )
 from .diagonal import diagonal_fisher
 from .estimate import estimate_scores, estimate_statistics, scores_from_stats
-from .io import load_scores, save_scores
+from .io import load_scores, load_statistics, save_scores, save_statistics
 from .perturb import DSUHooks, dsu_perturb, find_blocks
 from .plots import plot_sensitivity_map, sensitivity_table
 from .likelihood import fisher_sample_weights
@@ -44,12 +44,14 @@ __all__ = [
     "fisher_from_precision",
     "kl_divergence",
     "load_scores",
+    "load_statistics",
     "magnitude_scores",
     "percentile_ranks",
     "plot_sensitivity_map",
     "random_scores",
     "relative_eps",
     "save_scores",
+    "save_statistics",
     "scores_from_stats",
     "sensitivity_table",
     "variational_delta",

@@ -63,7 +63,9 @@ def scores_from_stats(stats: EstimationStats, config: EstimationConfig) -> dict[
     if config.criterion == "fim":
         return fisher
     eps = relative_eps(fisher, config.delta_eps)
-    if stats.weighted_delta is not None:  # per-batch reading: dF* = sum_t w_t dF_t / sum_t w_t, weight = mean w_t
+    if config.shift_weight_reading == "per_batch":: dF* = sum_t w_t dF_t / sum_t w_t, weight = mean w_t
+        if stats.weighted_delta is None:
+            raise ValueError("shift_weight_reading='per_batch' needs statistics estimated with that reading.")
         weight = stats.weight
         norm = weight * max(stats.num_weighted, 1)
         delta = {n: (d / norm).float() for n, d in stats.weighted_delta.items()}
@@ -140,10 +142,12 @@ def estimate_statistics(
     *,
     blocks: Optional[Sequence[nn.Module]] = None,
     num_prefix_tokens: Optional[int | Sequence[int]] = None,
+    per_batch_delta: bool = False,
 ) -> EstimationStats:
     """The passes behind `estimate_scores` (same arguments): clean F, and for ``delta_fim``/``dr_fim`` the
     DSU-perturbed F' and Eq. 7's weight. `scores_from_stats(stats, config)` turns them into any of the
-    Fisher criteria without another pass (e.g. to compare exchange rates on one estimate)."""
+    Fisher criteria without another pass (e.g. to compare exchange rates on one estimate).
+    ``per_batch_delta`` also keeps the per-batch weighted dF (so both weight readings can be scored)."""
     weights = dict(weights)
     if config.criterion in DATA_FREE:
         raise ValueError(f"criterion {config.criterion!r} needs no data; use estimate_scores.")
@@ -177,10 +181,10 @@ def estimate_statistics(
     batches = (_to_device(b, device) for b in itertools.islice(dataloader, config.num_batches))
     with _estimation_mode(model, weights), (dsu if dsu is not None else nullcontext()):
         if config.estimator == "diagonal":
-            stats = run_diagonal(model, batches, weights, config, log_prob_fn, dsu, gens, scale)
+            stats = run_diagonal(model, batches, weights, config, log_prob_fn, dsu, gens, scale, per_batch_delta)
         else:
             stats = run_variational(model, batches, weights, config, log_prob_fn, dsu, device, gens, scale,
-                                    limit * config.variational_steps_per_batch)
+                                    limit * config.variational_steps_per_batch, per_batch_delta)
     what = "variational" if config.estimator == "variational" else "diagonal"
     _check_finite(stats.fisher, f"{what} Fisher (Eq. 9/14)")
     if stats.fisher_shift is not None:

@@ -116,10 +116,11 @@ class _Running:
         return {n: (s / max(self.count, 1.0)).float() for n, s in self.sums.items()}
 
 
-def run_diagonal(model, batches, weights, cfg, log_prob_fn, dsu, gens, scale) -> EstimationStats:
-    """Eq. 9 on clean inputs and, with ``dsu``, on DSU-perturbed ones (Eq. 6)."""
+def run_diagonal(model, batches, weights, cfg, log_prob_fn, dsu, gens, scale, per_batch=False) -> EstimationStats:
+    """Eq. 9 on clean inputs and, with ``dsu``, on DSU-perturbed ones (Eq. 6); ``per_batch`` also keeps
+    sum_t w_t dF_t (always with ``shift_weight_reading="per_batch"``)."""
     owners = linear_owners(model, weights)
-    per_batch = dsu is not None and cfg.shift_weight_reading == "per_batch"
+    per_batch = dsu is not None and (per_batch or cfg.shift_weight_reading == "per_batch")
     accs = {False: GradSquareAccumulator(owners, weights)}
     if dsu is not None:
         accs[True] = GradSquareAccumulator(owners, weights)
@@ -183,7 +184,8 @@ def _reparam_step(fit, model, batch, weights, full_names, xi, cfg, log_prob_fn, 
     fit.update({k: reparam_data_grad(fit.log_var[k], xi[k], v / max(float(count), 1.0)) for k, v in diff.items()})
 
 
-def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens, scale, total_steps) -> EstimationStats:
+def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens, scale, total_steps,
+                    per_batch=False) -> EstimationStats:
     """Eq. 10-14: one precision fit on clean inputs and, with ``dsu``, one on DSU-perturbed inputs."""
     shapes = {n: w.shape for n, w in weights.items()}
     fits = {False: PrecisionFit(shapes, cfg.gamma, cfg.tau, cfg.variational_lr, total_steps, device)}
@@ -194,7 +196,8 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
     if cfg.variational_gradient == "reparam":
         by_id = {id(p): n for n, p in model.named_parameters()}
         full_names = {n: by_id[id(w)] for n, w in weights.items()}
-    per_batch = dsu is not None and cfg.shift_weight_reading == "per_batch"
+    per_batch = (dsu is not None and cfg.variational_gradient == "expected"
+                 and (per_batch or cfg.shift_weight_reading == "per_batch"))
     w = ShiftWeight(cfg.shift_weight)
     weighted = None
     for batch in batches:

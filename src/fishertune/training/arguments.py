@@ -92,6 +92,9 @@ class FisherTuneTrainingArguments(TrainingArguments):
             LoRA rank, scale and dropout for `criterion="lora"` when the trainer builds the adapter.
         save_sensitivity_plot (`bool`, *optional*, defaults to `True`):
             Write the Fig. 6-style sensitivity map next to the scores after estimation.
+        save_estimation_statistics (`bool`, *optional*, defaults to `False`):
+            Also write the estimation's statistics (F, F', both dF readings; `fishertune.fisher.load_statistics`)
+            so that `scores_from_stats` can score any Fisher criterion or exchange rate without another pass.
     """
 
     criterion: str = field(
@@ -150,6 +153,11 @@ class FisherTuneTrainingArguments(TrainingArguments):
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha for criterion='lora'."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout for criterion='lora'."})
     save_sensitivity_plot: bool = field(default=True, metadata={"help": "Plot the sensitivity map after estimation."})
+    save_estimation_statistics: bool = field(
+        default=False,
+        metadata={"help": "Also write F, F' and both dF readings (fishertune_statistics.safetensors, ~5x the scores) "
+                          "so other criteria and exchange rates can be scored without another estimation."},
+    )
 
     # Rein's recipe (see the NOTE in the docstring).
     learning_rate: float = field(default=1e-4, metadata={"help": "Initial AdamW learning rate (Rein: 1e-4)."})

@@ -37,7 +37,7 @@ from .arguments import SPARSE_CRITERIA, FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
 from .setup import backbone_module, is_fishertune, prepare_model
-from .state import SCORES_NAME, SELECTION_NAME, check_compatible, model_fingerprint, read_state, write_state
+from .state import SCORES_NAME, SELECTION_NAME, STATISTICS_NAME, check_compatible, model_fingerprint, read_state, write_state
 
 logger = logging.get_logger(__name__)
 
@@ -128,7 +128,15 @@ class FisherTuneTrainer(Trainer):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.args.seed)
             loader = self.get_train_dataloader()
-            scores = fisher.estimate_scores(self.model, loader, self.model.fishertune_target_weights(), config)
+            weights = self.model.fishertune_target_weights()
+            if self.args.save_estimation_statistics and config.criterion not in fisher.criteria.DATA_FREE:
+                stats = fisher.estimate_statistics(self.model, loader, weights, config, per_batch_delta=True)
+                if self.args.should_save:  # F, F', both dF readings: any criterion or exchange can be re-scored
+                    os.makedirs(self.args.output_dir, exist_ok=True)
+                    fisher.save_statistics(stats, os.path.join(self.args.output_dir, STATISTICS_NAME))
+                scores = {n: s.detach().float().cpu() for n, s in fisher.scores_from_stats(stats, config).items()}
+            else:
+                scores = fisher.estimate_scores(self.model, loader, weights, config)
         # The Trainer zeroed the gradients before this callback; none may leak into the first tuning step.
         self.model.zero_grad(set_to_none=True)
         scores = self._broadcast(scores)
