@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 from typing import Optional
 
 import torch
@@ -11,6 +10,8 @@ import torch
 from .. import data as ftdata
 from ..models import build_model
 from .arguments import BUILTIN_BACKBONES, ExperimentArguments, parse_target
+
+logger = logging.getLogger(__name__)
 
 # Synthetic evaluation sets use another seed than training: other scenes, not the training ones repainted.
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_EVAL_SEED = 0, 1
@@ -26,16 +27,23 @@ def backbone_source(backbone: str):
 
 
 def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) on the 0..255 scale: the backbone's `preprocessor_config.json` when it is a local
-    folder that has one (e.g. ViT augreg uses 0.5/0.5), else ImageNet's (DINOv2, Rein; Rein also
-    feeds EVA02 ImageNet-normalised images, so `timm:` backbones get ImageNet's too)."""
-    path = os.path.join(backbone, "preprocessor_config.json")
-    if not backbone.startswith("config:") and os.path.isfile(path):
-        with open(path) as f:
-            proc = json.load(f)
-        if "image_mean" in proc and "image_std" in proc:
-            return tuple(255.0 * m for m in proc["image_mean"]), tuple(255.0 * s for s in proc["image_std"])
-    return ftdata.IMAGENET_MEAN, ftdata.IMAGENET_STD
+    """(mean, std) on the 0..255 scale: the backbone's own image processor (`AutoImageProcessor`, a Hub id
+    or a local folder; e.g. ViT augreg uses 0.5/0.5), else ImageNet's. ImageNet's also for `config:`
+    backbones and for `timm:` EVA02 (Rein feeds EVA02 ImageNet-normalised images), and whenever no
+    processor can be loaded (offline without a cached copy, a folder without `preprocessor_config.json`)."""
+    if backbone.startswith(("config:", "timm:")):
+        return ftdata.IMAGENET_MEAN, ftdata.IMAGENET_STD
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(backbone)
+    except (OSError, ValueError) as err:  # what transformers raises for a missing file, repo or connection
+        logger.warning("No image processor for %r (%s); normalising with ImageNet's mean and std.",
+                       backbone, str(err).splitlines()[0])
+        return ftdata.IMAGENET_MEAN, ftdata.IMAGENET_STD
+    if getattr(processor, "image_mean", None) is None or getattr(processor, "image_std", None) is None:
+        return ftdata.IMAGENET_MEAN, ftdata.IMAGENET_STD
+    return ftdata.normalization_from_processor(processor)
 
 
 def source_id2label(args: ExperimentArguments) -> dict[int, str]:

@@ -7,6 +7,7 @@ Output folder (`training_args.output_dir`):
     baseline/                                         rein/vpt/adaptformer/vqt: the method's parameters alone
     base_model/                                       the random-init base, only for `config:` backbones
     fishertune_scores.safetensors, fishertune_selection.json, fishertune_sensitivity.png   (sparse criteria)
+    preprocessor_config.json                          the image processor (also in base_model/)
     metrics.json   config.yaml   README.md (model card)
 """
 
@@ -29,6 +30,8 @@ from .arguments import ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, build_train_dataset, source_id2label
 from .card import write_model_card
 from .config_io import resolved_config
+from .export import finalize_adapter_config, save_image_processor
+from .tracking import log_eval_metrics
 
 METRICS_NAME, CONFIG_NAME, CARD_NAME, BASE_MODEL_DIR = "metrics.json", "config.yaml", "README.md", "base_model"
 BASELINE_DIR = "baseline"  # Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`)
@@ -151,6 +154,10 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
         yaml.safe_dump(config, f, sort_keys=True)
     with open(os.path.join(out, METRICS_NAME), "w") as f:
         json.dump(metrics, f, indent=2)
+    log_eval_metrics(trainer, metrics)  # per-target mIoU and the target mean to report_to's trackers too
+    base_dir = os.path.join(out, BASE_MODEL_DIR)
+    finalize_adapter_config(out, os.path.abspath(base_dir) if os.path.isdir(base_dir) else None)
+    save_image_processor([out, base_dir], exp)
     write_model_card(out, exp, targs, metrics, trainer, repo_id=targs.hub_model_id if push else None)
     if push:
         from ..hub import push_output_folder

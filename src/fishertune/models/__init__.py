@@ -14,11 +14,15 @@ EVA02 (needs `timm`): `build_model("light" | "mask2former", backbone, ...)` with
 `"timm:eva02_large_patch14_224.mim_m38m"` (timm's pretrained weights); use
 `fishertune.baselines.eva02_pyramid_taps(24)` for Rein's taps (8, 12, 16, 24). A saved EVA02
 segmenter reloads with `AutoModel.from_pretrained(folder)` without downloading timm weights.
+
+Importing this package registers the configs and models with `AutoConfig`, `AutoModel` and
+`AutoModelForSemanticSegmentation`, and `FisherTuneImageProcessor` with `AutoImageProcessor`.
 """
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
 # Registers Eva02BackboneConfig with AutoConfig (nested in saved EVA02 segmenters); imports no timm.
 from ..baselines import eva02 as _eva02  # noqa: F401
@@ -34,6 +38,7 @@ from .backbone import (
 from .eomt import EomtSegConfig, EomtSegmenter
 from .light import LightSegConfig, LightSegmenter
 from .mask2former import PyramidMask2Former, PyramidMask2FormerConfig, PyramidMask2FormerOutput
+from .processing import FisherTuneImageProcessor, processor_for
 from .mask_classification import (
     DistributedEomtLoss,
     DistributedMask2FormerLoss,
@@ -63,11 +68,15 @@ for _config_cls, _model_cls in (
     (PyramidMask2FormerConfig, PyramidMask2Former),
     (EomtSegConfig, EomtSegmenter),
 ):
-    try:
-        AutoConfig.register(_config_cls.model_type, _config_cls)
-        AutoModel.register(_config_cls, _model_cls)
-    except ValueError:  # already registered (module reloaded)
-        pass
+    # exist_ok: a reloaded module registers its new classes again.
+    AutoConfig.register(_config_cls.model_type, _config_cls, exist_ok=True)
+    AutoModel.register(_config_cls, _model_cls, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(_config_cls, _model_cls, exist_ok=True)
+    AutoImageProcessor.register(_config_cls, image_processor_classes={"pil": FisherTuneImageProcessor}, exist_ok=True)
+    # pipeline("image-segmentation") checks the model's class name against these static name tables (the
+    # registry above is not consulted) and logs an error otherwise. Every lookup of the table is joined with
+    # transformers' own config names, which never hold ours, so the entry affects only that check.
+    MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(_config_cls.model_type, _model_cls.__name__)
 
 __all__ = [
     "REIN_DINOV2_LARGE_TAPS",
@@ -76,6 +85,7 @@ __all__ = [
     "DistributedMask2FormerLoss",
     "EomtSegConfig",
     "EomtSegmenter",
+    "FisherTuneImageProcessor",
     "LightSegConfig",
     "LightSegmenter",
     "MODEL_CLASSES",
@@ -88,6 +98,7 @@ __all__ = [
     "load_backbone",
     "mask_class_semantic_logits",
     "patch_tokens",
+    "processor_for",
     "semantic_to_instances",
     "tapped_features",
 ]

@@ -1,0 +1,134 @@
+"""A trained output folder loads with the standard Hugging Face calls after `import fishertune`.
+
+AutoModelForSemanticSegmentation (base_model/ and merged runs), AutoImageProcessor, pipeline("image-segmentation"),
+AutoPeftModel; and the normalization of a Hub backbone comes from its image processor (offline: a cache).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fishertune  # noqa: F401  (registers the Auto classes)
+from fishertune.data import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, generate_sample
+
+from ._helpers import quick_demo_argv, recipe_main
+
+MICRO = ["--backbone", "config:vit-micro-test", "--targets", "synthetic:fog", "--val_split", ""]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """`{"adapter": folder, "merged": folder}`: the demo recipe (quick) on the micro backbone."""
+    root = tmp_path_factory.mktemp("hf")
+    recipe_main("train")(quick_demo_argv(root / "adapter", *MICRO))
+    recipe_main("train")(quick_demo_argv(root / "merged", "--merge", "true", *MICRO))
+    return {"adapter": root / "adapter", "merged": root / "merged"}
+
+
+def _image(size=(64, 96)) -> Image.Image:
+    return Image.fromarray(generate_sample(3, "fog", size, seed=7)[0])
+
+
+def _logits(model, pixel_values):
+    with torch.no_grad():
+        return model.semantic_logits(model(pixel_values=pixel_values), tuple(pixel_values.shape[-2:]))
+
+
+def test_auto_model_for_semantic_segmentation_loads_base_and_merged(runs):
+    from transformers import AutoModelForSemanticSegmentation
+
+    from fishertune.experiment import load_output
+    from fishertune.models import LightSegmenter
+
+    base = AutoModelForSemanticSegmentation.from_pretrained(runs["adapter"] / "base_model")
+    assert type(base) is LightSegmenter
+    merged = AutoModelForSemanticSegmentation.from_pretrained(runs["merged"]).eval()
+    reference, _ = load_output(str(runs["merged"]), device="cpu")
+    x = torch.randn(1, 3, 64, 96)
+    assert torch.equal(_logits(merged, x), _logits(reference, x))
+
+
+def test_auto_image_processor_reproduces_the_eval_transform(runs):
+    from transformers import AutoImageProcessor
+
+    from fishertune.models import FisherTuneImageProcessor
+
+    for folder in (runs["adapter"], runs["adapter"] / "base_model", runs["merged"]):
+        processor = AutoImageProcessor.from_pretrained(folder)
+        assert type(processor) is FisherTuneImageProcessor
+    image = _image()
+    ours = eval_transforms(scale=None, mean=IMAGENET_MEAN, std=IMAGENET_STD)(
+        {"image": [image], "label": [Image.fromarray(np.zeros((64, 96), np.uint8))]})["pixel_values"][0]
+    theirs = processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)  # (x / 255 - m) / s against (x - 255 m) / (255 s)
+
+
+def test_pipeline_segments_with_the_saved_processor(runs, capfd):
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+
+    segment = pipeline("image-segmentation", model=str(runs["merged"]), device="cpu")
+    image = _image((70, 90))  # not the training size: masks follow the image
+    annotations = segment(image)
+    assert "not supported" not in capfd.readouterr().err
+    model = AutoModelForSemanticSegmentation.from_pretrained(runs["merged"]).eval()
+    pixel_values = AutoImageProcessor.from_pretrained(runs["merged"])(images=[image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ids = model.semantic_logits(model(pixel_values=pixel_values), (70, 90))[0].argmax(0).numpy()
+    expected = {model.config.id2label[int(c)]: ids == c for c in np.unique(ids)}
+    assert {a["label"] for a in annotations} == set(expected)
+    for a in annotations:
+        assert a["mask"].size == (90, 70) and np.array_equal(np.asarray(a["mask"]) == 255, expected[a["label"]])
+
+
+def test_auto_peft_model_loads_the_adapter_folder(runs):
+    from peft import AutoPeftModel
+
+    from fishertune.experiment import load_output
+
+    config = json.loads((runs["adapter"] / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((runs["adapter"] / "base_model").resolve())
+    model = AutoPeftModel.from_pretrained(str(runs["adapter"])).eval()
+    reference, _ = load_output(str(runs["adapter"]), device="cpu")
+    x = torch.randn(2, 3, 64, 96)
+    assert torch.equal(_logits(model, x), _logits(reference, x))
+
+
+def _cached_hub_repo(cache, repo_id: str, files: dict) -> None:
+    """A Hub repo as huggingface_hub's cache lays it out (refs/main -> snapshots/<commit>/files)."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, content in files.items():
+        (snapshot / name).write_text(json.dumps(content))
+
+
+def test_hub_backbone_normalization_comes_from_its_image_processor(tmp_path, monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    from fishertune.experiment.build import normalization
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # nothing leaves this machine
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    processor = {"image_processor_type": "ViTImageProcessor", "image_mean": [0.5, 0.5, 0.5],
+                 "image_std": [0.25, 0.5, 0.5], "do_normalize": True}
+    _cached_hub_repo(tmp_path / "hub", "someorg/vit-augreg", {"preprocessor_config.json": processor,
+                                                               "config.json": {"model_type": "vit"}})
+    assert normalization("someorg/vit-augreg") == ((127.5, 127.5, 127.5), (63.75, 127.5, 127.5))
+    # no processor to be had (offline, not cached): ImageNet's, with a warning that says why
+    with caplog.at_level("WARNING"):
+        assert normalization("someorg/not-cached") == (IMAGENET_MEAN, IMAGENET_STD)
+    assert "someorg/not-cached" in caplog.text and "ImageNet" in caplog.text
+    # a local folder saved with save_pretrained
+    from fishertune.models import processor_for
+
+    processor_for((10.0, 20.0, 30.0), (2.0, 4.0, 8.0)).save_pretrained(tmp_path / "local")
+    mean, std = normalization(str(tmp_path / "local"))
+    assert mean == pytest.approx((10.0, 20.0, 30.0), abs=1e-9) and std == pytest.approx((2.0, 4.0, 8.0), abs=1e-9)
