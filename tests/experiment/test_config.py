@@ -125,7 +125,9 @@ def test_every_baseline_criterion_has_a_model_card_line():
 @pytest.mark.parametrize(
     "backbone, expected",
     [("timm:eva02_large_patch14_224.mim_m38m", "timm/eva02_large_patch14_224.mim_m38m"),
-     ("facebook/dinov2-large", "facebook/dinov2-large")],
+     ("facebook/dinov2-large", "facebook/dinov2-large"),
+     ("config:vit-small-demo", None),   # built-in random init: no Hub repo to name
+     ("../shared/models/vit-tiny", None), ("not a repo id!", None)],
 )
 def test_card_metadata_names_a_hub_repo(backbone, expected):
     from fishertune.experiment.card import hub_base_model_id

@@ -56,7 +56,7 @@ def test_model_card_has_the_real_numbers(demo_run):
     out, _, _ = demo_run
     card = (out / "README.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert card.startswith("---\nlibrary_name: peft\nbase_model: config:vit-small-demo")
+    assert card.startswith("---\n") and "base_model" not in card.split("---")[1]  # a config: backbone has no Hub id
     for name, m in metrics.items():
         if name != "mean":
             assert f"| {name} | {m['mIoU']:.2f} | {m['aAcc']:.2f} |" in card
@@ -66,7 +66,28 @@ def test_model_card_has_the_real_numbers(demo_run):
     assert f"{int(selection['allocated_entries']):,} deltas" in card
     assert "warm-up 2 steps, estimation 2 batches, tuning 4 steps" in card
     assert 'subfolder="base_model"' in card and "@inproceedings{zhao2025fishertune" in card
-    assert "n/a" not in card
+    assert "n/a" not in card and "http" not in card  # no invented links
+
+
+def test_model_card_is_a_valid_model_card_with_a_model_index(demo_run):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    out, _, _ = demo_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    card = ModelCard.load(out / "README.md")
+    card.validate = None  # (online validation is the Hub's; loading parses and checks the metadata here)
+    data = card.data.to_dict()
+    assert data["library_name"] == "peft" and data["datasets"] == ["synthetic"] and data["license"] == "apache-2.0"
+    assert data["pipeline_tag"] == "image-segmentation" and "base_model" not in data
+    name, results = model_index_to_eval_results(data["model-index"])
+    got = {r.dataset_name: (r.dataset_type, r.dataset_split, r.metric_type, r.metric_value) for r in results}
+    targets = ["synthetic:fog", "synthetic:noise", "synthetic:texture", "synthetic:dark"]
+    expected = {t: ("synthetic", t.split(":")[1], "mean_iou", round(metrics[t]["mIoU"], 2)) for t in targets}
+    expected["source validation synthetic:source"] = ("synthetic", "source", "mean_iou",
+                                                      round(metrics["source:synthetic:source"]["mIoU"], 2))
+    expected["mean over target domains"] = ("targets", None, "mean_iou", round(metrics["mean"]["mIoU"], 2))
+    assert got == expected and name.startswith("dr_fim on config:vit-small-demo")
 
 
 def test_evaluate_recipe_reproduces_the_metrics(demo_run, tmp_path, capsys):

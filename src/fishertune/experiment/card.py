@@ -1,26 +1,54 @@
-"""Model card rendering from ``model_card_template.md``, package data next to this module (it ships in the wheel)."""
+"""The model card of a run: `huggingface_hub`'s `ModelCard` from `model_card_template.md` (package data).
+
+The metadata is a `ModelCardData` with one `EvalResult` per evaluated domain (a `model-index` the Hub
+reads: mIoU in percent per target, the target mean and the source validation), the base model's Hub id
+when it has one, and the dataset names.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
-import jinja2
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "model_card_template.md")
 
 _REQUIRED = ("base_model", "criterion", "results")
+TAGS = ["fishertune", "peft", "semantic-segmentation", "domain-generalization"]
 
 
-def render_model_card(context: Mapping[str, Any], template_path: str = TEMPLATE) -> str:
-    """Render the adapter model card.
+def eval_results(results: Mapping[str, Mapping[str, Any]], mean: Optional[float]) -> list[EvalResult]:
+    """One `EvalResult` (mIoU, %) per domain `"dataset:split"` (source validation: `"source:dataset:split"`),
+    and the mean over targets."""
+    out = []
+    for name, m in results.items():
+        parts = name.split(":")
+        dataset, split = (parts[-2], parts[-1]) if len(parts) >= 2 else (name, None)
+        label = f"source validation {dataset}:{split}" if parts[0] == "source" else name
+        out.append(EvalResult(task_type="image-segmentation", task_name="Semantic segmentation", dataset_type=dataset,
+                              dataset_name=label, dataset_split=split, metric_type="mean_iou", metric_name="mIoU",
+                              metric_value=round(float(m["mIoU"]), 2)))
+    if mean is not None:
+        out.append(EvalResult(task_type="image-segmentation", task_name="Semantic segmentation",
+                              dataset_type="targets", dataset_name="mean over target domains",
+                              metric_type="mean_iou", metric_name="mean mIoU over targets",
+                              metric_value=round(float(mean), 2)))
+    return out
+
+
+def render_model_card(context: Mapping[str, Any], template_path: str = TEMPLATE) -> ModelCard:
+    """Build the run's model card.
 
     Args:
         context: template variables. ``results`` is ``{domain: {"mIoU": ..., "aAcc": ...}}`` in
-            percent; ``mean`` (mean mIoU over the target domains) is computed when absent. Other
-            keys (title, head, delta_min, ...) fall back to "n/a".
-        template_path: a Jinja2 Markdown template; defaults to the package's ``model_card_template.md``.
+            percent; ``mean`` (mean mIoU over the target domains) is computed when absent;
+            ``base_model_id`` is a Hub repo id or None. See `card_context` for the other keys.
+        template_path: a Jinja2 Markdown template whose front matter is ``{{ card_data }}``.
+
+    Returns:
+        `huggingface_hub.ModelCard`: `str(card)` is the README; `card.data` the metadata.
     """
     missing = [k for k in _REQUIRED if k not in context]
     if missing:
@@ -30,25 +58,28 @@ def render_model_card(context: Mapping[str, Any], template_path: str = TEMPLATE)
     for name, m in results.items():
         if not all(k in m for k in ("mIoU", "aAcc")):
             raise ValueError(f"Result '{name}' needs 'mIoU' and 'aAcc' (percent), got keys {sorted(m)}.")
-    ctx["results"] = [(n, _Obj(m)) for n, m in results.items()]
     if ctx.get("mean") is None:
         targets = [m["mIoU"] for n, m in results.items() if not n.startswith("source")]
         ctx["mean"] = sum(targets) / len(targets) if targets else None
-    env = jinja2.Environment(undefined=_NA, keep_trailing_newline=True, autoescape=False)
+    data = ModelCardData(
+        library_name="peft" if ctx.get("is_adapter") else "transformers",
+        base_model=ctx.get("base_model_id"),
+        pipeline_tag="image-segmentation",
+        license="apache-2.0",
+        tags=list(TAGS),
+        datasets=list(ctx.get("datasets") or []),
+        metrics=["mean_iou"],
+        model_name=ctx.get("title") or "fishertune",
+        eval_results=eval_results(results, ctx["mean"]),
+    )
+    ctx["results"] = [(n, _Obj(m)) for n, m in results.items()]
     with open(template_path, encoding="utf-8") as f:
-        return env.from_string(f.read()).render(**ctx)
+        template = f.read()
+    return ModelCard.from_template(data, template_str=template, **ctx)
 
 
 class _Obj(dict):
     __getattr__ = dict.__getitem__
-
-
-class _NA(jinja2.Undefined):
-    def __str__(self) -> str:
-        return "n/a"
-
-    def __iter__(self):
-        return iter(())
 
 
 #: One line per baseline criterion for the card's introduction.
@@ -63,10 +94,20 @@ BASELINE_LINES = {
 }
 
 
-def hub_base_model_id(backbone: str) -> str:
-    """The card's `base_model` metadata: a Hub repo id. timm's models live at `timm/<name>`; `timm:<name>`
-    is only this package's way of naming them on the command line."""
-    return "timm/" + backbone[len("timm:") :] if backbone.startswith("timm:") else backbone
+def hub_base_model_id(backbone: str) -> Optional[str]:
+    """The card's `base_model` metadata: a Hub repo id, or None (a `config:` backbone, a local folder).
+    timm's models live at `timm/<name>`; `timm:<name>` is only this package's way of naming them."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if backbone.startswith("timm:"):
+        return "timm/" + backbone[len("timm:") :]
+    if backbone.startswith("config:") or os.path.exists(backbone):
+        return None
+    try:
+        validate_repo_id(backbone)
+    except HFValidationError:
+        return None
+    return backbone
 
 
 def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths, repo_id: str | None = None) -> dict:
@@ -126,6 +167,5 @@ def write_model_card(out: str, exp, targs, metrics: Mapping[str, Any], trainer, 
     """Render the card of a finished run into `out/README.md`; returns its path."""
     lengths = targs.phase_lengths(trainer.state.max_steps)
     path = os.path.join(out, "README.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render_model_card(card_context(out, exp, targs, metrics, lengths, repo_id)))
+    render_model_card(card_context(out, exp, targs, metrics, lengths, repo_id)).save(path)
     return path
