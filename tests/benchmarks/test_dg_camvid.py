@@ -36,7 +36,10 @@ def test_recipe_defaults_and_tags():
     assert full["crop_size"] == [224, 304] and full["taps"] == [3, 6, 9, 12] and full["batch_size"] == 8
     assert (full["backbone_lr"], full["decoder_lr"], full["delta_max"]) == (1e-4, 1e-3, 0.05)
     full["default"], quick["default"] = True, True
-    assert dg.recipe_tag(full) == "full" and dg.recipe_tag(quick) == "quick"
+    # DR-FIM version 2 (issue 16) runs in its own folder; version-1 recipes keep theirs
+    assert dg.recipe_tag(full) == "full_v2" and dg.recipe_tag(quick) == "quick_v2"
+    v1 = {k: v for k, v in full.items() if k != "dr_fim_version"}
+    assert dg.recipe_tag(v1) == "full"
     other = dict(full, default=False, extra={"gamma": 1e-12})
     assert dg.recipe_tag(other).startswith("full_800steps_") and dg.recipe_tag(other) != dg.recipe_tag(dict(other, extra={}))
 
@@ -49,8 +52,10 @@ def test_default_protocol_slides_training_crops_and_the_whole_image_protocol_kee
     whole = dg.recipe_from_args(argparse_ns(eval_window=[368, 480]))
     assert whole["eval_window"] == [368, 480] and "eval_stride" not in whole  # one window: stride = window
     # the 800-step, every-3rd-image grid of the README was made with this protocol; its folder must not move
+    # (it predates DR-FIM version 2, whose runs go to a folder of their own)
     old = dict(dg.recipe_from_args(argparse_ns(eval_window=[368, 480], steps=800, eval_every=3)), default=False)
-    assert dg.recipe_tag(old) == "full_800steps_692c23"
+    assert dg.recipe_tag({k: v for k, v in old.items() if k != "dr_fim_version"}) == "full_800steps_692c23"
+    assert dg.recipe_tag(old) != "full_800steps_692c23"
 
 
 def test_results_folder_does_not_depend_on_where_the_checkout_and_shared_live():
@@ -83,9 +88,9 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
     # mean over the 4 targets (day 43, dusk 44, fog 45, dark 46) + seed offset 1
     assert row["mean_targets"]["mean"] == pytest.approx(45.5)
     assert row["mean_clean_targets"]["mean"] == pytest.approx(44.5) and row["mean_corrupted"]["mean"] == pytest.approx(46.5)
-    for ext in ("json", "md", "png"):
-        assert (tmp_path / f"dg_camvid.{ext}").is_file()
-    md = (tmp_path / "dg_camvid.md").read_text()
+    for ext in ("json", "md", "png"):  # the version-1 table keeps the bare name dg_camvid.*
+        assert (tmp_path / f"dg_camvid_full_v2.{ext}").is_file()
+    md = (tmp_path / "dg_camvid_full_v2.md").read_text()
     assert "43.0 ± 1.0" in md and "frozen backbone" in md
 
 

@@ -63,7 +63,7 @@ def scores_from_stats(stats: EstimationStats, config: EstimationConfig) -> dict[
     if config.criterion == "fim":
         return fisher
     eps = relative_eps(fisher, config.delta_eps)
-    if config.shift_weight_reading == "per_batch":: dF* = sum_t w_t dF_t / sum_t w_t, weight = mean w_t
+    if config.shift_weight_reading == "per_batch":  # dF* = sum_t w_t dF_t / sum_t w_t, weight = mean w_t
         if stats.weighted_delta is None:
             raise ValueError("shift_weight_reading='per_batch' needs statistics estimated with that reading.")
         weight = stats.weight
