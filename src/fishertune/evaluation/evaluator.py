@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .inference import slide_inference, whole_inference
 from .metrics import SegmentationMetric
@@ -43,7 +44,8 @@ def _collate_same_size(examples):
 @torch.no_grad()
 def evaluate_model(model, datasets: Mapping, batch_size: int = 1, mode: str = "slide", crop_size=512, stride=341,
                    num_classes: int | None = None, class_names: Sequence[str] | None = None, ignore_index: int = 255,
-                   transform=None, device=None, average: str = "logits", num_workers: int = 0) -> dict:  # fmt: skip
+                   transform=None, device=None, average: str = "logits", num_workers: int = 0,
+                   disable_tqdm: bool | None = None) -> dict:  # fmt: skip
     """mIoU of `model` on each target dataset, plus their mean.
 
     Predictions are made on `pixel_values` and the logits resized (bilinear) to each example's
@@ -67,6 +69,8 @@ def evaluate_model(model, datasets: Mapping, batch_size: int = 1, mode: str = "s
         device (`torch.device`, *optional*): defaults to the model's device.
         average (`str`, *optional*, defaults to `"logits"`): see `slide_inference`.
         num_workers (`int`, *optional*, defaults to `0`): DataLoader workers.
+        disable_tqdm (`bool`, *optional*): hide the progress bar (images per target); by default it shows
+            on the main process only (`TrainingArguments.disable_tqdm` semantics).
 
     Returns:
         `dict`: `{target: metrics}` (see `SegmentationMetric.compute`) and `"mean"`:
@@ -81,13 +85,17 @@ def evaluate_model(model, datasets: Mapping, batch_size: int = 1, mode: str = "s
         params = list(model.parameters()) if hasattr(model, "parameters") else []
         device = params[0].device if params else torch.device("cpu")
     results = {}
+    main_process = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    hide = (not main_process) if disable_tqdm is None else (disable_tqdm or not main_process)
     for target, ds in datasets.items():
         ds = _prepared(ds, transform)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ds = ds.shard(dist.get_world_size(), dist.get_rank(), contiguous=True)
         loader = DataLoader(ds, batch_size=batch_size, collate_fn=_collate_same_size, num_workers=num_workers)
         metric = None
+        bar = tqdm(total=len(ds), desc=f"Evaluating {target}", unit="img", disable=hide, leave=False)
         for pixel_values, labels in loader:
+            bar.update(len(pixel_values))
             pixel_values = pixel_values.to(device)
             if mode == "whole":
                 logits = whole_inference(model, pixel_values)
@@ -102,6 +110,7 @@ def evaluate_model(model, datasets: Mapping, batch_size: int = 1, mode: str = "s
                 metric = SegmentationMetric(c, ignore_index, class_names or _class_names(ds, c), device=device)
             for one_logits, label in zip(logits, labels):
                 metric.update(one_logits[None], label[None].to(device))
+        bar.close()
         if metric is None:  # an empty shard still has to join the all_reduce
             metric = SegmentationMetric(num_classes or 1, ignore_index, class_names, device=device)
         results[target] = metric.compute()

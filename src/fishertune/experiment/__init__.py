@@ -19,11 +19,12 @@ from .run import format_table, run_experiment
 from .saved import evaluate_output, load_output
 
 
-def parse_experiment_args(argv=None, configs_dir=None, default_config=None):
+def parse_experiment_args(argv=None, configs_dir=None, default_config=None, description=None):
     """`(ExperimentArguments, FisherTuneTrainingArguments, config path)` from `--config` YAML + flags."""
     from ..training import FisherTuneTrainingArguments
 
-    return parse_args((ExperimentArguments, FisherTuneTrainingArguments), argv, configs_dir, default_config)
+    return parse_args((ExperimentArguments, FisherTuneTrainingArguments), argv, configs_dir, default_config,
+                      description=description)
 
 
 __all__ = [

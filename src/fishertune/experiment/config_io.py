@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -37,21 +38,49 @@ def load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def parse_args(dataclass_types, argv: Optional[list[str]] = None, configs_dir: Optional[str] = None, default_config: Optional[str] = None):
-    """Parse ``--config <yaml or name>`` plus flags into the given dataclasses.
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout (the recipe's docstring) and shows every flag's default."""
+
+
+def pop_config(argv: list[str]) -> Optional[str]:
+    """Remove ``--config <value>`` or ``--config=<value>`` from ``argv`` (in place) and return the value."""
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ValueError("--config needs a value: a YAML path or a name in recipes/configs/.")
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if arg.startswith("--config="):
+            del argv[i]
+            return arg[len("--config=") :]
+    return None
+
+
+def parse_args(dataclass_types, argv: Optional[list[str]] = None, configs_dir: Optional[str] = None,
+               default_config: Optional[str] = None, description: Optional[str] = None):  # fmt: skip
+    """Parse ``--config <yaml or name>`` (or ``--config=...``) plus flags into the given dataclasses.
 
     Values in the YAML become parser defaults; any flag on the command line overrides them.
     Unknown YAML keys are an error naming the key (a typo must not silently fall back to a default).
-    Returns ``(*dataclasses, config_path)``.
+    ``--help`` prints ``description``, ``--config`` and every flag with the library's defaults (not a
+    YAML's). Returns ``(*dataclasses, config_path)``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    config = default_config
-    if "--config" in argv:
-        i = argv.index("--config")
-        config = argv[i + 1]
-        del argv[i : i + 2]
+    config = pop_config(argv) or default_config
+    # The help starts with the description (argparse's generated usage line lists 200 flags; the description
+    # shows the real usage).
+    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter,
+                              usage=argparse.SUPPRESS if description else None)
+    if "-h" in argv or "--help" in argv:
+        configs = sorted(f[:-5] for f in os.listdir(configs_dir) if f.endswith(".yaml")) if configs_dir else []
+        parser.add_argument("--config", default=default_config, help=(
+            "YAML file, or the name of one in recipes/configs/" + (f" ({', '.join(configs)})" if configs else "")
+            + ", whose keys (the flags below) replace the defaults shown here; flags override both."))
+        actions = parser._optionals._group_actions
+        actions.insert(1, actions.pop())  # listed right after --help
+        parser.parse_args(argv)  # prints the help and exits
     path = find_config(config, configs_dir)
-    parser = HfArgumentParser(dataclass_types)
     if path is not None:
         values = load_yaml(path)
         known = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}

@@ -64,10 +64,12 @@ def to_percent(metrics: dict) -> dict:
     return out
 
 
-def evaluate_all(model, exp: ExperimentArguments, targets: dict, source_val: dict) -> dict:
-    """`{target: metrics%, ..., "mean": over targets, source key: metrics%}` with the run's inference settings."""
+def evaluate_all(model, exp: ExperimentArguments, targets: dict, source_val: dict,
+                 disable_tqdm: Optional[bool] = None) -> dict:  # fmt: skip
+    """`{target: metrics%, ..., "mean": over targets, source key: metrics%}` with the run's inference settings
+    (a progress bar of images per domain unless `disable_tqdm`)."""
     kw = dict(mode=exp.eval_mode, crop_size=exp.eval_crop_size, stride=exp.eval_stride,
-              num_classes=model.config.num_labels)
+              num_classes=model.config.num_labels, disable_tqdm=disable_tqdm)
     results = {}
     if targets:
         raw = evaluate_model(model, targets, **kw)
@@ -142,7 +144,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     model = trainer.model
     if targs.should_save:
         model = save_model(model, exp, out)
-    metrics = evaluate_all(model, exp, targets, source_val)
+    metrics = evaluate_all(model, exp, targets, source_val, disable_tqdm=targs.disable_tqdm)
     result = {"metrics": metrics, "output_dir": out, "train_seconds": train_seconds, "push_url": None}
     if not targs.should_save:  # other ranks of a multi-process run stop here
         return result
