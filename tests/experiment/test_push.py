@@ -67,7 +67,7 @@ def test_card_points_at_the_repo_and_no_secret_is_uploaded(pushed):
     hub, _ = pushed
     files = hub.files(REPO_ID)
     card = files["README.md"].decode()
-    assert f'AutoModel.from_pretrained("{REPO_ID}", subfolder="base_model")' in card
+    assert f'AutoModelForSemanticSegmentation.from_pretrained("{REPO_ID}", subfolder="base_model")' in card
     assert f'PeftModel.from_pretrained(base, "{REPO_ID}")' in card
     assert all(TOKEN.encode() not in data for data in files.values())
     config = yaml.safe_load(files["config.yaml"])
