@@ -1,9 +1,9 @@
-"""Evaluate a trained output folder per target domain and print the table.
+r"""Evaluate a trained output folder per target domain and print the table.
 
     python recipes/evaluate.py --model outputs/demo                       # the run's own targets
     python recipes/evaluate.py --model outputs/demo --targets synthetic:blur synthetic:palette
     python recipes/evaluate.py --model outputs/camvid --targets camvid:target_dusk \
-        --target_roots camvid=../shared/data/camvid
+        --target_roots camvid=/data/camvid
 """
 
 import json
