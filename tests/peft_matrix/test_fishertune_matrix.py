@@ -89,7 +89,9 @@ peft_tcm = _import_peft_tests()
 # FisherTune cases, in the format of PEFT's TEST_CASES: (test name, model id, config class, config kwargs).
 # Like every PEFT method, the rows use the default identity init (zero deltas); the tests that need a non-identity
 # adapter flip it themselves with PEFT's `set_init_weights_false` (-> init_weights=False: random deltas).
-# `init_criterion` allocates at injection, since the generic tests cannot call `model.select(scores)`.
+# The generic tests cannot call `model.select(scores)`: the data-free selection at injection (`init_criterion`, by
+# default "magnitude") gives them an adapter to train. The last rows are the plain default config (nothing but the
+# targets) and the "random" criterion at the default budget.
 # ---------------------------------------------------------------------------------------------------------------
 _MAG = {"init_criterion": "magnitude", "delta_max": 0.3}
 
@@ -142,6 +144,15 @@ FISHERTUNE_TEST_CASES = [
         {"target_modules": ["lin0", "lin1"], "modules_to_save": ["layernorm0"], **_MAG},
     ),
     ("MLP2 1 FisherTune", "MLP2", FisherTuneConfig, {"target_modules": ["lin0", "lin1"], **_MAG}),
+    ("Vanilla MLP 11 FisherTune default config", "MLP", FisherTuneConfig, {"target_modules": ["lin0", "lin1"]}),
+    ("Vanilla MLP 12 FisherTune default config one layer", "MLP", FisherTuneConfig, {"target_modules": "lin0"}),
+    (
+        "Vanilla MLP 13 FisherTune random criterion default budget",
+        "MLP",
+        FisherTuneConfig,
+        {"target_modules": ["lin0", "lin1"], "init_criterion": "random"},
+    ),
+    ("MLP2 2 FisherTune default config", "MLP2", FisherTuneConfig, {"target_modules": ["lin0", "lin1"]}),
 ]
 
 # Format of PEFT's MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES: (name, tuner method, config class, kwargs 1, kwargs 2).
@@ -168,15 +179,26 @@ FISHERTUNE_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [
         {"target_modules": ["lin0", "lin1"], **_MAG_RANDOM_INIT},
         {"target_modules": ["lin0"], "init_criterion": "random", "delta_max": 0.5, "init_weights": False},
     ),
+    (
+        "FisherTune default config",
+        "fishertune",
+        FisherTuneConfig,
+        {"target_modules": ["lin0"], "init_weights": False},
+        {"target_modules": ["lin1"], "init_weights": False},
+    ),
 ]
 
 # Stand-ins for PEFT's ALL_PEFT_CONFIG_CLASSES: those tests build `config_cls(target_modules=...)` themselves.
-# The bare class is FisherTune's default (nothing allocated until `select(scores)`); the partial allocates at
-# injection so that the adapter holds parameters.
+# The bare class is FisherTune's default (magnitude selection at injection, 5% budget); the partials use the other
+# init criterion and the deferred mode (nothing allocated until `select(scores)`).
 FisherTuneMagnitudeConfig = partial(FisherTuneConfig, init_criterion="magnitude", delta_max=0.3)
+FisherTuneRandomConfig = partial(FisherTuneConfig, init_criterion="random", delta_max=0.3)
+FisherTuneDeferredConfig = partial(FisherTuneConfig, init_criterion=None)
 FISHERTUNE_CONFIG_CLASSES = [
-    pytest.param(FisherTuneConfig, id="FisherTuneConfig-deferred"),
+    pytest.param(FisherTuneConfig, id="FisherTuneConfig-default"),
     pytest.param(FisherTuneMagnitudeConfig, id="FisherTuneConfig-magnitude"),
+    pytest.param(FisherTuneRandomConfig, id="FisherTuneConfig-random"),
+    pytest.param(FisherTuneDeferredConfig, id="FisherTuneConfig-deferred"),
 ]
 
 # PEFT's case lists -> FisherTune's (matched by identity, so only parametrizations over these lists are swapped).

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
 from ._types import FISHERTUNE_PEFT_TYPE
+
+
+def saved_adapter_keys(path: str) -> Optional[list[str]]:
+    """The tensor names of the adapter saved in the local folder ``path`` (None if there is none to read)."""
+    from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
+    from safetensors import safe_open
+
+    file = os.path.join(path, SAFETENSORS_WEIGHTS_NAME)
+    if not os.path.isfile(file):
+        return None
+    with safe_open(file, framework="pt") as f:  # reads the header only
+        return list(f.keys())
 
 
 @dataclass
@@ -26,9 +39,18 @@ class FisherTuneConfig(PeftConfig):
             (Table 1 and 4: 5%).
         delta_min (`float`):
             Share active at the start of tuning; the active share grows to `delta_max` (Eq. 16).
-        init_criterion (`str`, *optional*):
-            Select entries at injection time: `"magnitude"` (|W|) or `"random"`. `None` (default)
-            allocates nothing until `select(scores)` is called with DR-FIM or other scores.
+        init_criterion (`str`, *optional*, defaults to `"magnitude"`):
+            Data-free selection made at injection time: `"magnitude"` (|W|, the default) or `"random"`, so
+            that the adapter can be trained, saved and tested as soon as it exists (as any PEFT method).
+            `select(scores)` replaces it with DR-FIM or other scores (FisherTuneTrainer does so after its
+            estimation phase). `None` allocates nothing until `select(scores)` is called; the adapter then
+            has no trainable parameter.
+        budget_base (`str`, defaults to `"targeted"`):
+            What `delta_min` and `delta_max` are shares of. `"targeted"`: all entries of the targeted linears
+            (Eq. 3). `"backbone"`: all parameters of the backbone (found like the inferred targets), the
+            paper's reading of its budget (15.21M = 5% of ViT-L's 304M parameters, i.e. 5.49% of the targeted
+            entries); `round(delta_max * backbone parameters)` entries are allocated, which must not exceed
+            the targeted entries.
         init_weights (`bool`):
             `True` starts every delta at zero (the adapter is the identity). `False` draws small random
             deltas; only useful for tests.
@@ -55,9 +77,17 @@ class FisherTuneConfig(PeftConfig):
         default=0.01, metadata={"help": "Share of targeted entries active when tuning starts (Eq. 16)."}
     )
     init_criterion: Optional[Literal["magnitude", "random"]] = field(
-        default=None,
+        default="magnitude",
         metadata={
-            "help": "Select at injection: 'magnitude' or 'random'. None waits for `select(scores)` (DR-FIM)."
+            "help": "Data-free selection at injection: 'magnitude' (default) or 'random'; `select(scores)` replaces "
+            "it (DR-FIM). None allocates nothing (no trainable parameter) until `select(scores)`."
+        },
+    )
+    budget_base: Literal["targeted", "backbone"] = field(
+        default="targeted",
+        metadata={
+            "help": "Base of delta_min/delta_max: 'targeted' (share of the targeted weight entries) or 'backbone' "
+            "(share of all backbone parameters, the paper's 15.21M = 5% of ViT-L)."
         },
     )
     init_weights: bool = field(
@@ -90,3 +120,17 @@ class FisherTuneConfig(PeftConfig):
                 f"init_criterion must be None, 'magnitude' or 'random', got {self.init_criterion!r}; "
                 "Fisher-based criteria come from fishertune.fisher and are passed to `select(scores)`."
             )
+        if self.budget_base not in ("targeted", "backbone"):
+            raise ValueError(
+                f"budget_base must be 'targeted' (shares of the targeted entries) or 'backbone' (shares of all "
+                f"backbone parameters, as the paper counts its 15.21M), got {self.budget_base!r}."
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        # PEFT renames the checkpoint's modules_to_save keys before the tuner sees them, and a missing one ends in a
+        # bare KeyError; remembering the saved key names lets the tuner check them at injection (local folders only).
+        path = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        config._fishertune_saved_keys = saved_adapter_keys(path)
+        return config

@@ -13,6 +13,8 @@ from torch import nn
 
 from .config import FisherTuneConfig
 from .layer import FisherTuneLayer, Linear
+from .budget import budget_entries, num_backbone_params
+from .checkpoint import add_layout_for_save, allocate_from_checkpoint, check_saved_modules_to_save
 from .presets import target_regex
 from .schedule import active_fraction
 from .selection import global_topk
@@ -23,11 +25,12 @@ _CKPT_PREFIX = "base_model.model."
 class FisherTuneModel(BaseTuner):
     """Sparse fine-tuning of selected weight entries (FisherTune, Zhao et al., CVPR 2025).
 
-    After `get_peft_model(model, FisherTuneConfig(...))` every targeted linear is wrapped but
-    holds no entry until `select(scores)` ranks all targeted entries globally and allocates the
-    top `delta_max` of them (or the config's `init_criterion` does so at injection). During
-    tuning, `set_active_fraction(p)` or `set_schedule_step(t, T)` (Eq. 16) activates a nested
-    prefix of that ranking.
+    After `get_peft_model(model, FisherTuneConfig(...))` every targeted linear is wrapped and the
+    config's data-free `init_criterion` (default |W|) allocates the top `delta_max` of all targeted
+    entries, so generic PEFT code can train the adapter at once; `select(scores)` replaces that
+    choice by one global ranking of DR-FIM (or other) scores. During tuning,
+    `set_active_fraction(p)` or `set_schedule_step(t, T)` (Eq. 16) activates a nested prefix of
+    the ranking. Saving and loading check the adapter (see `fishertune.tuner.checkpoint`).
 
     Example:
 
@@ -56,6 +59,10 @@ class FisherTuneModel(BaseTuner):
         config = self.peft_config[adapter_name]
         if config.target_modules is None:
             config.target_modules = target_regex(model)
+        if config.budget_base == "backbone":
+            # Counted before wrapping: the base parameters of the backbone, not the deltas of other adapters.
+            self._fishertune_backbone_params = getattr(self, "_fishertune_backbone_params", {})
+            self._fishertune_backbone_params[adapter_name] = num_backbone_params(model)
         super().inject_adapter(
             model,
             adapter_name,
@@ -63,6 +70,9 @@ class FisherTuneModel(BaseTuner):
             low_cpu_mem_usage=low_cpu_mem_usage,
             **kwargs,
         )
+        saved_keys = config.__dict__.pop("_fishertune_saved_keys", None)  # set by FisherTuneConfig.from_pretrained
+        if saved_keys is not None:
+            check_saved_modules_to_save(model, adapter_name, config, saved_keys)
         if config.init_criterion is not None:
             # With low_cpu_mem_usage the deltas are created on the meta device (their values come from a checkpoint);
             # the selection itself still reads the real base weights.
@@ -122,15 +132,18 @@ class FisherTuneModel(BaseTuner):
                 f"not targeted: {extra[:5]}{'...' if len(extra) > 5 else ''}. Use model.fishertune_target_weights() keys."
             )
         shapes = {n: m.get_base_layer().weight.shape for n, m in layers.items()}
-        selection = global_topk({n: scores[n] for n in layers}, config.delta_max, shapes=shapes)
+        k = self._budget(adapter_name, config.delta_max)
+        selection = global_topk({n: scores[n] for n in layers}, config.delta_max, shapes=shapes, num_entries=k)
         init = config.init_weights if init_weights is None else init_weights
+        trainable = {id(p): p.requires_grad for m in layers.values() for p in m.fishertune_values.values()}
         for name, layer in layers.items():
             layer.allocate(adapter_name, selection[name].indices, selection[name].ranks, init_weights=init)
-        # Newly created parameters must follow the adapter's trainable state...
-        if adapter_name in self.active_adapters and not config.inference_mode:
-            for layer in layers.values():
-                if adapter_name in layer.fishertune_values:
-                    layer.fishertune_values[adapter_name].requires_grad_(True)
+        # Newly created parameters follow the adapter's state (active and not inference_mode, as PEFT sets it);
+        # `allocate` re-enables the gradient of every active adapter, so the others get their flag back.
+        train_new = adapter_name in self.active_adapters and not config.inference_mode
+        for layer in layers.values():
+            for name, p in layer.fishertune_values.items():
+                p.requires_grad_(train_new if name == adapter_name else trainable.get(id(p), False))
         # ... and the dtype PEFT gave the adapter (fp16/bf16 deltas upcast to fp32 unless autocast_adapter_dtype=False).
         autocast = getattr(self, "_fishertune_autocast", {})
         if adapter_name in autocast:
@@ -154,6 +167,12 @@ class FisherTuneModel(BaseTuner):
             return
         super()._replace_module(parent, child_name, new_module, child)
 
+    def _budget(self, adapter_name: str, fraction: float) -> int:
+        """Entries that `fraction` of the config's budget base stands for (see `FisherTuneConfig.budget_base`)."""
+        config = self.peft_config[adapter_name]
+        backbone = getattr(self, "_fishertune_backbone_params", {}).get(adapter_name)
+        return budget_entries(fraction, config.budget_base, self.num_targeted(), backbone, config.delta_max)
+
     def num_targeted(self) -> int:
         """N: the number of targeted weight entries (the base of delta_min and delta_max)."""
         return sum(m.get_base_layer().weight.numel() for m in self._tuner_layers().values())
@@ -165,8 +184,8 @@ class FisherTuneModel(BaseTuner):
     def set_active_fraction(self, fraction: float, adapter_name: Optional[str] = None) -> int:
         """Activate the top `fraction` of all targeted entries (a prefix of the ranking).
 
-        `fraction` is relative to all targeted entries, like `delta_max`; it cannot exceed the
-        allocated share. Returns the number of active entries.
+        `fraction` has the base of `delta_max` (targeted entries, or backbone parameters with
+        `budget_base="backbone"`); it cannot exceed the allocated share. Returns the number of active entries.
         """
         adapter_name = adapter_name or self.active_adapters[0]
         allocated = self.num_allocated(adapter_name)
@@ -176,7 +195,7 @@ class FisherTuneModel(BaseTuner):
             raise ValueError(
                 f"Active fraction {fraction} is outside [0, delta_max={self.peft_config[adapter_name].delta_max}]."
             )
-        n_global = min(allocated, int(round(fraction * self.num_targeted())))
+        n_global = min(allocated, self._budget(adapter_name, fraction))
         return sum(m.set_active_rank(adapter_name, n_global) for m in self._tuner_layers().values())
 
     def set_schedule_step(self, step: int, total_steps: int, adapter_name: Optional[str] = None) -> float:
@@ -193,23 +212,13 @@ class FisherTuneModel(BaseTuner):
 
     # -- save / load ----------------------------------------------------------------------------
     @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """PEFT's selection of the adapter's tensors, refused if non-finite, plus the layout (see `checkpoint`)."""
+        out = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        return add_layout_for_save(model, adapter_name, out, state_dict)
+
+    @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        """Size every layer from the checkpoint's indices before PEFT loads the values into it."""
-        modules = dict(model.named_modules())
-        for key in [k for k in state_dict if k.endswith(".fishertune_indices")]:
-            module_name = key[: -len(".fishertune_indices")]
-            candidates = [module_name, module_name.removeprefix(_CKPT_PREFIX)]
-            layer = next((modules[c] for c in candidates if isinstance(modules.get(c), FisherTuneLayer)), None)
-            if layer is None:
-                raise ValueError(
-                    f"The adapter holds deltas for '{module_name}', which is not a FisherTune-targeted layer of this "
-                    "model: the adapter was made for another model or another target_modules."
-                )
-            shape_key = module_name + ".fishertune_shape"
-            layer.allocate(
-                adapter_name,
-                state_dict[key],
-                state_dict[module_name + ".fishertune_ranks"],
-                shape=state_dict[shape_key].tolist() if shape_key in state_dict else None,
-            )
+        """Check the checkpoint and size every layer from its indices before PEFT loads the values into it."""
+        state_dict = allocate_from_checkpoint(model, config, adapter_name, dict(state_dict))
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)

@@ -22,7 +22,10 @@ class LayerSelection:
 
 
 def global_topk(
-    scores: Mapping[str, torch.Tensor], fraction: float, shapes: Mapping[str, torch.Size] | None = None
+    scores: Mapping[str, torch.Tensor],
+    fraction: float,
+    shapes: Mapping[str, torch.Size] | None = None,
+    num_entries: int | None = None,
 ) -> dict[str, LayerSelection]:
     """Rank all entries of all ``scores`` together and allocate the top ``fraction`` of them.
 
@@ -35,6 +38,8 @@ def global_topk(
         scores: ``{layer name: score tensor shaped like its weight}``. Higher is more important.
         fraction: the share of all entries to allocate (``delta_max``).
         shapes: if given, the expected weight shape of every layer; a mismatch is an error.
+        num_entries: if given, allocate exactly this many entries instead of ``round(fraction * N)``
+            (a budget counted on another base, see ``FisherTuneConfig.budget_base``).
 
     Returns:
         ``{layer name: LayerSelection}`` for every layer in ``scores`` (empty tensors where a
@@ -64,7 +69,7 @@ def global_topk(
     sizes = [f.numel() for f in flat]
     allv = torch.cat(flat)
     total = allv.numel()
-    k = int(round(fraction * total))
+    k = int(round(fraction * total)) if num_entries is None else int(num_entries)
     k = max(1, min(k, total))
 
     # Threshold on the k-th largest value, then complete with the first tied entries by position.
