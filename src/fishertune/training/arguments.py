@@ -95,6 +95,13 @@ class FisherTuneTrainingArguments(TrainingArguments):
         save_estimation_statistics (`bool`, *optional*, defaults to `False`):
             Also write the estimation's statistics (F, F', both dF readings; `fishertune.fisher.load_statistics`)
             so that `scores_from_stats` can score any Fisher criterion or exchange rate without another pass.
+        nonfinite_policy (`str`, *optional*, defaults to `"error"`):
+            A NaN/inf loss or gradient in phase 1 or 3: `"error"` stops with an error naming the step and the
+            first non-finite tensor, before anything of that step is applied or saved; `"skip"` drops that
+            optimizer step (no parameter changes), warns and counts it (logged as `nonfinite_skipped_steps`).
+            A parameter made non-finite by an update always stops the run. See `fishertune.training.nonfinite`.
+        nonfinite_max_skips (`int`, *optional*, defaults to 10):
+            With `nonfinite_policy="skip"`, the most steps a run may drop before it stops with an error.
     """
 
     criterion: str = field(
@@ -153,6 +160,14 @@ class FisherTuneTrainingArguments(TrainingArguments):
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha for criterion='lora'."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout for criterion='lora'."})
     save_sensitivity_plot: bool = field(default=True, metadata={"help": "Plot the sensitivity map after estimation."})
+    nonfinite_policy: str = field(
+        default="error",
+        metadata={"help": "NaN/inf loss or gradient in phases 1/3: 'error' stops naming the step and tensor; 'skip' "
+                          "drops the step (at most nonfinite_max_skips times).", "choices": ["error", "skip"]},
+    )
+    nonfinite_max_skips: int = field(
+        default=10, metadata={"help": "With nonfinite_policy='skip': steps a run may drop before it stops."}
+    )
     save_estimation_statistics: bool = field(
         default=False,
         metadata={"help": "Also write F, F' and both dF readings (fishertune_statistics.safetensors, ~5x the scores) "
@@ -175,6 +190,13 @@ class FisherTuneTrainingArguments(TrainingArguments):
                 f"criterion must be one of {SPARSE_CRITERIA + BASELINE_CRITERIA}, got {self.criterion!r}; "
                 "'dr_fim' is FisherTune, 'full'/'frozen'/'lora'/'rein'/'vpt'/'adaptformer'/'vqt' are the baselines."
             )
+        if self.nonfinite_policy not in ("error", "skip"):
+            raise ValueError(
+                f"nonfinite_policy must be 'error' (stop at the first NaN/inf step) or 'skip' (drop such steps), "
+                f"got {self.nonfinite_policy!r}."
+            )
+        if self.nonfinite_max_skips < 0:
+            raise ValueError(f"nonfinite_max_skips must be >= 0, got {self.nonfinite_max_skips}.")
         if self.estimator not in ("variational", "diagonal"):
             raise ValueError(f"estimator must be 'variational' or 'diagonal', got {self.estimator!r}.")
         if self.fisher_type not in ("true", "empirical"):
@@ -245,7 +267,9 @@ class FisherTuneTrainingArguments(TrainingArguments):
     def fishertune_options(self) -> dict[str, Any]:
         """The fields this class adds to TrainingArguments (what a resumed run must agree on)."""
         own = {f.name for f in fields(TrainingArguments)}
-        skip = {"save_sensitivity_plot", "backbone_learning_rate", "decoder_learning_rate"}
+        # How to react to a NaN may change on resume (e.g. resume a run that stopped at a NaN with policy 'skip').
+        skip = {"save_sensitivity_plot", "backbone_learning_rate", "decoder_learning_rate", "nonfinite_policy",
+                "nonfinite_max_skips"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own and f.name not in skip}
 
     def estimation_config(self, num_batches: int):

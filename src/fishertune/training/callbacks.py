@@ -9,6 +9,9 @@ dataloaders, optimizer and accelerator, which callbacks do not own):
    (`FisherTuneTrainer.start_tuning`). For `full`/`lora` it only unfreezes the backbone.
 3. `TuningScheduleCallback`: before every tuning step, sets the active fraction p(t) (Eq. 16),
    so that forward, backward and the optimizer step all see the same active entries.
+4. `NonFiniteCallback`: around every optimizer step of phases 1 and 3, drops a step whose
+   gradients were found non-finite after backward, and checks the updated parameters
+   (`fishertune.training.nonfinite`).
 """
 
 from __future__ import annotations
@@ -67,3 +70,17 @@ class TuningScheduleCallback(_PhaseCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if self.trainer.in_tuning:
             self.trainer.apply_schedule(state.global_step)
+
+
+class NonFiniteCallback(_PhaseCallback):
+    """Phases 1 and 3: no non-finite gradient is applied, no update leaves a parameter non-finite."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer.nonfinite.step_begin(self.trainer.model)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.nonfinite.before_update(self.trainer.model)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        trainer.nonfinite.after_update(trainer.model, state.global_step + 1, trainer.current_phase)

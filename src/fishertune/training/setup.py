@@ -85,7 +85,9 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
         )
         return get_peft_model(model, config)
     deltas = {k: getattr(args, k) for k in ("delta_min", "delta_max") if getattr(args, k) is not None}
-    return get_peft_model(model, FisherTuneConfig(modules_to_save=decoder, **deltas))
+    # Algorithm 1 selects from its estimated scores after the warm-up; a data-free selection at injection would be
+    # a global top-k over every targeted entry (277M for ViT-L) thrown away at the end of phase 2.
+    return get_peft_model(model, FisherTuneConfig(modules_to_save=decoder, init_criterion=None, **deltas))
 
 
 def _apply_baseline_method(model: nn.Module, criterion: str) -> nn.Module:

@@ -34,7 +34,8 @@ from transformers.utils import logging
 
 from ..tuner import FisherTuneLayer
 from .arguments import SPARSE_CRITERIA, FisherTuneTrainingArguments
-from .callbacks import EstimationCallback, TuningScheduleCallback, WarmupPhaseCallback
+from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
+from .nonfinite import NonFiniteGuard
 from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
 from .setup import backbone_module, is_fishertune, prepare_model
 from .state import SCORES_NAME, SELECTION_NAME, STATISTICS_NAME, check_compatible, model_fingerprint, read_state, write_state
@@ -81,7 +82,10 @@ class FisherTuneTrainer(Trainer):
         self._tuned_names = {n for n, p in self.model.named_parameters() if id(p) in bb and p.requires_grad}
         self._ddp_synced = None
         self._late_params = []
-        for cb in (WarmupPhaseCallback, EstimationCallback, TuningScheduleCallback):
+        # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
+        self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
+                                        check_grads=self.accelerator.scaler is None)
+        for cb in (WarmupPhaseCallback, EstimationCallback, TuningScheduleCallback, NonFiniteCallback):
             self.add_callback(cb(self))
 
     # -- phases -----------------------------------------------------------------------------------
@@ -256,7 +260,13 @@ class FisherTuneTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._late_params and self.args.world_size > 1 and self.accelerator.sync_gradients:
             self._average_late_gradients()
+        self.nonfinite.after_backward(self.model, loss, self.state.global_step + 1, self.current_phase)
         return loss
+
+    @property
+    def current_phase(self) -> int:
+        """1 (warm-up) or 3 (tuning): the phase of the step being taken."""
+        return 3 if self.in_tuning else 1
 
     def _average_late_gradients(self) -> None:
         # gloo has no AVG: sum then divide. The same graph on every rank gives the same list of grads.
@@ -274,6 +284,8 @@ class FisherTuneTrainer(Trainer):
     # -- logging ----------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time=None) -> None:
         # Describes the last completed step: step T1 itself was still a warm-up step.
+        if self.nonfinite.skipped:
+            logs["nonfinite_skipped_steps"] = float(self.nonfinite.skipped)
         if "phase" not in logs and self.state.max_steps:
             warmup = self.state.global_step <= self.phase_lengths[0] and self.phase_lengths[0] > 0
             logs["phase"] = 1.0 if warmup else 3.0
@@ -302,6 +314,7 @@ class FisherTuneTrainer(Trainer):
             "active_fraction": self.active_fraction, "selected": self.scores is not None,
             "num_allocated": self.model.num_allocated() if self.sparse else None,
             "num_active": self.model.num_active() if self.sparse else None,
+            "nonfinite_skipped_steps": self.nonfinite.skipped,
         }
         scores_file = os.path.join(self.args.output_dir, SCORES_NAME) if self.scores is not None else None
         write_state(ckpt, payload, scores_file)
@@ -312,6 +325,7 @@ class FisherTuneTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.in_tuning = bool(saved["in_tuning"])
         self.active_fraction = saved.get("active_fraction")
+        self.nonfinite.skipped = int(saved.get("nonfinite_skipped_steps", 0))  # the bound holds for the whole run
         if saved.get("selected"):
             from .. import fisher
 
