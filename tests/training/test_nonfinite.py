@@ -1,4 +1,5 @@
-"""Non-finite losses and gradients in phases 1 and 3 (issue 17): stop naming step and tensor, or skip a bounded number."""
+"""Non-finite losses and gradients in phases 1 and 3 (issue 17): stop naming the step and tensor, or skip a
+bounded number of steps."""
 
 import math
 import os
@@ -47,7 +48,8 @@ class Poison(TrainerCallback):
 
 
 def _decoder_param(trainer) -> str:
-    return next(n for n, p in trainer.model.named_parameters() if "modules_to_save" in n and n.endswith("classifier.weight"))
+    names = [n for n, _ in trainer.model.named_parameters()]
+    return next(n for n in names if "modules_to_save" in n and n.endswith("classifier.weight"))
 
 
 def _finite(state):

@@ -129,7 +129,9 @@ def allocate_from_checkpoint(model, config, adapter_name: str, state_dict: dict)
         empty = torch.zeros(0, dtype=torch.long)
         idx, ranks = parts.get("fishertune_indices", empty), parts.get("fishertune_ranks", empty)
         if torch.unique(idx).numel() != idx.numel():
-            raise ValueError(f"The adapter's fishertune_indices of '{name}' hold duplicate entries: the file is corrupt.")
+            raise ValueError(
+                f"The adapter's fishertune_indices of '{name}' hold duplicate entries: the file is corrupt."
+            )
         shape = parts.get("fishertune_shape")
         layer.allocate(adapter_name, idx, ranks, shape=shape.tolist() if shape is not None else None)
         if idx.numel() == 0 and name in by_name:
