@@ -9,7 +9,9 @@ from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from .config import EstimationConfig
 from .criteria import DATA_FREE, data_free_scores, domain_sensitivity, dr_fim, relative_eps
@@ -44,6 +46,12 @@ def _estimation_mode(model: nn.Module, weights: Mapping[str, nn.Parameter]):
 
 def _to_device(batch: Mapping, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _hide_progress(disable_tqdm: Optional[bool]) -> bool:
+    """`TrainingArguments.disable_tqdm` semantics: a bar on the main process only; `True` hides it there too."""
+    main_process = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return (not main_process) if disable_tqdm is None else (disable_tqdm or not main_process)
 
 
 def _check_finite(stats: Mapping[str, torch.Tensor], what: str) -> None:
@@ -101,6 +109,7 @@ def estimate_scores(
     *,
     blocks: Optional[Sequence[nn.Module]] = None,
     num_prefix_tokens: Optional[int | Sequence[int]] = None,
+    disable_tqdm: Optional[bool] = None,
 ) -> dict[str, torch.Tensor]:
     """Score every entry of ``weights`` by ``config.criterion`` (phase 2 of Algorithm 1).
 
@@ -116,6 +125,8 @@ def estimate_scores(
             model's ``semantic_logits(outputs, labels.shape[-2:])`` or else ``outputs.logits``.
         blocks, num_prefix_tokens: the modules whose outputs DSU perturbs and their number of leading
             non-patch tokens; found from the backbone (`find_blocks`) when not given.
+        disable_tqdm (`bool`, *optional*): hide the progress bar (estimation batches); by default it shows
+            on the main process only (`TrainingArguments.disable_tqdm` semantics). Data-free criteria have none.
 
     Returns:
         ``{name: fp32 CPU tensor shaped like the weight}``, identical on every rank. No parameter is
@@ -127,7 +138,7 @@ def estimate_scores(
     if config.criterion in DATA_FREE:
         return data_free_scores(config.criterion, weights, config.seed)
     stats = estimate_statistics(model, dataloader, weights, config, log_prob_fn, blocks=blocks,
-                                num_prefix_tokens=num_prefix_tokens)
+                                num_prefix_tokens=num_prefix_tokens, disable_tqdm=disable_tqdm)
     scores = scores_from_stats(stats, config)
     _check_finite(scores, f"{config.criterion} score")
     return {n: s.detach().float().cpu() for n, s in scores.items()}
@@ -143,11 +154,13 @@ def estimate_statistics(
     blocks: Optional[Sequence[nn.Module]] = None,
     num_prefix_tokens: Optional[int | Sequence[int]] = None,
     per_batch_delta: bool = False,
+    disable_tqdm: Optional[bool] = None,
 ) -> EstimationStats:
     """The passes behind `estimate_scores` (same arguments): clean F, and for ``delta_fim``/``dr_fim`` the
     DSU-perturbed F' and Eq. 7's weight. `scores_from_stats(stats, config)` turns them into any of the
     Fisher criteria without another pass (e.g. to compare exchange rates on one estimate).
-    ``per_batch_delta`` also keeps the per-batch weighted dF (so both weight readings can be scored)."""
+    ``per_batch_delta`` also keeps the per-batch weighted dF (so both weight readings can be scored).
+    ``disable_tqdm`` as in `estimate_scores` (a bar of the estimation batches)."""
     weights = dict(weights)
     if config.criterion in DATA_FREE:
         raise ValueError(f"criterion {config.criterion!r} needs no data; use estimate_scores.")
@@ -179,7 +192,9 @@ def estimate_statistics(
     if hasattr(dataloader, "__len__"):
         limit = min(limit, len(dataloader))
     batches = (_to_device(b, device) for b in itertools.islice(dataloader, config.num_batches))
-    with _estimation_mode(model, weights), (dsu if dsu is not None else nullcontext()):
+    batches = tqdm(batches, total=limit, desc=f"Estimating {config.criterion} ({config.estimator})", unit="batch",
+                   disable=_hide_progress(disable_tqdm), leave=False)
+    with batches, _estimation_mode(model, weights), (dsu if dsu is not None else nullcontext()):
         if config.estimator == "diagonal":
             stats = run_diagonal(model, batches, weights, config, log_prob_fn, dsu, gens, scale, per_batch_delta)
         else:

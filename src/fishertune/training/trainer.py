@@ -134,13 +134,14 @@ class FisherTuneTrainer(Trainer):
             loader = self.get_train_dataloader()
             weights = self.model.fishertune_target_weights()
             if self.args.save_estimation_statistics and config.criterion not in fisher.criteria.DATA_FREE:
-                stats = fisher.estimate_statistics(self.model, loader, weights, config, per_batch_delta=True)
+                stats = fisher.estimate_statistics(self.model, loader, weights, config, per_batch_delta=True,
+                                                   disable_tqdm=self.args.disable_tqdm)
                 if self.args.should_save:  # F, F', both dF readings: any criterion or exchange can be re-scored
                     os.makedirs(self.args.output_dir, exist_ok=True)
                     fisher.save_statistics(stats, os.path.join(self.args.output_dir, STATISTICS_NAME))
                 scores = {n: s.detach().float().cpu() for n, s in fisher.scores_from_stats(stats, config).items()}
             else:
-                scores = fisher.estimate_scores(self.model, loader, weights, config)
+                scores = fisher.estimate_scores(self.model, loader, weights, config, disable_tqdm=self.args.disable_tqdm)
         # The Trainer zeroed the gradients before this callback; none may leak into the first tuning step.
         self.model.zero_grad(set_to_none=True)
         scores = self._broadcast(scores)
