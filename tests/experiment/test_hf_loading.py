@@ -68,15 +68,17 @@ def test_auto_image_processor_reproduces_the_eval_transform(runs):
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)  # (x / 255 - m) / s against (x - 255 m) / (255 s)
 
 
-def test_pipeline_segments_with_the_saved_processor(runs, capfd):
+@pytest.mark.parametrize("which", ["merged", "base_model"])
+def test_pipeline_segments_with_the_saved_processor(runs, capfd, which):
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 
-    segment = pipeline("image-segmentation", model=str(runs["merged"]), device="cpu")
+    folder = runs["merged"] if which == "merged" else runs["adapter"] / "base_model"
+    segment = pipeline("image-segmentation", model=str(folder), device="cpu")
     image = _image((70, 90))  # not the training size: masks follow the image
     annotations = segment(image)
     assert "not supported" not in capfd.readouterr().err
-    model = AutoModelForSemanticSegmentation.from_pretrained(runs["merged"]).eval()
-    pixel_values = AutoImageProcessor.from_pretrained(runs["merged"])(images=[image], return_tensors="pt")["pixel_values"]
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+    pixel_values = AutoImageProcessor.from_pretrained(folder)(images=[image], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         ids = model.semantic_logits(model(pixel_values=pixel_values), (70, 90))[0].argmax(0).numpy()
     expected = {model.config.id2label[int(c)]: ids == c for c in np.unique(ids)}
