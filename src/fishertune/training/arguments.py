@@ -74,6 +74,10 @@ class FisherTuneTrainingArguments(TrainingArguments):
             Share of targeted entries active when tuning starts (Eq. 16). None: the FisherTuneConfig's (0.01).
         delta_max (`float`, *optional*):
             Share selected and active at the end (paper: 0.05). None: the FisherTuneConfig's (0.05).
+        budget_base (`str`, *optional*):
+            What `delta_min`/`delta_max` are shares of: `"targeted"` (the Eq. 3 entries) or `"backbone"` (all
+            backbone parameters, as the paper counts its 15.21M = 5% of ViT-L's 304M). None: the
+            FisherTuneConfig's ("targeted").
         fisher_unit, delta_eps, exchange, exchange_quantile (*optional*):
             F's unit, Eq. 5's relative eps and Eq. 7's exchange rate between F and dF; None keeps
             `fishertune.fisher.EstimationConfig`'s default ("pixel", 1e-3, "rank", 0.99).
@@ -84,9 +88,10 @@ class FisherTuneTrainingArguments(TrainingArguments):
             DSU perturbation (Eq. 6) and the dF weight of Eq. 7 for the estimation; None keeps the default
             (dsu_p 0.5, dsu_eps 1e-6, all blocks, shift_weight "abs_mean", reading "mean").
         backbone_learning_rate (`float`, *optional*):
-            Learning rate of the backbone's tuned parameters (sparse deltas, LoRA, full). None: `learning_rate`.
+            Learning rate of the backbone's tuned parameters (sparse deltas, LoRA, full). None: `learning_rate`;
+            0 means 0 (they keep their values). Negative rates are refused.
         decoder_learning_rate (`float`, *optional*):
-            Learning rate of the decoder. None: `learning_rate`.
+            Learning rate of the decoder. None: `learning_rate`; 0 means 0. Negative rates are refused.
         lora_r (`int`, *optional*, defaults to 8), lora_alpha (`int`, *optional*, defaults to 8),
         lora_dropout (`float`, *optional*, defaults to 0.0):
             LoRA rank, scale and dropout for `criterion="lora"` when the trainer builds the adapter.
@@ -137,6 +142,10 @@ class FisherTuneTrainingArguments(TrainingArguments):
     )
     delta_min: Optional[float] = field(default=None, metadata={"help": "Active share at the start of tuning (Eq. 16)."})
     delta_max: Optional[float] = field(default=None, metadata={"help": "Selected share, active at the end (paper: 0.05)."})
+    budget_base: Optional[str] = field(
+        default=None, metadata={"help": "delta shares of 'targeted' entries (default) or of all 'backbone' parameters.",
+                                "choices": ["targeted", "backbone"]},
+    )
     fisher_unit: Optional[str] = field(default=None, metadata={"help": "F's unit: 'pixel' (default) or 'sample'."})
     delta_eps: Optional[float] = field(default=None, metadata={"help": "Eq. 5's eps as a fraction of mean(F)."})
     exchange: Optional[str] = field(
@@ -154,8 +163,10 @@ class FisherTuneTrainingArguments(TrainingArguments):
     dsu_blocks: Optional[list[int]] = field(default=None, metadata={"help": "Blocks whose output DSU perturbs."})
     shift_weight: Optional[str] = field(default=None, metadata={"help": "Weight of dF in Eq. 7: 'abs_mean' or 'literal'."})
     shift_weight_reading: Optional[str] = field(default=None, metadata={"help": "'mean' or 'per_batch' weighting of dF."})
-    backbone_learning_rate: Optional[float] = field(default=None, metadata={"help": "Backbone lr (None: learning_rate)."})
-    decoder_learning_rate: Optional[float] = field(default=None, metadata={"help": "Decoder lr (None: learning_rate)."})
+    backbone_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Backbone lr (None: learning_rate; 0: the backbone's tuned parameters stay put)."})
+    decoder_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Decoder lr (None: learning_rate; 0: the decoder stays put)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank for criterion='lora'."})
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha for criterion='lora'."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout for criterion='lora'."})
@@ -195,6 +206,11 @@ class FisherTuneTrainingArguments(TrainingArguments):
                 f"nonfinite_policy must be 'error' (stop at the first NaN/inf step) or 'skip' (drop such steps), "
                 f"got {self.nonfinite_policy!r}."
             )
+        for name in ("backbone_learning_rate", "decoder_learning_rate"):
+            value = getattr(self, name)
+            if False:  # NaN too: it would train by nothing or by gradient ascent
+                raise ValueError(f"{name} must be >= 0 (0 keeps those parameters fixed; leave it unset to use "
+                                 f"learning_rate), got {value}.")
         if self.nonfinite_max_skips < 0:
             raise ValueError(f"nonfinite_max_skips must be >= 0, got {self.nonfinite_max_skips}.")
         if self.estimator not in ("variational", "diagonal"):
@@ -209,6 +225,8 @@ class FisherTuneTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1] (a fraction of max_steps), got {value}.")
+        if self.budget_base not in (None, "targeted", "backbone"):
+            raise ValueError(f"budget_base must be 'targeted' or 'backbone' (the paper's count), got {self.budget_base!r}.")
         if self.delta_min is not None and self.delta_max is not None and not 0 <= self.delta_min <= self.delta_max <= 1:
             raise ValueError(
                 f"Need 0 <= delta_min <= delta_max <= 1, got {self.delta_min}, {self.delta_max} (paper: 0.01, 0.05)."

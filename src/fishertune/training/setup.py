@@ -61,6 +61,11 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
             raise ValueError("criterion='lora' was given a FisherTune PeftModel; pick a sparse criterion such as 'dr_fim'.")
         if is_fishertune(model):
             config = model.peft_config[model.active_adapter]
+            if args.budget_base is not None and args.budget_base != config.budget_base:
+                raise ValueError(
+                    f"args.budget_base={args.budget_base!r} but the FisherTuneConfig of the model says "
+                    f"{config.budget_base!r}; leave args.budget_base unset (None) or make them agree."
+                )
             for name in ("delta_min", "delta_max"):
                 value = getattr(args, name)
                 if value is not None and abs(value - getattr(config, name)) > 1e-12:
@@ -84,7 +89,7 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
             target_modules=target_regex(model), modules_to_save=decoder,
         )
         return get_peft_model(model, config)
-    deltas = {k: getattr(args, k) for k in ("delta_min", "delta_max") if getattr(args, k) is not None}
+    deltas = {k: getattr(args, k) for k in ("delta_min", "delta_max", "budget_base") if getattr(args, k) is not None}
     # Algorithm 1 selects from its estimated scores after the warm-up; a data-free selection at injection would be
     # a global top-k over every targeted entry (277M for ViT-L) thrown away at the end of phase 2.
     return get_peft_model(model, FisherTuneConfig(modules_to_save=decoder, init_criterion=None, **deltas))
