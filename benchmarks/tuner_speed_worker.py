@@ -1,0 +1,370 @@
+"""One measurement of `tuner_speed.py` (one method, one image size, one delta-max) in its own process.
+
+The driver (`tuner_speed.py`) starts this script once per method and measurement and reads the JSON
+object it prints on its last stdout line. Every argument is required, so an argument the driver
+forgot to pass fails here instead of silently taking a default. Modes:
+
+* ``time``    -- ``--warmup`` untimed steps, then the median (and minimum) of ``--steps`` timed steps.
+* ``mem``     -- peak memory over ``--mem-steps`` steps, training-state bytes after them, and for
+                 FisherTune which layers hold entries and which of them ran the sampled values gradient.
+* ``profile`` -- ``--warmup`` untimed steps, then one step under ``torch.profiler``: the top ops by
+                 self CPU time and the wall time of the forward, backward and optimizer phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import time
+
+MODELS = {
+    # ViT-S/14 and ViT-L/14 shapes of DINOv2.
+    "vit-s14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+    "vit-l14": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+TARGET_REGEX = r"backbone\.encoder\.layer\.\d+\.(attention\.(q_proj|k_proj|v_proj)|mlp\.(fc1|fc2))"
+BLOCK_REGEX = r"(.*\.)?backbone\.encoder\.layer\.\d+"
+ADAPTER_MARKERS = ("lora_", "shira_", "fishertune_", "modules_to_save")
+FISHERTUNE_METHODS = ("fishertune", "fishertune-dense")
+LORA_R = 16
+
+
+def model_config(model: str, layers: int | None) -> dict:
+    """The DINOv2 dimensions of ``model``, with ``layers`` blocks if given (0 or None: the model's own)."""
+    cfg = dict(MODELS[model])
+    if layers:
+        cfg["num_hidden_layers"] = layers
+    return cfg
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def build_base(args):
+    import torch
+    from torch import nn
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    cfg = Dinov2Config(**model_config(args.model, args.layers), image_size=args.image_size, patch_size=14)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = Dinov2Model(cfg)
+            self.head = nn.Linear(cfg.hidden_size, args.classes)
+
+        def forward(self, pixel_values):
+            return self.head(self.backbone(pixel_values=pixel_values).pooler_output)
+
+    return Net().to(args.device)
+
+
+def targeted_shapes(model) -> list[tuple[int, int]]:
+    from torch import nn
+
+    pat = re.compile(TARGET_REGEX)
+    return [
+        (m.out_features, m.in_features)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and pat.fullmatch(n)
+    ]
+
+
+def shira_rank(shapes: list[tuple[int, int]], target_entries: int) -> int:
+    """The SHiRA ``r`` whose entry count ``r * sum(m + n)`` is closest to ``target_entries``."""
+    per_r = sum(m + n for m, n in shapes)
+    lo = max(1, target_entries // per_r)
+    return min((lo, lo + 1), key=lambda r: abs(r * per_r - target_entries))
+
+
+def wrap(model, args):
+    """The model trained by ``args.method``; FisherTune's values-gradient path is set here, per process."""
+    if args.method == "full":
+        model.requires_grad_(True)
+        return model
+    import peft
+
+    if args.method == "lora":
+        cfg = peft.LoraConfig(
+            r=LORA_R, lora_alpha=LORA_R, lora_dropout=0.0, target_modules=TARGET_REGEX, modules_to_save=["head"]
+        )
+    elif args.method == "shira":
+        shapes = targeted_shapes(model)
+        r = shira_rank(shapes, round(args.delta_max * sum(m * n for m, n in shapes)))
+        cfg = peft.ShiraConfig(r=r, random_seed=0, target_modules=TARGET_REGEX, modules_to_save=["head"])
+    elif args.method in FISHERTUNE_METHODS:
+        import fishertune
+        from fishertune.tuner import layer as ft_layer
+
+        # "auto" is the library's default dispatch (`use_sampled_grad`); "dense" forces GEMM + gather everywhere.
+        ft_layer.set_sparse_grad_mode("dense" if args.method == "fishertune-dense" else "auto")
+        # Every allocated entry is active from the start (allocate activates all), so the step trains
+        # delta_max of the entries; delta_min only matters for the trainer's schedule and must not exceed it.
+        cfg = fishertune.FisherTuneConfig(
+            init_criterion="magnitude",
+            delta_max=args.delta_max,
+            delta_min=args.delta_max,
+            target_modules=TARGET_REGEX,
+            modules_to_save=["head"],
+        )
+    else:
+        raise ValueError(args.method)
+    return peft.get_peft_model(model, cfg)
+
+
+def adapter_bytes(model) -> int:
+    """Bytes of every tensor the PEFT method added (parameters, buffers, SHiRA's index dict)."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if t is not None and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if any(k in name for k in ADAPTER_MARKERS):  # the frozen `original_module` of the head is not matched
+            add(t)
+    for m in model.modules():
+        for t in getattr(m, "shira_indices", {}).values():  # a plain dict, not registered as buffers
+            add(t)
+    return total
+
+
+def state_bytes(model, opt, method: str) -> dict[str, int]:
+    import torch
+
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    optim = sum(
+        v.numel() * v.element_size() for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+    )
+    adapter = 0 if method == "full" else adapter_bytes(model)
+    return {"grad_bytes": grads, "optim_bytes": optim, "adapter_bytes": adapter, "state_bytes": grads + optim + adapter}
+
+
+def _count_sampled_calls():
+    """Wrap the layer's sampled kernel so that the patterns it ran on are recorded (ids)."""
+    from fishertune.tuner import layer as ft_layer
+
+    used: set[int] = set()
+    orig = ft_layer._sampled_values_grad
+
+    def counting(grad_out2, x2, pattern, n):
+        used.add(id(pattern))
+        return orig(grad_out2, x2, pattern, n)
+
+    ft_layer._sampled_values_grad = counting  # backward looks the function up in the module at call time
+    return used
+
+
+def fishertune_report(model, used_patterns: set[int], dtype) -> dict:
+    """Per targeted layer: shape, active entries, what the dispatch rule says and what backward really ran."""
+    from fishertune.tuner import FisherTuneLayer
+    from fishertune.tuner import layer as ft_layer
+
+    layers = []
+    for name, m in model.named_modules():
+        if not isinstance(m, FisherTuneLayer):
+            continue
+        nnz = m.fishertune_active.get("default", 0)
+        ran = any(id(p) in used_patterns for p in m._fishertune_patterns.values())
+        rule = bool(nnz) and ft_layer.use_sampled_grad(
+            m.get_base_layer().weight.device.type, dtype, m.out_features, m.in_features, nnz
+        )
+        block = int(re.search(r"layer\.(\d+)\.", name).group(1))
+        layers.append(
+            dict(
+                name=name,
+                block=block,
+                shape=[m.out_features, m.in_features],
+                nnz=nnz,
+                rule_sampled=rule,
+                ran_sampled=ran,
+            )
+        )
+    tuned = [ly for ly in layers if ly["nnz"]]
+    return {
+        "layers": layers,
+        "targeted_layers": len(layers),
+        "tuned_layers": len(tuned),
+        "sampled_layers": sum(ly["ran_sampled"] for ly in layers),
+        "rule_sampled_layers": sum(ly["rule_sampled"] for ly in layers),
+        "pattern_bytes": sum(
+            p.nbytes()
+            for m in model.modules()
+            if isinstance(m, FisherTuneLayer)
+            for p in m._fishertune_patterns.values()
+        ),
+        "lowest_tuned_block": min((ly["block"] for ly in tuned), default=None),
+    }
+
+
+def measure(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+
+    model = build_base(args)
+    model.requires_grad_(False)
+    if cuda:
+        torch.cuda.synchronize()
+        base_mem = torch.cuda.memory_allocated()
+    else:
+        base_rss = _rss_kib("VmRSS") * 1024
+
+    model = wrap(model, args)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(dev)
+    y = torch.randint(0, args.classes, (args.batch,), generator=gen).to(dev)
+    record = torch.profiler.record_function if args.mode == "profile" else None
+
+    def phase(name):
+        return record(name) if record else _Null()
+
+    def step():
+        with phase("## zero_grad"):
+            opt.zero_grad(set_to_none=True)
+        with phase("## forward"), torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        with phase("## backward"):
+            loss.backward()
+        with phase("## optimizer"):
+            opt.step()
+        return loss
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    out = {"method": args.method, "mode": args.mode, "image_size": args.image_size, "delta_max": args.delta_max}
+    out["trainable"] = sum(p.numel() for p in params)
+    if args.method == "shira":
+        out["shira_r"] = model.peft_config["default"].r
+    blocks = [m for n, m in model.named_modules() if re.fullmatch(BLOCK_REGEX, n)]
+    grad_in: dict[int, bool] = {}
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda mod, a, i=i: grad_in.__setitem__(i, bool(a[0].requires_grad)))
+    gc.collect()
+
+    if args.mode == "mem":
+        used = _count_sampled_calls() if args.method in FISHERTUNE_METHODS else set()
+        if cuda:
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset = _reset_hwm()
+        for _ in range(args.mem_steps):
+            step()
+        if cuda:
+            sync()
+            out["peak_bytes"] = torch.cuda.max_memory_allocated() - base_mem
+        else:
+            import resource
+
+            hwm = _rss_kib("VmHWM") * 1024 if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            out["peak_bytes"] = hwm - base_rss
+            out["hwm_reset"] = reset
+        out.update(state_bytes(model, opt, args.method))
+        if args.method in FISHERTUNE_METHODS:
+            out.update(fishertune_report(model, used, amp_dtype or torch.float32))
+        # The lowest block whose input needs a gradient: backward goes no further down than that block's input.
+        out["blocks"] = len(blocks)
+        out["grad_enters_block"] = min((i for i, g in grad_in.items() if g), default=None)
+    elif args.mode == "time":
+        times = []
+        for i in range(args.warmup + args.steps):
+            sync()
+            t0 = time.perf_counter()
+            loss = step()
+            sync()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        out["step_s"] = times[len(times) // 2]
+        out["step_min_s"] = times[0]
+        out["loss"] = float(loss)
+    else:  # profile
+        for _ in range(args.warmup):
+            step()
+        sync()
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        t0 = time.perf_counter()
+        with torch.profiler.profile(activities=acts) as prof:
+            step()
+            sync()
+        out["profiled_step_s"] = time.perf_counter() - t0
+        avg = prof.key_averages()
+        out["phases_s"] = {e.key[3:]: e.cpu_time_total / 1e6 for e in avg if e.key.startswith("## ")}
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        out["profile_table"] = avg.table(sort_by=sort, row_limit=args.profile_rows, max_name_column_width=60)
+    return out
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--method", required=True, choices=["full", "lora", "shira", *FISHERTUNE_METHODS])
+    p.add_argument("--mode", required=True, choices=["time", "mem", "profile"])
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--layers", required=True, type=int, help="0: the model's own block count")
+    p.add_argument("--image-size", required=True, type=int)
+    p.add_argument("--delta-max", required=True, type=float)
+    for k in ("steps", "warmup", "mem-steps", "batch", "threads", "classes", "profile-rows"):
+        p.add_argument(f"--{k}", required=True, type=int)
+    p.add_argument("--device", required=True)
+    p.add_argument("--dtype", required=True, choices=["fp32", "bf16", "fp16"])
+    return p
+
+
+# Driver attributes forwarded to every worker (the per-run method, mode, image size and delta are added by the driver).
+FORWARDED = (
+    "model",
+    "layers",
+    "steps",
+    "warmup",
+    "mem_steps",
+    "batch",
+    "threads",
+    "classes",
+    "profile_rows",
+    "device",
+    "dtype",
+)
+
+
+def main(argv=None):
+    print(json.dumps(measure(parser().parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()

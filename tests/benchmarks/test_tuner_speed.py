@@ -1,0 +1,196 @@
+"""benchmarks/tuner_speed.py: one tiny run through main() (ViT-S dims with 2 blocks, 28 px, batch 2, one step, every
+method, one delta, a profile) whose tables must agree with the raw numbers, plus unit tests of the driver's pieces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from _benchmark_modules import load_benchmark
+
+ts = load_benchmark("tuner_speed")
+W = ts.W
+
+DELTA = 0.005  # low enough that the dispatch rule picks the sampled path on 384-wide layers
+TINY = ["--layers", "2", "--image-size", "28", "--batch", "2", "--steps", "1", "--warmup", "0", "--rounds", "1",
+        "--mem-steps", "1", "--delta-max", str(DELTA), "--classes", "10", "--threads", "1", "--profile",
+        "--profile-rows", "5"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ts") / "ts.md"
+    ts.main([*TINY, "--out", str(out)])
+    return out.read_text(), json.loads(out.with_suffix(".json").read_text())
+
+
+def _tables(md: str) -> list[dict[str, list[str]]]:
+    """Every markdown table of ``md`` as {row name: cells} (header row under the key "")."""
+    tables, cur = [], None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cur is None:
+                cur = {"": cells}
+                tables.append(cur)
+            elif not set(line) <= set("|-: "):
+                cur[cells[0]] = cells[1:]
+        else:
+            cur = None
+    return tables
+
+
+def test_one_section_with_main_and_detail_tables(run):
+    md, raw = run
+    assert md.count("### 28 px") == 1
+    main_t, detail_t = _tables(md)
+    assert main_t[""] == ["method", "trainable entries", "step time s", "step / full", "step / LoRA", "peak MB",
+                          "peak / full", "peak / LoRA", "state MB", "state / full"]  # fmt: skip
+    names = [r["row"] for r in raw["rows"]]
+    assert [r["method"] for r in raw["rows"]] == ["full", "lora", "shira", "fishertune", "fishertune-dense"]
+    assert list(main_t)[1:] == names == list(detail_t)[1:]
+    assert names[0] == "full fine-tuning" and names[1] == "LoRA r=16" and names[2].endswith("(0.5%)")
+    assert names[3].startswith("FisherTune 0.5% (") and names[4].startswith("FisherTune 0.5%, dense grads forced (0/")
+    assert all(len(cells) == 9 for k, cells in main_t.items() if k)
+
+
+def test_table_ratios_are_the_ratios_of_the_raw_numbers(run):
+    md, raw = run
+    main_t = _tables(md)[0]
+    by = {r["method"]: r for r in raw["rows"]}
+    full, lora = by["full"], by["lora"]
+    for r in raw["rows"]:
+        c = main_t[r["row"]]
+        assert c[0] == f"{r['trainable']:,}"
+        assert c[1] == f"{r['step_s']:.4g}"
+        assert c[2] == f"{r['step_s'] / full['step_s']:.2f}x"
+        assert c[3] == f"{r['step_s'] / lora['step_s']:.2f}x"
+        assert c[4] == f"{r['peak_bytes'] / 2**20:.1f}"
+        assert c[5] == f"{r['peak_bytes'] / full['peak_bytes']:.2f}x"
+        assert c[6] == f"{r['peak_bytes'] / lora['peak_bytes']:.2f}x"
+        assert c[7] == f"{r['state_bytes'] / 2**20:.2f}"
+        assert c[8] == f"{r['state_bytes'] / full['state_bytes']:.3f}x"
+        # the table's own rounded numbers give its ratios back, to rounding
+        assert float(c[2][:-1]) == pytest.approx(
+            float(c[1]) / float(main_t["full fine-tuning"][1]), abs=0.006, rel=1e-3
+        )
+    assert main_t["full fine-tuning"][2] == main_t["LoRA r=16"][3] == "1.00x"
+
+
+def test_raw_numbers_are_consistent(run):
+    _, raw = run
+    for r in raw["rows"]:
+        assert r["step_s"] == min(r["round_medians"]) and len(r["round_medians"]) == 1
+        assert r["state_bytes"] == r["grad_bytes"] + r["optim_bytes"] + r["adapter_bytes"]
+        assert r["image_size"] == 28 and r["peak_bytes"] > 0 and math.isfinite(r["loss"])
+    by = {r["method"]: r for r in raw["rows"]}
+    assert by["full"]["adapter_bytes"] == 0 and by["full"]["grad_enters_block"] == 0
+    assert by["fishertune"]["trainable"] == by["fishertune-dense"]["trainable"]
+    assert by["shira"]["delta_max"] == DELTA and by["full"]["delta_max"] is None
+
+
+def test_fishertune_rows_run_the_path_they_claim(run):
+    _, raw = run
+    by = {r["method"]: r for r in raw["rows"]}
+    ft, dense = by["fishertune"], by["fishertune-dense"]
+    head = 384 * 10 + 10
+    for r in (ft, dense):
+        assert r["targeted_layers"] == r["tuned_layers"] == len(r["layers"]) == 10  # 2 blocks x q/k/v/fc1/fc2
+        assert sum(ly["nnz"] for ly in r["layers"]) + head == r["trainable"]
+    # dense forced: no layer ran the sampled kernel and no CSR pattern was built
+    assert dense["sampled_layers"] == 0 and dense["pattern_bytes"] == 0
+    assert not any(ly["ran_sampled"] or ly["rule_sampled"] for ly in dense["layers"])
+    # auto: exactly the layers the dispatch rule names ran it, and at this density there are some
+    assert [ly["ran_sampled"] for ly in ft["layers"]] == [ly["rule_sampled"] for ly in ft["layers"]]
+    assert ft["sampled_layers"] > 0, "the dispatch rule picks no sampled layer at 0.5% on 384-wide layers"
+    assert ft["pattern_bytes"] > 0
+    assert f"({ft['sampled_layers']}/10 layers sampled)" in ft["row"]
+    assert ft["lowest_tuned_block"] == 0 and ft["grad_enters_block"] == 1 and ft["blocks"] == 2
+
+
+def test_profile_section(run):
+    md, raw = run
+    assert "### Profile of one fishertune 0.5% step, 28 px" in md
+    assert "Self CPU time total" in md and "Top 5 ops by self CPU time" in md
+    (prof,) = raw["profiles"]
+    assert set(prof["phases_s"]) == {"zero_grad", "forward", "backward", "optimizer"}
+    assert prof["method"] == "fishertune" and prof["delta_max"] == DELTA
+
+
+# -- unit tests of the driver -------------------------------------------------------------------------------
+def _driver_args(**kw):
+    base = dict(model="vit-s14", layers=2, steps=3, warmup=1, mem_steps=2, batch=4, threads=1, classes=7,
+                profile_rows=9, device="cpu", dtype="bf16")  # fmt: skip
+    return argparse.Namespace(**dict(base, **kw))
+
+
+def test_worker_gets_every_argument_it_requires():
+    args = _driver_args()
+    cmd = ts.worker_cmd(args, "fishertune-dense", "mem", 448, 0.01)
+    parsed = W.parser().parse_args(cmd[2:])
+    assert (parsed.method, parsed.mode, parsed.image_size, parsed.delta_max) == ("fishertune-dense", "mem", 448, 0.01)
+    for k in W.FORWARDED:
+        assert getattr(parsed, k) == getattr(args, k), k
+    required = {a.dest for a in W.parser()._actions if a.required}
+    assert required == set(W.FORWARDED) | {"method", "mode", "image_size", "delta_max"}
+
+
+def _row(step, peak, state, **kw):
+    return dict(trainable=1, step_s=step, peak_bytes=peak * 2**20, state_bytes=state * 2**20, **kw)
+
+
+def test_table_hand_computed():
+    ft = dict(sampled_layers=3, tuned_layers=5)
+    rows = {
+        ("full", None): _row(2.0, 100, 40),
+        ("lora", None): _row(1.0, 50, 4),
+        ("fishertune", 0.05): _row(1.5, 40, 2, **ft),
+    }
+    t = ts.table(rows, list(rows))
+    line = next(x for x in t.splitlines() if x.startswith("| FisherTune 5% (3/5 layers sampled)"))
+    assert (
+        line
+        == "| FisherTune 5% (3/5 layers sampled) | 1 | 1.5 | 0.75x | 1.50x | 40.0 | 0.40x | 0.80x | 2.00 | 0.050x |"
+    )
+    rows[("lora", None)]["peak_bytes"] = 0  # an RSS delta of 0 gives no ratio rather than a crash
+    assert "| n/a |" in ts.table(rows, list(rows))
+
+
+def test_check_grad_paths():
+    ok = dict(sampled_layers=0, layers=[dict(name="a", rule_sampled=False, ran_sampled=False)])
+    ts.check_grad_paths("fishertune-dense", ok)
+    ts.check_grad_paths("lora", {})
+    with pytest.raises(SystemExit, match="dense was forced"):
+        ts.check_grad_paths("fishertune-dense", dict(ok, sampled_layers=1))
+    with pytest.raises(SystemExit, match="differs from use_sampled_grad"):
+        ts.check_grad_paths(
+            "fishertune", dict(sampled_layers=0, layers=[dict(name="a", rule_sampled=True, ran_sampled=False)])
+        )
+
+
+def test_notes_check_where_backward_stops():
+    ft = dict(trainable=100, step_s=1.0, sampled_layers=1, tuned_layers=2, targeted_layers=4, pattern_bytes=0, blocks=4)
+    good = ts.notes({("fishertune", 0.05): dict(ft, lowest_tuned_block=2, grad_enters_block=3)}, [0.05])
+    assert "expected 3" in good[0] and "NOT" not in good[0]
+    bad = ts.notes({("fishertune", 0.05): dict(ft, lowest_tuned_block=2, grad_enters_block=1)}, [0.05])
+    assert "NOT as expected" in bad[0]
+    last = ts.notes({("fishertune", 0.05): dict(ft, lowest_tuned_block=3, grad_enters_block=None)}, [0.05])
+    assert "expected None" in last[0] and "NOT" not in last[0]
+
+
+def test_shira_rank_and_pct():
+    shapes = [(384, 384)] * 3 + [(1536, 384), (384, 1536)]  # r * 6144 entries
+    assert W.shira_rank(shapes, 6144 * 13 + 100) == 13
+    assert W.shira_rank(shapes, 6144 * 13 + 4000) == 14
+    assert W.shira_rank(shapes, 10) == 1
+    assert (ts.pct(0.05), ts.pct(0.01), ts.pct(0.005)) == ("5%", "1%", "0.5%")
+
+
+def test_cli_refuses_unknown_methods_and_empty_rounds(tmp_path):
+    for bad in (["--methods", "full,dora"], ["--profile", "sparse"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):
+            ts.main([*bad, "--out", str(tmp_path / "x.md")])
+    assert not (tmp_path / "x.md").exists()
