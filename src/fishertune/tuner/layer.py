@@ -39,15 +39,19 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 #
 #     density < SAMPLED_CPU_A - SAMPLED_CPU_B * (1/out + 1/in)
 #
-# a fit of the crossover densities measured by `benchmarks/sparse_grad_crossover.py` (see the table in
-# benchmarks/results/tuner_speed.md): the first term is the GEMM-vs-dot-product throughput ratio, the
-# second the cost of the two transposes amortised over the weight. `sampled_addmm` has no bfloat16/float16
-# kernel on CPU, so autocast-bf16 layers always take the dense path there. On CUDA the crossover has not been
-# measured yet (no GPU in the measuring session; the plan is in tuner_speed.md), so CUDA stays on the dense
-# path unless the sampled one is forced. `set_sparse_grad_mode` / $FISHERTUNE_SPARSE_GRAD ("auto", "sampled",
-# "dense") force either path; "sampled" still falls back to dense where the kernel does not exist.
-SAMPLED_CPU_A = 0.02  # placeholder until measured
-SAMPLED_CPU_B = 0.0
+# the form of a fit of crossover densities: the first term is the GEMM-vs-dot-product throughput ratio, the
+# second the cost of the two transposes amortised over the weight. `benchmarks/sparse_grad_crossover.py`
+# measures the crossover per shape and density and prints the two lines to paste here.
+# NOT MEASURED YET: the values below are provisional (with them 1% takes the sampled path
+# and 5% the dense one); the single-thread timings quoted in issue 21 (sampled 2-5x faster than dense at 5% on
+# ViT-S shapes) suggest the real crossover lies above 5%. Replace them with the script's output from a quiet
+# CPU and record that run (machine, command, table) in benchmarks/README.md.
+# `sampled_addmm` has no bfloat16/float16 kernel on CPU, so autocast-bf16 layers always take the dense path
+# there. On CUDA the crossover has not been measured yet, so CUDA stays on the dense path unless the sampled
+# one is forced. `set_sparse_grad_mode` / $FISHERTUNE_SPARSE_GRAD ("auto", "sampled", "dense") force either
+# path; "sampled" still falls back to dense where the kernel does not exist.
+SAMPLED_CPU_A = 0.02  # provisional, not measured (see above)
+SAMPLED_CPU_B = 0.0  # provisional, not measured (see above)
 _SAMPLED_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
 _MODES = ("auto", "sampled", "dense")
 _sparse_grad_mode = os.environ.get("FISHERTUNE_SPARSE_GRAD", "auto")
