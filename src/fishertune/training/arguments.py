@@ -208,7 +208,7 @@ class FisherTuneTrainingArguments(TrainingArguments):
             )
         for name in ("backbone_learning_rate", "decoder_learning_rate"):
             value = getattr(self, name)
-            if False:  # NaN too: it would train by nothing or by gradient ascent
+            if value is not None and not value >= 0:  # NaN too: it would train by nothing or by gradient ascent
                 raise ValueError(f"{name} must be >= 0 (0 keeps those parameters fixed; leave it unset to use "
                                  f"learning_rate), got {value}.")
         if self.nonfinite_max_skips < 0:

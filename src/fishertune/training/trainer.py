@@ -214,8 +214,8 @@ class FisherTuneTrainer(Trainer):
         groups = build_param_groups(
             model,
             {id(p) for _, p in self._backbone_params()},
-            decoder_lr=args.decoder_learning_rate or args.learning_rate,
-            backbone_lr=args.backbone_learning_rate or args.learning_rate,
+            decoder_lr=args.learning_rate if args.decoder_learning_rate is None else args.decoder_learning_rate,
+            backbone_lr=args.learning_rate if args.backbone_learning_rate is None else args.backbone_learning_rate,
             weight_decay=args.weight_decay,
         )
         counts = {}
