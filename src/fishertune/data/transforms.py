@@ -113,6 +113,8 @@ class SegmentationTransforms:
         mean, std (`tuple[float, float, float]`): normalization on the 0..255 scale.
         seed (`int`, *optional*): seed a private generator (reproducible in one process). By
             default each call draws its seed from torch's RNG, which the DataLoader reseeds per worker.
+            Neither is a function of the sample alone, so a resumed run draws other augmentations:
+            wrap the dataset in `KeyedTrainingDataset` (what the recipes do) for bitwise resume.
     """
 
     def __init__(self, train: bool, crop_size=512, scale_range=(256, 1024), num_scales: int | None = 16,
@@ -156,17 +158,24 @@ class SegmentationTransforms:
         lbl = np.asarray(label) if label is not None else np.full(image.size[::-1], self.ignore_index, np.uint8)
         return _to_tensor(np.asarray(image), lbl, self.mean, self.std)
 
+    def sample(self, image: Image.Image, label: Image.Image | None, rng=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One example -> (pixel_values, labels); training draws every random number from `rng`
+        (a `numpy.random.Generator`; `KeyedTrainingDataset` passes one keyed by seed, epoch and index)."""
+        image = image.convert("RGB")
+        if label is not None and label.mode not in ("L", "P"):
+            raise ValueError(f"label must be a single-channel image, got mode {label.mode!r}")
+        if label is not None and label.size != image.size:
+            raise ValueError(f"label size {label.size} differs from image size {image.size}")
+        if not self.train:
+            return self.eval_one(image, label)
+        return self.train_one(image, label, self._generator() if rng is None else rng)
+
     def __call__(self, batch: dict) -> dict:
         rng = self._generator() if self.train else None
         labels = batch.get("label") or [None] * len(batch["image"])
         pixel_values, targets = [], []
         for image, label in zip(batch["image"], labels):
-            image = image.convert("RGB")
-            if label is not None and label.mode not in ("L", "P"):
-                raise ValueError(f"label must be a single-channel image, got mode {label.mode!r}")
-            if label is not None and label.size != image.size:
-                raise ValueError(f"label size {label.size} differs from image size {image.size}")
-            x, y = self.train_one(image, label, rng) if self.train else self.eval_one(image, label)
+            x, y = self.sample(image, label, rng)
             pixel_values.append(x)
             targets.append(y)
         return {"pixel_values": pixel_values, "labels": targets}

@@ -49,12 +49,17 @@ class ExperimentArguments:
         target_roots (`list[str]`): `dataset=folder` pairs, e.g. `cityscapes=/data/cityscapes`.
         label_space (`str`, *optional*): CamVid label space (`camvid` or `cityscapes`).
         crop_size (`list[int]`): training crop (h, w). scale_range (`list[int]`): short-edge range.
+        bad_file_policy (`str`): a training file that fails to decode mid-run (a truncated JPEG passes the
+            load-time header check): `"error"` stops naming it, after saving a checkpoint; `"skip"` warns
+            with the path and a running count and uses the next readable sample in its place.
         eval_mode (`str`): `whole` or `slide` inference. eval_crop_size / eval_stride: sliding window.
         eval_scale (`list[int]`, *optional*): (long, short) keep-ratio evaluation size; default per dataset.
         num_synthetic_samples / num_synthetic_eval_samples / synthetic_size: the synthetic data.
         max_train_samples / max_eval_samples (`int`, *optional*): truncate datasets (quick runs).
         merge (`bool`): save the merged plain model instead of the adapter.
         quick (`bool`): CI smoke run: a handful of steps and samples (overrides the step counts).
+        overwrite_output_dir (`bool`): a new run may delete the `checkpoint-*` folders of another run
+            in `output_dir` (otherwise refused; `--resume_from_checkpoint last` continues that run).
         card_title (`str`, *optional*): model card title. (`hub_model_id`, `push_to_hub` are training arguments.)
     """
 
@@ -76,6 +81,10 @@ class ExperimentArguments:
     crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata={"help": "Training crop (h w)."})
     scale_range: list[int] = field(default_factory=lambda: [256, 1024], metadata={"help": "Training short-edge range."})
     photometric: bool = field(default=True, metadata={"help": "mmseg photometric distortion in training."})
+    bad_file_policy: str = field(default="error", metadata={
+        "help": "A training image that fails to decode mid-run: 'error' stops naming the file (after saving a "
+                "checkpoint to resume from), 'skip' warns with the path and a count and uses the next sample.",
+        "choices": ["error", "skip"]})
     eval_mode: str = field(default="slide", metadata={"help": "Inference: whole or slide.", "choices": list(EVAL_MODES)})
     eval_crop_size: int = field(default=512, metadata={"help": "Sliding-window size."})
     eval_stride: int = field(default=341, metadata={"help": "Sliding-window stride."})
@@ -89,6 +98,9 @@ class ExperimentArguments:
     merge: bool = field(default=False, metadata={"help": "Save the merged model instead of the adapter."})
     card_title: Optional[str] = field(default=None, metadata={"help": "Model card title (default from the run)."})
     quick: bool = field(default=False, metadata={"help": "CI smoke run: a few steps and samples."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start a new run in an output_dir that holds checkpoint-* folders of another run, deleting them "
+                "(without it that is an error; --resume_from_checkpoint last continues that run instead)."})
 
     def __post_init__(self) -> None:
         from ..data import DATASET_NAMES
@@ -97,6 +109,9 @@ class ExperimentArguments:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}.")
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}.")
+        if self.bad_file_policy not in ("error", "skip"):
+            raise ValueError(f"bad_file_policy must be 'error' (stop naming the file) or 'skip' (warn, count, use "
+                             f"the next sample), got {self.bad_file_policy!r}.")
         if self.backbone.startswith("config:") and self.backbone[7:] not in BUILTIN_BACKBONES:
             raise ValueError(f"Unknown built-in backbone {self.backbone!r}; choose config:<{'|'.join(BUILTIN_BACKBONES)}>.")
         if self.backbone.startswith("timm:"):

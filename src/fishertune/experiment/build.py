@@ -84,13 +84,14 @@ def eval_transform(args: ExperimentArguments, name: str):
     return ftdata.eval_transforms(scale=scale, mean=mean, std=std)
 
 
-def build_train_dataset(args: ExperimentArguments):
-    """The source training set with Rein's augmentation pipeline (sized by `crop_size`/`scale_range`)."""
+def build_train_dataset(args: ExperimentArguments, seed: int = 0):
+    """The source training set with Rein's augmentation pipeline (sized by `crop_size`/`scale_range`), every
+    random draw keyed by (`seed`, epoch, sample index) so that a resumed run augments as the uninterrupted one."""
     mean, std = normalization(args.backbone)
     ds = load_split(args, args.dataset, args.train_split, train=True)
     transform = ftdata.train_transforms(crop_size=tuple(args.crop_size), scale_range=tuple(args.scale_range),
                                         photometric=args.photometric, mean=mean, std=std)
-    return ds.with_transform(transform)
+    return ftdata.KeyedTrainingDataset(ds, transform, seed=seed, bad_file_policy=args.bad_file_policy)
 
 
 def build_eval_datasets(args: ExperimentArguments, targets: Optional[list[str]] = None) -> dict:

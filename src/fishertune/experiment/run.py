@@ -31,6 +31,7 @@ from .build import build_base_model, build_eval_datasets, build_source_val, buil
 from .card import write_model_card
 from .config_io import resolved_config
 from .export import finalize_adapter_config, save_image_processor
+from .resume import resolve_resume
 from .tracking import log_eval_metrics
 
 METRICS_NAME, CONFIG_NAME, CARD_NAME, BASE_MODEL_DIR = "metrics.json", "config.yaml", "README.md", "base_model"
@@ -123,12 +124,15 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     """
     if exp.quick:
         apply_quick(exp, targs)
+    # Before any work: a wrong path or another run's checkpoints must cost nothing; config.yaml records the folder.
+    targs.resume_from_checkpoint = resolve_resume(targs.resume_from_checkpoint, targs.output_dir,
+                                                  overwrite=exp.overwrite_output_dir, is_main=targs.should_save)
     push = targs.push_to_hub
     targs.push_to_hub = False  # the Trainer would push checkpoints itself; the whole output folder goes up below
     out = targs.output_dir
     os.makedirs(out, exist_ok=True)
     id2label = source_id2label(exp)
-    train_ds = build_train_dataset(exp)
+    train_ds = build_train_dataset(exp, seed=targs.seed if targs.data_seed is None else targs.data_seed)
     targets, source_val = build_eval_datasets(exp), build_source_val(exp)
     model = build_base_model(exp, id2label, seed=targs.seed)
     plain_model = targs.criterion in ("full", "frozen") + METHOD_CRITERIA  # saved whole, backbone included
@@ -139,7 +143,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
 
     trainer = FisherTuneTrainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn)
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     train_seconds = time.perf_counter() - start
     model = trainer.model
     if targs.should_save:

@@ -20,6 +20,7 @@ resumed run syncs them the same way. The scores are broadcast from rank 0 before
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..data.keyed import BadSampleError
 from ..tuner import FisherTuneLayer
 from .arguments import SPARSE_CRITERIA, FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
@@ -41,6 +43,15 @@ from .setup import backbone_module, is_fishertune, prepare_model
 from .state import SCORES_NAME, SELECTION_NAME, STATISTICS_NAME, check_compatible, model_fingerprint, read_state, write_state
 
 logger = logging.get_logger(__name__)
+
+
+@contextlib.contextmanager
+def _restore_epoch(dataset, epoch):
+    try:
+        yield
+    finally:
+        if epoch is not None:
+            dataset.set_epoch(epoch)
 
 
 class FisherTuneTrainer(Trainer):
@@ -129,7 +140,9 @@ class FisherTuneTrainer(Trainer):
         devices = [torch.cuda.current_device()] if self.args.device.type == "cuda" else []
         # A private RNG stream: the estimation (data order, DSU draws, sampled labels) is the same whenever it
         # runs, and training after it draws the same numbers as a run resumed from a later checkpoint.
-        with torch.random.fork_rng(devices=devices):
+        # A fresh loader may reset the dataset's epoch (accelerate does when its sampler has none); training's must survive.
+        epoch = getattr(self.train_dataset, "epoch", None)
+        with torch.random.fork_rng(devices=devices), _restore_epoch(self.train_dataset, epoch):
             torch.manual_seed(self.args.seed)
             loader = self.get_train_dataloader()
             weights = self.model.fishertune_target_weights()
@@ -256,6 +269,25 @@ class FisherTuneTrainer(Trainer):
         self.optimizer = self.accelerator.prepare_optimizer(new)
         self.create_scheduler(num_training_steps=self.state.max_steps)
         self.callback_handler.optimizer, self.callback_handler.lr_scheduler = self.optimizer, self.lr_scheduler
+
+    def _run_epoch(self, model, epoch, *args, **kwargs):
+        # Keyed augmentations (fishertune.data.KeyedTrainingDataset) need the epoch; accelerate forwards it to the
+        # sampler only, and not at all through the loader that skips a resumed epoch's first batches.
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(epoch)
+        return super()._run_epoch(model, epoch, *args, **kwargs)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        try:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        except BadSampleError as err:
+            # The batches are fetched before the step: the model is at the end of the last step, a consistent point.
+            # Saved even with save_strategy='no': the run ends here, and its steps are work a rerun would repeat.
+            if self.args.world_size > 1 or not self.state.global_step:
+                raise
+            self._save_checkpoint(self.model_wrapped, trial=None)
+            ckpt = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            raise BadSampleError(f"{err} The run stopped after step {self.state.global_step}, saved as {ckpt}.") from err
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
