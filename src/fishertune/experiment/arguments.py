@@ -12,10 +12,11 @@ from typing import Optional
 
 #: Built-in small backbones (`backbone: "config:<name>"`), randomly initialised: the offline demo and tests.
 #: DINOv2 layout (q/k/v + FFN targets the tuner presets know); patch 8 so that 64x96 images give a 8x12 grid.
+#: DINOv2 sizes its FFN by `mlp_ratio`; `intermediate_size` here is turned into it (`build.dinov2_config`).
 BUILTIN_BACKBONES = {
-    "vit-small-demo": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+    "vit-small-demo": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                            image_size=64, patch_size=8, layerscale_value=1.0),
-    "vit-micro-test": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    "vit-micro-test": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                            image_size=32, patch_size=8, layerscale_value=1.0),
 }  # fmt: skip
 HEADS = ("light", "mask2former", "eomt")

@@ -17,12 +17,31 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_EVAL_SEED = 0, 1
 
 
+def dinov2_config(**kwargs):
+    """A `Dinov2Config` whose FFN is as wide as `intermediate_size` says.
+
+    DINOv2 builds `hidden_size * mlp_ratio` and silently ignores `intermediate_size`, so the width is
+    turned into the ratio, and refused when no integer ratio gives it or `mlp_ratio` says otherwise.
+    """
+    from transformers import Dinov2Config
+
+    size = kwargs.pop("intermediate_size", None)
+    if size is not None:
+        hidden = kwargs.get("hidden_size", Dinov2Config().hidden_size)
+        if size <= 0 or size % hidden:
+            raise ValueError(f"intermediate_size={size} is not a multiple of hidden_size={hidden}: DINOv2 sizes its "
+                             "FFN as hidden_size * mlp_ratio (an integer); use a multiple or set mlp_ratio instead.")
+        if kwargs.get("mlp_ratio", size // hidden) != size // hidden:
+            raise ValueError(f"intermediate_size={size} and mlp_ratio={kwargs['mlp_ratio']} disagree "
+                             f"(hidden_size={hidden}); set one of them.")
+        kwargs["mlp_ratio"] = size // hidden
+    return Dinov2Config(**kwargs)
+
+
 def backbone_source(backbone: str):
     """What `build_model` takes: a `Dinov2Config` for `config:<name>`, else the Hub id, folder or `timm:` name."""
     if backbone.startswith("config:"):
-        from transformers import Dinov2Config
-
-        return Dinov2Config(**BUILTIN_BACKBONES[backbone[len("config:"):]])
+        return dinov2_config(**BUILTIN_BACKBONES[backbone[len("config:"):]])
     return backbone
 
 
