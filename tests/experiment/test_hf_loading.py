@@ -78,13 +78,34 @@ def test_pipeline_segments_with_the_saved_processor(runs, capfd, which):
     annotations = segment(image)
     assert "not supported" not in capfd.readouterr().err
     model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
-    pixel_values = AutoImageProcessor.from_pretrained(folder)(images=[image], return_tensors="pt")["pixel_values"]
+    _assert_masks_are_the_models(annotations, model, AutoImageProcessor.from_pretrained(folder), image)
+
+
+def test_pipeline_on_an_adapter_run_merged_in_memory(runs):
+    from peft import AutoPeftModel
+    from transformers import AutoImageProcessor, pipeline
+
+    from fishertune.experiment import load_output
+
+    merged = AutoPeftModel.from_pretrained(str(runs["adapter"])).merge_and_unload().eval()
+    processor = AutoImageProcessor.from_pretrained(runs["adapter"])
+    image = _image((70, 90))
+    annotations = pipeline("image-segmentation", model=merged, image_processor=processor, device="cpu")(image)
+    reference, _ = load_output(str(runs["adapter"]), device="cpu")  # the trained adapter, as the recipes load it
+    _assert_masks_are_the_models(annotations, reference.eval(), processor, image)
+
+
+def _assert_masks_are_the_models(annotations, model, processor, image):
+    """One mask per predicted class, each exactly where `model`'s argmax is that class, at the image's size."""
+    pixel_values = processor(images=[image], return_tensors="pt")["pixel_values"]
+    h, w = image.size[1], image.size[0]
     with torch.no_grad():
-        ids = model.semantic_logits(model(pixel_values=pixel_values), (70, 90))[0].argmax(0).numpy()
-    expected = {model.config.id2label[int(c)]: ids == c for c in np.unique(ids)}
+        ids = model.semantic_logits(model(pixel_values=pixel_values), (h, w))[0].argmax(0).numpy()
+    id2label = model.config.id2label
+    expected = {id2label[int(c)]: ids == c for c in np.unique(ids)}
     assert {a["label"] for a in annotations} == set(expected)
     for a in annotations:
-        assert a["mask"].size == (90, 70) and np.array_equal(np.asarray(a["mask"]) == 255, expected[a["label"]])
+        assert a["mask"].size == (w, h) and np.array_equal(np.asarray(a["mask"]) == 255, expected[a["label"]])
 
 
 def test_auto_peft_model_loads_the_adapter_folder(runs):
