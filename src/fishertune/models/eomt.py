@@ -154,6 +154,11 @@ class EomtSegmenter(PreTrainedModel):
             eomt_config = eomt_config_from_dinov2(backbone, **kwargs)
         else:
             raise ValueError(f"EoMT is built from DINOv2 or EoMT, got model_type={backbone.model_type!r}.")
+        depth = eomt_config.num_hidden_layers
+        if not 1 <= eomt_config.num_blocks <= depth:
+            # Otherwise the queries would join before the first block and fail deep inside with a shape error.
+            raise ValueError(f"num_blocks={eomt_config.num_blocks}: EoMT's queries join the last num_blocks of the "
+                             f"backbone's {depth} blocks; choose 1 <= num_blocks <= {depth} (EoMT's default is 4).")
         config = cls.config_class(backbone_config=eomt_config.to_dict(), **labels_kwargs(num_labels, id2label))
         model = cls(config)
         if source is not None:
