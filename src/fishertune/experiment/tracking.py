@@ -6,7 +6,11 @@ from collections.abc import Mapping
 
 
 def eval_logs(metrics: Mapping[str, Mapping]) -> dict[str, float]:
-    """Flat scalars of a run's metrics (percent): `eval/<domain>/mIoU` (and aAcc, mAcc), `eval/mean/mIoU`.
+    """Flat scalars of a run's metrics (percent): `eval_<domain>/mIoU` (and aAcc, mAcc), `eval_mean/mIoU`.
+
+    The `eval_` prefix is the Trainer's own for evaluation metrics: the trackers of `report_to` turn it
+    into their `eval/` section (`eval/<domain>/mIoU` in TensorBoard and W&B), where any other key would
+    be filed under `train/`.
 
     Args:
         metrics: `{domain: {"mIoU", "aAcc", "mAcc", ...}, "mean": {...}}` as in metrics.json.
@@ -15,7 +19,7 @@ def eval_logs(metrics: Mapping[str, Mapping]) -> dict[str, float]:
     for domain, values in metrics.items():
         for key in ("mIoU", "aAcc", "mAcc"):
             if values.get(key) is not None:
-                logs[f"eval/{domain}/{key}"] = float(values[key])
+                logs[f"eval_{domain}/{key}"] = float(values[key])
     return logs
 
 
