@@ -12,10 +12,13 @@ from fishertune.experiment import PredictArguments, parse_args, predict_output
 
 def main(argv=None):
     (args, _) = parse_args((PredictArguments,), argv)
-    stems = predict_output(args.model, args.images, args.output_dir, device=args.device, mode=args.eval_mode)
+    done = predict_output(args.model, args.images, args.output_dir, device=args.device, mode=args.eval_mode)
     out = os.path.abspath(args.output_dir)
-    print(f"Predicted {len(stems)} image(s) into {out}: masks/, overlays/, labels/, legend.png, legend.json")
-    return stems
+    print(f"Predicted {len(done)} image(s) into {out}: masks/, overlays/, labels/, legend.png, legend.json")
+    if done.skipped:
+        print(f"Skipped {len(done.skipped)} unreadable file(s):")
+        print("\n".join(f"  {path}: {reason}" for path, reason in done.skipped))
+    return done
 
 
 if __name__ == "__main__":

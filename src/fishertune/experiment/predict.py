@@ -2,9 +2,10 @@
 
 Output layout (`out_dir`):
 
-    masks/<stem>.png      colour-coded prediction (RGB, original image size)
-    overlays/<stem>.png   the image blended with the colour mask
-    labels/<stem>.png     the predicted class ids (8-bit, for further processing)
+    masks/<name>.png      colour-coded prediction (RGB, original image size); <name> is the image's stem,
+                          or its whole file name where stems collide (x.jpg and x.png -> x.jpg, x.png)
+    overlays/<name>.png   the image blended with the colour mask
+    labels/<name>.png     the predicted class ids (8-bit, for further processing)
     legend.png            colour swatch + name of every class
     legend.json           [{"id", "name", "color": [r, g, b]}, ...]
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data import SegmentationTransforms
+from ..data.keyed import DECODE_ERRORS
 from ..evaluation import slide_inference, whole_inference
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,6 +60,25 @@ def list_images(folder: str) -> list[str]:
     if not files:
         raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder}.")
     return files
+
+
+def output_names(paths: Sequence[str]) -> list[str]:
+    """One distinct output name per input: the stem, or the file name where two stems collide."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    counts = Counter(stems)
+    names = [stem if counts[stem] == 1 else os.path.basename(p) for stem, p in zip(stems, paths)]
+    if len(set(names)) < len(names):  # e.g. "x.jpg.png" beside "x.jpg" and "x.png": file names never collide
+        names = [os.path.basename(p) for p in paths]
+    return names
+
+
+class PredictedImages(list):
+    """The output names of the images predicted (a list), with `skipped`: `[(path, reason), ...]` of the
+    files that could not be read."""
+
+    def __init__(self, names=(), skipped=()):
+        super().__init__(names)
+        self.skipped = list(skipped)
 
 
 @torch.no_grad()
@@ -105,30 +128,36 @@ def predict_folder(model, images_dir: str, out_dir: str, id2label: dict, mean, s
         alpha (`float`): weight of the colour mask in the overlay.
 
     Returns:
-        The stems of the images predicted.
+        [`PredictedImages`]: the output names of the images predicted; `.skipped` lists the unreadable
+        files (each also a warning), which do not stop the folder.
     """
     names = [id2label[i] for i in range(len(id2label))]
     palette = palette_for(names)
     transform = SegmentationTransforms(False, scale=tuple(scale) if scale else None, mean=mean, std=std)
     for sub in ("masks", "overlays", "labels"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    stems = []
-    for path in list_images(images_dir):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+    done = PredictedImages()
+    paths = list_images(images_dir)
+    for path, name in zip(paths, output_names(paths)):
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except DECODE_ERRORS as err:
+            warnings.warn(f"Skipping unreadable image {path}: {type(err).__name__}: {err}", stacklevel=2)
+            done.skipped.append((path, f"{type(err).__name__}: {err}"))
+            continue
         ids = predict_image(model, image, transform, mode, crop_size, stride)
         color = palette[ids]
         blend = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * color.astype(np.float32)
-        Image.fromarray(color).save(os.path.join(out_dir, "masks", f"{stem}.png"))
-        Image.fromarray(blend.round().astype(np.uint8)).save(os.path.join(out_dir, "overlays", f"{stem}.png"))
-        Image.fromarray(ids, mode="L").save(os.path.join(out_dir, "labels", f"{stem}.png"))
-        stems.append(stem)
+        Image.fromarray(color).save(os.path.join(out_dir, "masks", f"{name}.png"))
+        Image.fromarray(blend.round().astype(np.uint8)).save(os.path.join(out_dir, "overlays", f"{name}.png"))
+        Image.fromarray(ids, mode="L").save(os.path.join(out_dir, "labels", f"{name}.png"))
+        done.append(name)
     save_legend(names, palette, out_dir)
-    return stems
+    return done
 
 
-def predict_output(folder: str, images_dir: str, out_dir: str, device=None, mode=None) -> list[str]:
+def predict_output(folder: str, images_dir: str, out_dir: str, device=None, mode=None) -> PredictedImages:
     """`predict_folder` with the model and settings of a trained output folder."""
     from .build import normalization
     from .saved import load_output
