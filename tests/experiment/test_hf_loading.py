@@ -155,3 +155,48 @@ def test_hub_backbone_normalization_comes_from_its_image_processor(tmp_path, mon
     processor_for((10.0, 20.0, 30.0), (2.0, 4.0, 8.0)).save_pretrained(tmp_path / "local")
     mean, std = normalization(str(tmp_path / "local"))
     assert mean == pytest.approx((10.0, 20.0, 30.0), abs=1e-9) and std == pytest.approx((2.0, 4.0, 8.0), abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """`(output folder, backbone folder)`: the quick demo on a pretrained backbone given by name (a local
+    folder here, offline; a Hub id takes the same path), so base_model/ names the backbone instead of copying it."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    root = tmp_path_factory.mktemp("pretrained")
+    torch.manual_seed(11)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32,
+                             patch_size=8)).save_pretrained(root / "dinov2-tiny")  # fmt: skip
+    recipe_main("train")(quick_demo_argv(root / "run", "--backbone", str(root / "dinov2-tiny"),
+                                         "--targets", "synthetic:fog", "--val_split", ""))
+    return root / "run", root / "dinov2-tiny"
+
+
+def test_a_pretrained_backbone_run_loads_with_auto_peft_model(pretrained_run):
+    from peft import AutoPeftModel, PeftModel
+    from transformers import AutoModelForSemanticSegmentation, Dinov2Model
+
+    from fishertune.models import BACKBONE_REFERENCE, LightSegmenter, build_model
+
+    out, backbone = pretrained_run
+    base_dir = out / "base_model"
+    # the base is named, not copied: the config, the backbone's name and the processor, no weights
+    assert sorted(p.name for p in base_dir.iterdir()) == [
+        "config.json", BACKBONE_REFERENCE, "preprocessor_config.json"]  # fmt: skip
+    assert json.loads((base_dir / BACKBONE_REFERENCE).read_text()) == {"backbone": str(backbone.resolve())}
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base_dir.resolve())
+
+    base = AutoModelForSemanticSegmentation.from_pretrained(base_dir)
+    assert type(base) is LightSegmenter and not base.training
+    pretrained = Dinov2Model.from_pretrained(backbone).state_dict()
+    assert all(torch.equal(v, pretrained[k]) for k, v in base.backbone.state_dict().items())
+
+    model = AutoPeftModel.from_pretrained(str(out)).eval()
+    # the documented way without base_model/: build the base from the backbone, put the adapter on it
+    id2label = {int(k): v for k, v in base.config.id2label.items()}
+    reference = PeftModel.from_pretrained(build_model("light", str(backbone), id2label=id2label), str(out)).eval()
+    x = torch.randn(2, 3, 64, 96)
+    assert torch.equal(_logits(model, x), _logits(reference, x))
+    card = (out / "README.md").read_text()
+    assert "AutoPeftModel.from_pretrained(folder)` builds this base" in card and "randomly initialised" not in card

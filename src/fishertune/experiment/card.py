@@ -115,6 +115,7 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     import json
 
     from .. import __version__
+    from ..models import backbone_reference
     from ..training.arguments import DATA_CRITERIA, SPARSE_CRITERIA
     from .build import source_id2label
 
@@ -129,6 +130,7 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     fraction = float(selection.get("allocated_fraction", 0.0))
     t1, t2, t3 = phase_lengths
     plot = "fishertune_sensitivity.png"
+    base_dir = os.path.join(out, "base_model")
     return {
         "title": exp.card_title or f"{criterion} on {exp.backbone} ({exp.head}), {exp.dataset} -> {', '.join(exp.targets)}",
         "version": __version__,
@@ -158,7 +160,9 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
         "mean": metrics.get("mean", {}).get("mIoU"),
         "sensitivity_map": plot if os.path.isfile(os.path.join(out, plot)) else None,
         "is_adapter": is_adapter,
-        "base_in_repo": os.path.isdir(os.path.join(out, "base_model")),
+        # base_model/ with weights (a random-init built-in backbone), or only the config naming the backbone
+        "base_in_repo": os.path.isdir(base_dir) and backbone_reference(base_dir) is None,
+        "base_reference": backbone_reference(base_dir) is not None,
         "repo_or_path": repo_id or os.path.abspath(out),
     }  # fmt: skip
 

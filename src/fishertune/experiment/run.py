@@ -5,7 +5,8 @@ Output folder (`training_args.output_dir`):
     adapter_config.json + adapter_model.safetensors   the adapter (or config.json + model.safetensors:
                                                       `--merge`, or the full/frozen/rein/vpt/adaptformer/vqt baselines)
     baseline/                                         rein/vpt/adaptformer/vqt: the method's parameters alone
-    base_model/                                       the random-init base, only for `config:` backbones
+    base_model/                                       adapters: the base `AutoPeftModel` loads (`config:` backbones:
+                                                      the random-init model; else its config and backbone name)
     fishertune_scores.safetensors, fishertune_selection.json, fishertune_sensitivity.png   (sparse criteria)
     preprocessor_config.json                          the image processor (also in base_model/)
     metrics.json   config.yaml   README.md (model card)
@@ -24,6 +25,7 @@ from peft import PeftModel
 from ..baselines import api as baselines_api
 from ..data import collate_fn
 from ..evaluation import evaluate_model
+from ..models import save_backbone_reference
 from ..training import FisherTuneTrainer, FisherTuneTrainingArguments
 from ..training.arguments import METHOD_CRITERIA
 from .arguments import ExperimentArguments
@@ -136,10 +138,12 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     targets, source_val = build_eval_datasets(exp), build_source_val(exp)
     model = build_base_model(exp, id2label, seed=targs.seed)
     plain_model = targs.criterion in ("full", "frozen") + METHOD_CRITERIA  # saved whole, backbone included
-    adapter_needs_base = exp.backbone.startswith("config:") and not exp.merge and not plain_model
-    if adapter_needs_base and targs.should_save:
-        # A random-init backbone exists nowhere else: the adapter is loadable only with these exact weights.
-        model.save_pretrained(os.path.join(out, BASE_MODEL_DIR))
+    if not exp.merge and not plain_model and targs.should_save:  # an adapter: base_model/ is its base
+        if exp.backbone.startswith("config:"):
+            # A random-init backbone exists nowhere else: the adapter is loadable only with these exact weights.
+            model.save_pretrained(os.path.join(out, BASE_MODEL_DIR))
+        else:  # a pretrained backbone: the config and the backbone's name; from_pretrained loads its weights
+            save_backbone_reference(model, os.path.join(out, BASE_MODEL_DIR), exp.backbone)
 
     trainer = FisherTuneTrainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn)
     start = time.perf_counter()

@@ -26,6 +26,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATI
 
 # Registers Eva02BackboneConfig with AutoConfig (nested in saved EVA02 segmenters); imports no timm.
 from ..baselines import eva02 as _eva02  # noqa: F401
+from ._base import BACKBONE_REFERENCE, backbone_reference, save_backbone_reference
 from .backbone import (
     REIN_DINOV2_LARGE_TAPS,
     REIN_SCALES,
@@ -79,6 +80,7 @@ for _config_cls, _model_cls in (
     MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault(_config_cls.model_type, _model_cls.__name__)
 
 __all__ = [
+    "BACKBONE_REFERENCE",
     "REIN_DINOV2_LARGE_TAPS",
     "REIN_SCALES",
     "DistributedEomtLoss",
@@ -93,12 +95,14 @@ __all__ = [
     "PyramidMask2FormerConfig",
     "PyramidMask2FormerOutput",
     "backbone_blocks",
+    "backbone_reference",
     "build_model",
     "default_taps",
     "load_backbone",
     "mask_class_semantic_logits",
     "patch_tokens",
     "processor_for",
+    "save_backbone_reference",
     "semantic_to_instances",
     "tapped_features",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from typing import Any, Optional
 
+import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
@@ -17,6 +19,53 @@ _DROP_FROM_BACKBONE = ("id2label", "label2id", "architectures", "problem_type", 
 
 def backbone_config_spec(default_type: str = "dinov2") -> dict[str, SubConfigSpec]:
     return {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type=default_type)}
+
+
+#: In a `base_model/` folder that holds a segmenter's config but no weights: the backbone it is built on
+#: (a Hub id, a folder or `timm:<name>`). `from_pretrained(folder)` then builds the segmenter from the config
+#: and loads that backbone's pretrained weights; the decoder starts random (an adapter's `modules_to_save`
+#: replace it). A run on a pretrained backbone so names its adapter's base without copying the backbone.
+BACKBONE_REFERENCE = "fishertune_backbone.json"
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def save_backbone_reference(model: PreTrainedModel, folder: str | os.PathLike, backbone: str) -> None:
+    """Write `model`'s config and `BACKBONE_REFERENCE` (no weights) into `folder`; a local `backbone`
+    folder is recorded as an absolute path."""
+    if os.path.exists(backbone):
+        backbone = os.path.abspath(backbone)
+    os.makedirs(folder, exist_ok=True)
+    model.config.save_pretrained(folder)
+    with open(os.path.join(folder, BACKBONE_REFERENCE), "w") as f:
+        json.dump({"backbone": backbone}, f, indent=2)
+
+
+def backbone_reference(folder) -> Optional[str]:
+    """The backbone a weightless `base_model/` folder names, or None (not a local folder, or it has weights)."""
+    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
+        return None
+    path = os.path.join(folder, BACKBONE_REFERENCE)
+    if not os.path.isfile(path) or any(os.path.exists(os.path.join(folder, w)) for w in _WEIGHTS):
+        return None
+    with open(path) as f:
+        return json.load(f)["backbone"]
+
+
+def from_backbone_reference(cls, folder, backbone: str, kwargs: dict):
+    """`cls.from_pretrained(folder, **kwargs)` for a folder that names its backbone (see `BACKBONE_REFERENCE`)."""
+    config = kwargs.get("config")
+    if not isinstance(config, PreTrainedConfig):
+        config = cls.config_class.from_pretrained(folder)
+    model = cls(config)
+    cls._load_backbone_weights(model, backbone)
+    model.config.name_or_path = str(folder)  # as from_pretrained records where a model came from
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    if isinstance(dtype, torch.dtype):
+        model.to(dtype)
+    model.eval()  # as from_pretrained returns a model
+    if kwargs.get("output_loading_info"):
+        return model, {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
+    return model
 
 
 def labels_kwargs(num_labels: int | None, id2label: dict[int, str] | None) -> dict[str, Any]:
@@ -46,8 +95,12 @@ class BackboneSegmenterMixin:
 
         transformers builds the model on the meta device and fills only what the checkpoint holds (and
         what HF modules' `_init_weights` know); timm's EVA02 keeps RoPE tables in non-persistent
-        buffers, which `Eva02Backbone.init_non_persistent_buffers` restores.
+        buffers, which `Eva02Backbone.init_non_persistent_buffers` restores. A folder that holds a config
+        and `BACKBONE_REFERENCE` but no weights is built from the config, with the named backbone's weights.
         """
+        reference = backbone_reference(args[0]) if args else None
+        if reference is not None:
+            return from_backbone_reference(cls, args[0], reference, kwargs)
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives a tuple
         reinit = getattr(getattr(model, "backbone", None), "init_non_persistent_buffers", None)
@@ -90,8 +143,18 @@ class BackboneSegmenterMixin:
         )
         model = cls(config)
         if backbone_model is not None:
-            missing, unexpected = model.backbone.load_state_dict(backbone_model.state_dict(), strict=False)
-            # A pooler or CLIP's projection may be present in the source; nothing of ours may be missing.
-            if missing:
-                raise ValueError(f"Backbone weights missing after loading: {missing[:8]}")
+            cls._copy_backbone_weights(model, backbone_model)
         return model
+
+    @classmethod
+    def _load_backbone_weights(cls, model, backbone: str) -> None:
+        """Load the pretrained weights of `backbone` (Hub id, folder, `timm:` name) into `model.backbone`."""
+        _, backbone_model = load_backbone(backbone)
+        cls._copy_backbone_weights(model, backbone_model)
+
+    @staticmethod
+    def _copy_backbone_weights(model, backbone_model: nn.Module) -> None:
+        missing, unexpected = model.backbone.load_state_dict(backbone_model.state_dict(), strict=False)
+        # A pooler or CLIP's projection may be present in the source; nothing of ours may be missing.
+        if missing:
+            raise ValueError(f"Backbone weights missing after loading: {missing[:8]}")

@@ -27,7 +27,7 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.eomt.modeling_eomt import EomtForUniversalSegmentationOutput
 
-from ._base import labels_kwargs
+from ._base import backbone_reference, from_backbone_reference, labels_kwargs
 from .backbone import is_eva02
 from .mask_classification import DistributedEomtLoss, mask_class_semantic_logits, semantic_to_instances
 
@@ -162,14 +162,31 @@ class EomtSegmenter(PreTrainedModel):
         config = cls.config_class(backbone_config=eomt_config.to_dict(), **labels_kwargs(num_labels, id2label))
         model = cls(config)
         if source is not None:
-            if source.config.model_type == "eomt":
-                state = {k: v for k, v in source.state_dict().items() if not k.startswith("class_predictor")}
-            else:
-                state = eomt_state_dict_from_dinov2(source, model.backbone.config)
-            missing, unexpected = model.backbone.load_state_dict(state, strict=False)
-            if unexpected:
-                raise ValueError(f"Unexpected EoMT weights: {unexpected[:8]}")
+            cls._copy_backbone_weights(model, source)
         return model
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a folder with a config and `BACKBONE_REFERENCE` but no weights is
+        built from the config with the named DINOv2's (or EoMT's) weights, as `from_backbone` converts them."""
+        reference = backbone_reference(args[0]) if args else None
+        if reference is not None:
+            return from_backbone_reference(cls, args[0], reference, kwargs)
+        return super().from_pretrained(*args, **kwargs)
+
+    @classmethod
+    def _load_backbone_weights(cls, model, backbone: str) -> None:
+        cls._copy_backbone_weights(model, AutoModel.from_pretrained(backbone))
+
+    @staticmethod
+    def _copy_backbone_weights(model, source: PreTrainedModel) -> None:
+        if source.config.model_type == "eomt":
+            state = {k: v for k, v in source.state_dict().items() if not k.startswith("class_predictor")}
+        else:
+            state = eomt_state_dict_from_dinov2(source, model.backbone.config)
+        missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"Unexpected EoMT weights: {unexpected[:8]}")
 
     def forward(
         self,
