@@ -17,7 +17,7 @@ from ._helpers import recipe_main
 
 @pytest.fixture
 def tiny_output(monkeypatch):
-    """`load_output` gives a random micro model instead of reading a trained folder (the loading is tested elsewhere)."""
+    """`load_output` gives a random micro model instead of a trained folder (loading is tested elsewhere)."""
     exp = ExperimentArguments(backbone="config:vit-micro-test", eval_mode="whole")
     assert backbone_source(exp.backbone).image_size == 32
     model = build_base_model(exp, {0: "road", 1: "sky", 2: "car"}, seed=0).eval()

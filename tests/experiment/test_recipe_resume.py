@@ -95,7 +95,7 @@ def uninterrupted(tmp_path_factory):
     return config, _adapter(tmp / "run")
 
 
-@pytest.mark.parametrize("step", [2, 5])  # phase 1 (before estimation and selection) and phase 3
+@pytest.mark.parametrize("step", [2, 3, 5])  # phase 1, right after phase 2 (T1 = 3), phase 3
 def test_resume_in_one_process_is_bitwise(uninterrupted, tmp_path, monkeypatch, step):
     config, expected = uninterrupted
     with monkeypatch.context() as m:

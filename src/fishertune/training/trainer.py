@@ -140,7 +140,8 @@ class FisherTuneTrainer(Trainer):
         devices = [torch.cuda.current_device()] if self.args.device.type == "cuda" else []
         # A private RNG stream: the estimation (data order, DSU draws, sampled labels) is the same whenever it
         # runs, and training after it draws the same numbers as a run resumed from a later checkpoint.
-        # A fresh loader may reset the dataset's epoch (accelerate does when its sampler has none); training's must survive.
+        # A fresh loader may reset the dataset's epoch (accelerate does when its sampler has none); the
+        # training loader's must survive it.
         epoch = getattr(self.train_dataset, "epoch", None)
         with torch.random.fork_rng(devices=devices), _restore_epoch(self.train_dataset, epoch):
             torch.manual_seed(self.args.seed)
@@ -287,7 +288,8 @@ class FisherTuneTrainer(Trainer):
                 raise
             self._save_checkpoint(self.model_wrapped, trial=None)
             ckpt = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            raise BadSampleError(f"{err} The run stopped after step {self.state.global_step}, saved as {ckpt}.") from err
+            step = self.state.global_step
+            raise BadSampleError(f"{err} The run stopped after step {step}, saved as {ckpt}.") from err
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
