@@ -188,7 +188,9 @@ def make_corrupted(root, corruption: str, severity: int = DEFAULT_SEVERITY, seed
         if overwrite or not out.is_file():
             image = np.asarray(Image.open(root / "images" / f"{stem}.jpg").convert("RGB"))
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp.png")
+            # per process: two benchmark runs scoring at once write the same image; a shared tmp name let one
+            # rename the other's file away (FileNotFoundError after a finished training run)
+            tmp = out.parent / f"{out.stem}.{os.getpid()}.tmp.png"
             Image.fromarray(corrupt_image(image, corruption, severity, seed, stem)).save(tmp)
             os.replace(tmp, out)  # atomic: a killed run never leaves a half-written image
         paths.append(str(out))
