@@ -65,7 +65,8 @@ LOGS=$OUT/logs
 if [ "$DRY" = 1 ]; then
     # Tiny on CPU: the same scripts and flags, sizes cut down; the timeouts are generous (CPU, shared machines).
     DEVICE=(--device cpu)
-    PS_SIZE=(--model tiny --image-size 60x88 --batch 2 --threads 1)
+    # Rein's row left out: one process less (its tiny run is in tests/benchmarks/test_paper_scale.py).
+    PS_SIZE=(--model tiny --image-size 60x88 --batch 2 --threads 1 --methods fishertune,full)
     TS_SIZE=(--model vit-s14 --layers 1 --image-size 28 --batch 2 --steps 1 --warmup 0 --mem-steps 1 --threads 1
         --classes 10)
     SG_SIZE=(--shapes 64x32 --tokens 64 --densities 0.05,0.5 --reps 1 --threads 1)

@@ -149,4 +149,5 @@ def test_tiny_dry_run_writes_the_gpu_files(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "DRY RUN" in summary and list(_summary_rows(summary)) == ["paper_scale", "crossover"]
     assert "--model tiny" in res.stderr and "--device cpu" in res.stderr
-    assert "### FisherTune, phase by phase" in (out / "paper_scale_cuda.md").read_text()
+    md = (out / "paper_scale_cuda.md").read_text()
+    assert "### FisherTune, phase by phase" in md and "| full fine-tuning |" in md
