@@ -42,16 +42,18 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 # the form of a fit of crossover densities: the first term is the GEMM-vs-dot-product throughput ratio, the
 # second the cost of the two transposes amortised over the weight. `benchmarks/sparse_grad_crossover.py`
 # measures the crossover per shape and density and prints the two lines to paste here.
-# NOT MEASURED YET: the values below are provisional (with them 1% takes the sampled path
-# and 5% the dense one); the single-thread timings quoted in issue 21 (sampled 2-5x faster than dense at 5% on
-# ViT-S shapes) suggest the real crossover lies above 5%. Replace them with the script's output from a quiet
-# CPU and record that run (machine, command, table) in benchmarks/README.md.
+# Measured on a 2-core Intel Xeon VM, torch 2.13.0+cpu, fp32, ViT-S shapes at 2056 and 8200 tokens
+# (benchmarks/results/sparse_grad_crossover_1thread.md, 1 thread; the 2-thread run beside it agrees within its noise):
+# the sampled product wins only below ~0.5-3% density; at 5% the dense GEMM + gather is 1.4-3x faster on this CPU
+# (its GEMM runs ~2-4x faster than the machine the issue's timings came from, its sampled kernel no faster). The
+# machine was shared (other jobs reniced to 19), so the fit is coarse: with it 0.5-1% layers of ViT-S/L shapes
+# take the sampled path and 5% layers the dense one. Re-measure on the hardware you train on.
 # `sampled_addmm` has no bfloat16/float16 kernel on CPU, so autocast-bf16 layers always take the dense path
 # there. On CUDA the crossover has not been measured yet, so CUDA stays on the dense path unless the sampled
 # one is forced. `set_sparse_grad_mode` / $FISHERTUNE_SPARSE_GRAD ("auto", "sampled", "dense") force either
 # path; "sampled" still falls back to dense where the kernel does not exist.
-SAMPLED_CPU_A = 0.02  # provisional, not measured (see above)
-SAMPLED_CPU_B = 0.0  # provisional, not measured (see above)
+SAMPLED_CPU_A = 0.0213  # fit of the 1-thread run above
+SAMPLED_CPU_B = 1.879
 _SAMPLED_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
 _MODES = ("auto", "sampled", "dense")
 _sparse_grad_mode = os.environ.get("FISHERTUNE_SPARSE_GRAD", "auto")
