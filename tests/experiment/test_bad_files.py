@@ -3,6 +3,7 @@ reported by path, with a checkpoint to resume from (bad_file_policy='error'), or
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -21,11 +22,11 @@ H, W, N = 32, 48, 6
 BAD = 3  # the sample whose JPEG gets truncated
 
 
-def _camvid(root) -> list[str]:
-    """A CamVid folder split 'train' of N JPEGs with 11-class labels."""
+def _camvid(root, n: int = N) -> list[str]:
+    """A CamVid folder split 'train' of `n` JPEGs with 11-class labels."""
     rng = np.random.default_rng(0)
     paths = []
-    for i in range(N):
+    for i in range(n):
         img, lbl = root / "images" / "train" / f"f{i}.jpg", root / "labels" / "train" / f"f{i}.png"
         img.parent.mkdir(parents=True, exist_ok=True)
         lbl.parent.mkdir(parents=True, exist_ok=True)
@@ -113,3 +114,54 @@ def test_recipe_stops_naming_the_file_saves_a_checkpoint_and_resumes_skipping(tr
     assert any(paths[BAD] in str(w.message) and "Skipped" in str(w.message) for w in caught)
     assert os.path.isfile(out / "adapter_model.safetensors")
     assert yaml.safe_load((out / "config.yaml").read_text())["bad_file_policy"] == "skip"
+
+
+class _FrontCallback(TrainerCallback):
+    """Runs before the trainer's own callbacks (added at the front of the list)."""
+
+
+def _with_callback(callback):
+    base = run_module.FisherTuneTrainer
+
+    class Trainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.callback_handler.callbacks.insert(0, callback)  # before EstimationCallback's on_step_end
+
+    return Trainer
+
+
+def test_bad_file_in_phase2_saves_step_t1_and_resume_reruns_estimation(tree, tmp_path, monkeypatch):
+    """A file going bad while phase 2 reads its batches (end of step T1 = 2): the error names the file and a
+    checkpoint of step T1 marked 'estimation pending'; resumed (the files replaced), the run estimates again and
+    ends bitwise where an uninterrupted run ends."""
+    from .test_recipe_resume import _adapter, _assert_bitwise
+
+    root, paths = tree
+    config = _config(tmp_path, root)
+    recipe_main("train")(["--config", config, "--output_dir", str(tmp_path / "full")])
+    originals = {p: open(p, "rb").read() for p in paths}
+
+    class CorruptAtT1(_FrontCallback):  # every image, so phase 2's first batch meets one whatever the order
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                for p in paths:
+                    _truncate(p)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "FisherTuneTrainer", _with_callback(CorruptAtT1()))
+        with pytest.raises(BadSampleError, match=r"Cannot read training file .*phase 2.*step 2.*saved as") as err:
+            recipe_main("train")(["--config", config, "--output_dir", str(out)])
+    assert any(p in str(err.value) for p in paths)
+    ckpt = out / "checkpoint-2"
+    assert str(ckpt) in str(err.value)
+    state = json.loads((ckpt / "fishertune_trainer_state.json").read_text())
+    assert state["estimation_pending"] and not state["in_tuning"] and not state["selected"]
+    assert not (out / "adapter_model.safetensors").exists()
+    for p, data in originals.items():  # the user replaces the files
+        with open(p, "wb") as f:
+            f.write(data)
+    recipe_main("train")(["--config", config, "--output_dir", str(out), "--resume_from_checkpoint", str(ckpt)])
+    assert (out / "fishertune_selection.json").is_file()  # phase 2 ran in the resumed run
+    _assert_bitwise(_adapter(out), _adapter(tmp_path / "full"))

@@ -16,6 +16,11 @@ Multi-process. Parameters that appear or unfreeze after the model was wrapped in
 a LoRA or backbone unfrozen after warm-up) are not in DDP's reducer; `training_step` averages
 their gradients over processes at each optimizer step. Deltas are always excluded from DDP, so a
 resumed run syncs them the same way. The scores are broadcast from rank 0 before selection.
+
+Bad files. A `BadSampleError` from the training data (phase 1 or 3, at the batch fetch, or phase 2, in the
+estimator's loader) is agreed over ranks, so every rank stops at the same batch; all save one checkpoint of the
+last completed step (at phase 2: step T1, marked `estimation_pending`, so that a resumed run estimates again)
+and raise naming the file.
 """
 
 from __future__ import annotations
@@ -52,6 +57,34 @@ def _restore_epoch(dataset, epoch):
     finally:
         if epoch is not None:
             dataset.set_epoch(epoch)
+
+
+class _AgreedLoader:
+    """Phase 2's loader: each batch fetch is agreed over ranks (`agree`), so a bad file on one rank stops every
+    rank at the same batch instead of leaving the others in the estimator's all_reduce."""
+
+    def __init__(self, loader, agree):
+        self.loader, self.agree = loader, agree
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        while True:
+            batch, done, err = None, False, None
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                done = True
+            except BadSampleError as e:
+                err = e
+            err = self.agree(err)
+            if err is not None:
+                raise err
+            if done:
+                return
+            yield batch
 
 
 class FisherTuneTrainer(Trainer):
@@ -93,6 +126,7 @@ class FisherTuneTrainer(Trainer):
         self._tuned_names = {n for n, p in self.model.named_parameters() if id(p) in bb and p.requires_grad}
         self._ddp_synced = None
         self._late_params = []
+        self._estimation_pending = False
         # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
         self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
                                         check_grads=self.accelerator.scaler is None)
@@ -119,7 +153,15 @@ class FisherTuneTrainer(Trainer):
     def start_tuning(self) -> None:
         """End of phase 1: estimate and select (sparse criteria), unfreeze, rebuild the optimizer."""
         if self.sparse:
-            self._estimate_and_select()
+            try:
+                self._estimate_and_select()
+            except BadSampleError as err:  # raised on every rank at the same batch (_AgreedLoader)
+                self.model.zero_grad(set_to_none=True)
+                self._estimation_pending = True  # the checkpoint of step T1 says phase 2 must run on resume
+                try:
+                    self._stop_on_bad_file(err, " in phase 2 (estimation; it runs again when resumed)")
+                finally:
+                    self._estimation_pending = False
         self.in_tuning = True
         self._rebuild_optimizer()
         self.apply_schedule(self.state.global_step)
@@ -145,7 +187,7 @@ class FisherTuneTrainer(Trainer):
         epoch = getattr(self.train_dataset, "epoch", None)
         with torch.random.fork_rng(devices=devices), _restore_epoch(self.train_dataset, epoch):
             torch.manual_seed(self.args.seed)
-            loader = self.get_train_dataloader()
+            loader = _AgreedLoader(self.get_train_dataloader(), self._agree_on_bad_file)
             weights = self.model.fishertune_target_weights()
             if self.args.save_estimation_statistics and config.criterion not in fisher.criteria.DATA_FREE:
                 stats = fisher.estimate_statistics(self.model, loader, weights, config, per_batch_delta=True,
@@ -279,17 +321,46 @@ class FisherTuneTrainer(Trainer):
         return super()._run_epoch(model, epoch, *args, **kwargs)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
+        err = None
         try:
-            return super().get_batch_samples(epoch_iterator, num_batches, device)
-        except BadSampleError as err:
-            # The batches are fetched before the step: the model is at the end of the last step, a consistent point.
-            # Saved even with save_strategy='no': the run ends here, and its steps are work a rerun would repeat.
-            if self.args.world_size > 1 or not self.state.global_step:
-                raise
-            self._save_checkpoint(self.model_wrapped, trial=None)
-            ckpt = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            step = self.state.global_step
-            raise BadSampleError(f"{err} The run stopped after step {step}, saved as {ckpt}.") from err
+            batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        except BadSampleError as e:
+            err = e
+        err = self._agree_on_bad_file(err)  # every rank stops at the same step, or none does
+        if err is None:
+            return batches
+        # The batches are fetched before the step: the model is at the end of the last step, a consistent point.
+        self._stop_on_bad_file(err, "")
+
+    def _agree_on_bad_file(self, err):
+        """All ranks learn whether any rank met a bad file (one all_reduce of a flag at each batch fetch, and a
+        gather of the messages when one did): each returns an error naming the file (its own, else the lowest
+        such rank's), or None. A rank stopping alone would leave the others waiting in the next collective."""
+        if not (self.args.world_size > 1 and dist.is_available() and dist.is_initialized()):
+            return err
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([0 if err is None else 1], device=device)
+        dist.all_reduce(flag)
+        if not int(flag.item()):
+            return None
+        messages = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, None if err is None else str(err))
+        if err is not None:
+            return err
+        rank, first = next((r, m) for r, m in enumerate(messages) if m is not None)
+        return BadSampleError(f"Process {rank} stopped the run: {first}")
+
+    def _stop_on_bad_file(self, err, during: str):
+        """Save a checkpoint of the last completed step (even with save_strategy='no': the run ends here, and its
+        steps are work a rerun would repeat), wait for every rank's files, then raise naming the file."""
+        step = self.state.global_step
+        if not step:
+            raise BadSampleError(f"{err} The run stopped{during} before its first step; nothing to save.") from err
+        self._save_checkpoint(self.model_wrapped, trial=None)
+        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.barrier()  # a launcher kills the other processes as soon as one exits with the error
+        ckpt = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        raise BadSampleError(f"{err} The run stopped{during} after step {step}, saved as {ckpt}.") from err
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -350,6 +421,8 @@ class FisherTuneTrainer(Trainer):
             "num_allocated": self.model.num_allocated() if self.sparse else None,
             "num_active": self.model.num_active() if self.sparse else None,
             "nonfinite_skipped_steps": self.nonfinite.skipped,
+            # saved at the end of step T1 before the selection (a bad file stopped phase 2): resuming runs it
+            "estimation_pending": self._estimation_pending,
         }
         scores_file = os.path.join(self.args.output_dir, SCORES_NAME) if self.scores is not None else None
         write_state(ckpt, payload, scores_file)
@@ -361,6 +434,8 @@ class FisherTuneTrainer(Trainer):
         self.in_tuning = bool(saved["in_tuning"])
         self.active_fraction = saved.get("active_fraction")
         self.nonfinite.skipped = int(saved.get("nonfinite_skipped_steps", 0))  # the bound holds for the whole run
+        if saved.get("estimation_pending"):  # EstimationCallback.on_train_begin runs phase 2 at this step (T1)
+            logger.info(f"{resume_from_checkpoint} was saved before phase 2 finished: the estimation runs again.")
         if saved.get("selected"):
             from .. import fisher
 
