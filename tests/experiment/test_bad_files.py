@@ -165,3 +165,19 @@ def test_bad_file_in_phase2_saves_step_t1_and_resume_reruns_estimation(tree, tmp
     recipe_main("train")(["--config", config, "--output_dir", str(out), "--resume_from_checkpoint", str(ckpt)])
     assert (out / "fishertune_selection.json").is_file()  # phase 2 ran in the resumed run
     _assert_bitwise(_adapter(out), _adapter(tmp_path / "full"))
+
+
+def test_skipped_files_are_one_total_over_loader_workers(tree, tmp_path):
+    """With 'skip' and 2 loader workers, the trainer logs and saves one count of replaced samples (each worker
+    counted its own, unseen by the main process)."""
+    root, paths = tree
+    _truncate(paths[BAD])
+    out = tmp_path / "run"
+    recipe_main("train")(["--config", _config(tmp_path, root), "--output_dir", str(out), "--bad_file_policy", "skip",
+                          "--dataloader_num_workers", "2", "--save_strategy", "steps", "--save_steps", "6"])
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    logged = [e["bad_file_skips"] for e in state["log_history"] if "bad_file_skips" in e]
+    ours = json.loads((out / "checkpoint-6" / "fishertune_trainer_state.json").read_text())
+    # 6 steps of 2 of 6 images: 2 epochs, each reads the bad file once (phase 2 may read it too)
+    assert logged and logged[-1] >= 2 and ours["bad_file_skips"] == logged[-1]
+    assert logged == sorted(logged)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 BAD_FILE_POLICIES = ("error", "skip")
+_SLOTS = 257
 #: What PIL and `datasets` raise for a file that cannot be decoded (truncated, corrupt, not an image).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -53,6 +54,9 @@ class KeyedTrainingDataset(torch.utils.data.Dataset):
         self._apply: Callable = getattr(transform, "sample", transform)
         self.epoch = 0
         self.skipped: dict[int, str] = {}  # index -> file, in this process (each loader worker counts its own)
+        # Replacements made, one slot per process (0: the main process, 1 + i: loader worker i) in shared memory,
+        # so the main process reads the total (`skip_count`) whatever worker made them.
+        self._skip_slots = torch.zeros(_SLOTS, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -78,6 +82,7 @@ class KeyedTrainingDataset(torch.utils.data.Dataset):
         if self.bad_file_policy == "error":
             raise failure
         self.skipped[index] = self.source_path(index) or f"sample {index}"
+        self._count_skip()
         warnings.warn(f"{failure} Skipped ({len(self.skipped)} bad file(s) so far in this process); "
                       "the next readable sample takes its place.", stacklevel=2)
         for step in range(1, len(self)):
@@ -88,8 +93,19 @@ class KeyedTrainingDataset(torch.utils.data.Dataset):
                 return self._load(other)
             except DECODE_ERRORS as err:
                 self.skipped[other] = self.source_path(other) or f"sample {other}"
+                self._count_skip()
                 warnings.warn(str(self._failure(other, err)) + " Skipped.", stacklevel=2)
         raise BadSampleError(f"No readable training sample left ({len(self.skipped)} bad files).")
+
+    def _count_skip(self) -> None:
+        worker = torch.utils.data.get_worker_info()
+        self._skip_slots[0 if worker is None else 1 + worker.id % (_SLOTS - 1)] += 1
+
+    @property
+    def skip_count(self) -> int:
+        """Unreadable samples met so far in this process and its loader workers (a file met again in a later
+        epoch counts again), under bad_file_policy='skip'."""
+        return int(self._skip_slots.sum())
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         return [self[i] for i in indices]

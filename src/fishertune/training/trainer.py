@@ -127,6 +127,7 @@ class FisherTuneTrainer(Trainer):
         self._ddp_synced = None
         self._late_params = []
         self._estimation_pending = False
+        self._bad_file_skips_before = 0  # in the runs this one resumed
         # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
         self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
                                         check_grads=self.accelerator.scaler is None)
@@ -370,6 +371,12 @@ class FisherTuneTrainer(Trainer):
         return loss
 
     @property
+    def bad_file_skips(self) -> int:
+        """Unreadable training samples replaced so far (bad_file_policy='skip'), over the loader's workers and the
+        runs this one resumed (per process; logged and saved as `bad_file_skips`)."""
+        return self._bad_file_skips_before + int(getattr(self.train_dataset, "skip_count", 0))
+
+    @property
     def current_phase(self) -> int:
         """1 (warm-up) or 3 (tuning): the phase of the step being taken."""
         return 3 if self.in_tuning else 1
@@ -392,6 +399,8 @@ class FisherTuneTrainer(Trainer):
         # Describes the last completed step: step T1 itself was still a warm-up step.
         if self.nonfinite.skipped:
             logs["nonfinite_skipped_steps"] = float(self.nonfinite.skipped)
+        if self.bad_file_skips:
+            logs["bad_file_skips"] = float(self.bad_file_skips)
         if "phase" not in logs and self.state.max_steps:
             warmup = self.state.global_step <= self.phase_lengths[0] and self.phase_lengths[0] > 0
             logs["phase"] = 1.0 if warmup else 3.0
@@ -423,6 +432,7 @@ class FisherTuneTrainer(Trainer):
             "nonfinite_skipped_steps": self.nonfinite.skipped,
             # saved at the end of step T1 before the selection (a bad file stopped phase 2): resuming runs it
             "estimation_pending": self._estimation_pending,
+            "bad_file_skips": self.bad_file_skips,
         }
         scores_file = os.path.join(self.args.output_dir, SCORES_NAME) if self.scores is not None else None
         write_state(ckpt, payload, scores_file)
@@ -434,6 +444,7 @@ class FisherTuneTrainer(Trainer):
         self.in_tuning = bool(saved["in_tuning"])
         self.active_fraction = saved.get("active_fraction")
         self.nonfinite.skipped = int(saved.get("nonfinite_skipped_steps", 0))  # the bound holds for the whole run
+        self._bad_file_skips_before = int(saved.get("bad_file_skips", 0))
         if saved.get("estimation_pending"):  # EstimationCallback.on_train_begin runs phase 2 at this step (T1)
             logger.info(f"{resume_from_checkpoint} was saved before phase 2 finished: the estimation runs again.")
         if saved.get("selected"):
