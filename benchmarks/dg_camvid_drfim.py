@@ -11,7 +11,7 @@ writes results/dg_camvid_drfim[_<tag>].md with, per run:
   weight reading) with F's and with dF's;
 - the Fig. 6 sensitivity map (share of each block x {Q, K, V, FFN} selected) for F, dF and the default DRF.
 
-    python benchmarks/dg_camvid_drfim.py [--tag full_v2] [--method dr_fim_var]
+    python benchmarks/dg_camvid_drfim.py [--tag full_v2] [--method dr_fim_var delta_fim_var]
 """
 
 from __future__ import annotations
@@ -121,29 +121,37 @@ def markdown(results: dict, tag: str, fraction: float) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tag", default="full_v2")
-    p.add_argument("--method", default="dr_fim_var")
+    p.add_argument("--method", nargs="+", default=["dr_fim_var"],
+                   help="runs whose statistics to read; per seed the first that has them (runs of one seed share "
+                        "phase 1 and the estimation draws, so a dF run's statistics are the DRF run's)")
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = p.parse_args(argv)
 
     from fishertune.fisher import EstimationConfig, load_statistics
 
     runs = Path(args.out_dir) / "runs" / args.tag
+    recipe = json.loads((runs / "recipe.json").read_text()) if (runs / "recipe.json").is_file() else {}
+    found = {}
+    for method in args.method:
+        for work in sorted(runs.glob(f"{method}__seed*_work")):
+            seed = int(re.search(r"seed(\d+)", work.name).group(1))
+            if seed not in found and (work / "fishertune_statistics.safetensors").is_file():
+                found[seed] = (method, work)
     results = {}
-    for work in sorted(runs.glob(f"{args.method}__seed*_work")):
-        path = work / "fishertune_statistics.safetensors"
-        if not path.is_file():
-            continue
-        seed = int(re.search(r"seed(\d+)", work.name).group(1))
-        run = json.loads((runs / f"{args.method}__seed{seed}.json").read_text()) if (runs / f"{args.method}__seed{seed}.json").is_file() else {}
-        recipe = json.loads((runs / "recipe.json").read_text())
-        opts = {k: v for k, v in (run.get("options") or {"criterion": "dr_fim", "estimator": "variational"}).items()}
-        config = EstimationConfig(**opts, **{k: v for k, v in recipe.get("extra", {}).items() if k in EstimationConfig.__dataclass_fields__})
-        results[f"seed {seed}"] = describe(load_statistics(path), config, recipe["delta_max"])
-        print(f"seed {seed}: done", flush=True)
+    for seed, (method, work) in sorted(found.items()):
+        run_file = runs / f"{method}__seed{seed}.json"
+        run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        # re-scored with every criterion and exchange below: only the run's estimator carries over
+        opts = {"criterion": "dr_fim", "estimator": (run.get("options") or {}).get("estimator", "variational")}
+        extra = {k: v for k, v in recipe.get("extra", {}).items() if k in EstimationConfig.__dataclass_fields__}
+        label = f"seed {seed}" + ("" if method == args.method[0] else f" ({method} run)")
+        results[label] = describe(load_statistics(work / "fishertune_statistics.safetensors"),
+                                  EstimationConfig(**opts, **extra), recipe["delta_max"])
+        print(f"{label}: done", flush=True)
     if not results:
-        sys.exit(f"no statistics under {runs}/{args.method}__seed*_work")
+        sys.exit(f"no statistics under {runs}/{{{','.join(args.method)}}}__seed*_work")
     out = Path(args.out_dir)
-    stem = f"dg_camvid_drfim_{args.tag}" + ("" if args.method == "dr_fim_var" else f"_{args.method}")
+    stem = f"dg_camvid_drfim_{args.tag}" + ("" if args.method[0] == "dr_fim_var" else f"_{args.method[0]}")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     (out / f"{stem}.md").write_text(markdown(results, args.tag, recipe["delta_max"]) + "\n")
     print((out / f"{stem}.md").read_text())
