@@ -18,3 +18,19 @@ def load_benchmark(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def markdown_tables(md: str) -> list[dict[str, list[str]]]:
+    """Every markdown table of ``md`` as {row name: cells} (header row under the key "")."""
+    tables, cur = [], None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cur is None:
+                cur = {"": cells}
+                tables.append(cur)
+            elif not set(line) <= set("|-: "):
+                cur[cells[0]] = cells[1:]
+        else:
+            cur = None
+    return tables

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from _benchmark_modules import load_benchmark
+from _benchmark_modules import load_benchmark, markdown_tables as _tables
 
 ps = load_benchmark("paper_scale")
 TINY = ["--model", "tiny", "--image-size", "60x88", "--batch", "2", "--threads", "1", "--estimation-batches", "3"]
@@ -24,22 +24,6 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ps") / "ps.md"
     ps.main([*TINY, "--out", str(out)])
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
-
-
-def _tables(md: str) -> list[dict[str, list[str]]]:
-    """Every markdown table of ``md`` as {row name: cells} (header row under the key "")."""
-    tables, cur = [], None
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if cur is None:
-                cur = {"": cells}
-                tables.append(cur)
-            elif not set(line) <= set("|-: "):
-                cur[cells[0]] = cells[1:]
-        else:
-            cur = None
-    return tables
 
 
 def _num(cell: str) -> float:
