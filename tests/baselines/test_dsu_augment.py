@@ -1,5 +1,6 @@
 """Training-time DSU on patch tokens: train-only, CLS/registers excluded, DSU's formula."""
 
+import pytest
 import torch
 
 from fishertune.baselines import add_dsu_augmentation, dsu_perturb
@@ -21,6 +22,36 @@ def test_dsu_formula_with_fixed_draws():
     s_mu, s_sigma = (mu.var(0, keepdim=True) + 1e-6).sqrt(), (sigma.var(0, keepdim=True) + 1e-6).sqrt()
     expected = (sigma + e_sigma * s_sigma) * (x - mu) / sigma + mu + e_mu * s_mu
     torch.testing.assert_close(out, expected)
+
+
+def _dsu_reference(x, eps=1e-6, generator=None):
+    """DSU's training-time formula as `baselines.dsu_perturb` computed it before issue 19 (its official code):
+    local batch, batch std not detached, noise drawn in x's dtype, normalise first."""
+    mu = x.mean(dim=1, keepdim=True)
+    sigma = (x.var(dim=1, keepdim=True) + eps).sqrt()
+    sigma_mu = (mu.var(dim=0, keepdim=True) + eps).sqrt()
+    sigma_sigma = (sigma.var(dim=0, keepdim=True) + eps).sqrt()
+    noise_mu = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise_sigma = torch.randn(sigma.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x - mu) / sigma * (sigma + noise_sigma * sigma_sigma) + (mu + noise_mu * sigma_mu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dsu_output_and_input_gradient_bit_for_bit(dtype):
+    # Bit-for-bit: same output and same gradient w.r.t. x (through mu, sigma and the batch stds) for a seed.
+    base = torch.randn(5, 9, 6, generator=torch.Generator().manual_seed(1)) * 2.0 + 0.5
+    weight = torch.randn(5, 9, 6, generator=torch.Generator().manual_seed(2)).to(dtype)
+    results = []
+    for fn in (dsu_perturb, _dsu_reference):
+        x = base.to(dtype, copy=True).requires_grad_(True)  # a fresh leaf each time (own .grad, even for fp32)
+        out = fn(x, generator=torch.Generator().manual_seed(7))
+        (out * weight).sum().backward()
+        results.append((out.detach(), x.grad))
+    (out, grad), (ref_out, ref_grad) = results
+    assert grad is not ref_grad
+    assert out.dtype == dtype and grad.dtype == dtype
+    assert torch.equal(out, ref_out)
+    assert torch.equal(grad, ref_grad)
 
 
 def test_train_only_patch_tokens_and_removal():

@@ -6,9 +6,11 @@ DSU (Li et al., ICLR 2022) on a block's patch tokens x [B, N, C] (CLS/register t
     x' = (sigma + eps_s * Sigma_sigma) * (x - mu) / sigma + (mu + eps_m * Sigma_mu),  eps ~ N(0, 1)
 applied to each chosen block's output with probability p per forward, only in train mode, and
 left out for batches of one (the batch statistics are undefined). Gradients flow through mu and
-sigma as in DSU's code. This is the *training-time* augmentation; the DR-FIM estimator's own
-perturbation (fishertune.fisher.perturb) is separate by design: FisherTune itself never tunes on
-perturbed features (Table 5), this module exists to reproduce the "+FP" column for any method.
+sigma and through the batch stds, as in DSU's code. This is the *training-time* augmentation:
+FisherTune itself never tunes on perturbed features (Table 5), this module exists to reproduce the
+"+FP" column for any method. The formula is not implemented here: it is
+`fishertune.fisher.perturb.dsu_transform` with ``differentiable_local=True`` (the DR-FIM estimator's
+hooks use the same function with the batch stds detached and over the global batch).
 """
 
 from __future__ import annotations
@@ -16,20 +18,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..fisher.perturb import dsu_transform
 from ._common import backbone_blocks, backbone_info, first_tensor, replace_first, resolve_backbone
 
 
 def dsu_perturb(x: torch.Tensor, eps: float = 1e-6, generator: torch.Generator | None = None) -> torch.Tensor:
-    """DSU on tokens `x` [B, N, C]: statistics over N, uncertainty from the batch."""
-    mu = x.mean(dim=1, keepdim=True)
-    sigma = (x.var(dim=1, keepdim=True) + eps).sqrt()
-    sigma_mu = (mu.var(dim=0, keepdim=True) + eps).sqrt()
-    sigma_sigma = (sigma.var(dim=0, keepdim=True) + eps).sqrt()
-    noise_mu = torch.randn(mu.shape, generator=generator, device=x.device, dtype=x.dtype)
-    noise_sigma = torch.randn(sigma.shape, generator=generator, device=x.device, dtype=x.dtype)
-    beta = mu + noise_mu * sigma_mu
-    gamma = sigma + noise_sigma * sigma_sigma
-    return (x - mu) / sigma * gamma + beta
+    """DSU's training-time perturbation of tokens `x` [B, N, C] (at least two samples), drawing its own noise.
+
+    A thin wrapper kept for `fishertune.baselines.dsu_perturb`'s callers: it draws ``eps_mu`` then
+    ``eps_sigma`` [B, C] from `generator` (in x's dtype, on x's device) and returns the ``x'`` of
+    ``dsu_transform(x, eps_mu, eps_sigma, eps, differentiable_local=True)``.
+    """
+    b, c = x.shape[0], x.shape[-1]
+    eps_mu = torch.randn(b, c, generator=generator, device=x.device, dtype=x.dtype)
+    eps_sigma = torch.randn(b, c, generator=generator, device=x.device, dtype=x.dtype)
+    return dsu_transform(x, eps_mu, eps_sigma, eps, differentiable_local=True)[0]
 
 
 class DSUHandle:

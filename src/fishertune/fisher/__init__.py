@@ -1,6 +1,6 @@
 """DR-FIM estimation (phase 2 of Algorithm 1): one function per equation.
 
-- perturb.py      Eq. 6   DSU feature-statistics perturbation as forward hooks
+- perturb.py      Eq. 6   DSU feature-statistics perturbation (`dsu_transform`) and its forward hooks
 - likelihood.py   Eq. 4   per-pixel predictive distribution, label sampling, per-sample NLL
 - diagonal.py     Eq. 9   diagonal Fisher from per-sample squared gradients
 - variational.py  Eq. 10-15 variational precision, Fisher and DR-FIM
@@ -23,7 +23,7 @@ from .criteria import (
 from .diagonal import diagonal_fisher
 from .estimate import estimate_scores, estimate_statistics, scores_from_stats
 from .io import load_scores, load_statistics, save_scores, save_statistics
-from .perturb import DSUHooks, dsu_perturb, find_blocks
+from .perturb import DSUHooks, dsu_transform, find_blocks
 from .plots import plot_sensitivity_map, sensitivity_table
 from .likelihood import fisher_sample_weights
 from .variational import fisher_from_precision, kl_divergence, variational_delta
@@ -36,7 +36,7 @@ __all__ = [
     "diagonal_fisher",
     "domain_sensitivity",
     "dr_fim",
-    "dsu_perturb",
+    "dsu_transform",
     "estimate_scores",
     "estimate_statistics",
     "find_blocks",
