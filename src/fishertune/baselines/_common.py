@@ -1,4 +1,5 @@
-"""Shared plumbing of the baselines: locate the backbone and its blocks, wrap block forwards, configs.
+"""Shared plumbing of the baselines: locate the backbone and its blocks (`fishertune.backbones`), wrap block
+forwards, configs.
 
 Every baseline is installed the same way: the backbone is frozen, one trainable module whose
 attribute name starts with the method's prefix (``rein_``, ``vpt_``, ...) is attached to the
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..tuner.presets import find_backbone
+from ..backbones import backbone_blocks, find_backbone, get_family, num_prefix_tokens  # noqa: F401
 
 #: Attribute stored on the backbone once a baseline is installed (one baseline per backbone).
 STATE_ATTR = "_fishertune_baseline"
@@ -68,38 +69,21 @@ def _check_positive(config: BaselineConfig, *names: str) -> None:
 
 
 def resolve_backbone(model: nn.Module) -> tuple[str, str, nn.Module]:
-    """`(path, model_type, backbone)` of the ViT backbone inside `model` (EVA02 wrappers included)."""
-    from .eva02 import Eva02Backbone  # local: eva02 imports this module
-
-    for name, module in model.named_modules():
-        if isinstance(module, Eva02Backbone):  # by type first; find_backbone's "eva02" preset finds it too
-            return name, "eva02", module
-    path, mtype = find_backbone(model)
-    return path, mtype, model.get_submodule(path) if path else model
-
-
-def backbone_blocks(backbone: nn.Module) -> nn.ModuleList:
-    """The backbone's block list: timm EVA02's `eva.blocks`, else `fishertune.models`' search."""
-    from ..models.backbone import backbone_blocks as _models_blocks
-
-    blocks = getattr(getattr(backbone, "eva", None), "blocks", None)
-    if isinstance(blocks, nn.ModuleList):
-        return blocks
-    return _models_blocks(backbone)
+    """`(path, family name, backbone)` of the registered ViT backbone inside `model` (EVA02 wrappers included)."""
+    path, family = find_backbone(model)
+    return path, family.name, model.get_submodule(path) if path else model
 
 
 def backbone_info(backbone: nn.Module, mtype: str) -> dict[str, int | str]:
-    """Hidden size, depth and prefix-token count (CLS + registers) of a supported backbone."""
+    """Hidden size, depth and prefix-token count (the family's rule: CLS + registers, EVA02's own count)."""
     config = backbone.config
-    blocks = backbone_blocks(backbone)
-    prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-    if mtype == "eva02":
-        prefix = int(config.num_prefix_tokens)
+    family = get_family(mtype)
+    blocks = backbone_blocks(backbone, family)
     return {
         "model_type": mtype,
         "hidden_size": int(config.hidden_size),
         "num_layers": len(blocks),
-        "num_prefix_tokens": prefix,
+        "num_prefix_tokens": int(family.num_prefix_tokens(config)),
     }
 
 

@@ -13,7 +13,6 @@ from torch import nn
 from ..tuner.presets import target_regex
 from ._common import BaselineConfig, backbone_info, installed_state, resolve_backbone
 from .adaptformer import AdaptFormerConfig, adaptformer_num_parameters, apply_adaptformer
-from .eva02 import eva02_target_regex
 from .rein import ReinConfig, apply_rein, rein_num_parameters
 from .vpt import VPTConfig, apply_vpt, vpt_num_parameters
 from .vqt import VQTConfig, apply_vqt, vqt_num_parameters
@@ -130,7 +129,7 @@ def parameter_table(model: nn.Module, fishertune_fraction: float = 0.05, lora_ra
     Decoder parameters are excluded everywhere (every method trains the decoder in full).
     """
     path, mtype, backbone = resolve_backbone(model)
-    regex = re.compile(eva02_target_regex(model) if mtype == "eva02" else target_regex(model))
+    regex = re.compile(target_regex(model))
     linears = [m for n, m in model.named_modules() if regex.fullmatch(n) and isinstance(m, nn.Linear)]
     entries = sum(m.weight.numel() for m in linears)
     info = backbone_info(backbone, mtype)

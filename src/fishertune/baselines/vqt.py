@@ -50,7 +50,7 @@ from ._common import (
     resolve_backbone,
     wrap_forward,
 )
-from .eva02 import check_extra_token_blocks, extra_prefix_tokens
+from ..backbones.eva02 import check_extra_token_blocks, extra_prefix_tokens
 from .vqt_heads import install_link, link_num_parameters, vqt_head
 
 

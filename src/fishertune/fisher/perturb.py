@@ -3,21 +3,17 @@
 FisherTune uses the perturbed features x' only to measure how the Fisher changes under a
 simulated domain shift (Eq. 5, 7, 15); the hooks live only inside the estimator and are removed
 on exit (the tuning phase never sees them, Table 5).
-
-`dsu_transform` is the package's one implementation of Eq. 6: `DSUHooks` here and the training-time
-"+FP" augmentation (`fishertune.baselines.add_dsu_augmentation` / `dsu_perturb`) both call it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..tuner import block_patterns, find_backbone, num_prefix_tokens
+from ..backbones import backbone_blocks, find_backbone
 from .dist import all_reduce_sum_, global_slice
 
 
@@ -44,38 +40,18 @@ def batch_std(stat: torch.Tensor, eps: float) -> torch.Tensor:
     return (var + eps).sqrt().to(stat.dtype)
 
 
-def dsu_transform(
-    x: torch.Tensor,
-    eps_mu: torch.Tensor,
-    eps_sigma: torch.Tensor,
-    eps: float = 1e-6,
-    *,
-    differentiable_local: bool = False,
+def dsu_perturb(
+    x: torch.Tensor, eps_mu: torch.Tensor, eps_sigma: torch.Tensor, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 6 on patch tokens ``x`` [B, N, C]: ``x' = beta * (x - mu) / sigma + alpha``.
 
-    ``mu, sigma = token_statistics(x, eps)``, ``alpha = mu + eps_mu * Sigma_mu`` and
-    ``beta = sigma + eps_sigma * Sigma_sigma`` with ``eps_mu, eps_sigma`` [B, C] standard-normal
-    draws made by the caller. Returns ``(x', alpha, beta)``.
-
-    ``differentiable_local`` selects how the batch uncertainty ``Sigma_mu, Sigma_sigma`` is taken:
-
-    - ``False`` (the DR-FIM estimator, ``DSUHooks``): ``batch_std``, i.e. over the global batch
-      under torch.distributed, detached, accumulated in fp64.
-    - ``True`` (DSU's training augmentation, as in DSU's official code): ``sqrt(var + eps)`` over
-      this process's batch in ``x``'s dtype, with gradients flowing through it. The expression is
-      then evaluated in that code's order, ``(x - mu) / sigma * beta + alpha``, so that both uses
-      keep their results bit for bit. Needs at least two samples (the variance is NaN otherwise).
+    ``alpha = mu + eps_mu * Sigma_mu`` and ``beta = sigma + eps_sigma * Sigma_sigma`` with
+    ``eps_mu, eps_sigma`` [B, C] standard-normal draws. Returns ``(x', alpha, beta)``.
     """
     mu, sigma = token_statistics(x, eps)
-    if differentiable_local:
-        alpha = mu + eps_mu * (mu.var(0) + eps).sqrt()
-        beta = sigma + eps_sigma * (sigma.var(0) + eps).sqrt()
-        x_new = (x - mu[:, None]) / sigma[:, None] * beta[:, None] + alpha[:, None]
-    else:
-        alpha = mu + eps_mu * batch_std(mu, eps)
-        beta = sigma + eps_sigma * batch_std(sigma, eps)
-        x_new = beta[:, None] * (x - mu[:, None]) / sigma[:, None] + alpha[:, None]
+    alpha = mu + eps_mu * batch_std(mu, eps)
+    beta = sigma + eps_sigma * batch_std(sigma, eps)
+    x_new = beta[:, None] * (x - mu[:, None]) / sigma[:, None] + alpha[:, None]
     return x_new, alpha, beta
 
 
@@ -169,7 +145,7 @@ class DSUHooks:
             else:
                 raise ValueError(f"DSU expects block outputs [B, T, C] or [B, H, W, C], got shape {tuple(h.shape)}.")
             with torch.autocast(h.device.type, enabled=False):
-                x_new, alpha, beta = dsu_transform(tokens.float(), eps_mu, eps_sigma, self.eps)
+                x_new, alpha, beta = dsu_perturb(tokens.float(), eps_mu, eps_sigma, self.eps)
             if self.record:
                 self.records[idx] = {"x": tokens.detach().float(), "x_new": x_new.detach(), "alpha": alpha.detach(),
                                      "beta": beta.detach(), "eps_mu": eps_mu, "eps_sigma": eps_sigma}
@@ -197,26 +173,18 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def find_blocks(model: nn.Module) -> tuple[list[nn.Module], int | list[int]]:
     """``(blocks, num_prefix)``: the ViT blocks of the model's backbone and its CLS + register count.
 
-    The blocks are the ``ModuleList`` under the backbone whose children hold the family's targeted
-    linears (``encoder.layer`` for DINOv2, ``layers`` for ViT/SAM, ``eva.blocks`` for timm's EVA02...).
-    The prefix count is the config's ``num_prefix_tokens`` when it has one (EVA02). SAM has no prefix token;
-    EoMT's last ``num_blocks`` blocks also carry ``num_queries`` query tokens in front (a list then).
+    Both come from the backbone's registered family (`fishertune.backbones`): the blocks are its block list
+    (``encoder.layer`` for DINOv2, ``layers`` for ViT/SAM, ``eva.blocks`` for timm's EVA02...), the prefix
+    count its rule: the config's ``num_prefix_tokens`` when it has one (EVA02), none for SAM, and for EoMT
+    one count per block (its last ``num_blocks`` blocks also carry ``num_queries`` query tokens in front).
     """
     base = unwrap_model(model)
-    path, mtype = find_backbone(base)
+    path, family = find_backbone(base)
     backbone = base.get_submodule(path) if path else base
-    pattern = re.compile(block_patterns()[mtype])
-    for name, mod in backbone.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            # Wrapped linears (FisherTune layers) are not nn.Linear: match module names only.
-            if any(pattern.fullmatch(f"{name}.0.{sub}") for sub, _ in mod[0].named_modules() if sub):
-                cfg = getattr(backbone, "config", None)
-                prefix = 0 if mtype == "sam_vision_model" else num_prefix_tokens(cfg)
-                if mtype == "eomt":
-                    first_q = len(mod) - int(cfg.num_blocks)
-                    return list(mod), [prefix + (int(cfg.num_queries) if i >= first_q else 0) for i in range(len(mod))]
-                return list(mod), prefix
-    raise ValueError(
-        f"Found the {mtype} backbone at '{path}' but no block list under it; pass `blocks=` and "
-        "`num_prefix_tokens=` to estimate_scores."
-    )
+    try:
+        blocks = backbone_blocks(backbone, family)
+    except ValueError as err:
+        raise ValueError(
+            f"{err} Or pass `blocks=` and `num_prefix_tokens=` to estimate_scores."
+        ) from None
+    return list(blocks), family.num_prefix_tokens(getattr(backbone, "config", None), len(blocks))

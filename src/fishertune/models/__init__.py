@@ -10,7 +10,7 @@ Every model takes `pixel_values` [B, 3, H, W] and optional semantic `labels` [B,
 - `EomtSegmenter`: transformers' EoMT, built from DINOv2 (EVA02 is refused).
 
 EVA02 (needs `timm`): `build_model("light" | "mask2former", backbone, ...)` with `backbone` an
-`fishertune.baselines.Eva02Backbone`, an `Eva02BackboneConfig` (random init) or
+`fishertune.backbones.Eva02Backbone` (also `fishertune.baselines.Eva02Backbone`), an `Eva02BackboneConfig` (random init) or
 `"timm:eva02_large_patch14_224.mim_m38m"` (timm's pretrained weights); use
 `fishertune.baselines.eva02_pyramid_taps(24)` for Rein's taps (8, 12, 16, 24). A saved EVA02
 segmenter reloads with `AutoModel.from_pretrained(folder)` without downloading timm weights.
@@ -24,8 +24,9 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
-# Registers Eva02BackboneConfig with AutoConfig (nested in saved EVA02 segmenters); imports no timm.
-from ..baselines import eva02 as _eva02  # noqa: F401
+# Registers the backbone families, and Eva02BackboneConfig with AutoConfig (nested in saved EVA02 segmenters);
+# imports no timm.
+from .. import backbones as _backbones  # noqa: F401
 from ._base import BACKBONE_REFERENCE, backbone_reference, save_backbone_reference
 from .backbone import (
     REIN_DINOV2_LARGE_TAPS,

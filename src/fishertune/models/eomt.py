@@ -27,14 +27,16 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.eomt.modeling_eomt import EomtForUniversalSegmentationOutput
 
+from ..backbones import family_of
 from ._base import backbone_reference, from_backbone_reference, labels_kwargs
-from .backbone import is_eva02
 from .mask_classification import DistributedEomtLoss, mask_class_semantic_logits, semantic_to_instances
 
 _DINOV2_TO_EOMT = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "hidden_act", "layer_norm_eps",
     "patch_size", "num_channels", "layerscale_value", "use_swiglu_ffn", "drop_path_rate", "image_size",
 )  # fmt: skip
+#: Backbone families EoMT converts (`eomt_config_from_dinov2`) or loads as is.
+_EOMT_SOURCES = ("dinov2", "dinov2_with_registers", "eomt")
 
 
 class EomtSegConfig(PreTrainedConfig):
@@ -135,10 +137,12 @@ class EomtSegmenter(PreTrainedModel):
             taps: not used by EoMT (accepted for a uniform `build_model` call; must be `None`).
             kwargs: `EomtConfig` fields, e.g. `num_queries`, `num_blocks`, `image_size`, `train_num_points`.
         """
-        if is_eva02(backbone):
+        family = family_of(backbone)  # before any download: "timm:..." strings and models are known up front
+        if family is not None and family.name not in _EOMT_SOURCES:
             # EoMT's query blocks are transformers' DINOv2-style layers; EVA02's RoPE blocks have no counterpart.
             raise ValueError(
-                "EoMT is built from DINOv2 only; for EVA02 use build_model('light' or 'mask2former', ...)."
+                f"EoMT is built from DINOv2 only (or an EoMT checkpoint), got a {family.name!r} backbone; for it use "
+                "build_model('light' or 'mask2former', ...)."
             )
         if taps is not None:
             raise ValueError("EoMT has no feature taps; its last `num_blocks` blocks process the queries.")
