@@ -3,6 +3,9 @@
 FisherTune uses the perturbed features x' only to measure how the Fisher changes under a
 simulated domain shift (Eq. 5, 7, 15); the hooks live only inside the estimator and are removed
 on exit (the tuning phase never sees them, Table 5).
+
+`dsu_transform` is the package's one implementation of Eq. 6: `DSUHooks` here and the training-time
+"+FP" augmentation (`fishertune.baselines.add_dsu_augmentation` / `dsu_perturb`) both call it.
 """
 
 from __future__ import annotations
@@ -40,18 +43,38 @@ def batch_std(stat: torch.Tensor, eps: float) -> torch.Tensor:
     return (var + eps).sqrt().to(stat.dtype)
 
 
-def dsu_perturb(
-    x: torch.Tensor, eps_mu: torch.Tensor, eps_sigma: torch.Tensor, eps: float = 1e-6
+def dsu_transform(
+    x: torch.Tensor,
+    eps_mu: torch.Tensor,
+    eps_sigma: torch.Tensor,
+    eps: float = 1e-6,
+    *,
+    differentiable_local: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 6 on patch tokens ``x`` [B, N, C]: ``x' = beta * (x - mu) / sigma + alpha``.
 
-    ``alpha = mu + eps_mu * Sigma_mu`` and ``beta = sigma + eps_sigma * Sigma_sigma`` with
-    ``eps_mu, eps_sigma`` [B, C] standard-normal draws. Returns ``(x', alpha, beta)``.
+    ``mu, sigma = token_statistics(x, eps)``, ``alpha = mu + eps_mu * Sigma_mu`` and
+    ``beta = sigma + eps_sigma * Sigma_sigma`` with ``eps_mu, eps_sigma`` [B, C] standard-normal
+    draws made by the caller. Returns ``(x', alpha, beta)``.
+
+    ``differentiable_local`` selects how the batch uncertainty ``Sigma_mu, Sigma_sigma`` is taken:
+
+    - ``False`` (the DR-FIM estimator, ``DSUHooks``): ``batch_std``, i.e. over the global batch
+      under torch.distributed, detached, accumulated in fp64.
+    - ``True`` (DSU's training augmentation, as in DSU's official code): ``sqrt(var + eps)`` over
+      this process's batch in ``x``'s dtype, with gradients flowing through it. The expression is
+      then evaluated in that code's order, ``(x - mu) / sigma * beta + alpha``, so that both uses
+      keep their results bit for bit. Needs at least two samples (the variance is NaN otherwise).
     """
     mu, sigma = token_statistics(x, eps)
-    alpha = mu + eps_mu * batch_std(mu, eps)
-    beta = sigma + eps_sigma * batch_std(sigma, eps)
-    x_new = beta[:, None] * (x - mu[:, None]) / sigma[:, None] + alpha[:, None]
+    if differentiable_local:
+        alpha = mu + eps_mu * (mu.var(0) + eps).sqrt()
+        beta = sigma + eps_sigma * (sigma.var(0) + eps).sqrt()
+        x_new = (x - mu[:, None]) / sigma[:, None] * beta[:, None] + alpha[:, None]
+    else:
+        alpha = mu + eps_mu * batch_std(mu, eps)
+        beta = sigma + eps_sigma * batch_std(sigma, eps)
+        x_new = beta[:, None] * (x - mu[:, None]) / sigma[:, None] + alpha[:, None]
     return x_new, alpha, beta
 
 
@@ -145,7 +168,7 @@ class DSUHooks:
             else:
                 raise ValueError(f"DSU expects block outputs [B, T, C] or [B, H, W, C], got shape {tuple(h.shape)}.")
             with torch.autocast(h.device.type, enabled=False):
-                x_new, alpha, beta = dsu_perturb(tokens.float(), eps_mu, eps_sigma, self.eps)
+                x_new, alpha, beta = dsu_transform(tokens.float(), eps_mu, eps_sigma, self.eps)
             if self.record:
                 self.records[idx] = {"x": tokens.detach().float(), "x_new": x_new.detach(), "alpha": alpha.detach(),
                                      "beta": beta.detach(), "eps_mu": eps_mu, "eps_sigma": eps_sigma}
