@@ -10,23 +10,23 @@ SHARED = HERE.parent.parent / "shared"
 DEFAULT_ROOT = str(SHARED / "data" / "camvid")
 DEFAULT_BACKBONE = str(SHARED / "models" / "vit-tiny-patch16-224-augreg")
 
-#: name -> trainer options. Order = run order within a seed (the most informative first).
+#: name -> trainer options (baselines by `method`, sparse runs by `criterion`). Order = run order within a seed.
 METHODS = {
-    "frozen": dict(criterion="frozen"),
-    "full": dict(criterion="full"),
+    "frozen": dict(method="frozen"),
+    "full": dict(method="full"),
     "random": dict(criterion="random"),
     "dr_fim_var": dict(criterion="dr_fim", estimator="variational"),
     "fim_var": dict(criterion="fim", estimator="variational"),
-    "lora": dict(criterion="lora"),
+    "lora": dict(method="lora"),
     "delta_fim_var": dict(criterion="delta_fim", estimator="variational"),
     "dr_fim_diag": dict(criterion="dr_fim", estimator="diagonal"),
     "fim_diag": dict(criterion="fim", estimator="diagonal"),
     "delta_fim_diag": dict(criterion="delta_fim", estimator="diagonal"),
     # fishertune.baselines with their default configs (backbone frozen; method params at the backbone lr)
-    "rein": dict(criterion="rein"),
-    "vpt": dict(criterion="vpt"),
-    "adaptformer": dict(criterion="adaptformer"),
-    "vqt": dict(criterion="vqt"),
+    "rein": dict(method="rein"),
+    "vpt": dict(method="vpt"),
+    "adaptformer": dict(method="adaptformer"),
+    "vqt": dict(method="vqt"),
 }
 #: Investigation variants (not in the default grid; pass them with --methods): other exchange rates of Eq. 7
 #: (`EstimationConfig.exchange`; the default is "rank"), set through the trainer's arguments.

@@ -245,7 +245,7 @@ def measure(args) -> dict:
     over = ["--output_dir", tmp.name, "--max_steps", str(warm + args.tuning_steps), "--warmup_phase_steps",
             str(warm), "--save_strategy", "no", "--logging_steps", "1000000", "--report_to", "none",
             "--disable_tqdm", "True", "--dataloader_num_workers", "0"]  # fmt: skip
-    over += ["--estimation_batches", str(est)] if fishertune else ["--criterion", args.method]
+    over += ["--estimation_batches", str(est)] if fishertune else ["--method", args.method]
     over += (["--bf16", "True"] if args.dtype == "bf16" else []) + ([] if cuda else ["--use_cpu", "True"])
     over += ["--per_device_train_batch_size", str(args.batch)] if args.batch else []  # 0: the config's
     exp, targs = parse_config(args.config, over)
@@ -255,7 +255,9 @@ def measure(args) -> dict:
     mem, t0 = Memory(cuda), time.perf_counter()
     model = build_model(exp, args.model, args.layers, rein=args.method == "rein")
     mc = model.config
-    out = {"method": args.method, "criterion": targs.criterion, "image_size": list(size), "batch": batch,
+    # "criterion": the sparse run's criterion, or the baseline's method (the key predates `method`)
+    out = {"method": args.method, "criterion": targs.criterion if targs.method == "sparse" else targs.method,
+           "image_size": list(size), "batch": batch,
            "mixed_precision": "bf16" if targs.bf16 else "no",
            "params": sum(p.numel() for p in model.parameters()), "taps": list(mc.taps), "num_queries": mc.num_queries,
            "decoder_layers": mc.decoder_layers, "train_num_points": mc.train_num_points,

@@ -44,7 +44,7 @@ def test_output_folder(demo_run):
     assert all(0 <= m["mIoU"] <= 100 and set(m["per_class_iou"]) == set(SYNTHETIC_CLASSES) for m in metrics.values()
                if "per_class_iou" in m)
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["criterion"] == "dr_fim" and config["quick"] is True and config["max_steps"] == 6
+    assert config["criterion"] == "dr_fim" and config["method"] == "sparse" and config["quick"] is True and config["max_steps"] == 6
     assert config["config_file"].endswith("demo.yaml") and "hub_token" not in config
     # the printed end of the run: a row per target domain, and the paths written
     assert "mean over targets" in printed and all(t in printed for t in targets)
@@ -135,7 +135,7 @@ def test_predict_recipe_writes_masks_overlays_and_legend(demo_run, tmp_path):
 
 
 def test_merge_and_baseline_outputs(tmp_path):
-    # --merge writes a plain model; a non-FisherTune criterion gets its own card wording. Micro model: fast.
+    # --merge writes a plain model; a baseline method gets its own card wording. Micro model: fast.
     out = tmp_path / "merged"
     micro = ["--backbone", "config:vit-micro-test", "--targets", "synthetic:fog", "--val_split", ""]
     result = recipe_main("train")(quick_demo_argv(out, "--merge", "true", *micro))
@@ -144,7 +144,7 @@ def test_merge_and_baseline_outputs(tmp_path):
     again = recipe_main("evaluate")(["--model", str(out)])
     assert again["synthetic:fog"]["mIoU"] == pytest.approx(result["metrics"]["synthetic:fog"]["mIoU"], abs=1e-3)
     out = tmp_path / "lora"
-    recipe_main("train")(quick_demo_argv(out, "--criterion", "lora", *micro))
+    recipe_main("train")(quick_demo_argv(out, "--method", "lora", *micro))
     card = (out / "README.md").read_text()
     assert "**`lora` baseline**" in card and "PEFT LoRA" in card and "FisherTune** adapter" not in card
     assert "fishertune_scores.safetensors" not in os.listdir(out) and "sensitivity map" not in card
@@ -152,14 +152,14 @@ def test_merge_and_baseline_outputs(tmp_path):
 
 
 def test_baseline_output_reloads_with_its_method(tmp_path):
-    # A method criterion saves the whole model plus baseline/; load_output must put the method back
+    # A baseline method saves the whole model plus baseline/; load_output must put the method back
     # (from_pretrained alone drops VQT's queries and head link and evaluates the bare model).
     from fishertune.baselines.api import installed_state
     from fishertune.experiment import load_output
 
     out = tmp_path / "vqt"
     micro = ["--backbone", "config:vit-micro-test", "--targets", "synthetic:fog", "--val_split", ""]
-    result = recipe_main("train")(quick_demo_argv(out, "--criterion", "vqt", *micro))
+    result = recipe_main("train")(quick_demo_argv(out, "--method", "vqt", *micro))
     assert {"config.json", "model.safetensors", "baseline"} <= set(os.listdir(out))
     model, _ = load_output(str(out), device="cpu")
     assert installed_state(model)[1]["config"].method == "vqt"

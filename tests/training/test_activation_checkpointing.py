@@ -1,4 +1,4 @@
-"""`activation_checkpointing=True` changes memory, not results: all three phases, every criterion family."""
+"""`activation_checkpointing=True` changes memory, not results: all three phases, every method family."""
 
 import pytest
 import torch
@@ -6,13 +6,13 @@ import torch
 from ._tiny import ensure_fisher, make_trainer, model_state
 
 
-@pytest.mark.parametrize("criterion", ["dr_fim", "lora", "vqt"])
-def test_checkpointed_run_ends_where_the_plain_run_does(tmp_path, criterion):
+@pytest.mark.parametrize("method", ["sparse", "lora", "vqt"])
+def test_checkpointed_run_ends_where_the_plain_run_does(tmp_path, method):
     ensure_fisher()
-    extra = dict(estimator="variational", fisher_type="true") if criterion == "dr_fim" else {}
-    plain = make_trainer(tmp_path / "plain", criterion=criterion, **extra)
+    extra = dict(criterion="dr_fim", estimator="variational", fisher_type="true") if method == "sparse" else {}
+    plain = make_trainer(tmp_path / "plain", method=method, **extra)
     plain.train()
-    ckpt = make_trainer(tmp_path / "ckpt", criterion=criterion, activation_checkpointing=True, **extra)
+    ckpt = make_trainer(tmp_path / "ckpt", method=method, activation_checkpointing=True, **extra)
     ckpt.train()
     assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.model.modules())
     want, got = model_state(plain.model), model_state(ckpt.model)

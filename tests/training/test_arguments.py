@@ -14,13 +14,18 @@ def _args(tmp_path, **kw):
 
 
 def test_every_added_field_is_documented(tmp_path):
+    from fishertune.fisher import EstimationConfig
+    from fishertune.training import ESTIMATION_FIELDS
+
     base = {f.name for f in fields(TrainingArguments)}
     doc = FisherTuneTrainingArguments.__doc__
     for f in fields(FisherTuneTrainingArguments):
         if f.name in base:
             continue
         assert f.metadata.get("help"), f"{f.name} has no help"
-        assert f.name in doc, f"{f.name} is not in the Args docstring"
+        # the estimator's options are generated from EstimationConfig and documented once, in its Args
+        where = EstimationConfig.__doc__ if f.name in ESTIMATION_FIELDS else doc
+        assert f"        {f.name} (" in where or f.name in doc, f"{f.name} is not in the Args docstring"
 
 
 def test_note_lists_every_changed_default(tmp_path):
@@ -40,6 +45,9 @@ def test_note_lists_every_changed_default(tmp_path):
     "kw, match",
     [
         ({"criterion": "fisher"}, "criterion must be one of"),
+        ({"method": "adapters"}, "method='adapters' is not one of"),
+        ({"method": "lora", "criterion": "full"}, "drop criterion"),
+        ({"variational_gradient": "sampled"}, "variational_gradient must be one of"),
         ({"estimator": "laplace"}, "estimator"),
         ({"max_steps": 10, "warmup_phase_steps": 2, "tuning_phase_steps": 5}, "set two of the three"),
         ({"optim": "sgd"}, "optim='adamw_torch'"),
@@ -63,8 +71,8 @@ def test_phase_lengths(tmp_path):
     args = _args(tmp_path, warmup_phase_steps=4, tuning_phase_steps=6)
     assert args.max_steps == 10 and args.phase_lengths(10) == (4, args.phase_lengths(10)[1], 6)
     # baselines: no estimation, no warm-up unless asked for
-    assert _args(tmp_path, criterion="full").phase_lengths(40) == (0, 0, 40)
-    assert _args(tmp_path, criterion="lora", warmup_phase_steps=5).phase_lengths(40) == (5, 0, 35)
+    assert _args(tmp_path, method="full").phase_lengths(40) == (0, 0, 40)
+    assert _args(tmp_path, method="lora", warmup_phase_steps=5).phase_lengths(40) == (5, 0, 35)
     with pytest.raises(ValueError, match="exceeds max_steps"):
         _args(tmp_path, warmup_phase_steps=50).phase_lengths(40)
 
@@ -74,3 +82,21 @@ def test_estimation_config_forwards_set_fields_only(tmp_path):
     assert (cfg.criterion, cfg.num_batches, cfg.tau, cfg.dsu_blocks, cfg.seed) == ("dr_fim", 5, 2e-3, [0], 7)
     default = type(cfg)()
     assert cfg.gamma == default.gamma
+
+
+def test_method_is_separate_from_the_criterion(tmp_path):
+    args = _args(tmp_path, method="lora")
+    assert (args.method, args.criterion) == ("lora", "dr_fim")
+    assert "criterion" not in args.fishertune_options() and args.fishertune_options()["method"] == "lora"
+    sparse = _args(tmp_path, criterion="fim")
+    assert (sparse.method, sparse.fishertune_options()["criterion"]) == ("sparse", "fim")
+
+
+def test_criterion_naming_a_method_is_deprecated_but_works(tmp_path):
+    with pytest.warns(FutureWarning, match="write method='full'"):
+        old = _args(tmp_path, criterion="full")
+    new = _args(tmp_path, method="full")
+    assert (old.method, old.criterion) == ("full", "dr_fim")
+    assert old.fishertune_options() == new.fishertune_options() and old.phase_lengths(40) == (0, 0, 40)
+    with pytest.warns(FutureWarning):  # both saying the same method is consistent
+        assert _args(tmp_path, method="vqt", criterion="vqt").method == "vqt"

@@ -1,4 +1,4 @@
-"""Rein, VPT-deep, AdaptFormer and VQT as trainer criteria: backbone bitwise frozen, method + decoder trained."""
+"""Rein, VPT-deep, AdaptFormer and VQT as trainer methods: backbone bitwise frozen, method + decoder trained."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ HEAD_LINKS = {"vqt": "decode_head.vqt_classifier."}
 def _train(tmp_path, criterion, **overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Rein: "no Mask2Former queries found" on the light head
-        trainer = make_trainer(tmp_path, criterion=criterion, max_steps=3, warmup_phase_steps=None, **overrides)
+        trainer = make_trainer(tmp_path, method=criterion, max_steps=3, warmup_phase_steps=None, **overrides)
         before = model_state(trainer.model)
         trainer.train()
     return trainer, before
@@ -95,10 +95,10 @@ def test_saved_method_reloads(tmp_path, criterion):
 def test_preinstalled_method_is_kept_and_mismatch_fails(tmp_path):
     model = tiny_model()
     baselines_api.apply_method(model, baselines_api.METHODS["vpt"][0](num_tokens=3))
-    trainer = make_trainer(tmp_path, model=model, criterion="vpt", max_steps=2, warmup_phase_steps=None)
+    trainer = make_trainer(tmp_path, model=model, method="vpt", max_steps=2, warmup_phase_steps=None)
     assert trainer.model.backbone.vpt_prompts.prompt_embeddings.shape[1] == 3
     with pytest.raises(ValueError, match="already holds"):
-        make_trainer(tmp_path, model=model, criterion="adaptformer", max_steps=2, warmup_phase_steps=None)
+        make_trainer(tmp_path, model=model, method="adaptformer", max_steps=2, warmup_phase_steps=None)
 
 
 def test_rejects_peft_model(tmp_path):
@@ -109,7 +109,7 @@ def test_rejects_peft_model(tmp_path):
 
     model = tiny_model()
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=target_regex(model)))
-    args = FisherTuneTrainingArguments(output_dir=str(tmp_path), criterion="rein", report_to="none", use_cpu=True)
+    args = FisherTuneTrainingArguments(output_dir=str(tmp_path), method="rein", report_to="none", use_cpu=True)
     with pytest.raises(ValueError, match="plain model"):
         prepare_model(peft_model, args)
 

@@ -109,7 +109,7 @@ def _backbone_changed(start, end, key_filter=lambda k: True):
 
 
 def test_full_finetuning_baseline(tmp_path):
-    trainer = make_trainer(tmp_path, criterion="full", max_steps=3, warmup_phase_steps=None)
+    trainer = make_trainer(tmp_path, method="full", max_steps=3, warmup_phase_steps=None)
     assert not isinstance(trainer.model, PeftModel)
     start = model_state(trainer.model)
     trainer.train()
@@ -120,7 +120,7 @@ def test_full_finetuning_baseline(tmp_path):
 
 def test_full_finetuning_with_decoder_warmup(tmp_path):
     rec = Recorder(t1=2)
-    trainer = make_trainer(tmp_path, criterion="full", max_steps=4, warmup_phase_steps=2, callbacks=[rec])
+    trainer = make_trainer(tmp_path, method="full", max_steps=4, warmup_phase_steps=2, callbacks=[rec])
     start = model_state(trainer.model)
     trainer.train()
     assert not _backbone_changed(start, rec.at_t1_end)
@@ -129,7 +129,7 @@ def test_full_finetuning_with_decoder_warmup(tmp_path):
 
 
 def test_frozen_baseline_trains_the_decoder_only(tmp_path):
-    trainer = make_trainer(tmp_path, criterion="frozen", max_steps=3, warmup_phase_steps=None)
+    trainer = make_trainer(tmp_path, method="frozen", max_steps=3, warmup_phase_steps=None)
     start = model_state(trainer.model)
     trainer.train()
     end = model_state(trainer.model)
@@ -139,7 +139,7 @@ def test_frozen_baseline_trains_the_decoder_only(tmp_path):
 
 
 def test_lora_baseline_and_any_peft_model(tmp_path):
-    trainer = make_trainer(tmp_path, criterion="lora", lora_r=2, max_steps=3, warmup_phase_steps=None)
+    trainer = make_trainer(tmp_path, method="lora", lora_r=2, max_steps=3, warmup_phase_steps=None)
     assert isinstance(trainer.model, PeftModel)
     start = model_state(trainer.model)
     trainer.train()
@@ -148,14 +148,14 @@ def test_lora_baseline_and_any_peft_model(tmp_path):
     assert {g["group_name"] for g in trainer.optimizer.param_groups} >= {"backbone", "decoder"}
 
 
-def test_peft_model_must_match_the_criterion(tmp_path):
+def test_peft_model_must_match_the_method(tmp_path):
     from peft import get_peft_model
 
     peft_model = get_peft_model(tiny_model(), fishertune.FisherTuneConfig(delta_max=0.2, modules_to_save=["decode_head"]))
     with pytest.raises(ValueError, match="FisherTuneConfig of the model says"):
         make_trainer(tmp_path, model=peft_model)  # make_trainer sets delta_min/max = 0.02/0.1
-    with pytest.raises(ValueError, match="criterion='lora'"):
-        make_trainer(tmp_path, model=peft_model, criterion="lora", delta_max=None, delta_min=None)
+    with pytest.raises(ValueError, match="method='lora'"):
+        make_trainer(tmp_path, model=peft_model, method="lora", delta_max=None, delta_min=None)
     trainer = make_trainer(tmp_path, model=peft_model, delta_max=None, delta_min=None, max_steps=4)
     trainer.train()
     assert trainer.model.num_allocated() == round(0.2 * trainer.model.num_targeted())
@@ -164,8 +164,8 @@ def test_peft_model_must_match_the_criterion(tmp_path):
 def test_user_optimizer_is_refused(tmp_path):
     with pytest.raises(ValueError, match="builds .* its own optimizer"):
         model = tiny_model()
-        make_trainer(tmp_path, model=model, criterion="frozen").__class__(
-            model=model, args=make_trainer(tmp_path, criterion="frozen").args,
+        make_trainer(tmp_path, model=model, method="frozen").__class__(
+            model=model, args=make_trainer(tmp_path, method="frozen").args,
             optimizers=(torch.optim.SGD(model.parameters(), lr=1.0), None),
         )
 

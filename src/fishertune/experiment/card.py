@@ -82,16 +82,14 @@ class _Obj(dict):
     __getattr__ = dict.__getitem__
 
 
-#: One line per baseline criterion for the card's introduction.
-BASELINE_LINES = {
-    "full": "every weight of the backbone and the decoder fine-tuned (full fine-tuning).",
-    "frozen": "the backbone frozen, only the decoder trained.",
-    "lora": "PEFT LoRA on the q, k, v and FFN linears of every block, plus the decoder.",
-    "rein": "Rein: learnable low-rank tokens refining every block's features (backbone frozen), plus the decoder.",
-    "vpt": "VPT-deep: learnable prompt tokens prepended at every block (backbone frozen), plus the decoder.",
-    "adaptformer": "AdaptFormer: a scaled bottleneck MLP parallel to every block's FFN (backbone frozen), plus the decoder.",
-    "vqt": "VQT: learnable query tokens summarizing every block's features for the head (backbone frozen), plus the decoder.",
-}
+def _baseline_lines() -> dict[str, str]:
+    from ..training.methods import METHODS
+
+    return {name: m.card_line for name, m in METHODS.items() if m.card_line}
+
+
+#: One line per baseline method for the card's introduction (from `fishertune.training.methods.METHODS`).
+BASELINE_LINES = _baseline_lines()
 
 
 def hub_base_model_id(backbone: str) -> Optional[str]:
@@ -116,10 +114,13 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
 
     from .. import __version__
     from ..models import backbone_reference
-    from ..training.arguments import DATA_CRITERIA, SPARSE_CRITERIA
+    from ..fisher import get_criterion
+    from ..training.methods import get_method
     from .build import source_id2label
 
-    criterion = targs.criterion
+    method = get_method(targs.method)
+    # A baseline selects nothing: the card names its method where a sparse run names its criterion.
+    criterion = targs.criterion if method.estimates else method.name
     is_adapter = os.path.isfile(os.path.join(out, "adapter_config.json"))
     selection = {}
     sel_path = os.path.join(out, "fishertune_selection.json")
@@ -140,9 +141,10 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
         "head_name": exp.head,
         "num_labels": len(source_id2label(exp)),
         "criterion": criterion,
-        "is_sparse": criterion in SPARSE_CRITERIA,
-        "uses_estimator": criterion in DATA_CRITERIA,
-        "method_line": BASELINE_LINES.get(criterion, ""),
+        "method": method.name,
+        "is_sparse": method.estimates,
+        "uses_estimator": method.estimates and get_criterion(targs.criterion).needs_data,
+        "method_line": method.card_line,
         "estimator": targs.estimator,
         "fisher_type": targs.fisher_type,
         "allocated": f"{allocated:,}",

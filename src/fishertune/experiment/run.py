@@ -27,7 +27,7 @@ from ..data import collate_fn
 from ..evaluation import evaluate_model
 from ..models import save_backbone_reference
 from ..training import FisherTuneTrainer, FisherTuneTrainingArguments
-from ..training.arguments import METHOD_CRITERIA
+from ..training.methods import get_method
 from .arguments import ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, build_train_dataset, source_id2label
 from .card import write_model_card
@@ -119,7 +119,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
 
     Args:
         exp ([`ExperimentArguments`]): model, data, evaluation and output options.
-        targs ([`FisherTuneTrainingArguments`]): the criterion, phases and optimisation; `output_dir`,
+        targs ([`FisherTuneTrainingArguments`]): the method, criterion, phases and optimisation; `output_dir`,
             `push_to_hub`, `hub_model_id`, `hub_token`, `hub_private_repo` are read for the output.
         config_path (`str`, *optional*): the YAML the arguments came from (recorded in config.yaml).
         verbose (`bool`): print the results table and the written paths.
@@ -137,7 +137,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     train_ds = build_train_dataset(exp, seed=targs.seed if targs.data_seed is None else targs.data_seed)
     targets, source_val = build_eval_datasets(exp), build_source_val(exp)
     model = build_base_model(exp, id2label, seed=targs.seed)
-    plain_model = targs.criterion in ("full", "frozen") + METHOD_CRITERIA  # saved whole, backbone included
+    plain_model = get_method(targs.method).saved_as == "whole"  # saved whole, backbone included
     if not exp.merge and not plain_model and targs.should_save:  # an adapter: base_model/ is its base
         if exp.backbone.startswith("config:"):
             # A random-init backbone exists nowhere else: the adapter is loadable only with these exact weights.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from .criteria import CRITERIA, EXCHANGES
+from .criteria import EXCHANGES
+from .registry import CriterionNames, get_criterion
 
 
 @dataclass
@@ -14,8 +15,9 @@ class EstimationConfig:
 
     Args:
         criterion (`str`, defaults to `"dr_fim"`):
-            `random`, `random_q`, `random_k`, `random_v` (random inside one attention group), `magnitude` (|W|),
-            `fim` (Fisher, Eq. 9/14), `delta_fim` (domain sensitivity, Eq. 5), `dr_fim` (Eq. 7/15).
+            A name of the criteria registry (`fishertune.fisher.criterion_names()`): `random`, `random_q`, `random_k`,
+            `random_v` (random inside one attention group), `magnitude` (|W|), `fim` (Fisher, Eq. 9/14),
+            `delta_fim` (domain sensitivity, Eq. 5), `dr_fim` (Eq. 7/15), or one added with `register_criterion`.
         estimator (`str`, defaults to `"variational"`):
             `diagonal` (Eq. 9, per-sample squared gradients) or `variational` (Eq. 10-15). The paper's method is
             the variational one; the diagonal one is the Table 5 ablation.
@@ -86,47 +88,59 @@ class EstimationConfig:
             give identical scores on every rank and run.
     """
 
-    criterion: str = field(default="dr_fim", metadata={"help": f"One of {', '.join(CRITERIA)}."})
-    estimator: str = field(default="variational", metadata={"help": "'diagonal' (Eq. 9) or 'variational' (Eq. 15)."})
-    fisher_type: str = field(
-        default="true", metadata={"help": "'true' (labels sampled from the prediction, Eq. 4) or 'empirical'."}
+    # `choices` (argparse's, via HfArgumentParser) is also what __post_init__ accepts: one list per option.
+    criterion: str = field(
+        default="dr_fim",
+        metadata={"help": "Selection criterion, a name of fishertune.fisher.criterion_names() (dr_fim: Eq. 7/15).",
+                  "choices": CriterionNames()},
     )
-    fisher_unit: str = field(default="pixel", metadata={"help": "'pixel' (crop-size invariant F) or 'sample'."})
+    estimator: str = field(
+        default="variational",
+        metadata={"help": "'variational' (Eq. 10-15) or 'diagonal' (Eq. 9).", "choices": ["variational", "diagonal"]},
+    )
+    fisher_type: str = field(
+        default="true", metadata={"help": "'true' (labels sampled from the prediction, Eq. 4) or 'empirical' "
+                                          "(ground truth).", "choices": ["true", "empirical"]}
+    )
+    fisher_unit: str = field(
+        default="pixel", metadata={"help": "F's unit: 'pixel' (crop-size invariant F) or 'sample'.",
+                                   "choices": ["pixel", "sample"]}
+    )
     num_batches: int = field(default=100, metadata={"help": "T2: estimation batches per process."})
     delta_eps: float = field(default=1e-3, metadata={"help": "Eq. 5's eps as a fraction of mean(F)."})
-    exchange: str = field(default="rank", metadata={"help": f"F-vs-dF exchange rate of Eq. 7: {', '.join(EXCHANGES)}."})
+    exchange: str = field(
+        default="rank", metadata={"help": "F-vs-dF exchange rate of Eq. 7/15.", "choices": list(EXCHANGES)}
+    )
     exchange_quantile: float = field(default=0.99, metadata={"help": "Quantile of F worth one unit of w*dF ('quantile')."})
     gamma: Optional[float] = field(default=None, metadata={"help": "KL weight of Eq. 11; None: prior_floor * tau^2 * mean(F)."})
     prior_floor: float = field(default=1e-3, metadata={"help": "gamma/tau^2 as a fraction of mean(F) when gamma is None."})
     tau: float = field(default=1e-3, metadata={"help": "Prior std around the pretrained weights (Eq. 10)."})
     variational_lr: float = field(default=0.1, metadata={"help": "Preconditioned SGD step on log-variance."})
     variational_gradient: str = field(
-        default="expected", metadata={"help": "'expected' (closed form, default) or 'reparam' (sampled)."}
+        default="expected", metadata={"help": "'expected' (closed form, default) or 'reparam' (sampled).",
+                                      "choices": ["expected", "reparam"]}
     )
     variational_steps_per_batch: int = field(default=1, metadata={"help": "ELBO steps (antithetic draws) per batch."})
     dsu_p: float = field(default=0.5, metadata={"help": "Probability of perturbing a hooked block per step (DSU: 0.5)."})
     dsu_eps: float = field(default=1e-6, metadata={"help": "eps inside sqrt(var + eps) of Eq. 6."})
     dsu_blocks: Optional[list[int]] = field(default=None, metadata={"help": "Blocks to perturb; None = all."})
-    shift_weight: str = field(default="abs_mean", metadata={"help": "'abs_mean' or 'literal' weight of Eq. 7."})
+    shift_weight: str = field(
+        default="abs_mean", metadata={"help": "Weight w of dF in Eq. 7: 'abs_mean' or 'literal'.",
+                                      "choices": ["abs_mean", "literal"]}
+    )
     shift_weight_reading: str = field(
-        default="mean", metadata={"help": "'mean' (dF of all batches x mean weight) or 'per_batch'."}
+        default="mean", metadata={"help": "'mean' (dF of all batches x mean weight) or 'per_batch'.",
+                                  "choices": ["mean", "per_batch"]}
     )
     seed: int = field(default=0, metadata={"help": "Seed of every random draw of the estimation."})
 
     def __post_init__(self) -> None:
-        def choice(field_name: str, options) -> None:
-            value = getattr(self, field_name)
-            if value not in options:
-                raise ValueError(f"{field_name}={value!r} is not supported; use one of {', '.join(map(repr, options))}.")
-
-        choice("criterion", CRITERIA)
-        choice("estimator", ("diagonal", "variational"))
-        choice("fisher_type", ("true", "empirical"))
-        choice("variational_gradient", ("expected", "reparam"))
-        choice("fisher_unit", ("pixel", "sample"))
-        choice("exchange", EXCHANGES)
-        choice("shift_weight", ("abs_mean", "literal"))
-        choice("shift_weight_reading", ("mean", "per_batch"))
+        get_criterion(self.criterion)  # raises naming the registered criteria
+        for f in fields(self):
+            options = f.metadata.get("choices")
+            if options is not None and getattr(self, f.name) not in options:
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not supported; use one of "
+                                 f"{', '.join(map(repr, options))}.")
         if self.num_batches < 1:
             raise ValueError(f"num_batches must be >= 1 (T2 estimation batches), got {self.num_batches}.")
         if self.variational_steps_per_batch < 1:

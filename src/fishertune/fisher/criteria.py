@@ -1,20 +1,17 @@
 """Eq. 5 and 7, and every selection criterion -> ``{name: per-entry score shaped like the weight}``.
 
-Higher is more important everywhere; the tuner ranks all entries of all layers globally.
+Higher is more important everywhere; the tuner ranks all entries of all layers globally. Which criterion
+uses which of these is in `registry.py` (`get_criterion`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 
 import torch
 
 from ..tuner import FUSED_QKV_FAMILIES
-
-CRITERIA = ("random", "random_q", "random_k", "random_v", "magnitude", "fim", "delta_fim", "dr_fim")
-DATA_FREE = ("random", "random_q", "random_k", "random_v", "magnitude")
 
 _GROUP_LEAVES = {
     "q": ("q_proj", "query", "q", "q_lin"),
@@ -164,11 +161,3 @@ def magnitude_scores(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     """``magnitude``: |W| per entry."""
     return {n: w.detach().abs().float().cpu() for n, w in weights.items()}
 
-
-def data_free_scores(criterion: str, weights: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    if criterion == "magnitude":
-        return magnitude_scores(weights)
-    m = re.fullmatch(r"random(?:_([qkv]))?", criterion)
-    if m is None:
-        raise ValueError(f"{criterion!r} needs data; use estimate_scores.")
-    return random_scores(weights, seed, m.group(1))

@@ -14,11 +14,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import EstimationConfig
-from .criteria import DATA_FREE, data_free_scores, domain_sensitivity, dr_fim, relative_eps
 from .likelihood import LogProbFn, default_log_prob_fn
 from .passes import EstimationStats, run_diagonal, run_variational
 from .perturb import DSUHooks, find_blocks
-from .variational import variational_delta
+from .registry import get_criterion
 
 logger = logging.getLogger(__name__)
 _FP16_LOSS_SCALE = 2.0**10  # keeps fp16 activation gradients of a per-pixel-mean loss above underflow
@@ -65,28 +64,13 @@ def _check_finite(stats: Mapping[str, torch.Tensor], what: str) -> None:
 
 
 def scores_from_stats(stats: EstimationStats, config: EstimationConfig) -> dict[str, torch.Tensor]:
-    """The criterion's score from the measured statistics: F (Eq. 9 / 14), dF (Eq. 5 / the ratio of Eq. 15)
-    with eps relative to F's scale, or DR-FIM (Eq. 7 / 15) with the configured exchange rate."""
-    fisher = stats.fisher
-    if config.criterion == "fim":
-        return fisher
-    eps = relative_eps(fisher, config.delta_eps)
-    if config.shift_weight_reading == "per_batch":  # dF* = sum_t w_t dF_t / sum_t w_t, weight = mean w_t
-        if stats.weighted_delta is None:
-            raise ValueError("shift_weight_reading='per_batch' needs statistics estimated with that reading.")
-        weight = stats.weight
-        norm = weight * max(stats.num_weighted, 1)
-        delta = {n: (d / norm).float() for n, d in stats.weighted_delta.items()}
-    else:
-        weight = stats.weight
-        if "precision" in stats.extra:  # Eq. 15's ratio: |L - L'| / (min(L, L') + eps/gamma), prior floor included
-            p, ps = stats.extra["precision"], stats.extra["precision_shift"]
-            delta = {n: variational_delta(p[n], ps[n], stats.gamma, eps) for n in p}
-        else:
-            delta = {n: domain_sensitivity(fisher[n], stats.fisher_shift[n], eps + stats.floor) for n in fisher}
-    if config.criterion == "delta_fim":
-        return delta
-    return dr_fim(fisher, delta, weight, config.exchange, config.exchange_quantile, stats.gamma)
+    """The criterion's score from the measured statistics, by its registry entry's `from_stats`: e.g. F
+    (Eq. 9 / 14), dF (Eq. 5 / the ratio of Eq. 15) with eps relative to F's scale, or DR-FIM (Eq. 7 / 15)
+    with the configured exchange rate (`fishertune.fisher.registry`)."""
+    criterion = get_criterion(config.criterion)
+    if not criterion.needs_data:
+        raise ValueError(f"criterion {config.criterion!r} needs no data (no statistics); use estimate_scores.")
+    return criterion.from_stats(stats, config)
 
 
 def _warn_if_floored(stats: EstimationStats, config: EstimationConfig) -> None:
@@ -135,8 +119,9 @@ def estimate_scores(
     weights = dict(weights)
     if not weights:
         raise ValueError("No weights to score: pass model.fishertune_target_weights().")
-    if config.criterion in DATA_FREE:
-        return data_free_scores(config.criterion, weights, config.seed)
+    criterion = get_criterion(config.criterion)
+    if not criterion.needs_data:
+        return criterion.scores(weights, config)
     stats = estimate_statistics(model, dataloader, weights, config, log_prob_fn, blocks=blocks,
                                 num_prefix_tokens=num_prefix_tokens, disable_tqdm=disable_tqdm)
     scores = scores_from_stats(stats, config)
@@ -156,13 +141,14 @@ def estimate_statistics(
     per_batch_delta: bool = False,
     disable_tqdm: Optional[bool] = None,
 ) -> EstimationStats:
-    """The passes behind `estimate_scores` (same arguments): clean F, and for ``delta_fim``/``dr_fim`` the
-    DSU-perturbed F' and Eq. 7's weight. `scores_from_stats(stats, config)` turns them into any of the
-    Fisher criteria without another pass (e.g. to compare exchange rates on one estimate).
+    """The passes behind `estimate_scores` (same arguments): clean F, and for criteria with ``needs_dsu``
+    (``delta_fim``, ``dr_fim``) the DSU-perturbed F' and Eq. 7's weight. `scores_from_stats(stats, config)`
+    turns them into any of the Fisher criteria without another pass (e.g. to compare exchange rates on one estimate).
     ``per_batch_delta`` also keeps the per-batch weighted dF (so both weight readings can be scored).
     ``disable_tqdm`` as in `estimate_scores` (a bar of the estimation batches)."""
     weights = dict(weights)
-    if config.criterion in DATA_FREE:
+    criterion = get_criterion(config.criterion)
+    if not criterion.needs_data:
         raise ValueError(f"criterion {config.criterion!r} needs no data; use estimate_scores.")
     params = {id(p) for p in model.parameters()}
     foreign = [n for n, w in weights.items() if id(w) not in params]
@@ -171,7 +157,7 @@ def estimate_statistics(
     log_prob_fn = log_prob_fn or default_log_prob_fn
     device = next(iter(weights.values())).device
     dsu = None
-    if config.criterion in ("delta_fim", "dr_fim"):
+    if criterion.needs_dsu:  # F' on DSU-perturbed features (Eq. 6) and Eq. 7's weight w
         if blocks is None:
             blocks, found_prefix = find_blocks(model)
             num_prefix_tokens = found_prefix if num_prefix_tokens is None else num_prefix_tokens

@@ -7,21 +7,9 @@ from typing import Any, Optional
 
 from transformers import TrainingArguments
 
-#: Criteria that rank entries and train a sparse subset of the backbone (the FisherTune tuner).
-SPARSE_CRITERIA = ("random", "random_q", "random_k", "random_v", "magnitude", "fim", "delta_fim", "dr_fim")
-#: Baselines run by the same trainer: full fine-tuning, decoder only, LoRA (or any PeftModel you pass),
-#: and the `fishertune.baselines` methods (Rein, VPT-deep, AdaptFormer, VQT with their default configs).
-BASELINE_CRITERIA = ("full", "frozen", "lora", "rein", "vpt", "adaptformer", "vqt")
-#: Baseline criteria installed by `fishertune.baselines.apply_method` (frozen backbone + the method's params).
-METHOD_CRITERIA = ("rein", "vpt", "adaptformer", "vqt")
-#: Criteria whose scores need the estimator's passes over training batches (the others need no data).
-DATA_CRITERIA = ("fim", "delta_fim", "dr_fim")
-#: Fields forwarded to `fishertune.fisher.EstimationConfig` when set (None keeps the estimator's default).
-ESTIMATION_FIELDS = (
-    "fisher_unit", "delta_eps", "exchange", "exchange_quantile", "gamma", "prior_floor", "tau", "variational_lr",
-    "variational_gradient", "variational_steps_per_batch", "dsu_p", "dsu_eps", "dsu_blocks", "shift_weight",
-    "shift_weight_reading",
-)
+from ..fisher.registry import CriterionNames, get_criterion
+from .estimation_args import EstimationArguments
+from .methods import BASELINE_METHODS, METHODS, get_method, resolve_method
 
 
 def _default_num_batches() -> int:
@@ -31,7 +19,7 @@ def _default_num_batches() -> int:
 
 
 @dataclass
-class FisherTuneTrainingArguments(TrainingArguments):
+class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     """[`~transformers.TrainingArguments`] for [`FisherTuneTrainer`]: Algorithm 1 of FisherTune.
 
     Training runs `max_steps = T1 + T3` optimizer steps: T1 warm-up steps (backbone frozen, decoder
@@ -46,23 +34,29 @@ class FisherTuneTrainingArguments(TrainingArguments):
     (see `fishertune.training.optimizer`), so `optim` must name a torch AdamW.
 
     Args:
+        method (`str`, *optional*, defaults to `"sparse"`):
+            How the backbone trains (`fishertune.training.methods.METHODS`): `"sparse"` is FisherTune (the
+            `delta_max` share of the targeted entries picked by `criterion`, warm-up T1 and estimation T2 first).
+            Baselines: `"full"` (whole model), `"frozen"` (decoder only), `"lora"` (PEFT LoRA on the Eq. 3
+            targets, or the PeftModel passed to the trainer), `"rein"`, `"vpt"` (VPT-deep), `"adaptformer"`,
+            `"vqt"` (`fishertune.baselines` with default configs: backbone frozen, the method's parameters and
+            the decoder trained; VQT's queries feed the head through its link). Baselines: no estimation, no
+            warm-up unless `warmup_phase_steps`.
         criterion (`str`, *optional*, defaults to `"dr_fim"`):
-            What is tuned in the backbone. Sparse criteria pick `delta_max` of the targeted entries:
-            `"dr_fim"` (Eq. 7/15), `"fim"` (Fisher only, Child-Tuning-D style), `"delta_fim"` (Eq. 5
-            only), `"magnitude"`, `"random"`, `"random_q"`/`"random_k"`/`"random_v"` (random within one
-            projection). Baselines: `"full"` (whole model), `"frozen"` (decoder only), `"lora"` (PEFT
-            LoRA on the Eq. 3 targets, or the PeftModel passed to the trainer), `"rein"`, `"vpt"` (VPT-deep),
-            `"adaptformer"`, `"vqt"` (`fishertune.baselines` with default configs: backbone frozen, the
-            method's parameters and the decoder trained; VQT's queries feed the head through its link).
-            Baselines: no estimation, no warm-up unless `warmup_phase_steps`.
-        estimator (`str`, *optional*, defaults to `"variational"`):
-            `"variational"` (stable estimation, Eq. 10-15) or `"diagonal"` (plain Eq. 9).
-        fisher_type (`str`, *optional*, defaults to `"true"`):
-            `"true"` samples labels from the model (Eq. 4); `"empirical"` uses the ground truth.
+            The selection criterion of `method="sparse"`, a name of the `fishertune.fisher` registry
+            (`criterion_names()`): `"dr_fim"` (Eq. 7/15), `"fim"` (Fisher only, Child-Tuning-D style),
+            `"delta_fim"` (Eq. 5 only), `"magnitude"`, `"random"`, `"random_q"`/`"random_k"`/`"random_v"`, or one
+            added with `register_criterion`. Deprecated: a method name here (`criterion="full"`) still works as
+            `method="full"`, with a FutureWarning.
+        estimator, fisher_type, fisher_unit, delta_eps, exchange, ..., shift_weight_reading (*optional*):
+            Every field of `fishertune.fisher.EstimationConfig` but criterion, num_batches and seed, generated
+            from it (`EstimationArguments`, `ESTIMATION_FIELDS`): documented in its `Args:`. `estimator`
+            (`"variational"`, Eq. 10-15) and `fisher_type` (`"true"`, Eq. 4) keep its default; the others
+            default to None, which keeps its default (e.g. `variational_gradient="expected"`, `dsu_p=0.5`).
         warmup_phase_steps (`int`, *optional*):
             T1, decoder-only warm-up steps. Overrides `warmup_phase_ratio` when set.
         warmup_phase_ratio (`float`, *optional*, defaults to 0.1):
-            T1 as a fraction of `max_steps` for sparse criteria (baselines default to no warm-up).
+            T1 as a fraction of `max_steps` for `method="sparse"` (baselines default to no warm-up).
         estimation_batches (`int`, *optional*):
             T2, training batches (per process) the estimator reads; None: `EstimationConfig`'s default (100).
         estimation_ratio (`float`, *optional*):
@@ -78,15 +72,6 @@ class FisherTuneTrainingArguments(TrainingArguments):
             What `delta_min`/`delta_max` are shares of: `"targeted"` (the Eq. 3 entries) or `"backbone"` (all
             backbone parameters, as the paper counts its 15.21M = 5% of ViT-L's 304M). None: the
             FisherTuneConfig's ("targeted").
-        fisher_unit, delta_eps, exchange, exchange_quantile (*optional*):
-            F's unit, Eq. 5's relative eps and Eq. 7's exchange rate between F and dF; None keeps
-            `fishertune.fisher.EstimationConfig`'s default ("pixel", 1e-3, "rank", 0.99).
-        gamma, prior_floor, tau, variational_lr, variational_gradient, variational_steps_per_batch (*optional*):
-            Variational estimator options (Eq. 11-15); None keeps the `EstimationConfig` default (gamma derived
-            from the data with prior_floor 1e-3, tau 1e-3, lr 0.1, "expected" gradient, 1 step per batch).
-        dsu_p, dsu_eps, dsu_blocks, shift_weight, shift_weight_reading (*optional*):
-            DSU perturbation (Eq. 6) and the dF weight of Eq. 7 for the estimation; None keeps the default
-            (dsu_p 0.5, dsu_eps 1e-6, all blocks, shift_weight "abs_mean", reading "mean").
         backbone_learning_rate (`float`, *optional*):
             Learning rate of the backbone's tuned parameters (sparse deltas, LoRA, full). None: `learning_rate`;
             0 means 0 (they keep their values). Negative rates are refused.
@@ -94,7 +79,7 @@ class FisherTuneTrainingArguments(TrainingArguments):
             Learning rate of the decoder. None: `learning_rate`; 0 means 0. Negative rates are refused.
         lora_r (`int`, *optional*, defaults to 8), lora_alpha (`int`, *optional*, defaults to 8),
         lora_dropout (`float`, *optional*, defaults to 0.0):
-            LoRA rank, scale and dropout for `criterion="lora"` when the trainer builds the adapter.
+            LoRA rank, scale and dropout for `method="lora"` when the trainer builds the adapter.
         save_sensitivity_plot (`bool`, *optional*, defaults to `True`):
             Write the Fig. 6-style sensitivity map next to the scores after estimation.
         save_estimation_statistics (`bool`, *optional*, defaults to `False`):
@@ -109,27 +94,23 @@ class FisherTuneTrainingArguments(TrainingArguments):
             With `nonfinite_policy="skip"`, the most steps a run may drop before it stops with an error.
     """
 
+    method: str = field(
+        default="sparse",
+        metadata={"help": "Training method: sparse (FisherTune: `criterion` selects the entries) or a baseline: "
+                          + ", ".join(BASELINE_METHODS) + ".", "choices": list(METHODS)},
+    )
     criterion: str = field(
         default="dr_fim",
-        metadata={"help": "Backbone tuning: dr_fim, fim, delta_fim, magnitude, random, random_q/k/v; or full, frozen, lora, "
-                          "rein, vpt, adaptformer, vqt.",
-                  "choices": list(SPARSE_CRITERIA + BASELINE_CRITERIA)},
-    )
-    estimator: str = field(
-        default="variational",
-        metadata={"help": "Fisher estimator: 'variational' (Eq. 10-15) or 'diagonal' (Eq. 9).",
-                  "choices": ["variational", "diagonal"]},
-    )
-    fisher_type: str = field(
-        default="true",
-        metadata={"help": "'true' Fisher (labels sampled from the model) or 'empirical' (ground truth).",
-                  "choices": ["true", "empirical"]},
+        # A live list: criteria registered after import are accepted too; the method names are the deprecated spelling.
+        metadata={"help": "Selection criterion of method=sparse (fishertune.fisher.criterion_names(): dr_fim, fim, "
+                          "delta_fim, magnitude, random, random_q/k/v, or a registered one).",
+                  "choices": CriterionNames(extra=BASELINE_METHODS)},
     )
     warmup_phase_steps: Optional[int] = field(
         default=None, metadata={"help": "T1: decoder-only warm-up steps; overrides warmup_phase_ratio."}
     )
     warmup_phase_ratio: float = field(
-        default=0.1, metadata={"help": "T1 as a fraction of max_steps (sparse criteria only)."}
+        default=0.1, metadata={"help": "T1 as a fraction of max_steps (method=sparse only)."}
     )
     estimation_batches: Optional[int] = field(
         default=None, metadata={"help": "T2: batches per process read by the estimator (None: EstimationConfig's 100)."}
@@ -146,30 +127,13 @@ class FisherTuneTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "delta shares of 'targeted' entries (default) or of all 'backbone' parameters.",
                                 "choices": ["targeted", "backbone"]},
     )
-    fisher_unit: Optional[str] = field(default=None, metadata={"help": "F's unit: 'pixel' (default) or 'sample'."})
-    delta_eps: Optional[float] = field(default=None, metadata={"help": "Eq. 5's eps as a fraction of mean(F)."})
-    exchange: Optional[str] = field(
-        default=None, metadata={"help": "Eq. 7's F-vs-dF exchange: 'rank' (default), 'quantile', 'gamma', 'sum'."}
-    )
-    exchange_quantile: Optional[float] = field(default=None, metadata={"help": "Quantile of F for exchange='quantile'."})
-    gamma: Optional[float] = field(default=None, metadata={"help": "KL weight gamma of Eq. 11 (None: from the data)."})
-    prior_floor: Optional[float] = field(default=None, metadata={"help": "gamma/tau^2 as a fraction of mean(F)."})
-    tau: Optional[float] = field(default=None, metadata={"help": "Prior std tau of Eq. 12 (None: estimator default)."})
-    variational_lr: Optional[float] = field(default=None, metadata={"help": "SGD lr of the variational Lambda."})
-    variational_steps_per_batch: Optional[int] = field(default=None, metadata={"help": "Lambda updates per batch."})
-    variational_gradient: Optional[str] = field(default=None, metadata={"help": "'expected' or 'reparam'."})
-    dsu_p: Optional[float] = field(default=None, metadata={"help": "DSU probability per insertion point (Eq. 6)."})
-    dsu_eps: Optional[float] = field(default=None, metadata={"help": "DSU epsilon added to the variance (Eq. 6)."})
-    dsu_blocks: Optional[list[int]] = field(default=None, metadata={"help": "Blocks whose output DSU perturbs."})
-    shift_weight: Optional[str] = field(default=None, metadata={"help": "Weight of dF in Eq. 7: 'abs_mean' or 'literal'."})
-    shift_weight_reading: Optional[str] = field(default=None, metadata={"help": "'mean' or 'per_batch' weighting of dF."})
     backbone_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Backbone lr (None: learning_rate; 0: the backbone's tuned parameters stay put)."})
     decoder_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Decoder lr (None: learning_rate; 0: the decoder stays put)."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank for criterion='lora'."})
-    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha for criterion='lora'."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout for criterion='lora'."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank for method='lora'."})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha for method='lora'."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout for method='lora'."})
     save_sensitivity_plot: bool = field(default=True, metadata={"help": "Plot the sensitivity map after estimation."})
     nonfinite_policy: str = field(
         default="error",
@@ -196,11 +160,12 @@ class FisherTuneTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep columns the collator turns into inputs."})
 
     def __post_init__(self) -> None:
-        if self.criterion not in SPARSE_CRITERIA + BASELINE_CRITERIA:
-            raise ValueError(
-                f"criterion must be one of {SPARSE_CRITERIA + BASELINE_CRITERIA}, got {self.criterion!r}; "
-                "'dr_fim' is FisherTune, 'full'/'frozen'/'lora'/'rein'/'vpt'/'adaptformer'/'vqt' are the baselines."
-            )
+        default_criterion = next(f.default for f in fields(self) if f.name == "criterion")
+        self.method, self.criterion = resolve_method(self.method, self.criterion, default_criterion)
+        try:  # EstimationConfig's check, before any training work
+            get_criterion(self.criterion)
+        except ValueError as err:
+            raise ValueError(f"criterion must be one of the registered criteria: {err}") from None
         if self.nonfinite_policy not in ("error", "skip"):
             raise ValueError(
                 f"nonfinite_policy must be 'error' (stop at the first NaN/inf step) or 'skip' (drop such steps), "
@@ -213,10 +178,10 @@ class FisherTuneTrainingArguments(TrainingArguments):
                                  f"learning_rate), got {value}.")
         if self.nonfinite_max_skips < 0:
             raise ValueError(f"nonfinite_max_skips must be >= 0, got {self.nonfinite_max_skips}.")
-        if self.estimator not in ("variational", "diagonal"):
-            raise ValueError(f"estimator must be 'variational' or 'diagonal', got {self.estimator!r}.")
-        if self.fisher_type not in ("true", "empirical"):
-            raise ValueError(f"fisher_type must be 'true' or 'empirical', got {self.fisher_type!r}.")
+        for f in fields(EstimationArguments):  # the choices of EstimationConfig, checked before any training work
+            options, value = f.metadata.get("choices"), getattr(self, f.name)
+            if options is not None and value is not None and value not in options:
+                raise ValueError(f"{f.name} must be one of {', '.join(map(repr, options))}, got {value!r}.")
         for name in ("warmup_phase_steps", "estimation_batches", "tuning_phase_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -262,7 +227,7 @@ class FisherTuneTrainingArguments(TrainingArguments):
         """(T1, T2, T3) for a run of `max_steps` optimizer steps; T1 + T3 == max_steps."""
         if self.warmup_phase_steps is not None:
             t1 = self.warmup_phase_steps
-        elif self.criterion in SPARSE_CRITERIA:
+        elif get_method(self.method).warmup:
             t1 = int(round(self.warmup_phase_ratio * max_steps))
         else:
             t1 = 0  # baselines train their backbone from step 0 unless a warm-up is asked for explicitly
@@ -272,7 +237,7 @@ class FisherTuneTrainingArguments(TrainingArguments):
             t2 = max(1, int(round(self.estimation_ratio * max_steps)))
         else:
             t2 = self.estimation_batches if self.estimation_batches is not None else _default_num_batches()
-        if self.criterion not in SPARSE_CRITERIA:
+        if not get_method(self.method).estimates:
             t2 = 0
         t3 = max_steps - t1
         if self.tuning_phase_steps is not None and self.tuning_phase_steps != t3:
@@ -288,13 +253,6 @@ class FisherTuneTrainingArguments(TrainingArguments):
         # How to react to a NaN may change on resume (e.g. resume a run that stopped at a NaN with policy 'skip').
         skip = {"save_sensitivity_plot", "backbone_learning_rate", "decoder_learning_rate", "nonfinite_policy",
                 "nonfinite_max_skips"}
+        if not get_method(self.method).estimates:
+            skip.add("criterion")  # a baseline selects nothing: its criterion is not part of the run
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own and f.name not in skip}
-
-    def estimation_config(self, num_batches: int):
-        """The `fishertune.fisher.EstimationConfig` of this run (set fields only; the rest keep its defaults)."""
-        from fishertune.fisher import EstimationConfig
-
-        kwargs = dict(criterion=self.criterion, estimator=self.estimator, fisher_type=self.fisher_type,
-                      num_batches=num_batches, seed=self.seed)
-        kwargs.update({k: getattr(self, k) for k in ESTIMATION_FIELDS if getattr(self, k) is not None})
-        return EstimationConfig(**kwargs)

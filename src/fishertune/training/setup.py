@@ -1,7 +1,7 @@
-"""Turn a segmentation model into what a criterion trains: FisherTune, LoRA, full/frozen backbone, the baselines.
+"""Turn a segmentation model into what a method trains: FisherTune, LoRA, full/frozen backbone, the baselines.
 
-Every criterion ends as one model with the same decoder handling, so the trainer treats all
-baselines of the paper's ablation alike: sparse criteria and LoRA wrap the model with PEFT
+Every method (`methods.METHODS`) ends as one model with the same decoder handling, so the trainer treats all
+baselines of the paper's ablation alike: FisherTune's sparse tuning and LoRA wrap the model with PEFT
 (decoder in `modules_to_save`), `full` and `frozen` keep the plain model, and `rein`, `vpt`,
 `adaptformer` and `vqt` install the method of `fishertune.baselines` (default config) on the plain
 model: the backbone frozen, the method's parameters (attached under the backbone, plus the head-side
@@ -14,7 +14,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from ..tuner import FisherTuneConfig, find_backbone, target_regex
-from .arguments import METHOD_CRITERIA, SPARSE_CRITERIA, FisherTuneTrainingArguments
+from .arguments import FisherTuneTrainingArguments
+from .methods import get_method
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -47,18 +48,18 @@ def _decoder_modules(model: nn.Module) -> list[str]:
 
 
 def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Module:
-    """Return the model `args.criterion` trains (wrapping it with PEFT where the criterion needs it)."""
-    criterion = args.criterion
+    """Return the model `args.method` trains (wrapping it with PEFT where the method needs it)."""
+    method = get_method(args.method)
     if isinstance(model, PeftModel):
-        if criterion in ("full", "frozen") + METHOD_CRITERIA:
-            raise ValueError(f"criterion={criterion!r} trains the plain model; pass the model without its PEFT wrapper.")
-        if criterion in SPARSE_CRITERIA and not is_fishertune(model):
+        if method.saved_as == "whole":
+            raise ValueError(f"method={method.name!r} trains the plain model; pass the model without its PEFT wrapper.")
+        if method.backbone == "sparse" and not is_fishertune(model):
             raise ValueError(
-                f"criterion={criterion!r} needs a FisherTune adapter but the PeftModel holds "
-                f"{type(model.peft_config[model.active_adapter]).__name__}; use criterion='lora' for other PEFT methods."
+                f"method='sparse' needs a FisherTune adapter but the PeftModel holds "
+                f"{type(model.peft_config[model.active_adapter]).__name__}; use method='lora' for other PEFT methods."
             )
-        if criterion == "lora" and is_fishertune(model):
-            raise ValueError("criterion='lora' was given a FisherTune PeftModel; pick a sparse criterion such as 'dr_fim'.")
+        if method.backbone == "lora" and is_fishertune(model):
+            raise ValueError("method='lora' was given a FisherTune PeftModel; use method='sparse' (FisherTune).")
         if is_fishertune(model):
             config = model.peft_config[model.active_adapter]
             if args.budget_base is not None and args.budget_base != config.budget_base:
@@ -74,16 +75,16 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
                         f"leave args.{name} unset (None) or make them agree."
                     )
         return model
-    if criterion == "full":
+    if method.backbone == "full":
         return model.requires_grad_(True)
-    if criterion == "frozen":
+    if method.backbone == "frozen":
         model.requires_grad_(True)
         backbone_module(model).requires_grad_(False)
         return model
-    if criterion in METHOD_CRITERIA:
-        return _apply_baseline_method(model, criterion)
+    if method.baseline is not None:
+        return _apply_baseline_method(model, method.baseline)
     decoder = _decoder_modules(model)
-    if criterion == "lora":
+    if method.backbone == "lora":
         config = LoraConfig(
             r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
             target_modules=target_regex(model), modules_to_save=decoder,
@@ -95,8 +96,8 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
     return get_peft_model(model, FisherTuneConfig(modules_to_save=decoder, init_criterion=None, **deltas))
 
 
-def _apply_baseline_method(model: nn.Module, criterion: str) -> nn.Module:
-    """Install `criterion` (Rein, VPT-deep, AdaptFormer, VQT; default config) unless the model already holds it."""
+def _apply_baseline_method(model: nn.Module, name: str) -> nn.Module:
+    """Install `name` (Rein, VPT-deep, AdaptFormer, VQT; default config) unless the model already holds it."""
     from ..baselines import api as baselines
 
     try:
@@ -104,11 +105,9 @@ def _apply_baseline_method(model: nn.Module, criterion: str) -> nn.Module:
     except ValueError:
         state = None
     if state is not None:
-        if state["config"].method != criterion:
-            raise ValueError(
-                f"criterion={criterion!r} but the model already holds the {state['config'].method!r} baseline."
-            )
+        if state["config"].method != name:
+            raise ValueError(f"method={name!r} but the model already holds the {state['config'].method!r} baseline.")
         return model  # e.g. a model built and installed by the caller with its own config
     model.requires_grad_(True)  # the decoder (and the method's parameters) train; apply_method freezes the backbone
-    config_cls = baselines.METHODS[criterion][0]
+    config_cls = baselines.METHODS[name][0]
     return baselines.apply_method(model, config_cls())

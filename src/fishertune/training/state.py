@@ -78,7 +78,10 @@ def check_compatible(saved: Optional[dict], expected: dict, checkpoint_dir: str)
     problems = []
     if saved.get("model_fingerprint") != expected["model_fingerprint"]:
         problems.append("the model differs (parameter names or shapes)")
-    saved_opts, opts = saved.get("options", {}), _jsonable(expected["options"])
+    from .methods import upgrade_options
+
+    # A checkpoint from before `method` existed says criterion="full" etc.: read it as method="full".
+    saved_opts, opts = upgrade_options(saved.get("options", {})), _jsonable(expected["options"])
     for key in sorted(set(saved_opts) | set(opts)):
         if saved_opts.get(key) != opts.get(key):
             problems.append(f"{key}: checkpoint {saved_opts.get(key)!r}, now {opts.get(key)!r}")

@@ -40,8 +40,9 @@ from transformers.utils import logging
 
 from ..data.keyed import BadSampleError
 from ..tuner import FisherTuneLayer
-from .arguments import SPARSE_CRITERIA, FisherTuneTrainingArguments
+from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
+from .methods import get_method
 from .nonfinite import NonFiniteGuard
 from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
 from .setup import backbone_module, is_fishertune, prepare_model
@@ -88,10 +89,10 @@ class _AgreedLoader:
 
 
 class FisherTuneTrainer(Trainer):
-    """[`~transformers.Trainer`] running FisherTune's Algorithm 1, or a baseline, by `args.criterion`.
+    """[`~transformers.Trainer`] running FisherTune's Algorithm 1, or a baseline, by `args.method`.
 
     Pass the plain segmentation model (with `backbone` and `decoder_modules`); the trainer wraps it
-    as the criterion needs (see `fishertune.training.setup.prepare_model`). A FisherTune or other
+    as the method needs (see `fishertune.training.setup.prepare_model`). A FisherTune or other
     PeftModel is accepted as is. The optimizer is always built here (AdamW with Rein's groups), so
     `optimizers` and `optimizer_cls_and_kwargs` are not accepted.
     """
@@ -114,15 +115,15 @@ class FisherTuneTrainer(Trainer):
         # Segmentation models return a per-batch mean loss. Trainer would otherwise take `**kwargs` in
         # forward as "accepts num_items_in_batch" and multiply the loss by the number of processes.
         self.model_accepts_loss_kwargs = False
-        self.sparse = args.criterion in SPARSE_CRITERIA
+        self.sparse = get_method(args.method).estimates  # FisherTune: phase 2 selects the entries tuned in phase 3
         if self.sparse and not is_fishertune(self.model):
-            raise ValueError(f"criterion={args.criterion!r} needs a FisherTune PeftModel.")
+            raise ValueError(f"method={args.method!r} needs a FisherTune PeftModel.")
         self.in_tuning = False
         self.scores = None
         self.active_fraction = None
         self._fingerprint = model_fingerprint(self.model)
         bb = {id(p) for p in backbone_module(self.model).parameters()}
-        # What the criterion tunes in the backbone (sparse deltas are added by name once they exist).
+        # What the method tunes in the backbone (sparse deltas are added by name once they exist).
         self._tuned_names = {n for n, p in self.model.named_parameters() if id(p) in bb and p.requires_grad}
         self._ddp_synced = None
         self._late_params = []
@@ -152,7 +153,7 @@ class FisherTuneTrainer(Trainer):
             p.requires_grad_(self.in_tuning and (name in self._tuned_names or SPARSE_KEY in name))
 
     def start_tuning(self) -> None:
-        """End of phase 1: estimate and select (sparse criteria), unfreeze, rebuild the optimizer."""
+        """End of phase 1: estimate and select (method "sparse"), unfreeze, rebuild the optimizer."""
         if self.sparse:
             try:
                 self._estimate_and_select()
@@ -190,7 +191,7 @@ class FisherTuneTrainer(Trainer):
             torch.manual_seed(self.args.seed)
             loader = _AgreedLoader(self.get_train_dataloader(), self._agree_on_bad_file)
             weights = self.model.fishertune_target_weights()
-            if self.args.save_estimation_statistics and config.criterion not in fisher.criteria.DATA_FREE:
+            if self.args.save_estimation_statistics and fisher.get_criterion(config.criterion).needs_data:
                 stats = fisher.estimate_statistics(self.model, loader, weights, config, per_batch_delta=True,
                                                    disable_tqdm=self.args.disable_tqdm)
                 if self.args.should_save:  # F, F', both dF readings: any criterion or exchange can be re-scored

@@ -1,0 +1,100 @@
+"""The training methods of `FisherTuneTrainingArguments.method`: FisherTune's sparse tuning and the baselines.
+
+One table, read by `setup.prepare_model` (how the backbone trains), the trainer and `phase_lengths` (warm-up
+and estimation), `experiment.run` (saved whole or as an adapter) and the model card (its line). The selection
+criterion (`fishertune.fisher` registry) only matters for `method="sparse"`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one method trains and saves.
+
+    Args:
+        name (`str`): the value of `FisherTuneTrainingArguments.method`.
+        backbone (`str`): what trains in the backbone: `"sparse"` (FisherTune's selected deltas, PEFT adapter),
+            `"full"` (every weight), `"frozen"` (nothing), `"lora"` (a PEFT LoRA, or the PeftModel passed),
+            `"baseline"` (the `fishertune.baselines` method of that name, default config; backbone frozen).
+        saved_as (`str`): `"adapter"` (a PEFT adapter over base_model/) or `"whole"` (the plain model).
+        estimates (`bool`): runs phase 2 (estimation and selection, Algorithm 1) after the warm-up.
+        warmup (`bool`): T1 defaults to `warmup_phase_ratio * max_steps` (else 0 unless `warmup_phase_steps`).
+        card_line (`str`): the model card's sentence for a baseline (empty for FisherTune's own card).
+    """
+
+    name: str
+    backbone: str
+    saved_as: str
+    estimates: bool = False
+    warmup: bool = False
+    card_line: str = ""
+
+    @property
+    def baseline(self) -> Optional[str]:
+        """The `fishertune.baselines` method name installed on the plain model, or None."""
+        return self.name if self.backbone == "baseline" else None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("sparse", "sparse", "adapter", estimates=True, warmup=True),
+    Method("full", "full", "whole",
+           card_line="every weight of the backbone and the decoder fine-tuned (full fine-tuning)."),
+    Method("frozen", "frozen", "whole", card_line="the backbone frozen, only the decoder trained."),
+    Method("lora", "lora", "adapter",
+           card_line="PEFT LoRA on the q, k, v and FFN linears of every block, plus the decoder."),
+    Method("rein", "baseline", "whole", card_line="Rein: learnable low-rank tokens refining every block's features "
+           "(backbone frozen), plus the decoder."),
+    Method("vpt", "baseline", "whole", card_line="VPT-deep: learnable prompt tokens prepended at every block "
+           "(backbone frozen), plus the decoder."),
+    Method("adaptformer", "baseline", "whole", card_line="AdaptFormer: a scaled bottleneck MLP parallel to every "
+           "block's FFN (backbone frozen), plus the decoder."),
+    Method("vqt", "baseline", "whole", card_line="VQT: learnable query tokens summarizing every block's features "
+           "for the head (backbone frozen), plus the decoder."),
+)}  # fmt: skip
+#: The methods other than FisherTune's sparse tuning (the baselines of the ablation).
+BASELINE_METHODS = tuple(n for n in METHODS if n != "sparse")
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"method={name!r} is not one of {', '.join(METHODS)}: 'sparse' is FisherTune (pick the "
+                         "selection with `criterion`), the others are the baselines.") from None
+
+
+def resolve_method(method: str, criterion: str, default_criterion: str) -> tuple[str, str]:
+    """`(method, criterion)` with the pre-`method` spelling `criterion=<method>` mapped, with a FutureWarning.
+
+    `criterion="full"` (and the other baselines) meant the method before `method` existed; with `method` left
+    at "sparse" (or equal) it becomes `method="full"` and `criterion` returns to its default (unused by a
+    baseline, so that the old and the new spelling give equal arguments and checkpoints).
+    """
+    get_method(method)
+    if criterion not in BASELINE_METHODS:
+        return method, criterion
+    if method not in ("sparse", criterion):
+        raise ValueError(f"method={method!r} but criterion={criterion!r} names another method; the method goes in "
+                         f"`method` only: drop criterion (or set method={criterion!r}).")
+    warnings.warn(f"criterion={criterion!r} is deprecated: it is a training method, not a selection criterion; "
+                  f"write method={criterion!r} (YAML `method: {criterion}`, flag `--method {criterion}`).",
+                  FutureWarning, stacklevel=4)
+    return criterion, default_criterion
+
+
+def upgrade_options(options: dict) -> dict:
+    """A checkpoint's saved `fishertune_options` in today's form: checkpoints written before `method` existed
+    hold `criterion="full"` etc. and no `method` key (old sparse runs: the criterion, method "sparse")."""
+    if "method" in options:
+        return options
+    out = dict(options)
+    if out.get("criterion") in BASELINE_METHODS:
+        out["method"] = out.pop("criterion")
+    else:
+        out["method"] = "sparse"
+    return out
