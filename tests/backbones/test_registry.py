@@ -196,7 +196,8 @@ class ToyViTConfig(T.PreTrainedConfig):
 
     def __init__(self, hidden_size=16, num_hidden_layers=3, num_register_tokens=2, **kwargs):
         super().__init__(**kwargs)
-        self.hidden_size, self.num_hidden_layers, self.num_register_tokens = hidden_size, num_hidden_layers, num_register_tokens
+        self.hidden_size, self.num_hidden_layers = hidden_size, num_hidden_layers
+        self.num_register_tokens = num_register_tokens
 
 
 class ToyBlock(nn.Module):
@@ -211,7 +212,8 @@ class ToyViT(nn.Module):
         super().__init__()
         self.config = config
         self.stem = nn.Linear(3, config.hidden_size)
-        self.trunk = nn.ModuleDict({"blocks": nn.ModuleList(ToyBlock(config.hidden_size) for _ in range(config.num_hidden_layers))})
+        blocks = nn.ModuleList(ToyBlock(config.hidden_size) for _ in range(config.num_hidden_layers))
+        self.trunk = nn.ModuleDict({"blocks": blocks})
 
 
 TOY = BackboneFamily(
@@ -232,9 +234,9 @@ def test_adding_a_family_is_one_register_call():
         assert isinstance(backbone, ToyViT)
         model = get_peft_model(Segmenter(backbone, "trunk.blocks", ["attn.q", "mlp.fc1"]), FisherTuneConfig())
         tuned = {n.removeprefix("base_model.model.") for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)}
-        assert tuned == {
-            f"backbone.trunk.blocks.{i}.{leaf}" for i in range(3) for leaf in ("attn.q", "attn.k", "attn.v", "mlp.fc1", "mlp.fc2")
-        }  # not attn.out, the stem, nor the decoder's attn.q / mlp.fc1
+        leaves = ("attn.q", "attn.k", "attn.v", "mlp.fc1", "mlp.fc2")
+        # not attn.out, the stem, nor the decoder's attn.q / mlp.fc1
+        assert tuned == {f"backbone.trunk.blocks.{i}.{leaf}" for i in range(3) for leaf in leaves}
         blocks, prefix = find_blocks(model)
         assert blocks == list(backbone.trunk.blocks) and prefix == 1 + 2  # CLS + registers: the default rule
         assert fishertune.tuner.find_backbone(model) == ("base_model.model.backbone", "toy_vit")

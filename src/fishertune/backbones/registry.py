@@ -32,7 +32,8 @@ class BackboneFamily:
             The family's name, returned by `find_backbone`; by convention the config's `model_type`.
         target_pattern (`str`):
             Full-match regex of the Eq. 3 targets (q/k/v and FFN linears of every block) relative to the
-            backbone module, without a leading dot, e.g. `r"encoder\.layer\.\d+\.(attention\.(q|k|v)_proj|mlp\.fc[12])"`.
+            backbone module, without a leading dot, e.g.
+            `r"encoder\.layer\.\d+\.(attention\.(q|k|v)_proj|mlp\.fc[12])"`.
             Anchor it at the block list, so that a decoder reusing leaf names (`q_proj`, `fc1`) is never caught.
         block_paths (`tuple[str, ...]`):
             Paths of the blocks' `nn.ModuleList` relative to the backbone, tried in order.

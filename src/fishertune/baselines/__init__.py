@@ -17,7 +17,13 @@ from .api import (
     save_method_state,
 )
 from .dsu_augment import DSUHandle, add_dsu_augmentation, dsu_perturb
-from ..backbones.eva02 import EVA02_BLOCK_PATTERN, Eva02Backbone, Eva02BackboneConfig, eva02_pyramid_taps, eva02_target_regex
+from ..backbones.eva02 import (
+    EVA02_BLOCK_PATTERN,
+    Eva02Backbone,
+    Eva02BackboneConfig,
+    eva02_pyramid_taps,
+    eva02_target_regex,
+)
 from .rein import ReinConfig, apply_rein, rein_num_parameters
 from .vpt import VPTConfig, apply_vpt, vpt_num_parameters
 from .vqt import VQTConfig, apply_vqt, vqt_features, vqt_num_parameters

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..backbones import backbone_blocks, find_backbone, get_family, num_prefix_tokens  # noqa: F401
+# backbone_blocks is re-exported: the methods import it from here.
+from ..backbones import backbone_blocks, find_backbone, get_family  # noqa: F401
 
 #: Attribute stored on the backbone once a baseline is installed (one baseline per backbone).
 STATE_ATTR = "_fishertune_baseline"

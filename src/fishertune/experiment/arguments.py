@@ -116,7 +116,7 @@ class ExperimentArguments:
         if self.backbone.startswith("config:") and self.backbone[7:] not in BUILTIN_BACKBONES:
             raise ValueError(f"Unknown built-in backbone {self.backbone!r}; choose config:<{'|'.join(BUILTIN_BACKBONES)}>.")
         if self.backbone.startswith("timm:"):
-            from ..baselines.eva02 import timm_eva02_name  # no timm import: only the name is checked here
+            from ..backbones.eva02 import timm_eva02_name  # no timm import: only the name is checked here
 
             timm_eva02_name(self.backbone)
             if self.head == "eomt":
