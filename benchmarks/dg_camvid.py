@@ -100,6 +100,8 @@ def build_trainer(recipe: dict, method: str, seed: int, work_dir: Path, callback
 def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int | None) -> dict:
     import torch
 
+    from fishertune.outputs import SELECTION_NAME
+
     if threads:
         torch.set_num_threads(threads)
     t_start = time.time()
@@ -111,8 +113,8 @@ def run_one(recipe: dict, method: str, seed: int, out_file: Path, threads: int |
     train_s = time.time() - t0
     t1, t2, t3 = args.phase_lengths(recipe["steps"])
     selection = None
-    if (work_dir / "fishertune_selection.json").is_file():
-        sel = json.loads((work_dir / "fishertune_selection.json").read_text())
+    if (work_dir / SELECTION_NAME).is_file():
+        sel = json.loads((work_dir / SELECTION_NAME).read_text())
         selection = {k: v for k, v in sel.items() if k != "per_layer"}
         blocks: dict[str, int] = {}
         for name, n in sel.get("per_layer", {}).items():

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from fishertune.outputs import STATISTICS_NAME
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -135,7 +137,7 @@ def main(argv=None) -> None:
     for method in args.method:
         for work in sorted(runs.glob(f"{method}__seed*_work")):
             seed = int(re.search(r"seed(\d+)", work.name).group(1))
-            if seed not in found and (work / "fishertune_statistics.safetensors").is_file():
+            if seed not in found and (work / STATISTICS_NAME).is_file():
                 found[seed] = (method, work)
     results = {}
     for seed, (method, work) in sorted(found.items()):
@@ -145,7 +147,7 @@ def main(argv=None) -> None:
         opts = {"criterion": "dr_fim", "estimator": (run.get("options") or {}).get("estimator", "variational")}
         extra = {k: v for k, v in recipe.get("extra", {}).items() if k in EstimationConfig.__dataclass_fields__}
         label = f"seed {seed}" + ("" if method == args.method[0] else f" ({method} run)")
-        results[label] = describe(load_statistics(work / "fishertune_statistics.safetensors"),
+        results[label] = describe(load_statistics(work / STATISTICS_NAME),
                                   EstimationConfig(**opts, **extra), recipe["delta_max"])
         print(f"{label}: done", flush=True)
     if not results:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from fishertune.outputs import SCORES_NAME
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -48,7 +50,7 @@ def main(argv=None) -> None:
     frac = recipe["delta_max"]
     masks, lines = {}, [f"# Selections of the sparse runs in runs/{args.tag} (top {frac:.0%} of targeted entries)", ""]
     rows = []
-    for f in sorted(runs.glob("*__seed*_work/fishertune_scores.safetensors")):
+    for f in sorted(runs.glob(f"*__seed*_work/{SCORES_NAME}")):
         method, seed = f.parent.name[: -len("_work")].split("__seed")
         scores = load_scores(str(f))
         mask = top_mask(scores, frac)

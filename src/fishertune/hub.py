@@ -15,6 +15,8 @@ import logging
 import os
 from collections.abc import Sequence
 
+from .outputs import CARD_NAME
+
 logger = logging.getLogger(__name__)
 
 #: Files that make a folder pushable: a PEFT adapter, or (e.g. after ``merge_and_unload``) a full model.
@@ -46,8 +48,8 @@ def _check_folder(folder: str) -> list[str]:
             f"{list(ADAPTER_WEIGHTS)} (PeftModel.save_pretrained), or '{MODEL_CONFIG}' with one of "
             f"{list(MODEL_WEIGHTS)}; found {sorted(names) or 'nothing'}."
         )
-    if "README.md" not in names:
-        logger.warning("Output folder '%s' has no README.md: the Hub repo will have no model card.", folder)
+    if CARD_NAME not in names:
+        logger.warning("Output folder '%s' has no %s: the Hub repo will have no model card.", folder, CARD_NAME)
     return sorted(names)
 
 

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..outputs import BASE_MODEL_DIR, CARD_NAME, PLOT_NAME, SELECTION_NAME
+
 TEMPLATE = os.path.join(os.path.dirname(__file__), "model_card_template.md")
 
 _REQUIRED = ("base_model", "criterion", "results")
@@ -123,15 +125,15 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     criterion = targs.criterion if method.estimates else method.name
     is_adapter = os.path.isfile(os.path.join(out, "adapter_config.json"))
     selection = {}
-    sel_path = os.path.join(out, "fishertune_selection.json")
+    sel_path = os.path.join(out, SELECTION_NAME)
     if os.path.isfile(sel_path):
         with open(sel_path) as f:
             selection = json.load(f)
     allocated = int(selection.get("allocated_entries", 0))
     fraction = float(selection.get("allocated_fraction", 0.0))
     t1, t2, t3 = phase_lengths
-    plot = "fishertune_sensitivity.png"
-    base_dir = os.path.join(out, "base_model")
+    plot = PLOT_NAME
+    base_dir = os.path.join(out, BASE_MODEL_DIR)
     return {
         "title": exp.card_title or f"{criterion} on {exp.backbone} ({exp.head}), {exp.dataset} -> {', '.join(exp.targets)}",
         "version": __version__,
@@ -172,6 +174,6 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
 def write_model_card(out: str, exp, targs, metrics: Mapping[str, Any], trainer, repo_id: str | None = None) -> str:
     """Render the card of a finished run into `out/README.md`; returns its path."""
     lengths = targs.phase_lengths(trainer.state.max_steps)
-    path = os.path.join(out, "README.md")
+    path = os.path.join(out, CARD_NAME)
     render_model_card(card_context(out, exp, targs, metrics, lengths, repo_id)).save(path)
     return path

@@ -26,6 +26,7 @@ from ..baselines import api as baselines_api
 from ..data import collate_fn
 from ..evaluation import evaluate_model
 from ..models import save_backbone_reference
+from ..outputs import BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME
 from ..training import FisherTuneTrainer, FisherTuneTrainingArguments
 from ..training.methods import get_method
 from .arguments import ExperimentArguments
@@ -36,9 +37,6 @@ from .export import finalize_adapter_config, save_image_processor
 from .resume import resolve_resume
 from .tracking import log_eval_metrics
 
-METRICS_NAME, CONFIG_NAME, CARD_NAME, BASE_MODEL_DIR = "metrics.json", "config.yaml", "README.md", "base_model"
-BASELINE_DIR = "baseline"  # Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`)
-SCORES_NAME, PLOT_NAME = "fishertune_scores.safetensors", "fishertune_sensitivity.png"
 #: `quick=True` (CI): phases T1=2, T2=2 batches, T3=4, on a handful of samples.
 QUICK = dict(max_steps=6, warmup_phase_steps=2, estimation_batches=2, logging_steps=2)
 QUICK_SAMPLES = dict(num_synthetic_samples=16, num_synthetic_eval_samples=4, max_train_samples=16, max_eval_samples=4)

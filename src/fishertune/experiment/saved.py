@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 import yaml
 
+from ..outputs import BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME
 from .arguments import ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, source_id2label
 
@@ -23,7 +24,7 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
 
 def load_experiment_args(folder: str, **overrides) -> ExperimentArguments:
     """The `ExperimentArguments` a run was made with (from its `config.yaml`), with `overrides` applied."""
-    path = os.path.join(folder, "config.yaml")
+    path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder} has no config.yaml: it is not an output folder of recipes/train.py.")
     with open(path) as f:
@@ -48,7 +49,7 @@ def load_output(folder: str, device: Optional[str] = None):
     if os.path.isfile(os.path.join(folder, "adapter_config.json")):
         from peft import PeftModel
 
-        base_dir = os.path.join(folder, "base_model")
+        base_dir = os.path.join(folder, BASE_MODEL_DIR)
         if os.path.isdir(base_dir):  # random-init built-in backbone: its exact weights were saved with the run
             base = AutoModel.from_pretrained(base_dir)
         else:
@@ -56,7 +57,6 @@ def load_output(folder: str, device: Optional[str] = None):
         model = PeftModel.from_pretrained(base, folder)
     elif os.path.isfile(os.path.join(folder, "config.json")):
         model = AutoModel.from_pretrained(folder)
-        from .run import BASELINE_DIR
 
         baseline_dir = os.path.join(folder, BASELINE_DIR)
         if os.path.isdir(baseline_dir):
@@ -96,5 +96,5 @@ def evaluate_output(folder: str, targets: Optional[list[str]] = None, device: Op
 
 
 def read_metrics(folder: str) -> dict:
-    with open(os.path.join(folder, "metrics.json")) as f:
+    with open(os.path.join(folder, METRICS_NAME)) as f:
         return json.load(f)

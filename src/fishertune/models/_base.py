@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
 
+from ..outputs import BACKBONE_REFERENCE
 from .backbone import load_backbone
 
 # The backbone's own task fields would only bloat our config (ImageNet's 1000 labels).
@@ -25,7 +26,6 @@ def backbone_config_spec(default_type: str = "dinov2") -> dict[str, SubConfigSpe
 #: (a Hub id, a folder or `timm:<name>`). `from_pretrained(folder)` then builds the segmenter from the config
 #: and loads that backbone's pretrained weights; the decoder starts random (an adapter's `modules_to_save`
 #: replace it). A run on a pretrained backbone so names its adapter's base without copying the backbone.
-BACKBONE_REFERENCE = "fishertune_backbone.json"
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 

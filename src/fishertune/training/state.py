@@ -16,10 +16,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-STATE_NAME = "fishertune_trainer_state.json"
-SCORES_NAME = "fishertune_scores.safetensors"
-SELECTION_NAME = "fishertune_selection.json"
-STATISTICS_NAME = "fishertune_statistics.safetensors"  # only with save_estimation_statistics
+from ..outputs import SCORES_NAME, SELECTION_NAME, STATE_NAME, STATISTICS_NAME  # noqa: F401  (re-exported)
 FORMAT_VERSION = 1
 
 # PEFT wrapping changes names but not the model: strip its infixes, drop adapter-only tensors.

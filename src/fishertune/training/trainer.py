@@ -46,7 +46,8 @@ from .methods import get_method
 from .nonfinite import NonFiniteGuard
 from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
 from .setup import backbone_module, is_fishertune, prepare_model
-from .state import SCORES_NAME, SELECTION_NAME, STATISTICS_NAME, check_compatible, model_fingerprint, read_state, write_state
+from ..outputs import PLOT_NAME, SCORES_NAME, SELECTION_NAME, STATISTICS_NAME
+from .state import check_compatible, model_fingerprint, read_state, write_state
 
 logger = logging.get_logger(__name__)
 
@@ -253,7 +254,7 @@ class FisherTuneTrainer(Trainer):
                     mask[module.fishertune_indices[adapter].cpu()] = True
                 masks[name] = mask.view_as(scores[name])
         try:
-            fisher.plot_sensitivity_map(scores, masks, os.path.join(self.args.output_dir, "fishertune_sensitivity.png"))
+            fisher.plot_sensitivity_map(scores, masks, os.path.join(self.args.output_dir, PLOT_NAME))
         except Exception as err:  # a plot must not end a long run
             logger.warning(f"Could not plot the sensitivity map: {err}")
 

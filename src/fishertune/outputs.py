@@ -1,0 +1,33 @@
+"""Every file and folder name the package writes, in one place (readers and writers import them from here).
+
+A leaf module (it imports nothing of fishertune), so every layer may use it: see tests/test_import_layers.py.
+
+Training (`FisherTuneTrainer`: in `output_dir`, and the FisherTune part of each `checkpoint-*`):
+"""
+
+from __future__ import annotations
+
+#: Phase, active share and selection flag of a checkpoint (`training.state`).
+STATE_NAME = "fishertune_trainer_state.json"
+#: Per-entry scores of the estimation (phase 2), as `fishertune.fisher.save_scores` writes them.
+SCORES_NAME = "fishertune_scores.safetensors"
+#: Summary of the selection: allocated entries and shares per layer and projection.
+SELECTION_NAME = "fishertune_selection.json"
+#: F, F' and both dF readings (`save_estimation_statistics=True`; `fishertune.fisher.load_statistics`).
+STATISTICS_NAME = "fishertune_statistics.safetensors"
+#: The Fig. 6-style sensitivity map (`save_sensitivity_plot=True`).
+PLOT_NAME = "fishertune_sensitivity.png"
+
+# A segmenter folder that names its pretrained backbone instead of holding its weights (`models._base`).
+BACKBONE_REFERENCE = "fishertune_backbone.json"
+# A baseline method's own config beside its parameters (`baselines.api.save_method_state`).
+BASELINE_CONFIG_NAME = "baseline_config.json"
+
+# The output folder of a recipe run (`experiment.run.run_experiment`).
+METRICS_NAME = "metrics.json"
+CONFIG_NAME = "config.yaml"
+CARD_NAME = "README.md"
+#: The base model an adapter loads onto (`AutoPeftModel.from_pretrained(output_dir)`).
+BASE_MODEL_DIR = "base_model"
+#: Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`).
+BASELINE_DIR = "baseline"
