@@ -30,7 +30,7 @@ test: setup setup-eva02
 EVA02_VENV ?= .venv-eva02
 EVA02_PY := $(EVA02_VENV)/bin/python
 EVA02_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EVA02_TESTS ?= $(wildcard tests/baselines/test_eva02*.py)
+EVA02_TESTS ?= $(wildcard tests/baselines/test_eva02*.py) tests/backbones/test_registry.py
 
 setup-eva02: $(EVA02_VENV)/.installed
 

@@ -255,3 +255,17 @@ def test_unregister_family():
     assert "toy_vit" not in families()
     with pytest.raises(ValueError, match="toy_vit"):
         unregister_family("toy_vit")
+
+
+def test_a_fused_qkv_leaf_registered_later_is_split_into_q_k_v():
+    """random_q/k/v read the fused leaf names from the registry when they run, not at import."""
+    import dataclasses
+
+    from fishertune.fisher.criteria import qkv_group_mask
+
+    fused = dataclasses.replace(TOY, name="toy_fused", model_types=("toy_fused",), fused_qkv="attn.wqkv")
+    shape = (6, 4)
+    assert not qkv_group_mask("trunk.blocks.0.attn.wqkv", shape, "k").any()
+    with registered(fused):
+        mask = qkv_group_mask("trunk.blocks.0.attn.wqkv", shape, "k")
+    assert mask[2:4].all() and not mask[:2].any() and not mask[4:].any()  # rows ordered q, k, v

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .criteria import _FUSED_LEAVES, _GROUP_LEAVES
+from .criteria import _GROUP_LEAVES, _fused_leaves
 
 GROUPS = ("Q", "K", "V", "FFN")
 
@@ -44,7 +44,7 @@ def sensitivity_table(
         mask = _as_mask(selected[name], s.shape) if selected is not None and name in selected else torch.zeros_like(s, dtype=torch.bool)
         leaf = name.split(".")[-1]
         parts = []
-        if leaf in _FUSED_LEAVES:
+        if leaf in _fused_leaves():
             r = s.shape[0] // 3
             parts = [(g, slice(g * r, (g + 1) * r)) for g in range(3)]
         else:
