@@ -20,7 +20,8 @@ PLOT_NAME = "fishertune_sensitivity.png"
 
 # A segmenter folder that names its pretrained backbone instead of holding its weights (`models._base`).
 BACKBONE_REFERENCE = "fishertune_backbone.json"
-# A baseline method's own config beside its parameters (`baselines.api.save_method_state`).
+# A baseline method's parameters alone and its config (`baselines.api.save_method_state`).
+BASELINE_WEIGHTS_NAME = "baseline_model.safetensors"
 BASELINE_CONFIG_NAME = "baseline_config.json"
 
 # The output folder of a recipe run (`experiment.run.run_experiment`).

@@ -42,3 +42,13 @@ def test_old_checkpoint_of_another_method_is_refused_by_name(tmp_path):
     sparse = _args(tmp_path, criterion="dr_fim")
     with pytest.raises(ValueError, match="method: checkpoint 'full', now 'sparse'"):
         check_compatible(saved, {"model_fingerprint": "m", "options": sparse.fishertune_options()}, "ckpt")
+
+
+def test_the_baselines_come_from_fishertune_baselines_own_table():
+    from fishertune.baselines import api
+    from fishertune.training.methods import BASELINE_METHODS, METHODS
+
+    assert set(BASELINE_METHODS) == set(api.METHODS) | {"full", "frozen", "lora"}
+    for name, (config_cls, *_) in api.METHODS.items():
+        assert METHODS[name].baseline == name and METHODS[name].saved_as == "whole"
+        assert METHODS[name].card_line == config_cls.card_line and config_cls.card_line

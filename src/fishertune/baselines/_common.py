@@ -35,6 +35,8 @@ class BaselineConfig:
     """
 
     method: ClassVar[str] = ""
+    #: The model card's sentence for a run of this method (`fishertune.training.methods`).
+    card_line: ClassVar[str] = ""
     layers: list[int] | None = field(
         default=None, metadata={"help": "0-based block indices to adapt; None adapts every block."}
     )

@@ -42,6 +42,7 @@ class AdaptFormerConfig(BaselineConfig):
     """
 
     method = "adaptformer"
+    card_line = "AdaptFormer: a scaled bottleneck MLP parallel to every block's FFN (backbone frozen), plus the decoder."
     bottleneck: int = field(default=64, metadata={"help": "Bottleneck width."})
     scale: float = field(default=0.1, metadata={"help": "Fixed scale of the adapter branch."})
     input: str = field(default="residual", metadata={"help": "'residual' or 'normed' adapter input."})

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..outputs import BASELINE_CONFIG_NAME as CONFIG_NAME
+from ..outputs import BASELINE_WEIGHTS_NAME as WEIGHTS_NAME
 from ..tuner.presets import target_regex
 from ._common import BaselineConfig, backbone_info, installed_state, resolve_backbone
 from .adaptformer import AdaptFormerConfig, adaptformer_num_parameters, apply_adaptformer
@@ -26,7 +27,6 @@ METHODS = {
     "adaptformer": (AdaptFormerConfig, apply_adaptformer, adaptformer_num_parameters),
     "vqt": (VQTConfig, apply_vqt, vqt_num_parameters),
 }
-WEIGHTS_NAME = "baseline_model.safetensors"
 
 
 def apply_method(model: nn.Module, config: BaselineConfig) -> nn.Module:

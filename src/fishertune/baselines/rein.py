@@ -52,6 +52,7 @@ class ReinConfig(BaselineConfig):
     """
 
     method = "rein"
+    card_line = "Rein: learnable low-rank tokens refining every block's features (backbone frozen), plus the decoder."
     token_length: int = field(default=100, metadata={"help": "Learnable tokens per layer."})
     lora_dim: int = field(default=16, metadata={"help": "Rank of T = A @ B; 0 for full tokens."})
     query_dims: int = field(default=256, metadata={"help": "Width of the linked decoder queries."})

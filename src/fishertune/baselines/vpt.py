@@ -49,6 +49,7 @@ class VPTConfig(BaselineConfig):
     """
 
     method = "vpt"
+    card_line = "VPT-deep: learnable prompt tokens prepended at every block (backbone frozen), plus the decoder."
     num_tokens: int = field(default=150, metadata={"help": "Prompt tokens per block."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the prompt embeddings."})
 

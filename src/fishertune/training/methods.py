@@ -11,6 +11,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
+from ..baselines.api import METHODS as BASELINE_REGISTRY
+
 
 @dataclass(frozen=True)
 class Method:
@@ -47,14 +49,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("frozen", "frozen", "whole", card_line="the backbone frozen, only the decoder trained."),
     Method("lora", "lora", "adapter",
            card_line="PEFT LoRA on the q, k, v and FFN linears of every block, plus the decoder."),
-    Method("rein", "baseline", "whole", card_line="Rein: learnable low-rank tokens refining every block's features "
-           "(backbone frozen), plus the decoder."),
-    Method("vpt", "baseline", "whole", card_line="VPT-deep: learnable prompt tokens prepended at every block "
-           "(backbone frozen), plus the decoder."),
-    Method("adaptformer", "baseline", "whole", card_line="AdaptFormer: a scaled bottleneck MLP parallel to every "
-           "block's FFN (backbone frozen), plus the decoder."),
-    Method("vqt", "baseline", "whole", card_line="VQT: learnable query tokens summarizing every block's features "
-           "for the head (backbone frozen), plus the decoder."),
+    # fishertune.baselines' own table: a baseline added there is a method here with no other edit.
+    *(Method(name, "baseline", "whole", card_line=config_cls.card_line)
+      for name, (config_cls, *_) in BASELINE_REGISTRY.items()),
 )}  # fmt: skip
 #: The methods other than FisherTune's sparse tuning (the baselines of the ablation).
 BASELINE_METHODS = tuple(n for n in METHODS if n != "sparse")
