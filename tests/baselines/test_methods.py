@@ -37,6 +37,12 @@ CASES = [(m, f) for m in CONFIGS for f in ("dinov2", "vit")] + [
 ]  # fmt: skip
 
 
+def test_every_registered_baseline_has_a_case_here():
+    from fishertune.baselines import api
+
+    assert set(CONFIGS) == set(api.METHODS) == set(EXPECTED), "a new baseline needs its tiny config and hand formula"
+
+
 def _installed(method, family, seed=0):
     model = tiny_backbone(family)
     torch.manual_seed(100 + seed)  # the method's own init, independent of the backbone's
