@@ -10,6 +10,7 @@ import torch
 import transformers as T
 from peft import get_peft_model
 from torch import nn
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 import fishertune
 from fishertune import FisherTuneConfig
@@ -53,6 +54,11 @@ TINY = {
     "dinov2_with_registers": (
         lambda: T.Dinov2WithRegistersConfig(**SHAPE, mlp_ratio=2, num_register_tokens=4), "encoder.layer",
         ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"], ["attention.o_proj"], 5,
+    ),
+    "dinov3_vit": (
+        lambda: CONFIG_MAPPING["dinov3_vit"](**SHAPE, intermediate_size=64, num_register_tokens=4), "model.layer",
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.up_proj", "mlp.down_proj"],
+        ["attention.o_proj"], 5,
     ),
     "vit": (
         lambda: T.ViTConfig(**SHAPE, intermediate_size=64), "layers",
@@ -157,7 +163,7 @@ def test_blocks_and_prefix_tokens(built):
     assert num_prefix_tokens(backbone) == (prefix[0] if isinstance(prefix, list) else prefix)
 
 
-@pytest.mark.parametrize("name", ["vit", "dinov2", "dinov2_with_registers", "clip_vision_model"])
+@pytest.mark.parametrize("name", ["vit", "dinov2", "dinov2_with_registers", "dinov3_vit", "clip_vision_model"])
 def test_prefix_count_is_what_the_model_puts_in_front_of_the_patches(name):
     make_config, *_, prefix = TINY[name]
     backbone = build_backbone(make_config()).eval()
@@ -269,3 +275,22 @@ def test_a_fused_qkv_leaf_registered_later_is_split_into_q_k_v():
     with registered(fused):
         mask = qkv_group_mask("trunk.blocks.0.attn.wqkv", shape, "k")
     assert mask[2:4].all() and not mask[:2].any() and not mask[4:].any()  # rows ordered q, k, v
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_dinov3_segmenter_tunes_its_own_blocks(gated):
+    """DINOv3 came in as one family entry: a segmenter on it taps patch tokens of any crop (RoPE), and FisherTune
+    targets exactly the Eq. 3 linears (SwiGLU's gate_proj too when the MLP is gated)."""
+    from fishertune.models import build_model
+
+    config = CONFIG_MAPPING["dinov3_vit"](**SHAPE, intermediate_size=64, num_register_tokens=4, use_gated_mlp=gated)
+    seg = build_model("light", config, num_labels=3, taps=(1, 2))
+    out = seg(pixel_values=torch.randn(2, 3, 40, 56), labels=torch.randint(0, 3, (2, 40, 56)))
+    assert torch.isfinite(out.loss) and seg.semantic_logits(out, (40, 56)).shape == (2, 3, 40, 56)
+    model = get_peft_model(seg, FisherTuneConfig())
+    tuned = {n.split("model.layer.")[1] for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)}
+    ffn = ["gate_proj", "up_proj", "down_proj"] if gated else ["up_proj", "down_proj"]
+    leaves = ["attention.q_proj", "attention.k_proj", "attention.v_proj", *(f"mlp.{x}" for x in ffn)]
+    assert tuned == {f"{i}.{leaf}" for i in range(2) for leaf in leaves}
+    blocks, prefix = find_blocks(model)
+    assert len(blocks) == 2 and prefix == 1 + 4

@@ -1,5 +1,5 @@
-"""The transformers ViT families: DINOv2 (with and without registers), ViT, ViT-MAE, CLIP vision, SAM vision
-and EoMT. Target patterns are written against the module names of transformers 5 (checked against the installed
+"""The transformers ViT families: DINOv2 (with and without registers), DINOv3 ViT, ViT, ViT-MAE, CLIP vision,
+SAM vision and EoMT. Target patterns are written against the module names of transformers 5 (checked against the installed
 version by ``tests/backbones/test_registry.py``).
 """
 
@@ -60,6 +60,13 @@ def _eomt_prefix(config: PreTrainedConfig, num_blocks: int | None = None) -> int
 HF_FAMILIES = (
     BackboneFamily(name="dinov2", target_pattern=_DINOV2, block_paths=("encoder.layer",)),
     BackboneFamily(name="dinov2_with_registers", target_pattern=_DINOV2, block_paths=("encoder.layer",)),
+    # DINOv3ViTModel: model.layer.N.{attention.{q,k,v}_proj, mlp.{up,down}_proj (+ gate_proj when gated)};
+    # RoPE positions (any crop size), CLS + registers in front of the patches.
+    BackboneFamily(
+        name="dinov3_vit",
+        target_pattern=r"model\.layer\.\d+\.(attention\.(q_proj|k_proj|v_proj)|mlp\.(gate_proj|up_proj|down_proj))",
+        block_paths=("model.layer",),
+    ),
     BackboneFamily(name="vit", target_pattern=_VIT, block_paths=("layers",)),
     BackboneFamily(
         name="vit_mae",
