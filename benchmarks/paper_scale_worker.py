@@ -9,9 +9,10 @@ downloads), synthetic data (below) and the flags' step counts. Measurement:
   own phase callbacks: phase 1 ends at the end of step T1 (before `EstimationCallback` starts phase 2),
   phase 2 ends at the begin of step T1 + 1 (estimation, selection, saving the scores, optimizer rebuild).
 * Step seconds: `on_step_begin` -> `on_step_end` (forward, backward, optimizer step; CUDA synchronised).
-* Estimation: `fishertune.fisher.estimate`'s `_to_device` (called once per batch as the estimator pulls
-  it), `estimate_statistics` and `scores_from_stats` are wrapped for the run, giving the arrival time of
-  every batch and the seconds of the passes and of the scoring (module globals, looked up at call time).
+* Estimation: the trainer's `estimation_timing` (`fishertune.fisher.EstimationTiming`, CUDA synchronised
+  at every mark): the arrival time of every batch at the estimator (as the loader hands it over, from the
+  start of `estimate_statistics`), the seconds of `estimate_statistics` (the passes) and of
+  `scores_from_stats` (the scoring); reported as `arrivals_s`, `stats_s` and `scores_s`.
 * Peak memory per phase: CPU: the kernel's RSS high-water mark (`VmHWM`), reset at every phase start
   through `/proc/self/clear_refs` (else `ru_maxrss`, the process's maximum); the driver starts workers with
   `MALLOC_MMAP_THRESHOLD_=65536` so freed tensors leave RSS. CUDA: `max_memory_allocated`, reset likewise.
@@ -194,39 +195,10 @@ def make_meter(warmup_steps: int, mem: Memory, sync):
     return PhaseMeter()
 
 
-def patch_estimator(sync) -> tuple[dict, callable]:
-    """Wrap the estimator's per-batch transfer, passes and scoring (see the docstring); returns (record, undo)."""
-    import fishertune.fisher.estimate as E
-
-    rec = {"arrivals_s": []}
-    orig = E._to_device, E.estimate_statistics, E.scores_from_stats
-
-    def to_device(batch, device):
-        sync()
-        rec["arrivals_s"].append(time.perf_counter() - rec["t0"])
-        return orig[0](batch, device)
-
-    def stats(*a, **k):
-        sync()
-        rec["t0"] = time.perf_counter()
-        out = orig[1](*a, **k)
-        sync()
-        rec["stats_s"] = time.perf_counter() - rec["t0"]
-        return out
-
-    def scores(*a, **k):
-        t0 = time.perf_counter()
-        out = orig[2](*a, **k)
-        sync()
-        rec["scores_s"] = time.perf_counter() - t0
-        return out
-
-    E._to_device, E.estimate_statistics, E.scores_from_stats = to_device, stats, scores
-
-    def undo():
-        E._to_device, E.estimate_statistics, E.scores_from_stats = orig
-
-    return rec, undo
+def estimation_record(trainer) -> dict:
+    """Phase 2's timing as the driver reads it, from the trainer's `estimation_timing` (see the docstring)."""
+    timing = trainer.estimation_timing
+    return {"arrivals_s": list(timing.batch_arrivals_s), "stats_s": timing.passes_s, "scores_s": timing.scoring_s}
 
 
 def measure(args) -> dict:
@@ -268,16 +240,13 @@ def measure(args) -> dict:
                                 callbacks=[meter])  # fmt: skip
     out["build_s"] = time.perf_counter() - t0
     out["base_bytes"] = torch.cuda.memory_allocated() if cuda else _status_kib("VmRSS") * 1024
-    rec, undo = patch_estimator(sync) if fishertune else ({}, lambda: None)
     try:
         trainer.train()
     finally:
-        undo()
         tmp.cleanup()
     out.update(phases=meter.phases, hwm_reset=mem.hwm_reset, config=config_phases(args.config))
     if fishertune:
-        rec.pop("t0", None)
-        out["phases"]["estimation"].update(rec, trainable=trainer.model.num_targeted(), batches=est)
+        out["phases"]["estimation"].update(estimation_record(trainer), trainable=trainer.model.num_targeted(), batches=est)
         out.update(allocated=trainer.model.num_allocated(), active_fraction=trainer.active_fraction)
     else:  # T1 = T2 = 0: a baseline's "phase 2" is only its optimizer build at step 0
         out["phases"].pop("estimation", None)

@@ -8,6 +8,7 @@
 - registry.py     the criteria by name (`Criterion`, `register_criterion`, `get_criterion`, `criterion_names()`)
 - passes.py       the clean and DSU-perturbed estimation passes over T2 batches
 - estimate.py     `estimate_scores`; config.py `EstimationConfig`; io.py; plots.py (Fig. 6)
+- timing.py       `EstimationTiming`: batch arrivals, seconds of the passes and of the scoring
 """
 
 from .config import EstimationConfig
@@ -25,6 +26,7 @@ from .estimate import estimate_scores, estimate_statistics, scores_from_stats
 from .io import load_scores, load_statistics, save_scores, save_statistics
 from .perturb import DSUHooks, dsu_transform, find_blocks
 from .plots import plot_sensitivity_map, sensitivity_table
+from .timing import EstimationTiming
 from .registry import Criterion, criterion_names, get_criterion, register_criterion, unregister_criterion
 from .likelihood import fisher_sample_weights
 from .variational import fisher_from_precision, kl_divergence, variational_delta
@@ -34,6 +36,7 @@ __all__ = [
     "EXCHANGES",
     "DSUHooks",
     "EstimationConfig",
+    "EstimationTiming",
     "diagonal_fisher",
     "domain_sensitivity",
     "dr_fim",

@@ -18,6 +18,7 @@ from .likelihood import LogProbFn, default_log_prob_fn
 from .passes import EstimationStats, run_diagonal, run_variational
 from .perturb import DSUHooks, find_blocks
 from .registry import get_criterion
+from .timing import EstimationTiming
 
 logger = logging.getLogger(__name__)
 _FP16_LOSS_SCALE = 2.0**10  # keeps fp16 activation gradients of a per-pixel-mean loss above underflow
@@ -47,6 +48,13 @@ def _to_device(batch: Mapping, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _batches(dataloader, num_batches: int, device: torch.device, timing: Optional[EstimationTiming]):
+    for batch in itertools.islice(dataloader, num_batches):
+        if timing is not None:
+            timing.arrived()  # as the loader hands it over, before the copy to the device
+        yield _to_device(batch, device)
+
+
 def _hide_progress(disable_tqdm: Optional[bool]) -> bool:
     """`TrainingArguments.disable_tqdm` semantics: a bar on the main process only; `True` hides it there too."""
     main_process = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -63,14 +71,19 @@ def _check_finite(stats: Mapping[str, torch.Tensor], what: str) -> None:
             )
 
 
-def scores_from_stats(stats: EstimationStats, config: EstimationConfig) -> dict[str, torch.Tensor]:
+def scores_from_stats(stats: EstimationStats, config: EstimationConfig,
+                      timing: Optional[EstimationTiming] = None) -> dict[str, torch.Tensor]:
     """The criterion's score from the measured statistics, by its registry entry's `from_stats`: e.g. F
     (Eq. 9 / 14), dF (Eq. 5 / the ratio of Eq. 15) with eps relative to F's scale, or DR-FIM (Eq. 7 / 15)
-    with the configured exchange rate (`fishertune.fisher.registry`)."""
+    with the configured exchange rate (`fishertune.fisher.registry`). `timing` (an `EstimationTiming`)
+    records its seconds as `scoring_s`."""
     criterion = get_criterion(config.criterion)
     if not criterion.needs_data:
         raise ValueError(f"criterion {config.criterion!r} needs no data (no statistics); use estimate_scores.")
-    return criterion.from_stats(stats, config)
+    if timing is None:
+        return criterion.from_stats(stats, config)
+    with timing.scoring(next(iter(stats.fisher.values())).device if stats.fisher else None):
+        return criterion.from_stats(stats, config)
 
 
 def _warn_if_floored(stats: EstimationStats, config: EstimationConfig) -> None:
@@ -94,6 +107,7 @@ def estimate_scores(
     blocks: Optional[Sequence[nn.Module]] = None,
     num_prefix_tokens: Optional[int | Sequence[int]] = None,
     disable_tqdm: Optional[bool] = None,
+    timing: Optional[EstimationTiming] = None,
 ) -> dict[str, torch.Tensor]:
     """Score every entry of ``weights`` by ``config.criterion`` (phase 2 of Algorithm 1).
 
@@ -111,6 +125,8 @@ def estimate_scores(
             non-patch tokens; found from the backbone (`find_blocks`) when not given.
         disable_tqdm (`bool`, *optional*): hide the progress bar (estimation batches); by default it shows
             on the main process only (`TrainingArguments.disable_tqdm` semantics). Data-free criteria have none.
+        timing (`EstimationTiming`, *optional*): filled in with the arrival time of every batch and the seconds
+            of the passes and of the scoring (data-free criteria leave it empty).
 
     Returns:
         ``{name: fp32 CPU tensor shaped like the weight}``, identical on every rank. No parameter is
@@ -123,8 +139,8 @@ def estimate_scores(
     if not criterion.needs_data:
         return criterion.scores(weights, config)
     stats = estimate_statistics(model, dataloader, weights, config, log_prob_fn, blocks=blocks,
-                                num_prefix_tokens=num_prefix_tokens, disable_tqdm=disable_tqdm)
-    scores = scores_from_stats(stats, config)
+                                num_prefix_tokens=num_prefix_tokens, disable_tqdm=disable_tqdm, timing=timing)
+    scores = scores_from_stats(stats, config, timing=timing)
     _check_finite(scores, f"{config.criterion} score")
     return {n: s.detach().float().cpu() for n, s in scores.items()}
 
@@ -140,13 +156,16 @@ def estimate_statistics(
     num_prefix_tokens: Optional[int | Sequence[int]] = None,
     per_batch_delta: bool = False,
     disable_tqdm: Optional[bool] = None,
+    timing: Optional[EstimationTiming] = None,
 ) -> EstimationStats:
     """The passes behind `estimate_scores` (same arguments): clean F, and for criteria with ``needs_dsu``
     (``delta_fim``, ``dr_fim``) the DSU-perturbed F' and Eq. 7's weight. `scores_from_stats(stats, config)`
     turns them into any of the Fisher criteria without another pass (e.g. to compare exchange rates on one estimate).
     ``per_batch_delta`` also keeps the per-batch weighted dF (so both weight readings can be scored).
-    ``disable_tqdm`` as in `estimate_scores` (a bar of the estimation batches)."""
+    ``disable_tqdm`` and ``timing`` as in `estimate_scores` (here ``timing`` gets the arrivals and ``passes_s``)."""
     weights = dict(weights)
+    if timing is not None:
+        timing.start(next(iter(weights.values())).device if weights else torch.device("cpu"))
     criterion = get_criterion(config.criterion)
     if not criterion.needs_data:
         raise ValueError(f"criterion {config.criterion!r} needs no data; use estimate_scores.")
@@ -177,7 +196,7 @@ def estimate_statistics(
     limit = config.num_batches
     if hasattr(dataloader, "__len__"):
         limit = min(limit, len(dataloader))
-    batches = (_to_device(b, device) for b in itertools.islice(dataloader, config.num_batches))
+    batches = _batches(dataloader, config.num_batches, device, timing)
     batches = tqdm(batches, total=limit, desc=f"Estimating {config.criterion} ({config.estimator})", unit="batch",
                    disable=_hide_progress(disable_tqdm), leave=False)
     with batches, _estimation_mode(model, weights), (dsu if dsu is not None else nullcontext()):
@@ -191,4 +210,6 @@ def estimate_statistics(
     if stats.fisher_shift is not None:
         _check_finite(stats.fisher_shift, f"DSU-perturbed {what} Fisher (Eq. 9/14 on x')")
     _warn_if_floored(stats, config)
+    if timing is not None:
+        timing.passes_done()
     return stats

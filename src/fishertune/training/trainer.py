@@ -122,6 +122,9 @@ class FisherTuneTrainer(Trainer):
         self.in_tuning = False
         self.scores = None
         self.active_fraction = None
+        # Phase 2's `fishertune.fisher.EstimationTiming` (batch arrivals, passes, scoring) once it ran; its
+        # totals are logged with the phase-2 entry as estimation_seconds / estimation_seconds_per_batch.
+        self.estimation_timing = None
         self._fingerprint = model_fingerprint(self.model)
         bb = {id(p) for p in backbone_module(self.model).parameters()}
         # What the method tunes in the backbone (sparse deltas are added by name once they exist).
@@ -192,15 +195,20 @@ class FisherTuneTrainer(Trainer):
             torch.manual_seed(self.args.seed)
             loader = _AgreedLoader(self.get_train_dataloader(), self._agree_on_bad_file)
             weights = self.model.fishertune_target_weights()
+            timing = fisher.EstimationTiming()
             if self.args.save_estimation_statistics and fisher.get_criterion(config.criterion).needs_data:
                 stats = fisher.estimate_statistics(self.model, loader, weights, config, per_batch_delta=True,
-                                                   disable_tqdm=self.args.disable_tqdm)
+                                                   disable_tqdm=self.args.disable_tqdm, timing=timing)
                 if self.args.should_save:  # F, F', both dF readings: any criterion or exchange can be re-scored
                     os.makedirs(self.args.output_dir, exist_ok=True)
                     fisher.save_statistics(stats, os.path.join(self.args.output_dir, STATISTICS_NAME))
-                scores = {n: s.detach().float().cpu() for n, s in fisher.scores_from_stats(stats, config).items()}
+                # Saving the statistics happens between the passes and the scoring, outside both timings.
+                scores = {n: s.detach().float().cpu()
+                          for n, s in fisher.scores_from_stats(stats, config, timing=timing).items()}
             else:
-                scores = fisher.estimate_scores(self.model, loader, weights, config, disable_tqdm=self.args.disable_tqdm)
+                scores = fisher.estimate_scores(self.model, loader, weights, config,
+                                                disable_tqdm=self.args.disable_tqdm, timing=timing)
+        self.estimation_timing = timing
         # The Trainer zeroed the gradients before this callback; none may leak into the first tuning step.
         self.model.zero_grad(set_to_none=True)
         scores = self._broadcast(scores)
@@ -219,7 +227,10 @@ class FisherTuneTrainer(Trainer):
                 self._plot(fisher, scores)
         # Logging resets the Trainer's should_log flag, which the step's own loss log still needs.
         should_log = self.control.should_log
-        self.log({"phase": 2.0, "estimation_batches": float(t2), **summary})
+        seconds = {} if timing.total_s is None else {"estimation_seconds": timing.total_s}  # data-free: no passes
+        if timing.seconds_per_batch is not None:
+            seconds["estimation_seconds_per_batch"] = timing.seconds_per_batch
+        self.log({"phase": 2.0, "estimation_batches": float(t2), **summary, **seconds})
         self.control.should_log = should_log
 
     def _broadcast(self, scores: dict) -> dict:
