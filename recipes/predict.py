@@ -8,13 +8,14 @@ import os
 import sys
 
 from fishertune.experiment import PredictArguments, parse_args, predict_output
+from fishertune.outputs import PREDICT_OUTPUTS
 
 
 def main(argv=None):
     (args, _) = parse_args((PredictArguments,), argv)
     done = predict_output(args.model, args.images, args.output_dir, device=args.device, mode=args.eval_mode)
     out = os.path.abspath(args.output_dir)
-    print(f"Predicted {len(done)} image(s) into {out}: masks/, overlays/, labels/, legend.png, legend.json")
+    print(f"Predicted {len(done)} image(s) into {out}: {', '.join(PREDICT_OUTPUTS)}")
     if done.skipped:
         print(f"Skipped {len(done.skipped)} unreadable file(s):")
         print("\n".join(f"  {path}: {reason}" for path, reason in done.skipped))

@@ -15,20 +15,11 @@ import logging
 import os
 from collections.abc import Sequence
 
-from .outputs import CARD_NAME
+from .outputs import ADAPTER_CONFIG_NAME as ADAPTER_CONFIG
+from .outputs import ADAPTER_WEIGHTS, CARD_NAME, MODEL_WEIGHTS
+from .outputs import MODEL_CONFIG_NAME as MODEL_CONFIG
 
 logger = logging.getLogger(__name__)
-
-#: Files that make a folder pushable: a PEFT adapter, or (e.g. after ``merge_and_unload``) a full model.
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-ADAPTER_CONFIG = "adapter_config.json"
-MODEL_WEIGHTS = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-MODEL_CONFIG = "config.json"
 
 #: Never uploaded: training checkpoints (ours and transformers.Trainer's) at any depth.
 #: huggingface_hub matches with fnmatch, where ``*`` also crosses ``/``.
@@ -40,6 +31,7 @@ def _check_folder(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         raise ValueError(f"Output folder '{folder}' does not exist or is not a directory; nothing to push.")
     names = set(os.listdir(folder))
+    # Pushable: a PEFT adapter, or (e.g. after ``merge_and_unload``) a full model.
     has_adapter = ADAPTER_CONFIG in names and any(w in names for w in ADAPTER_WEIGHTS)
     has_model = MODEL_CONFIG in names and any(w in names for w in MODEL_WEIGHTS)
     if not (has_adapter or has_model):

@@ -7,6 +7,19 @@ Training (`FisherTuneTrainer`: in `output_dir`, and the FisherTune part of each 
 
 from __future__ import annotations
 
+# The Hugging Face names the package writes through PEFT and transformers, or looks for (one spelling each).
+from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG_NAME  # adapter_config.json
+from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
+from peft.utils.constants import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
+from transformers.utils import CONFIG_NAME as MODEL_CONFIG_NAME  # config.json
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+#: A PEFT adapter's weights (safetensors first) and a transformers model's weights, sharded or not.
+ADAPTER_WEIGHTS = (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME)
+MODEL_WEIGHTS = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+#: transformers.trainer.TRAINER_STATE_NAME, spelled here so that importing this leaf does not load the Trainer.
+TRAINER_STATE_NAME = "trainer_state.json"
+
 #: Phase, active share and selection flag of a checkpoint (`training.state`).
 STATE_NAME = "fishertune_trainer_state.json"
 #: Per-entry scores of the estimation (phase 2), as `fishertune.fisher.save_scores` writes them.
@@ -32,3 +45,8 @@ CARD_NAME = "README.md"
 BASE_MODEL_DIR = "base_model"
 #: Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`).
 BASELINE_DIR = "baseline"
+
+# `recipes/predict.py` (`experiment.predict.predict_folder`): one PNG per image in each folder, and the legend.
+MASKS_DIR, OVERLAYS_DIR, LABELS_DIR = "masks", "overlays", "labels"
+LEGEND_PNG, LEGEND_JSON = "legend.png", "legend.json"
+PREDICT_OUTPUTS = (f"{MASKS_DIR}/", f"{OVERLAYS_DIR}/", f"{LABELS_DIR}/", LEGEND_PNG, LEGEND_JSON)

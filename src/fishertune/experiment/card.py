@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..outputs import BASE_MODEL_DIR, CARD_NAME, PLOT_NAME, SELECTION_NAME
+from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, PLOT_NAME, SELECTION_NAME
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "model_card_template.md")
 
@@ -123,7 +123,7 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     method = get_method(targs.method)
     # A baseline selects nothing: the card names its method where a sparse run names its criterion.
     criterion = targs.criterion if method.estimates else method.name
-    is_adapter = os.path.isfile(os.path.join(out, "adapter_config.json"))
+    is_adapter = os.path.isfile(os.path.join(out, ADAPTER_CONFIG_NAME))
     selection = {}
     sel_path = os.path.join(out, SELECTION_NAME)
     if os.path.isfile(sel_path):

@@ -13,11 +13,11 @@ import os
 from typing import Optional
 
 from .. import data as ftdata
+from ..outputs import ADAPTER_CONFIG_NAME as ADAPTER_CONFIG
 from ..models import processor_for
 from .arguments import ExperimentArguments
 from .build import normalization
 
-ADAPTER_CONFIG = "adapter_config.json"
 #: The base model class AutoPeftModel instantiates: transformers' own auto class, in PEFT's default import
 #: allowlist, which finds our segmenters once `import fishertune` has registered them.
 AUTO_MAPPING = {"base_model_class": "AutoModelForSemanticSegmentation", "parent_library": "transformers"}

@@ -26,6 +26,7 @@ from PIL import Image
 from ..data import SegmentationTransforms
 from ..data.keyed import DECODE_ERRORS
 from ..evaluation import slide_inference, whole_inference
+from ..outputs import LABELS_DIR, LEGEND_JSON, LEGEND_PNG, MASKS_DIR, OVERLAYS_DIR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -105,12 +106,12 @@ def save_legend(names: Sequence[str], palette: np.ndarray, out_dir: str) -> None
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    with open(os.path.join(out_dir, "legend.json"), "w") as f:
+    with open(os.path.join(out_dir, LEGEND_JSON), "w") as f:
         json.dump([{"id": i, "name": n, "color": palette[i].tolist()} for i, n in enumerate(names)], f, indent=2)
     fig = plt.figure(figsize=(3.0, 0.3 * len(names) + 0.4))
     handles = [Patch(facecolor=palette[i] / 255.0, edgecolor="black", label=f"{i}: {n}") for i, n in enumerate(names)]
     fig.legend(handles=handles, loc="center", frameon=False)
-    fig.savefig(os.path.join(out_dir, "legend.png"), dpi=100)
+    fig.savefig(os.path.join(out_dir, LEGEND_PNG), dpi=100)
     plt.close(fig)
 
 
@@ -134,7 +135,7 @@ def predict_folder(model, images_dir: str, out_dir: str, id2label: dict, mean, s
     names = [id2label[i] for i in range(len(id2label))]
     palette = palette_for(names)
     transform = SegmentationTransforms(False, scale=tuple(scale) if scale else None, mean=mean, std=std)
-    for sub in ("masks", "overlays", "labels"):
+    for sub in (MASKS_DIR, OVERLAYS_DIR, LABELS_DIR):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     done = PredictedImages()
     paths = list_images(images_dir)
@@ -149,9 +150,9 @@ def predict_folder(model, images_dir: str, out_dir: str, id2label: dict, mean, s
         ids = predict_image(model, image, transform, mode, crop_size, stride)
         color = palette[ids]
         blend = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * color.astype(np.float32)
-        Image.fromarray(color).save(os.path.join(out_dir, "masks", f"{name}.png"))
-        Image.fromarray(blend.round().astype(np.uint8)).save(os.path.join(out_dir, "overlays", f"{name}.png"))
-        Image.fromarray(ids, mode="L").save(os.path.join(out_dir, "labels", f"{name}.png"))
+        Image.fromarray(color).save(os.path.join(out_dir, MASKS_DIR, f"{name}.png"))
+        Image.fromarray(blend.round().astype(np.uint8)).save(os.path.join(out_dir, OVERLAYS_DIR, f"{name}.png"))
+        Image.fromarray(ids, mode="L").save(os.path.join(out_dir, LABELS_DIR, f"{name}.png"))
         done.append(name)
     save_legend(names, palette, out_dir)
     return done

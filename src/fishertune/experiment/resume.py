@@ -14,13 +14,14 @@ from typing import Optional
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..outputs import TRAINER_STATE_NAME as TRAINER_STATE
+
 logger = logging.getLogger(__name__)
 
 #: `--resume_from_checkpoint` values that mean "the newest checkpoint in output_dir" (transformers takes `True`).
 LAST = ("true", "last", "latest")
 #: Values that mean "do not resume" (what a YAML `false` or an empty flag becomes).
 NONE = ("", "false", "none", "no")
-TRAINER_STATE = "trainer_state.json"
 _CKPT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 

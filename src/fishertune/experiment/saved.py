@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 import yaml
 
-from ..outputs import BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME
+from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME, MODEL_CONFIG_NAME
 from .arguments import ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, source_id2label
 
@@ -46,7 +46,7 @@ def load_output(folder: str, device: Optional[str] = None):
     import fishertune.models  # noqa: F401  (registers the segmenters with AutoModel)
 
     exp = load_experiment_args(folder)
-    if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+    if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)):
         from peft import PeftModel
 
         base_dir = os.path.join(folder, BASE_MODEL_DIR)
@@ -55,7 +55,7 @@ def load_output(folder: str, device: Optional[str] = None):
         else:
             base = build_base_model(exp, source_id2label(exp))
         model = PeftModel.from_pretrained(base, folder)
-    elif os.path.isfile(os.path.join(folder, "config.json")):
+    elif os.path.isfile(os.path.join(folder, MODEL_CONFIG_NAME)):
         model = AutoModel.from_pretrained(folder)
 
         baseline_dir = os.path.join(folder, BASELINE_DIR)
@@ -66,7 +66,7 @@ def load_output(folder: str, device: Optional[str] = None):
             # must be installed again before its parameters, which `from_pretrained` dropped, can go back in.
             load_method_state(model, baseline_dir)
     else:
-        raise FileNotFoundError(f"{folder} holds neither an adapter (adapter_config.json) nor a model (config.json).")
+        raise FileNotFoundError(f"{folder} holds neither an adapter ({ADAPTER_CONFIG_NAME}) nor a model ({MODEL_CONFIG_NAME}).")
     return model.to(resolve_device(device)).eval(), exp
 
 

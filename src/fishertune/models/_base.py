@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
 
-from ..outputs import BACKBONE_REFERENCE
+from ..outputs import BACKBONE_REFERENCE, MODEL_WEIGHTS
 from .backbone import load_backbone
 
 # The backbone's own task fields would only bloat our config (ImageNet's 1000 labels).
@@ -26,7 +26,6 @@ def backbone_config_spec(default_type: str = "dinov2") -> dict[str, SubConfigSpe
 #: (a Hub id, a folder or `timm:<name>`). `from_pretrained(folder)` then builds the segmenter from the config
 #: and loads that backbone's pretrained weights; the decoder starts random (an adapter's `modules_to_save`
 #: replace it). A run on a pretrained backbone so names its adapter's base without copying the backbone.
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def save_backbone_reference(model: PreTrainedModel, folder: str | os.PathLike, backbone: str) -> None:
@@ -45,7 +44,7 @@ def backbone_reference(folder) -> Optional[str]:
     if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
         return None
     path = os.path.join(folder, BACKBONE_REFERENCE)
-    if not os.path.isfile(path) or any(os.path.exists(os.path.join(folder, w)) for w in _WEIGHTS):
+    if not os.path.isfile(path) or any(os.path.exists(os.path.join(folder, w)) for w in MODEL_WEIGHTS):
         return None
     with open(path) as f:
         return json.load(f)["backbone"]
