@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 from dg_camvid_eval import FINAL_MODEL, rescore, save_final_model, score_all  # noqa: E402
 from dg_camvid_recipe import (  # noqa: E402,F401
     ALL_METHODS, DEFAULT_BACKBONE, DEFAULT_CORRUPTIONS, DEFAULT_ROOT, DEFAULT_STRIDE, DEFAULT_WINDOW, METHODS, VARIANTS,
-    recipe_from_args,
+    experiment_args, recipe_from_args,
 )
 from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, row_label, runs_dir, write_json  # noqa: E402,F401
 
@@ -60,24 +60,15 @@ RESULTS = HERE / "results"
 def build_trainer(recipe: dict, method: str, seed: int, work_dir: Path, callbacks=None):
     """The recipe's FisherTuneTrainer for `method` (model, data, arguments); returns (trainer, args, mean, std)."""
     import torch
-    from transformers import AutoImageProcessor
 
-    from fishertune.data import collate_fn, get_id2label, load_dataset, normalization_from_processor, train_transforms
-    from fishertune.models import build_model
+    from fishertune.data import collate_fn
+    from fishertune.experiment.build import build_base_model, build_train_dataset, normalization, source_id2label
     from fishertune.training import FisherTuneTrainer, FisherTuneTrainingArguments
 
-    mean, std = normalization_from_processor(AutoImageProcessor.from_pretrained(recipe["backbone"]))
-    train = load_dataset("camvid", recipe["root"], "source_train")
-    id2label = get_id2label(train)
-    lo, hi = recipe["scale_range"]
-    short = 360  # CamVid is 480x360: the short edge scaled by 0.5..1.0
-    train.set_transform(train_transforms(
-        crop_size=tuple(recipe["crop_size"]), scale_range=(int(lo * short), int(hi * short)), num_scales=None,
-        cat_max_ratio=1.0, flip_prob=recipe["flip_prob"], photometric=recipe["photometric"], mean=mean, std=std,
-    ))  # fmt: skip
-
-    torch.manual_seed(seed)  # the head's init
-    model = build_model("light", recipe["backbone"], num_labels=len(id2label), id2label=id2label, taps=recipe["taps"])
+    exp = experiment_args(recipe)
+    mean, std = normalization(exp.backbone)  # also what score_all evaluates with
+    train = build_train_dataset(exp)
+    model = build_base_model(exp, source_id2label(exp), seed=seed)  # `seed`: the head's init
     opts = dict(ALL_METHODS[method])
     extra = dict(recipe.get("extra") or {})
     kwargs = dict(

@@ -129,15 +129,13 @@ def check_rescorable(source: dict, target: dict) -> None:
 
 def rescore(source_dir: Path, recipe: dict, method: str, seed: int, out_file: Path) -> dict:
     """Score `source_dir`'s saved model of (method, seed) with `recipe`'s protocol; write `out_file`."""
-    from transformers import AutoImageProcessor
-
-    from fishertune.data import normalization_from_processor
+    from fishertune.experiment.build import normalization
 
     check_rescorable(json.loads((source_dir / "recipe.json").read_text()), recipe)
     stem = f"{method}__seed{seed}"
     trained = json.loads((source_dir / f"{stem}.json").read_text())
     model = load_final_model(source_dir / f"{stem}_work")
-    mean, std = normalization_from_processor(AutoImageProcessor.from_pretrained(recipe["backbone"]))
+    mean, std = normalization(recipe["backbone"])  # the backbone's image processor, as in training
     metrics, extra, eval_s = score_all(model, recipe, mean, std)
     result = {k: v for k, v in trained.items() if not k.startswith("metrics")}
     result |= {"recipe": recipe, "metrics": metrics, **extra, "eval_seconds": eval_s,

@@ -85,3 +85,22 @@ def recipe_from_args(args) -> dict:
         {"eval_stride": list(args.eval_stride)} if getattr(args, "eval_stride", None)
         else {"eval_stride": list(DEFAULT_STRIDE)} if not getattr(args, "eval_window", None) else {}) | (
         {"also_scales": list(args.also_scale)} if getattr(args, "also_scale", None) else {})
+
+
+CAMVID_SHORT_EDGE = 360  # CamVid images are 480x360: the recipe's scale_range is a fraction of this short edge
+
+
+def experiment_args(recipe: dict):
+    """The recipe's model and training data as `fishertune.experiment.ExperimentArguments`.
+
+    The CamVid runs augment as `datasets.set_transform` does (draws from torch's RNG, not keyed by sample), any
+    integer short edge (no 16-step grid) and no crop re-draws: the settings the existing results were made with."""
+    from fishertune.experiment import ExperimentArguments
+
+    lo, hi = recipe["scale_range"]
+    return ExperimentArguments(
+        backbone=recipe["backbone"], head=recipe["model"], taps=list(recipe["taps"]), dataset="camvid",
+        data_root=recipe["root"], train_split="source_train", crop_size=list(recipe["crop_size"]),
+        scale_range=[int(lo * CAMVID_SHORT_EDGE), int(hi * CAMVID_SHORT_EDGE)], num_scales=None, cat_max_ratio=1.0,
+        flip_prob=recipe["flip_prob"], photometric=recipe["photometric"], keyed_augmentation=False,
+    )  # fmt: skip

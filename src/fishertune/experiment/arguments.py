@@ -50,6 +50,14 @@ class ExperimentArguments:
         target_roots (`list[str]`): `dataset=folder` pairs, e.g. `cityscapes=/data/cityscapes`.
         label_space (`str`, *optional*): CamVid label space (`camvid` or `cityscapes`).
         crop_size (`list[int]`): training crop (h, w). scale_range (`list[int]`): short-edge range.
+        num_scales (`int`, *optional*, defaults to `16`): the short edge is one of `num_scales` evenly spaced
+            values of `scale_range` (Rein's); `None` (YAML `null`): any integer in the range.
+        cat_max_ratio (`float`, defaults to `0.75`): re-draw a crop (up to 10 times) while one class fills
+            this share of it or more; `1.0` disables. flip_prob (`float`, defaults to `0.5`): horizontal flip.
+        keyed_augmentation (`bool`, defaults to `True`): every random draw keyed by (seed, epoch, sample), so
+            a resumed run augments as the uninterrupted one. `False` draws from torch's RNG per call (a
+            `datasets` `set_transform`, seeded by the trainer): a resumed run then augments differently; it
+            exists to reproduce runs made that way (e.g. benchmarks/dg_camvid.py).
         bad_file_policy (`str`): a training file that fails to decode mid-run (a truncated JPEG passes the
             load-time header check): `"error"` stops naming it, after saving a checkpoint; `"skip"` warns
             with the path and a running count and uses the next readable sample in its place.
@@ -82,6 +90,18 @@ class ExperimentArguments:
     crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata={"help": "Training crop (h w)."})
     scale_range: list[int] = field(default_factory=lambda: [256, 1024], metadata={"help": "Training short-edge range."})
     photometric: bool = field(default=True, metadata={"help": "mmseg photometric distortion in training."})
+    num_scales: Optional[int] = field(default=16, metadata={
+        "help": "Training short edges: num_scales evenly spaced values of scale_range (16: Rein's 256, 307, ..., "
+                "1024); None (YAML null): any integer in scale_range."})
+    cat_max_ratio: float = field(default=0.75, metadata={
+        "help": "Re-draw a training crop (up to 10 times) while one class fills this share of it or more "
+                "(mmseg's RandomCrop); 1.0 disables."})
+    flip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
+    keyed_augmentation: bool = field(default=True, metadata={
+        "help": "Key every augmentation draw by (seed, epoch, sample index), so that a resumed run augments as "
+                "the uninterrupted one. False draws from torch's RNG at each call (a datasets set_transform, "
+                "seeded by the trainer): a resumed run then augments differently. False exists to reproduce "
+                "runs made that way (e.g. benchmarks/dg_camvid.py); it needs bad_file_policy='error'."})
     bad_file_policy: str = field(default="error", metadata={
         "help": "A training image that fails to decode mid-run: 'error' stops naming the file (after saving a "
                 "checkpoint to resume from), 'skip' warns with the path and a count and uses the next sample.",
@@ -136,8 +156,24 @@ class ExperimentArguments:
                 raise ValueError(f"{name} must be two positive integers, got {value}.")
         if self.scale_range[0] > self.scale_range[1]:
             raise ValueError(f"scale_range must be (low, high), got {self.scale_range}.")
+        self._check_augmentation()
         if self.eval_scale is not None and len(self.eval_scale) != 2:
             raise ValueError(f"eval_scale must be (long short), got {self.eval_scale}.")
+
+    def _check_augmentation(self) -> None:
+        if self.num_scales is not None and (isinstance(self.num_scales, bool) or not isinstance(self.num_scales, int)
+                                            or self.num_scales < 1):
+            raise ValueError(f"num_scales must be a positive integer (16: Rein's short edges) or None (any integer "
+                             f"in scale_range), got {self.num_scales!r}.")
+        if not 0.0 < self.cat_max_ratio <= 1.0:
+            raise ValueError(f"cat_max_ratio must be in (0, 1] (0.75: mmseg's; 1.0 disables the re-draws), "
+                             f"got {self.cat_max_ratio!r}.")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be a probability in [0, 1], got {self.flip_prob!r}.")
+        if not self.keyed_augmentation and self.bad_file_policy != "error":
+            # Skipping a bad sample is KeyedTrainingDataset's job; a plain datasets transform can only raise.
+            raise ValueError(f"bad_file_policy={self.bad_file_policy!r} needs keyed_augmentation=True; with "
+                             "keyed_augmentation=False use bad_file_policy='error'.")
 
     def target_root_map(self) -> dict[str, str]:
         """`{dataset: folder}` from `target_roots`, the source's own root included."""

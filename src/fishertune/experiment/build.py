@@ -103,13 +103,23 @@ def eval_transform(args: ExperimentArguments, name: str):
     return ftdata.eval_transforms(scale=scale, mean=mean, std=std)
 
 
-def build_train_dataset(args: ExperimentArguments, seed: int = 0):
-    """The source training set with Rein's augmentation pipeline (sized by `crop_size`/`scale_range`), every
-    random draw keyed by (`seed`, epoch, sample index) so that a resumed run augments as the uninterrupted one."""
+def train_transform(args: ExperimentArguments):
+    """Rein's training augmentation as `args` sizes it (crop, scales, crop re-draws, flip, photometric), normalised
+    for the backbone: a `SegmentationTransforms` to wrap in `KeyedTrainingDataset` or pass to `set_transform`."""
     mean, std = normalization(args.backbone)
+    return ftdata.train_transforms(crop_size=tuple(args.crop_size), scale_range=tuple(args.scale_range),
+                                   num_scales=args.num_scales, cat_max_ratio=args.cat_max_ratio,
+                                   flip_prob=args.flip_prob, photometric=args.photometric, mean=mean, std=std)
+
+
+def build_train_dataset(args: ExperimentArguments, seed: int = 0):
+    """The source training set with `train_transform(args)`. With `keyed_augmentation` (the default) every random
+    draw is keyed by (`seed`, epoch, sample index), so that a resumed run augments as the uninterrupted one;
+    without it, a `datasets.Dataset` whose transform draws from torch's RNG at each call (`seed` unused)."""
     ds = load_split(args, args.dataset, args.train_split, train=True)
-    transform = ftdata.train_transforms(crop_size=tuple(args.crop_size), scale_range=tuple(args.scale_range),
-                                        photometric=args.photometric, mean=mean, std=std)
+    transform = train_transform(args)
+    if not args.keyed_augmentation:
+        return ds.with_transform(transform)
     return ftdata.KeyedTrainingDataset(ds, transform, seed=seed, bad_file_policy=args.bad_file_policy)
 
 
