@@ -159,22 +159,14 @@ def state_bytes(model, opt, method: str) -> dict[str, int]:
     return {"grad_bytes": grads, "optim_bytes": optim, "adapter_bytes": adapter, "state_bytes": grads + optim + adapter}
 
 
-def _count_sampled_calls():
-    """Wrap the layer's sampled kernel so that the patterns it ran on are recorded (ids)."""
-    from fishertune.tuner import layer as ft_layer
+def _sampled_calls(model) -> dict[str, int]:
+    """Per FisherTune layer, the backward passes that ran the sampled values gradient so far (the layer counts them)."""
+    from fishertune.tuner import FisherTuneLayer
 
-    used: set[int] = set()
-    orig = ft_layer._sampled_values_grad
-
-    def counting(grad_out2, x2, pattern, n):
-        used.add(id(pattern))
-        return orig(grad_out2, x2, pattern, n)
-
-    ft_layer._sampled_values_grad = counting  # backward looks the function up in the module at call time
-    return used
+    return {n: m.sampled_grad_calls() for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)}
 
 
-def fishertune_report(model, used_patterns: set[int], dtype) -> dict:
+def fishertune_report(model, calls_before: dict[str, int], dtype) -> dict:
     """Per targeted layer: shape, active entries, what the dispatch rule says and what backward really ran."""
     from fishertune.tuner import FisherTuneLayer
     from fishertune.tuner import layer as ft_layer
@@ -184,7 +176,7 @@ def fishertune_report(model, used_patterns: set[int], dtype) -> dict:
         if not isinstance(m, FisherTuneLayer):
             continue
         nnz = m.fishertune_active.get("default", 0)
-        ran = any(id(p) in used_patterns for p in m._fishertune_patterns.values())
+        ran = m.sampled_grad_calls() > calls_before.get(name, 0)
         rule = bool(nnz) and ft_layer.use_sampled_grad(
             m.get_base_layer().weight.device.type, dtype, m.out_features, m.in_features, nnz
         )
@@ -270,7 +262,7 @@ def measure(args) -> dict:
     gc.collect()
 
     if args.mode == "mem":
-        used = _count_sampled_calls() if args.method in FISHERTUNE_METHODS else set()
+        calls_before = _sampled_calls(model) if args.method in FISHERTUNE_METHODS else {}
         if cuda:
             sync()
             torch.cuda.reset_peak_memory_stats()
@@ -289,7 +281,7 @@ def measure(args) -> dict:
             out["hwm_reset"] = reset
         out.update(state_bytes(model, opt, args.method))
         if args.method in FISHERTUNE_METHODS:
-            out.update(fishertune_report(model, used, amp_dtype or torch.float32))
+            out.update(fishertune_report(model, calls_before, amp_dtype or torch.float32))
         # The lowest block whose input needs a gradient: backward goes no further down than that block's input.
         out["blocks"] = len(blocks)
         out["grad_enters_block"] = min((i for i, g in grad_in.items() if g), default=None)

@@ -236,3 +236,19 @@ def test_two_active_adapters_take_the_dense_path():
     for name in ("default", "other"):
         idx = lin.fishertune_indices[name].long()
         torch.testing.assert_close(lin.fishertune_values[name].grad, w.grad.reshape(-1)[idx], rtol=1e-5, atol=1e-5)
+
+
+def test_the_layer_counts_the_backward_passes_that_ran_the_sampled_product():
+    """`sampled_grad_calls`: what ran (benchmarks/tuner_speed_worker.py reports it beside what the rule said)."""
+    lin = _layer(32, 32, bias=True)
+    x, g = torch.randn(5, 32), torch.randn(5, 32)
+    assert lin.sampled_grad_calls() == 0
+    with grad_mode("dense"):
+        _grad(lin, x, g)
+    assert lin.sampled_grad_calls() == 0
+    with grad_mode("sampled"):
+        _grad(lin, x, g)
+        _grad(lin, x, g)
+    assert lin.sampled_grad_calls() == 2
+    lin.allocate("default", torch.arange(8), torch.arange(8), init_weights=False)  # a new selection, a new count
+    assert lin.sampled_grad_calls() == 0

@@ -116,6 +116,7 @@ class _SampledPattern:
         self.cols_sorted = cols[order].to(index_dtype)
         self.index_dtype = index_dtype
         self._prefix: Optional[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        self.backward_calls = 0  # backward passes that used the sampled product (what ran, not what the rule said)
 
     def valid_for(self, idx: torch.Tensor) -> bool:
         return idx is self.source and idx._version == self.version
@@ -151,6 +152,7 @@ class _SampledPattern:
 def _sampled_values_grad(grad_out2, x2, pattern: _SampledPattern, n: int) -> torch.Tensor:
     """dL/d(values) at the first ``n`` allocated entries, through ``sampled_addmm``; ``grad_out2``/``x2`` are 2-D."""
     crow, col, gather = pattern.prefix(n)
+    pattern.backward_calls += 1
     # mat1 @ mat2 over the token axis: (rows, tokens) @ (tokens, cols). The kernel makes mat1 and mat2^T
     # contiguous along the token axis itself.
     if pattern.transposed:
@@ -344,6 +346,11 @@ class FisherTuneLayer(BaseTunerLayer):
             pattern = _SampledPattern(idx, self.out_features, self.in_features)
             self._fishertune_patterns[adapter_name] = pattern
         return pattern
+
+    def sampled_grad_calls(self) -> int:
+        """Backward passes of this layer that computed dL/d(values) by the sampled product (`use_sampled_grad`'s
+        path) instead of gathering the dense dL/dW, counted since each adapter's current allocation."""
+        return sum(p.backward_calls for p in self._fishertune_patterns.values())
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """The dense delta of ``adapter`` (active entries only), shaped like the weight."""
