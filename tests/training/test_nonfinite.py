@@ -111,7 +111,7 @@ def test_an_update_that_leaves_a_parameter_nonfinite_always_stops(tmp_path, poli
 
 
 def test_policy_validation():
-    with pytest.raises(ValueError, match="nonfinite_policy must be 'error' .* or 'skip'"):
+    with pytest.raises(ValueError, match="nonfinite_policy must be one of 'error', 'skip', got .*'skip' drops the step"):
         FisherTuneTrainingArguments(output_dir="x", nonfinite_policy="ignore")
     with pytest.raises(ValueError, match="nonfinite_max_skips must be >= 0"):
         FisherTuneTrainingArguments(output_dir="x", nonfinite_max_skips=-1)

@@ -7,9 +7,11 @@ from typing import Any, Optional
 
 from transformers import TrainingArguments
 
-from ..fisher.registry import CriterionNames, get_criterion
+from ..fisher.registry import CriterionNames, criteria_help, get_criterion
+from ..tuner.config import BUDGET_BASES
 from .estimation_args import EstimationArguments
 from .methods import BASELINE_METHODS, METHODS, get_method, resolve_method
+from .nonfinite import POLICIES as NONFINITE_POLICIES
 
 
 def _default_num_batches() -> int:
@@ -102,8 +104,8 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     criterion: str = field(
         default="dr_fim",
         # A live list: criteria registered after import are accepted too; the method names are the deprecated spelling.
-        metadata={"help": "Selection criterion of method=sparse (fishertune.fisher.criterion_names(): dr_fim, fim, "
-                          "delta_fim, magnitude, random, random_q/k/v, or a registered one).",
+        metadata={"help": "Selection criterion of method=sparse (fishertune.fisher.register_criterion adds one): "
+                          + criteria_help() + ".",
                   "choices": CriterionNames(extra=BASELINE_METHODS)},
     )
     warmup_phase_steps: Optional[int] = field(
@@ -125,7 +127,7 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     delta_max: Optional[float] = field(default=None, metadata={"help": "Selected share, active at the end (paper: 0.05)."})
     budget_base: Optional[str] = field(
         default=None, metadata={"help": "delta shares of 'targeted' entries (default) or of all 'backbone' parameters.",
-                                "choices": ["targeted", "backbone"]},
+                                "choices": list(BUDGET_BASES)},
     )
     backbone_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Backbone lr (None: learning_rate; 0: the backbone's tuned parameters stay put)."})
@@ -138,7 +140,7 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     nonfinite_policy: str = field(
         default="error",
         metadata={"help": "NaN/inf loss or gradient in phases 1/3: 'error' stops naming the step and tensor; 'skip' "
-                          "drops the step (at most nonfinite_max_skips times).", "choices": ["error", "skip"]},
+                          "drops the step (at most nonfinite_max_skips times).", "choices": list(NONFINITE_POLICIES)},
     )
     nonfinite_max_skips: int = field(
         default=10, metadata={"help": "With nonfinite_policy='skip': steps a run may drop before it stops."}
@@ -166,11 +168,6 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             get_criterion(self.criterion)
         except ValueError as err:
             raise ValueError(f"criterion must be one of the registered criteria: {err}") from None
-        if self.nonfinite_policy not in ("error", "skip"):
-            raise ValueError(
-                f"nonfinite_policy must be 'error' (stop at the first NaN/inf step) or 'skip' (drop such steps), "
-                f"got {self.nonfinite_policy!r}."
-            )
         for name in ("backbone_learning_rate", "decoder_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value >= 0:  # NaN too: it would train by nothing or by gradient ascent
@@ -178,10 +175,11 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
                                  f"learning_rate), got {value}.")
         if self.nonfinite_max_skips < 0:
             raise ValueError(f"nonfinite_max_skips must be >= 0, got {self.nonfinite_max_skips}.")
-        for f in fields(EstimationArguments):  # the choices of EstimationConfig, checked before any training work
+        for f in fields(self):  # every field with choices (EstimationConfig's too), checked before any training work
             options, value = f.metadata.get("choices"), getattr(self, f.name)
             if options is not None and value is not None and value not in options:
-                raise ValueError(f"{f.name} must be one of {', '.join(map(repr, options))}, got {value!r}.")
+                raise ValueError(f"{f.name} must be one of {', '.join(map(repr, options))}, got {value!r} "
+                                 f"({f.metadata.get('help', '')})")
         for name in ("warmup_phase_steps", "estimation_batches", "tuning_phase_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -190,8 +188,6 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1] (a fraction of max_steps), got {value}.")
-        if self.budget_base not in (None, "targeted", "backbone"):
-            raise ValueError(f"budget_base must be 'targeted' or 'backbone' (the paper's count), got {self.budget_base!r}.")
         if self.delta_min is not None and self.delta_max is not None and not 0 <= self.delta_min <= self.delta_max <= 1:
             raise ValueError(
                 f"Need 0 <= delta_min <= delta_max <= 1, got {self.delta_min}, {self.delta_max} (paper: 0.01, 0.05)."

@@ -10,6 +10,9 @@ from peft.config import PeftConfig
 
 from ._types import FISHERTUNE_PEFT_TYPE
 
+#: What delta_min / delta_max are shares of (`budget_base`); the training arguments offer the same choices.
+BUDGET_BASES = ("targeted", "backbone")
+
 
 def saved_adapter_keys(path: str) -> Optional[list[str]]:
     """The tensor names of the adapter saved in the local folder ``path`` (None if there is none to read)."""
@@ -87,7 +90,8 @@ class FisherTuneConfig(PeftConfig):
         default="targeted",
         metadata={
             "help": "Base of delta_min/delta_max: 'targeted' (share of the targeted weight entries) or 'backbone' "
-            "(share of all backbone parameters, the paper's 15.21M = 5% of ViT-L)."
+            "(share of all backbone parameters, the paper's 15.21M = 5% of ViT-L).",
+            "choices": list(BUDGET_BASES),
         },
     )
     init_weights: bool = field(
@@ -120,7 +124,7 @@ class FisherTuneConfig(PeftConfig):
                 f"init_criterion must be None, 'magnitude' or 'random', got {self.init_criterion!r}; "
                 "Fisher-based criteria come from fishertune.fisher and are passed to `select(scores)`."
             )
-        if self.budget_base not in ("targeted", "backbone"):
+        if self.budget_base not in BUDGET_BASES:
             raise ValueError(
                 f"budget_base must be 'targeted' (shares of the targeted entries) or 'backbone' (shares of all "
                 f"backbone parameters, as the paper counts its 15.21M), got {self.budget_base!r}."
