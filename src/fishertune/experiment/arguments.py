@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..outputs import PREDICT_OUTPUTS
+
 #: Built-in small backbones (`backbone: "config:<name>"`), randomly initialised: the offline demo and tests.
 #: DINOv2 layout (q/k/v + FFN targets the tuner presets know); patch 8 so that 64x96 images give a 8x12 grid.
 #: DINOv2 sizes its FFN by `mlp_ratio`; `intermediate_size` here is turned into it (`build.dinov2_config`).
@@ -222,13 +224,14 @@ class PredictArguments:
 
     Args:
         model (`str`): an output folder of `recipes/train.py`.
-        images (`str`): folder of images. output_dir (`str`): where masks/, overlays/, legend.png go.
+        images (`str`): folder of images. output_dir (`str`): where the masks, overlays, label ids and legend go
+            (`fishertune.outputs.PREDICT_OUTPUTS`).
         device (`str`): `auto`, `cpu`, `cuda`, ... eval_mode (`str`, *optional*): override the run's.
     """
 
     model: str = field(metadata={"help": "Output folder of recipes/train.py."})
     images: str = field(metadata={"help": "Folder of images to segment."})
-    output_dir: str = field(default="predictions", metadata={"help": "Where masks/, overlays/, legend.png go."})
+    output_dir: str = field(default="predictions", metadata={"help": "Where " + ", ".join(PREDICT_OUTPUTS) + " go."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     eval_mode: Optional[str] = field(default=None, metadata={"help": "whole or slide (default: the run's)."})
 
