@@ -12,7 +12,6 @@ from peft import get_peft_model
 from torch import nn
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-import fishertune
 from fishertune import FisherTuneConfig
 from fishertune.backbones import (
     BackboneFamily,
@@ -21,7 +20,9 @@ from fishertune.backbones import (
     families,
     family_of,
     find_backbone,
+    fused_qkv_leaves,
     get_family,
+    locate,
     num_prefix_tokens,
     register_family,
     registered,
@@ -29,7 +30,7 @@ from fishertune.backbones import (
 )
 from fishertune.fisher.perturb import find_blocks
 from fishertune.models.backbone import build_backbone
-from fishertune.tuner import FUSED_QKV_FAMILIES, FisherTuneLayer, block_patterns, target_regex
+from fishertune.tuner import FisherTuneLayer, block_patterns, target_regex
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
 DEPTH = SHAPE["num_hidden_layers"]
@@ -147,6 +148,7 @@ def test_find_backbone_in_a_segmenter_and_regex_is_exactly_eq3(built):
     model = Segmenter(backbone, block_path, leaves)
     path, family = find_backbone(model)
     assert (path, family.name) == ("backbone", name)
+    assert locate(model) == (path, family, backbone)
     pattern = re.compile(target_regex(model))
     matched = {n for n in _linears(model) if pattern.fullmatch(n)}
     expected = {f"backbone.{block_path}.{i}.{leaf}" for i in range(DEPTH) for leaf in leaves}
@@ -179,15 +181,25 @@ def test_eva02_prefix_count_comes_from_its_config():
 
 
 def test_fused_qkv_families_and_clip_checkpoints_come_from_the_registry():
-    assert FUSED_QKV_FAMILIES["sam_vision_model"] == "attn.qkv" and "dinov2" not in FUSED_QKV_FAMILIES
+    assert get_family("sam_vision_model").fused_qkv == "attn.qkv" and get_family("dinov2").fused_qkv is None
+    assert fused_qkv_leaves() == ("qkv",)  # SAM's and EVA02-Ti/S's attn.qkv
     assert get_family("clip").name == "clip_vision_model"  # a full CLIP checkpoint loads its vision tower
 
 
 def test_an_unknown_backbone_says_how_to_register_one():
-    with pytest.raises(ValueError, match=r"registered: \[.*'dinov2'.*register_family.*target_modules"):
-        find_backbone(nn.Sequential(nn.Linear(2, 2)))
-    with pytest.raises(ValueError, match="register_family"):
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"^no registered ViT backbone found in Sequential \(registered: \[.*'dinov2'") as err:
+        find_backbone(model)
+    assert "register_family" in str(err.value) and "target_modules" not in str(err.value)  # not every caller has one
+    for where in (locate, find_blocks):
+        with pytest.raises(ValueError, match="no registered ViT backbone found in Sequential.*register_family"):
+            where(model)
+    # only where target_modules is what is being inferred
+    with pytest.raises(ValueError, match="no registered ViT backbone.*register_family.*target_modules"):
+        target_regex(model)
+    with pytest.raises(ValueError, match="register_family") as err:
         get_family("no_such_vit")
+    assert "is not a registered ViT backbone family" in str(err.value) and "target_modules" not in str(err.value)
 
 
 def test_a_name_clash_is_refused_unless_replaced():
@@ -245,7 +257,9 @@ def test_adding_a_family_is_one_register_call():
         assert tuned == {f"backbone.trunk.blocks.{i}.{leaf}" for i in range(3) for leaf in leaves}
         blocks, prefix = find_blocks(model)
         assert blocks == list(backbone.trunk.blocks) and prefix == 1 + 2  # CLS + registers: the default rule
-        assert fishertune.tuner.find_backbone(model) == ("base_model.model.backbone", "toy_vit")
+        path, family, found = locate(model)  # through the PEFT wrapper; the path is the wrapper's
+        assert (path, family, found) == ("base_model.model.backbone", TOY, backbone)
+        assert model.get_submodule(path) is backbone
 
     assert "toy_vit" not in families()
     with pytest.raises(ValueError, match="register_family"):

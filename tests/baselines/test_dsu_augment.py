@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import transformers as T
 
 from fishertune.baselines import add_dsu_augmentation, dsu_perturb
+from fishertune.fisher.perturb import find_blocks
 
 from .conftest import tiny_backbone
 
@@ -82,3 +84,49 @@ def test_probability_zero_is_identity_and_bad_args():
         except ValueError:
             continue
         raise AssertionError(f"{kwargs} accepted")
+
+
+# SAM's blocks output [B, H, W, C] maps (no prefix); EoMT's last `num_blocks` blocks carry its queries in front of
+# CLS + registers. Tiny configs as in tests/backbones/test_registry.py's TINY table.
+_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+_SPECIAL = {
+    "sam_vision_model": (
+        lambda: T.SamVisionConfig(**_SHAPE, mlp_dim=64, output_channels=16, global_attn_indexes=[1], window_size=2),
+        [0, 0],
+    ),
+    "eomt": (
+        lambda: T.EomtConfig(**_SHAPE, intermediate_size=64, num_blocks=1, num_queries=3, num_register_tokens=2),
+        [1 + 2, 1 + 2 + 3],  # CLS + 2 registers; the 3 queries join in front of the last block
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SPECIAL))
+def test_sam_and_eomt_perturb_only_their_patch_tokens(name):
+    from fishertune.baselines._common import first_tensor
+    from fishertune.models.backbone import build_backbone
+
+    make_config, prefix = _SPECIAL[name]
+    torch.manual_seed(0)
+    model = build_backbone(make_config()).train()
+    blocks = find_blocks(model)[0]
+    handle = add_dsu_augmentation(model, p=1.0, generator=torch.Generator().manual_seed(5))
+    raw, out = {}, {}
+    for i, block in enumerate(blocks):  # raw: before the augmentation's hook (prepended later), out: after it
+        block.register_forward_hook(lambda m, a, o, i=i: raw.__setitem__(i, first_tensor(o)), prepend=True)
+        block.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(i, first_tensor(o)))
+    model(pixel_values=torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    replay = torch.Generator().manual_seed(5)
+    for i, k in enumerate(prefix):
+        assert out[i].shape == raw[i].shape
+        torch.rand((), generator=replay)  # the block's coin
+        if raw[i].dim() == 4:  # SAM: every position of the [B, H, W, C] map is a patch token
+            b, c = raw[i].shape[0], raw[i].shape[-1]
+            expected = dsu_perturb(raw[i].reshape(b, -1, c), generator=replay).reshape(raw[i].shape)
+        else:
+            assert raw[i].shape[1] == k + (32 // 8) ** 2
+            assert torch.equal(out[i][:, :k], raw[i][:, :k])  # CLS, registers (and EoMT's queries) untouched
+            expected = torch.cat([raw[i][:, :k], dsu_perturb(raw[i][:, k:], generator=replay)], dim=1)
+        assert torch.equal(out[i], expected)  # DSU's statistics over exactly the patch tokens
+        assert not torch.allclose(out[i], raw[i])
+    handle.remove()

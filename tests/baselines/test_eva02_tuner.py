@@ -25,7 +25,8 @@ from fishertune.baselines import (  # noqa: E402
 )
 from fishertune.models import REIN_SCALES, tapped_features  # noqa: E402
 from fishertune.models.backbone import resample  # noqa: E402
-from fishertune.tuner import FisherTuneLayer, find_backbone, target_regex  # noqa: E402
+from fishertune.backbones import locate  # noqa: E402
+from fishertune.tuner import FisherTuneLayer, target_regex  # noqa: E402
 
 TINY = EVA02_TINY
 # EVA02-B/L: separate q/k/v and SwiGLU (fc1_g, fc1_x); EVA02-Ti/S: fused qkv and a packed GLU fc1.
@@ -59,12 +60,14 @@ class _Segmenter(nn.Module):
 @pytest.mark.parametrize("name", NAMES)
 def test_tuner_preset_finds_eva02_and_only_its_block_linears(name):
     model = _eva(name)
-    assert find_backbone(model) == ("", "eva02")
+    path, family, found = locate(model)
+    assert (path, family.name, found) == ("", "eva02", model)
     assert target_regex(model) == eva02_target_regex(model)
     hits = {n for n, _ in model.named_modules() if re.fullmatch(target_regex(model), n)}
     assert hits == {f"eva.blocks.{i}.{leaf}" for i in range(2) for leaf in LEAVES[name]}
     seg = _Segmenter(_eva(name))
-    assert find_backbone(seg) == ("backbone", "eva02")
+    path, family, found = locate(seg)
+    assert (path, family.name, found) == ("backbone", "eva02", seg.backbone)
     seg_hits = {n for n, _ in seg.named_modules() if re.fullmatch(target_regex(seg), n)}
     assert seg_hits == {"backbone." + h for h in hits}  # the head's mlp.fc1 is never caught
 

@@ -5,7 +5,8 @@ import re
 import pytest
 import transformers as T
 
-from fishertune.tuner import FUSED_QKV_FAMILIES, target_regex
+from fishertune.backbones import fused_qkv_leaves, get_family
+from fishertune.tuner import target_regex
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
 
@@ -53,7 +54,7 @@ def test_preset_matches_exactly_the_eq3_set(family):
 
 
 def test_sam_preset_is_a_fused_qkv_family():
-    assert FUSED_QKV_FAMILIES["sam_vision_model"] == "attn.qkv"
+    assert get_family("sam_vision_model").fused_qkv == "attn.qkv" and "qkv" in fused_qkv_leaves()
 
 
 def test_mask2former_decoder_is_never_caught():

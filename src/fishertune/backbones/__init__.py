@@ -20,14 +20,16 @@ Registered on import: DINOv2 (with and without registers), ViT, ViT-MAE, CLIP vi
 
 from . import hf  # noqa: F401  (registers the transformers families)
 from .auto import build_auto_model, cls_and_registers, default_tap_kwargs, load_auto_model, no_prefix, vision_config
-from .eva02 import EVA02_FAMILY, TIMM_PREFIX, Eva02Backbone, Eva02BackboneConfig
+from .eva02 import TIMM_PREFIX, Eva02Backbone, Eva02BackboneConfig
 from .registry import (
     BackboneFamily,
     backbone_blocks,
     families,
     family_of,
     find_backbone,
+    fused_qkv_leaves,
     get_family,
+    locate,
     num_prefix_tokens,
     register_family,
     registered,
@@ -35,7 +37,6 @@ from .registry import (
 )
 
 __all__ = [
-    "EVA02_FAMILY",
     "TIMM_PREFIX",
     "BackboneFamily",
     "Eva02Backbone",
@@ -47,8 +48,10 @@ __all__ = [
     "families",
     "family_of",
     "find_backbone",
+    "fused_qkv_leaves",
     "get_family",
     "load_auto_model",
+    "locate",
     "no_prefix",
     "num_prefix_tokens",
     "register_family",

@@ -23,9 +23,9 @@ The config is registered with `transformers.AutoConfig`, so a saved segmenter re
 download). EoMT is DINOv2-only and refuses EVA02.
 
 This module registers the `"eva02"` [`BackboneFamily`] (found by the wrapper's class or its config's
-model_type), so the tuner's `find_backbone`/`target_regex`, the DSU hooks and the segmenters handle it like
-any HF family; `eva02_target_regex(model)` gives the same regex. `fishertune.baselines.eva02` re-exports
-this module for older imports.
+model_type), so `fishertune.backbones.locate`, the tuner's `target_regex`, the DSU hooks and the segmenters
+handle it like any HF family; `eva02_target_regex(model)` gives the same regex. `fishertune.baselines`
+re-exports its public names (`Eva02Backbone`, `eva02_pyramid_taps`, ...).
 
 EVA02-Ti/S fuse q/k/v into `attn.qkv` and timm then calls `F.linear(x, attn.qkv.weight, bias)`,
 bypassing the module (a FisherTune/LoRA wrapper's delta and the Fisher hooks would be ignored);
@@ -226,7 +226,7 @@ def load_eva02(spec: str, config=None, **timm_kwargs) -> Eva02Backbone:
     return Eva02Backbone.from_timm(timm_eva02_name(str(spec)), pretrained=True, **timm_kwargs)
 
 
-EVA02_FAMILY = register_family(
+register_family(
     BackboneFamily(
         name="eva02",
         target_pattern=EVA02_BLOCK_PATTERN,

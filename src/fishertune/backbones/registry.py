@@ -87,15 +87,16 @@ class BackboneFamily:
         """Whether ``relative_name`` (a module name relative to the backbone) is an Eq. 3 target."""
         return self._regex.fullmatch(relative_name) is not None
 
-    def num_prefix_tokens(self, config: PreTrainedConfig | None, num_blocks: int | None = None) -> int | list[int]:
-        return self.prefix_tokens(config, num_blocks)
+
+_HOW_TO_REGISTER = (
+    "fishertune.backbones.register_family(BackboneFamily(name=..., target_pattern=..., block_paths=...))"
+)
 
 
 def _unknown_message(what: str) -> str:
     return (
-        f"{what} is not a registered ViT backbone family (registered: {sorted(_FAMILIES)}). Register one with "
-        "`fishertune.backbones.register_family(BackboneFamily(name=..., target_pattern=..., block_paths=...))`, "
-        "or pass `target_modules` (a regex matching the q/k/v and FFN linears of the backbone blocks) explicitly."
+        f"{what} is not a registered ViT backbone family (registered: {sorted(_FAMILIES)}); "
+        f"add one with {_HOW_TO_REGISTER}."
     )
 
 
@@ -170,12 +171,30 @@ def find_backbone(model: nn.Module) -> tuple[str, BackboneFamily]:
     A module counts as the backbone when its family is registered and the family's target pattern matches
     module names directly below it (a task model such as ``ViTForImageClassification`` shares the model type
     but holds its blocks one level down). Names only: after a first adapter the linears are tuner layers.
+    ``path`` is relative to ``model`` itself; wrappers (PEFT, DDP) are searched through, not unwrapped.
     """
     for name, module in model.named_modules():
         family = family_of(module)
         if family is not None and any(family.matches_target(sub) for sub, _ in module.named_modules() if sub):
             return name, family
-    raise ValueError(_unknown_message(f"No module of {type(model).__name__}"))
+    raise ValueError(
+        f"no registered ViT backbone found in {type(model).__name__} (registered: {sorted(_FAMILIES)}; "
+        f"add one with {_HOW_TO_REGISTER})"
+    )
+
+
+def locate(model: nn.Module) -> tuple[str, BackboneFamily, nn.Module]:
+    """``(path, family, backbone)``: [`find_backbone`] plus the backbone module itself (``model`` when the path
+    is empty). The path is relative to ``model``, PEFT or DDP wrappers included, so ``model.get_submodule(path)``
+    is the backbone whether or not ``model`` is wrapped."""
+    path, family = find_backbone(model)
+    return path, family, model.get_submodule(path) if path else model
+
+
+def fused_qkv_leaves() -> tuple[str, ...]:
+    """Module names (last name component, e.g. ``"qkv"``) of the fused q/k/v linears of the registered families
+    (rows ordered q, k, v), read when called: a family registered later counts too."""
+    return tuple(sorted({f.fused_qkv.split(".")[-1] for f in _FAMILIES.values() if f.fused_qkv}))
 
 
 def backbone_blocks(backbone: nn.Module, family: BackboneFamily | None = None) -> nn.ModuleList:

@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-# backbone_blocks is re-exported: the methods import it from here.
-from ..backbones import backbone_blocks, find_backbone, get_family  # noqa: F401
+from ..backbones import BackboneFamily, backbone_blocks, locate
 
 #: Attribute stored on the backbone once a baseline is installed (one baseline per backbone).
 STATE_ATTR = "_fishertune_baseline"
@@ -71,22 +70,20 @@ def _check_positive(config: BaselineConfig, *names: str) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}.")
 
 
-def resolve_backbone(model: nn.Module) -> tuple[str, str, nn.Module]:
-    """`(path, family name, backbone)` of the registered ViT backbone inside `model` (EVA02 wrappers included)."""
-    path, family = find_backbone(model)
-    return path, family.name, model.get_submodule(path) if path else model
+def resolve_backbone(model: nn.Module) -> tuple[str, BackboneFamily, nn.Module]:
+    """`(path, family, backbone)` of the registered ViT backbone inside `model` (EVA02 wrappers included)."""
+    return locate(model)
 
 
-def backbone_info(backbone: nn.Module, mtype: str) -> dict[str, int | str]:
+def backbone_info(backbone: nn.Module, family: BackboneFamily) -> dict[str, int | str]:
     """Hidden size, depth and prefix-token count (the family's rule: CLS + registers, EVA02's own count)."""
     config = backbone.config
-    family = get_family(mtype)
     blocks = backbone_blocks(backbone, family)
     return {
-        "model_type": mtype,
+        "model_type": family.name,
         "hidden_size": int(config.hidden_size),
         "num_layers": len(blocks),
-        "num_prefix_tokens": int(family.num_prefix_tokens(config)),
+        "num_prefix_tokens": int(family.prefix_tokens(config, None)),
     }
 
 
@@ -123,11 +120,11 @@ def replace_first(output, tensor):
 
 def prepare_backbone(model: nn.Module, config: BaselineConfig) -> tuple[nn.Module, dict]:
     """Find and freeze the backbone; refuse a second baseline on the same backbone."""
-    path, mtype, backbone = resolve_backbone(model)
+    path, family, backbone = resolve_backbone(model)
     if hasattr(backbone, STATE_ATTR):
         installed = getattr(backbone, STATE_ATTR)["config"].method
         raise ValueError(f"A '{installed}' baseline is already installed on this backbone; use a fresh model.")
-    info = backbone_info(backbone, mtype)
+    info = backbone_info(backbone, family)
     info["path"] = path
     info["layers"] = selected_layers(config, info["num_layers"])
     # Why freeze only the backbone: the segmentation decoder is trained in full by every method.

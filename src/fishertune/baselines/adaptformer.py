@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ._common import BaselineConfig, _check_positive, backbone_blocks, prepare_backbone, record_install
+from ..backbones import backbone_blocks
+from ._common import BaselineConfig, _check_positive, prepare_backbone, record_install
 
 #: model_type -> (norm whose input is the residual stream, last module of the FFN branch).
 FFN_MODULES: dict[str, tuple[str, str]] = {

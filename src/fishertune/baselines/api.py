@@ -90,8 +90,8 @@ def load_method_state(model: nn.Module, save_directory: str | os.PathLike) -> nn
     try:
         backbone, state = installed_state(model)
     except ValueError:
-        _, mtype, backbone = resolve_backbone(model)
-        got = backbone_info(backbone, mtype)
+        _, family, backbone = resolve_backbone(model)
+        got = backbone_info(backbone, family)
         _check_signature(meta["backbone"], got)
         apply_method(model, config)
         backbone, state = installed_state(model)
@@ -128,11 +128,11 @@ def parameter_table(model: nn.Module, fishertune_fraction: float = 0.05, lora_ra
     with its link to `model`'s head (light head or Mask2Former) when it has one.
     Decoder parameters are excluded everywhere (every method trains the decoder in full).
     """
-    path, mtype, backbone = resolve_backbone(model)
+    _, family, backbone = resolve_backbone(model)
     regex = re.compile(target_regex(model))
     linears = [m for n, m in model.named_modules() if regex.fullmatch(n) and isinstance(m, nn.Linear)]
     entries = sum(m.weight.numel() for m in linears)
-    info = backbone_info(backbone, mtype)
+    info = backbone_info(backbone, family)
     dim, depth = info["hidden_size"], info["num_layers"]
     prefixes = tuple(name + "_" for name in METHODS)  # an installed method is not backbone size
     total = sum(

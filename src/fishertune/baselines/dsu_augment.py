@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fisher.perturb import dsu_transform
-from ._common import backbone_blocks, backbone_info, first_tensor, replace_first, resolve_backbone
+from ..fisher.perturb import dsu_transform, find_blocks, split_patch_tokens
+from ._common import first_tensor, replace_first
 
 
 def dsu_perturb(x: torch.Tensor, eps: float = 1e-6, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -55,6 +55,11 @@ def add_dsu_augmentation(
 ) -> DSUHandle:
     """Perturb the patch tokens after the given backbone blocks with probability `p` (train mode only).
 
+    The blocks and the tokens in front of their patches come from the backbone's family, as for the DR-FIM
+    estimator's hooks (`fishertune.fisher.perturb.find_blocks` / `split_patch_tokens`): CLS and registers are
+    left alone, EoMT's queries too in the blocks that carry them, and SAM's ``[B, H, W, C]`` block outputs are
+    perturbed over all ``H * W`` positions.
+
     Args:
         model: a model holding a supported ViT backbone (or the backbone itself).
         p: probability of perturbing at each block per forward (DSU's 0.5).
@@ -63,26 +68,27 @@ def add_dsu_augmentation(
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}.")
-    _, mtype, backbone = resolve_backbone(model)
-    module_list = backbone_blocks(backbone)
-    npt = backbone_info(backbone, mtype)["num_prefix_tokens"]
+    module_list, num_prefix = find_blocks(model)
+    prefixes = [num_prefix] * len(module_list) if isinstance(num_prefix, int) else list(num_prefix)
     chosen = list(range(len(module_list))) if blocks is None else sorted({int(b) for b in blocks})
     if any(b < 0 or b >= len(module_list) for b in chosen):
         raise ValueError(f"blocks {chosen} out of range for {len(module_list)} backbone blocks.")
 
-    def hook(module, args, output):
-        # module.training: the augmentation follows model.train()/eval() like dropout does.
-        if not module.training or p == 0.0:
-            return None
-        hidden = first_tensor(output)
-        if hidden.shape[0] < 2 or torch.rand((), generator=generator).item() >= p:
-            return None
-        patches = hidden[:, npt:]
-        noisy = dsu_perturb(patches, generator=_device_gen(generator, patches))
-        return replace_first(output, torch.cat([hidden[:, :npt], noisy.to(hidden.dtype)], dim=1))
+    def make_hook(npt: int):
+        def hook(module, args, output):
+            # module.training: the augmentation follows model.train()/eval() like dropout does.
+            if not module.training or p == 0.0:
+                return None
+            hidden = first_tensor(output)
+            if hidden.shape[0] < 2 or torch.rand((), generator=generator).item() >= p:
+                return None
+            patches, put_back = split_patch_tokens(hidden, npt)
+            return replace_first(output, put_back(dsu_perturb(patches, generator=_device_gen(generator, patches))))
+
+        return hook
 
     # prepend: run before transformers' output-capturing hooks, so taps see the perturbed features too.
-    handles = [module_list[b].register_forward_hook(hook, prepend=True) for b in chosen]
+    handles = [module_list[b].register_forward_hook(make_hook(prefixes[b]), prepend=True) for b in chosen]
     return DSUHandle(handles, chosen, p)
 
 

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import backbone_blocks
 from ._common import (
     BaselineConfig,
     _check_positive,
-    backbone_blocks,
     first_tensor,
     prepare_backbone,
     record_install,

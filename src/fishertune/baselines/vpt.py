@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..backbones import backbone_blocks
 from ._common import (
     BaselineConfig,
     _check_positive,
-    backbone_blocks,
     first_tensor,
     prepare_backbone,
     record_install,
@@ -75,7 +75,8 @@ class VPTPrompts(nn.Module):
 def apply_vpt(model: nn.Module, config: VPTConfig | None = None) -> nn.Module:
     """Freeze the backbone of `model` and prepend learnable prompts at each selected block."""
     config = VPTConfig() if config is None else config
-    _, mtype, found = resolve_backbone(model)
+    _, family, found = resolve_backbone(model)
+    mtype = family.name
     if mtype == "eva02":  # checked before prepare_backbone freezes anything
         check_extra_token_blocks(backbone_blocks(found), "VPT")
     backbone, info = prepare_backbone(model, config)

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..backbones import backbone_blocks
 from ._common import (
     BaselineConfig,
     _check_positive,
-    backbone_blocks,
     first_tensor,
     installed_state,
     prepare_backbone,
@@ -102,7 +102,8 @@ class VQTQueries(nn.Module):
 def apply_vqt(model: nn.Module, config: VQTConfig | None = None) -> nn.Module:
     """Freeze the backbone of `model`; learn queries that read each selected block and link them to the head."""
     config = VQTConfig() if config is None else config
-    _, mtype, found_backbone = resolve_backbone(model)
+    _, family, found_backbone = resolve_backbone(model)
+    mtype = family.name
     if mtype in _UNSUPPORTED:  # checked before prepare_backbone freezes anything
         raise NotImplementedError(f"VQT on {mtype.upper()}: {_UNSUPPORTED[mtype]}.")
     if mtype == "eva02":

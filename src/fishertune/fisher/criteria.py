@@ -11,19 +11,13 @@ from collections.abc import Mapping
 
 import torch
 
-from ..tuner import FUSED_QKV_FAMILIES
+from ..backbones import fused_qkv_leaves
 
 _GROUP_LEAVES = {
     "q": ("q_proj", "query", "q", "q_lin"),
     "k": ("k_proj", "key", "k", "k_lin"),
     "v": ("v_proj", "value", "v", "v_lin"),
 }
-
-
-def _fused_leaves() -> tuple[str, ...]:
-    """Leaf names of fused q/k/v linears, read from the family registry at call time (a family registered
-    after import counts too)."""
-    return tuple(sorted({s.split(".")[-1] for s in FUSED_QKV_FAMILIES.values()} | {"qkv"}))
 
 
 def domain_sensitivity(fisher: torch.Tensor, fisher_shift: torch.Tensor, eps: float) -> torch.Tensor:
@@ -137,7 +131,7 @@ def qkv_group_mask(name: str, shape: torch.Size, group: str) -> torch.Tensor:
     mask = torch.zeros(tuple(shape), dtype=torch.bool)
     if leaf in _GROUP_LEAVES[group]:
         mask[:] = True
-    elif leaf in _fused_leaves():
+    elif leaf in fused_qkv_leaves():
         rows = shape[0] // 3
         i = "qkv".index(group)
         mask[i * rows : (i + 1) * rows] = True
@@ -157,7 +151,7 @@ def random_scores(weights: Mapping[str, torch.Tensor], seed: int, group: str | N
     if group is not None and not any(bool((s >= 1).any()) for s in out.values()):
         raise ValueError(
             f"criterion random_{group}: no targeted weight is a {group} projection (looked for leaf names "
-            f"{_GROUP_LEAVES[group]} and fused {_fused_leaves()}); target the attention projections."
+            f"{_GROUP_LEAVES[group]} and fused {fused_qkv_leaves()}); target the attention projections."
         )
     return out
 

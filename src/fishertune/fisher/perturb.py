@@ -10,13 +10,13 @@ on exit (the tuning phase never sees them, Table 5).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..backbones import backbone_blocks, find_backbone
+from ..backbones import backbone_blocks, locate
 from .dist import all_reduce_sum_, global_slice
 
 
@@ -76,6 +76,25 @@ def dsu_transform(
         beta = sigma + eps_sigma * batch_std(sigma, eps)
         x_new = beta[:, None] * (x - mu[:, None]) / sigma[:, None] + alpha[:, None]
     return x_new, alpha, beta
+
+
+def split_patch_tokens(
+    hidden: torch.Tensor, num_prefix: int
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """``(tokens, put_back)``: the patch tokens ``[B, N, C]`` of a block output and how to put new ones back.
+
+    ``hidden`` is ``[B, T, C]`` tokens whose first ``num_prefix`` (CLS, registers, EoMT's queries) are not patches,
+    or a ``[B, H, W, C]`` map (SAM's blocks; no prefix, ``num_prefix`` is ignored) whose ``H * W`` positions are
+    the tokens. ``put_back(new_tokens)`` returns a tensor shaped like ``hidden``, in its dtype, with the prefix
+    tokens of ``hidden`` unchanged in front. DSU's hooks (`DSUHooks`) and its training augmentation
+    (`fishertune.baselines.add_dsu_augmentation`) both split block outputs with it.
+    """
+    if hidden.dim() == 4:  # SAM: [B, H, W, C], no prefix tokens
+        return hidden.reshape(hidden.shape[0], -1, hidden.shape[-1]), lambda x: x.to(hidden.dtype).reshape(hidden.shape)
+    if hidden.dim() == 3:
+        prefix = hidden[:, :num_prefix]
+        return hidden[:, num_prefix:], lambda x: torch.cat([prefix, x.to(hidden.dtype)], dim=1)
+    raise ValueError(f"DSU expects block outputs [B, T, C] or [B, H, W, C], got shape {tuple(hidden.shape)}.")
 
 
 class DSUHooks:
@@ -160,20 +179,13 @@ class DSUHooks:
                 return None
             offset, _ = self._slice(b)
             eps_mu, eps_sigma = (d[offset : offset + b].to(h.device) for d in draws)
-            if h.dim() == 4:  # SAM: [B, H, W, C], no prefix tokens
-                prefix, tokens = None, h.reshape(b, -1, c)
-            elif h.dim() == 3:
-                k = self.num_prefix[idx]
-                prefix, tokens = h[:, :k], h[:, k:]
-            else:
-                raise ValueError(f"DSU expects block outputs [B, T, C] or [B, H, W, C], got shape {tuple(h.shape)}.")
+            tokens, put_back = split_patch_tokens(h, self.num_prefix[idx])
             with torch.autocast(h.device.type, enabled=False):
                 x_new, alpha, beta = dsu_transform(tokens.float(), eps_mu, eps_sigma, self.eps)
             if self.record:
                 self.records[idx] = {"x": tokens.detach().float(), "x_new": x_new.detach(), "alpha": alpha.detach(),
                                      "beta": beta.detach(), "eps_mu": eps_mu, "eps_sigma": eps_sigma}
-            x_new = x_new.to(h.dtype)
-            new_h = x_new.reshape(h.shape) if prefix is None else torch.cat([prefix, x_new], dim=1)
+            new_h = put_back(x_new)
             return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
 
         return hook
@@ -201,13 +213,11 @@ def find_blocks(model: nn.Module) -> tuple[list[nn.Module], int | list[int]]:
     count its rule: the config's ``num_prefix_tokens`` when it has one (EVA02), none for SAM, and for EoMT
     one count per block (its last ``num_blocks`` blocks also carry ``num_queries`` query tokens in front).
     """
-    base = unwrap_model(model)
-    path, family = find_backbone(base)
-    backbone = base.get_submodule(path) if path else base
+    _, family, backbone = locate(model)  # looks through PEFT / DDP wrappers
     try:
         blocks = backbone_blocks(backbone, family)
     except ValueError as err:
         raise ValueError(
             f"{err} Or pass `blocks=` and `num_prefix_tokens=` to estimate_scores."
         ) from None
-    return list(blocks), family.num_prefix_tokens(getattr(backbone, "config", None), len(blocks))
+    return list(blocks), family.prefix_tokens(getattr(backbone, "config", None), len(blocks))

@@ -9,7 +9,8 @@ from typing import Optional
 
 import torch
 
-from .criteria import _GROUP_LEAVES, _fused_leaves
+from ..backbones import fused_qkv_leaves
+from .criteria import _GROUP_LEAVES
 
 GROUPS = ("Q", "K", "V", "FFN")
 
@@ -44,7 +45,7 @@ def sensitivity_table(
         mask = _as_mask(selected[name], s.shape) if selected is not None and name in selected else torch.zeros_like(s, dtype=torch.bool)
         leaf = name.split(".")[-1]
         parts = []
-        if leaf in _fused_leaves():
+        if leaf in fused_qkv_leaves():
             r = s.shape[0] // 3
             parts = [(g, slice(g * r, (g + 1) * r)) for g in range(3)]
         else:

@@ -27,11 +27,11 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATI
 # Registers the backbone families, and Eva02BackboneConfig with AutoConfig (nested in saved EVA02 segmenters);
 # imports no timm.
 from .. import backbones as _backbones  # noqa: F401
+from ..backbones import backbone_blocks
 from ._base import BACKBONE_REFERENCE, backbone_reference, save_backbone_reference
 from .backbone import (
     REIN_DINOV2_LARGE_TAPS,
     REIN_SCALES,
-    backbone_blocks,
     default_taps,
     load_backbone,
     patch_tokens,

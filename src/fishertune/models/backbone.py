@@ -18,9 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 
-# backbone_blocks, num_prefix_tokens and vision_config are re-exported: they used to live here.
-from ..backbones import (  # noqa: F401
-    backbone_blocks,
+from ..backbones import (
     build_auto_model,
     default_tap_kwargs,
     families,

@@ -13,7 +13,8 @@ from __future__ import annotations
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from ..tuner import FisherTuneConfig, find_backbone, target_regex
+from ..backbones import locate
+from ..tuner import FisherTuneConfig, target_regex
 from .arguments import FisherTuneTrainingArguments
 from .methods import get_method
 
@@ -29,8 +30,7 @@ def backbone_module(model: nn.Module) -> nn.Module:
     backbone = getattr(base, "backbone", None)
     if isinstance(backbone, nn.Module):
         return backbone
-    path, _ = find_backbone(base)
-    return base.get_submodule(path) if path else base
+    return locate(base)[2]
 
 
 def is_fishertune(model: nn.Module) -> bool:

@@ -5,12 +5,11 @@ from peft.utils import register_peft_method
 from .config import FisherTuneConfig
 from .layer import FisherTuneLayer, Linear
 from .model import FisherTuneModel
-from .presets import FUSED_QKV_FAMILIES, block_patterns, find_backbone, num_prefix_tokens, target_regex
+from .presets import block_patterns, target_regex
 from .schedule import active_fraction
 from .selection import LayerSelection, global_topk
 
 __all__ = [
-    "FUSED_QKV_FAMILIES",
     "FisherTuneConfig",
     "FisherTuneLayer",
     "FisherTuneModel",
@@ -18,8 +17,6 @@ __all__ = [
     "Linear",
     "active_fraction",
     "block_patterns",
-    "find_backbone",
-    "num_prefix_tokens",
     "global_topk",
     "target_regex",
 ]

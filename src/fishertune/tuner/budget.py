@@ -12,7 +12,7 @@ from typing import Optional
 
 from torch import nn
 
-from .presets import find_backbone
+from ..backbones import locate
 
 # Adapter state and modules_to_save copies are not parameters of the base backbone.
 _NOT_BASE = ("fishertune_", "lora_", ".modules_to_save.")
@@ -21,13 +21,12 @@ _NOT_BASE = ("fishertune_", "lora_", ".modules_to_save.")
 def num_backbone_params(model: nn.Module) -> int:
     """All base parameters of the ViT backbone of ``model`` (shared tensors counted once)."""
     try:
-        path, _ = find_backbone(model)
+        _, _, backbone = locate(model)
     except ValueError as err:
         raise ValueError(
             f"budget_base='backbone' counts the parameters of the model's ViT backbone, but none was found ({err}). "
             "Use budget_base='targeted' (shares of the targeted entries) with this model."
         ) from None
-    backbone = model.get_submodule(path) if path else model
     return sum(p.numel() for n, p in backbone.named_parameters() if not any(k in f".{n}" for k in _NOT_BASE))
 
 

@@ -8,51 +8,21 @@ and ``fc1``, EoMT's ``mask_head.fc1``) is never caught.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
 
 from torch import nn
 
 from .. import backbones
-from ..backbones import num_prefix_tokens  # noqa: F401  (public here since the presets were introduced)
-
-
-class _FusedQkvFamilies(Mapping):
-    """``family name -> fused q/k/v leaf`` of the registered families that fuse them, read live from the registry
-    (a family registered later appears here too)."""
-
-    def _items(self) -> dict[str, str]:
-        return {name: f.fused_qkv for name, f in backbones.families().items() if f.fused_qkv}
-
-    def __getitem__(self, name: str) -> str:
-        return self._items()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items())
-
-    def __len__(self) -> int:
-        return len(self._items())
-
-    def __repr__(self) -> str:
-        return repr(self._items())
-
-
-#: Families whose attention fuses q, k and v into one linear (rows ordered q, k, v), e.g. SAM's ``attn.qkv``.
-FUSED_QKV_FAMILIES: Mapping[str, str] = _FusedQkvFamilies()
-
-
-def find_backbone(model: nn.Module) -> tuple[str, str]:
-    """Return ``(path, family name)`` of the outermost registered ViT backbone inside ``model``.
-
-    See [`fishertune.backbones.find_backbone`] (which returns the [`BackboneFamily`] itself). Raises a
-    ``ValueError`` naming the registered families, and how to register one, when none is found.
-    """
-    path, family = backbones.find_backbone(model)
-    return path, family.name
 
 
 def target_regex(model: nn.Module) -> str:
     """The Eq. 3 target set of ``model``'s backbone as a full-match regex for PEFT's ``target_modules``."""
-    path, family = backbones.find_backbone(model)
+    try:
+        path, family = backbones.find_backbone(model)
+    except ValueError as err:
+        raise ValueError(
+            f"{err}; or pass `target_modules` (a regex matching the q/k/v and FFN linears of the backbone blocks) "
+            "explicitly."
+        ) from None
     prefix = re.escape(path + ".") if path else ""
     return prefix + family.target_pattern
 
