@@ -103,3 +103,42 @@ def test_estimation_leaves_model_untouched(estimator):
         assert p.requires_grad == flags[n], n
     assert {n: m.training for n, m in model.named_modules()} == modes
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+
+
+def _light_segmenter():
+    import transformers as T
+
+    from fishertune.models import build_model
+
+    torch.manual_seed(0)
+    cfg = T.Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                         image_size=16, patch_size=4, layerscale_value=1.0)  # fmt: skip
+    return build_model("light", cfg, num_labels=3, taps=(1, 2)).eval()
+
+
+def test_taps_see_the_perturbed_block_output():
+    """The segmenters read tapped blocks from `output_hidden_states`, which transformers records with forward
+    hooks installed at a model's first forward. DSU must run before them, or a tapped block's perturbation would
+    reach the next block but never the head (and the estimate would depend on whether the model ran before)."""
+    model = _light_segmenter()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model(pixel_values=x)  # transformers' output-capturing hooks are installed now
+    blocks, prefix = find_blocks(model)
+    with DSUHooks(blocks[-1:], prefix, p=1.0, generator=torch.Generator().manual_seed(0), record=True) as dsu:
+        dsu.enabled = True
+        dsu.new_draws()
+        out = model.backbone(pixel_values=x, output_hidden_states=True)
+    torch.testing.assert_close(out.hidden_states[-1][:, prefix:], dsu.records[0]["x_new"])
+
+
+@pytest.mark.parametrize("estimator", ["diagonal", "variational"])
+def test_estimation_is_repeatable_on_one_model(estimator):
+    model = _light_segmenter()
+    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "fc2"))}
+    cfg = EstimationConfig(criterion="dr_fim", estimator=estimator, num_batches=2, dsu_p=1.0)
+    g = torch.Generator().manual_seed(1)
+    batches = [{"pixel_values": torch.randn(3, 3, 16, 16, generator=g), "labels": torch.randint(0, 3, (3, 16, 16), generator=g)}
+               for _ in range(2)]  # fmt: skip
+    first = estimate_scores(model, batches, weights, cfg)  # on a model that never ran
+    second = estimate_scores(model, batches, weights, cfg)
+    assert all(torch.equal(first[n], second[n]) for n in first)

@@ -133,7 +133,9 @@ class DSUHooks:
 
     def __enter__(self) -> "DSUHooks":
         for i, block in enumerate(self.blocks):
-            self.handles.append(block.register_forward_hook(self._make_hook(i)))
+            # prepend: before transformers' output-capturing hooks (installed at a model's first forward), so a
+            # tapped block's perturbed output is what the head reads, whether or not the model ran before.
+            self.handles.append(block.register_forward_hook(self._make_hook(i), prepend=True))
         return self
 
     def __exit__(self, *exc) -> None:
