@@ -14,7 +14,7 @@ def _args(tmp_path, **kw):
 
 def test_the_table():
     assert list(METHODS) == ["sparse", "full", "frozen", "lora", "rein", "vpt", "adaptformer", "vqt"]
-    assert [n for n, m in METHODS.items() if m.estimates or m.warmup] == ["sparse"]
+    assert [n for n, m in METHODS.items() if m.is_sparse] == ["sparse"]
     assert {n for n, m in METHODS.items() if m.saved_as == "adapter"} == {"sparse", "lora"}
     assert {n for n, m in METHODS.items() if m.baseline} == {"rein", "vpt", "adaptformer", "vqt"}
     assert set(BASELINE_METHODS) == set(METHODS) - {"sparse"}

@@ -122,7 +122,7 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
 
     method = get_method(targs.method)
     # A baseline selects nothing: the card names its method where a sparse run names its criterion.
-    criterion = targs.criterion if method.estimates else method.name
+    criterion = targs.criterion if method.is_sparse else method.name
     is_adapter = os.path.isfile(os.path.join(out, ADAPTER_CONFIG_NAME))
     selection = {}
     sel_path = os.path.join(out, SELECTION_NAME)
@@ -144,8 +144,8 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
         "num_labels": len(source_id2label(exp)),
         "criterion": criterion,
         "method": method.name,
-        "is_sparse": method.estimates,
-        "uses_estimator": method.estimates and get_criterion(targs.criterion).needs_data,
+        "is_sparse": method.is_sparse,
+        "uses_estimator": method.is_sparse and get_criterion(targs.criterion).needs_data,
         "method_line": method.card_line,
         "estimator": targs.estimator,
         "fisher_type": targs.fisher_type,

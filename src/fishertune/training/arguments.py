@@ -223,7 +223,7 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
         """(T1, T2, T3) for a run of `max_steps` optimizer steps; T1 + T3 == max_steps."""
         if self.warmup_phase_steps is not None:
             t1 = self.warmup_phase_steps
-        elif get_method(self.method).warmup:
+        elif get_method(self.method).is_sparse:
             t1 = int(round(self.warmup_phase_ratio * max_steps))
         else:
             t1 = 0  # baselines train their backbone from step 0 unless a warm-up is asked for explicitly
@@ -233,7 +233,7 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             t2 = max(1, int(round(self.estimation_ratio * max_steps)))
         else:
             t2 = self.estimation_batches if self.estimation_batches is not None else _default_num_batches()
-        if not get_method(self.method).estimates:
+        if not get_method(self.method).is_sparse:
             t2 = 0
         t3 = max_steps - t1
         if self.tuning_phase_steps is not None and self.tuning_phase_steps != t3:
@@ -249,6 +249,6 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
         # How to react to a NaN may change on resume (e.g. resume a run that stopped at a NaN with policy 'skip').
         skip = {"save_sensitivity_plot", "backbone_learning_rate", "decoder_learning_rate", "nonfinite_policy",
                 "nonfinite_max_skips"}
-        if not get_method(self.method).estimates:
+        if not get_method(self.method).is_sparse:
             skip.add("criterion")  # a baseline selects nothing: its criterion is not part of the run
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own and f.name not in skip}

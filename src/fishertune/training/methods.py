@@ -20,30 +20,32 @@ class Method:
 
     Args:
         name (`str`): the value of `FisherTuneTrainingArguments.method`.
-        backbone (`str`): what trains in the backbone: `"sparse"` (FisherTune's selected deltas, PEFT adapter),
-            `"full"` (every weight), `"frozen"` (nothing), `"lora"` (a PEFT LoRA, or the PeftModel passed),
-            `"baseline"` (the `fishertune.baselines` method of that name, default config; backbone frozen).
+        kind (`str`): what trains in the backbone: `"sparse"` (FisherTune's selected deltas, PEFT adapter; the
+            only kind with Algorithm 1's warm-up by default and phase 2's estimation and selection), `"full"`
+            (every weight), `"frozen"` (nothing), `"lora"` (a PEFT LoRA, or the PeftModel passed), `"baseline"`
+            (the `fishertune.baselines` method of that name, default config; backbone frozen).
         saved_as (`str`): `"adapter"` (a PEFT adapter over base_model/) or `"whole"` (the plain model).
-        estimates (`bool`): runs phase 2 (estimation and selection, Algorithm 1) after the warm-up.
-        warmup (`bool`): T1 defaults to `warmup_phase_ratio * max_steps` (else 0 unless `warmup_phase_steps`).
         card_line (`str`): the model card's sentence for a baseline (empty for FisherTune's own card).
     """
 
     name: str
-    backbone: str
+    kind: str
     saved_as: str
-    estimates: bool = False
-    warmup: bool = False
     card_line: str = ""
+
+    @property
+    def is_sparse(self) -> bool:
+        """FisherTune: T1 warm-up by default (`warmup_phase_ratio`), phase 2 selects the entries phase 3 tunes."""
+        return self.kind == "sparse"
 
     @property
     def baseline(self) -> Optional[str]:
         """The `fishertune.baselines` method name installed on the plain model, or None."""
-        return self.name if self.backbone == "baseline" else None
+        return self.name if self.kind == "baseline" else None
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("sparse", "sparse", "adapter", estimates=True, warmup=True),
+    Method("sparse", "sparse", "adapter"),
     Method("full", "full", "whole",
            card_line="every weight of the backbone and the decoder fine-tuned (full fine-tuning)."),
     Method("frozen", "frozen", "whole", card_line="the backbone frozen, only the decoder trained."),
@@ -54,7 +56,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
       for name, (config_cls, *_) in BASELINE_REGISTRY.items()),
 )}  # fmt: skip
 #: The methods other than FisherTune's sparse tuning (the baselines of the ablation).
-BASELINE_METHODS = tuple(n for n in METHODS if n != "sparse")
+BASELINE_METHODS = tuple(n for n, m in METHODS.items() if not m.is_sparse)
 
 
 def get_method(name: str) -> Method:

@@ -53,12 +53,12 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
     if isinstance(model, PeftModel):
         if method.saved_as == "whole":
             raise ValueError(f"method={method.name!r} trains the plain model; pass the model without its PEFT wrapper.")
-        if method.backbone == "sparse" and not is_fishertune(model):
+        if method.kind == "sparse" and not is_fishertune(model):
             raise ValueError(
                 f"method='sparse' needs a FisherTune adapter but the PeftModel holds "
                 f"{type(model.peft_config[model.active_adapter]).__name__}; use method='lora' for other PEFT methods."
             )
-        if method.backbone == "lora" and is_fishertune(model):
+        if method.kind == "lora" and is_fishertune(model):
             raise ValueError("method='lora' was given a FisherTune PeftModel; use method='sparse' (FisherTune).")
         if is_fishertune(model):
             config = model.peft_config[model.active_adapter]
@@ -75,16 +75,16 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
                         f"leave args.{name} unset (None) or make them agree."
                     )
         return model
-    if method.backbone == "full":
+    if method.kind == "full":
         return model.requires_grad_(True)
-    if method.backbone == "frozen":
+    if method.kind == "frozen":
         model.requires_grad_(True)
         backbone_module(model).requires_grad_(False)
         return model
     if method.baseline is not None:
         return _apply_baseline_method(model, method.baseline)
     decoder = _decoder_modules(model)
-    if method.backbone == "lora":
+    if method.kind == "lora":
         config = LoraConfig(
             r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
             target_modules=target_regex(model), modules_to_save=decoder,

@@ -116,7 +116,7 @@ class FisherTuneTrainer(Trainer):
         # Segmentation models return a per-batch mean loss. Trainer would otherwise take `**kwargs` in
         # forward as "accepts num_items_in_batch" and multiply the loss by the number of processes.
         self.model_accepts_loss_kwargs = False
-        self.sparse = get_method(args.method).estimates  # FisherTune: phase 2 selects the entries tuned in phase 3
+        self.sparse = get_method(args.method).is_sparse  # FisherTune: phase 2 selects the entries tuned in phase 3
         if self.sparse and not is_fishertune(self.model):
             raise ValueError(f"method={args.method!r} needs a FisherTune PeftModel.")
         self.in_tuning = False
