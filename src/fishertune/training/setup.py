@@ -33,6 +33,20 @@ def backbone_module(model: nn.Module) -> nn.Module:
     return locate(base)[2]
 
 
+def backbone_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """`(name, parameter)` of the backbone that a method freezes, selects in or tunes, named as in `model`.
+
+    The parameters of `backbone_module(model)` except those of the decoder modules that live inside it: EoMT
+    keeps its queries, mask head, upscaling and class predictor in its `EomtForUniversalSegmentation` backbone,
+    and they are decoder (trained in every phase, like any head), not backbone.
+    """
+    backbone = backbone_module(model)
+    decoder = tuple(f"{d}." for d in getattr(base_model(model), "decoder_modules", None) or ())
+    decoder_ids = {id(p) for n, p in backbone.named_parameters() if n.startswith(decoder)}
+    ids = {id(p) for p in backbone.parameters()} - decoder_ids
+    return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
+
+
 def is_fishertune(model: nn.Module) -> bool:
     return isinstance(model, PeftModel) and isinstance(model.peft_config[model.active_adapter], FisherTuneConfig)
 
@@ -79,7 +93,8 @@ def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mod
         return model.requires_grad_(True)
     if method.kind == "frozen":
         model.requires_grad_(True)
-        backbone_module(model).requires_grad_(False)
+        for _, param in backbone_parameters(model):
+            param.requires_grad_(False)
         return model
     if method.baseline is not None:
         return _apply_baseline_method(model, method.baseline)

@@ -45,7 +45,7 @@ from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCall
 from .methods import get_method
 from .nonfinite import NonFiniteGuard
 from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
-from .setup import backbone_module, is_fishertune, prepare_model
+from .setup import backbone_parameters, is_fishertune, prepare_model
 from ..outputs import PLOT_NAME, SCORES_NAME, SELECTION_NAME, STATISTICS_NAME
 from .state import check_compatible, model_fingerprint, read_state, write_state
 
@@ -126,9 +126,8 @@ class FisherTuneTrainer(Trainer):
         # totals are logged with the phase-2 entry as estimation_seconds / estimation_seconds_per_batch.
         self.estimation_timing = None
         self._fingerprint = model_fingerprint(self.model)
-        bb = {id(p) for p in backbone_module(self.model).parameters()}
         # What the method tunes in the backbone (sparse deltas are added by name once they exist).
-        self._tuned_names = {n for n, p in self.model.named_parameters() if id(p) in bb and p.requires_grad}
+        self._tuned_names = {n for n, p in backbone_parameters(self.model) if p.requires_grad}
         self._ddp_synced = None
         self._late_params = []
         self._estimation_pending = False
@@ -146,8 +145,7 @@ class FisherTuneTrainer(Trainer):
         return self.args.phase_lengths(self.state.max_steps)
 
     def _backbone_params(self):
-        bb = {id(p) for p in backbone_module(self.model).parameters()}
-        return [(n, p) for n, p in self.model.named_parameters() if id(p) in bb]
+        return backbone_parameters(self.model)
 
     def trainable_backbone_names(self) -> list[str]:
         return [n for n, p in self._backbone_params() if p.requires_grad]
