@@ -20,7 +20,7 @@ resumed run syncs them the same way. The scores are broadcast from rank 0 before
 Bad files. A `BadSampleError` from the training data (phase 1 or 3, at the batch fetch, or phase 2, in the
 estimator's loader) is agreed over ranks, so every rank stops at the same batch; all save one checkpoint of the
 last completed step (at phase 2: step T1, marked `estimation_pending`, so that a resumed run estimates again)
-and raise naming the file.
+and raise naming the file (`fishertune.training.bad_files`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from transformers.utils import logging
 
 from ..data.keyed import BadSampleError
 from ..tuner import FisherTuneLayer
+from . import bad_files
 from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .methods import get_method
@@ -59,34 +60,6 @@ def _restore_epoch(dataset, epoch):
     finally:
         if epoch is not None:
             dataset.set_epoch(epoch)
-
-
-class _AgreedLoader:
-    """Phase 2's loader: each batch fetch is agreed over ranks (`agree`), so a bad file on one rank stops every
-    rank at the same batch instead of leaving the others in the estimator's all_reduce."""
-
-    def __init__(self, loader, agree):
-        self.loader, self.agree = loader, agree
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        iterator = iter(self.loader)
-        while True:
-            batch, done, err = None, False, None
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                done = True
-            except BadSampleError as e:
-                err = e
-            err = self.agree(err)
-            if err is not None:
-                raise err
-            if done:
-                return
-            yield batch
 
 
 class FisherTuneTrainer(Trainer):
@@ -159,13 +132,8 @@ class FisherTuneTrainer(Trainer):
         if self.sparse:
             try:
                 self._estimate_and_select()
-            except BadSampleError as err:  # raised on every rank at the same batch (_AgreedLoader)
-                self.model.zero_grad(set_to_none=True)
-                self._estimation_pending = True  # the checkpoint of step T1 says phase 2 must run on resume
-                try:
-                    self._stop_on_bad_file(err, " in phase 2 (estimation; it runs again when resumed)")
-                finally:
-                    self._estimation_pending = False
+            except BadSampleError as err:  # raised on every rank at the same batch (bad_files.AgreedLoader)
+                bad_files.stop_in_estimation(self, err)
         self.in_tuning = True
         self._rebuild_optimizer()
         self.apply_schedule(self.state.global_step)
@@ -191,7 +159,8 @@ class FisherTuneTrainer(Trainer):
         epoch = getattr(self.train_dataset, "epoch", None)
         with torch.random.fork_rng(devices=devices), _restore_epoch(self.train_dataset, epoch):
             torch.manual_seed(self.args.seed)
-            loader = _AgreedLoader(self.get_train_dataloader(), self._agree_on_bad_file)
+            loader = bad_files.AgreedLoader(self.get_train_dataloader(),
+                                            lambda err: bad_files.agree(err, self.args.world_size))
             weights = self.model.fishertune_target_weights()
             timing = fisher.EstimationTiming()
             if self.args.save_estimation_statistics and fisher.get_criterion(config.criterion).needs_data:
@@ -333,46 +302,7 @@ class FisherTuneTrainer(Trainer):
         return super()._run_epoch(model, epoch, *args, **kwargs)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        err = None
-        try:
-            batches = super().get_batch_samples(epoch_iterator, num_batches, device)
-        except BadSampleError as e:
-            err = e
-        err = self._agree_on_bad_file(err)  # every rank stops at the same step, or none does
-        if err is None:
-            return batches
-        # The batches are fetched before the step: the model is at the end of the last step, a consistent point.
-        self._stop_on_bad_file(err, "")
-
-    def _agree_on_bad_file(self, err):
-        """All ranks learn whether any rank met a bad file (one all_reduce of a flag at each batch fetch, and a
-        gather of the messages when one did): each returns an error naming the file (its own, else the lowest
-        such rank's), or None. A rank stopping alone would leave the others waiting in the next collective."""
-        if not (self.args.world_size > 1 and dist.is_available() and dist.is_initialized()):
-            return err
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([0 if err is None else 1], device=device)
-        dist.all_reduce(flag)
-        if not int(flag.item()):
-            return None
-        messages = [None] * dist.get_world_size()
-        dist.all_gather_object(messages, None if err is None else str(err))
-        if err is not None:
-            return err
-        rank, first = next((r, m) for r, m in enumerate(messages) if m is not None)
-        return BadSampleError(f"Process {rank} stopped the run: {first}")
-
-    def _stop_on_bad_file(self, err, during: str):
-        """Save a checkpoint of the last completed step (even with save_strategy='no': the run ends here, and its
-        steps are work a rerun would repeat), wait for every rank's files, then raise naming the file."""
-        step = self.state.global_step
-        if not step:
-            raise BadSampleError(f"{err} The run stopped{during} before its first step; nothing to save.") from err
-        self._save_checkpoint(self.model_wrapped, trial=None)
-        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
-            dist.barrier()  # a launcher kills the other processes as soon as one exits with the error
-        ckpt = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        raise BadSampleError(f"{err} The run stopped{during} after step {step}, saved as {ckpt}.") from err
+        return bad_files.fetch_batches(self, super().get_batch_samples, epoch_iterator, num_batches, device)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
