@@ -45,7 +45,7 @@ def _cli(name: str, value) -> list[str]:
 
 
 def _reached(targs: FisherTuneTrainingArguments) -> EstimationConfig:
-    """The EstimationConfig the trainer builds at the end of phase 1 (`_estimate_and_select`)."""
+    """The EstimationConfig the trainer builds at the end of phase 1 (`training.estimation.estimate_and_select`)."""
     return targs.estimation_config(targs.phase_lengths(10)[1])
 
 

@@ -25,9 +25,7 @@ and raise naming the file (`fishertune.training.bad_files`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
 import warnings
 
@@ -40,26 +38,17 @@ from transformers.utils import logging
 
 from ..data.keyed import BadSampleError
 from ..tuner import FisherTuneLayer
-from . import bad_files
+from . import bad_files, estimation
 from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .methods import get_method
 from .nonfinite import NonFiniteGuard
 from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
 from .setup import backbone_parameters, is_fishertune, prepare_model
-from ..outputs import PLOT_NAME, SCORES_NAME, SELECTION_NAME, STATISTICS_NAME
+from ..outputs import SCORES_NAME
 from .state import check_compatible, model_fingerprint, read_state, write_state
 
 logger = logging.get_logger(__name__)
-
-
-@contextlib.contextmanager
-def _restore_epoch(dataset, epoch):
-    try:
-        yield
-    finally:
-        if epoch is not None:
-            dataset.set_epoch(epoch)
 
 
 class FisherTuneTrainer(Trainer):
@@ -131,7 +120,7 @@ class FisherTuneTrainer(Trainer):
         """End of phase 1: estimate and select (method "sparse"), unfreeze, rebuild the optimizer."""
         if self.sparse:
             try:
-                self._estimate_and_select()
+                estimation.estimate_and_select(self)  # phase 2: scores, selection, files, its log entry
             except BadSampleError as err:  # raised on every rank at the same batch (bad_files.AgreedLoader)
                 bad_files.stop_in_estimation(self, err)
         self.in_tuning = True
@@ -145,96 +134,6 @@ class FisherTuneTrainer(Trainer):
             return
         t1, _, t3 = self.phase_lengths
         self.active_fraction = self.model.set_schedule_step(global_step - t1, max(t3 - 1, 0))
-
-    def _estimate_and_select(self) -> None:
-        from .. import fisher
-
-        _, t2, _ = self.phase_lengths
-        config = self.args.estimation_config(t2)
-        devices = [torch.cuda.current_device()] if self.args.device.type == "cuda" else []
-        # A private RNG stream: the estimation (data order, DSU draws, sampled labels) is the same whenever it
-        # runs, and training after it draws the same numbers as a run resumed from a later checkpoint.
-        # A fresh loader may reset the dataset's epoch (accelerate does when its sampler has none); the
-        # training loader's must survive it.
-        epoch = getattr(self.train_dataset, "epoch", None)
-        with torch.random.fork_rng(devices=devices), _restore_epoch(self.train_dataset, epoch):
-            torch.manual_seed(self.args.seed)
-            loader = bad_files.AgreedLoader(self.get_train_dataloader(),
-                                            lambda err: bad_files.agree(err, self.args.world_size))
-            weights = self.model.fishertune_target_weights()
-            timing = fisher.EstimationTiming()
-            if self.args.save_estimation_statistics and fisher.get_criterion(config.criterion).needs_data:
-                stats = fisher.estimate_statistics(self.model, loader, weights, config, per_batch_delta=True,
-                                                   disable_tqdm=self.args.disable_tqdm, timing=timing)
-                if self.args.should_save:  # F, F', both dF readings: any criterion or exchange can be re-scored
-                    os.makedirs(self.args.output_dir, exist_ok=True)
-                    fisher.save_statistics(stats, os.path.join(self.args.output_dir, STATISTICS_NAME))
-                # Saving the statistics happens between the passes and the scoring, outside both timings.
-                scores = {n: s.detach().float().cpu()
-                          for n, s in fisher.scores_from_stats(stats, config, timing=timing).items()}
-            else:
-                scores = fisher.estimate_scores(self.model, loader, weights, config,
-                                                disable_tqdm=self.args.disable_tqdm, timing=timing)
-        self.estimation_timing = timing
-        # The Trainer zeroed the gradients before this callback; none may leak into the first tuning step.
-        self.model.zero_grad(set_to_none=True)
-        scores = self._broadcast(scores)
-        counts = self.model.select(scores)
-        self.scores = scores
-        summary = self._selection_summary(counts)
-        if self.args.should_save:
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            path = os.path.join(self.args.output_dir, SCORES_NAME)
-            if os.path.exists(path):  # a new inode: older checkpoints hold hard links to the old file
-                os.remove(path)
-            fisher.save_scores(scores, path)
-            with open(os.path.join(self.args.output_dir, SELECTION_NAME), "w") as f:
-                json.dump({"per_layer": counts, **summary}, f, indent=2)
-            if self.args.save_sensitivity_plot:
-                self._plot(fisher, scores)
-        # Logging resets the Trainer's should_log flag, which the step's own loss log still needs.
-        should_log = self.control.should_log
-        seconds = {} if timing.total_s is None else {"estimation_seconds": timing.total_s}  # data-free: no passes
-        if timing.seconds_per_batch is not None:
-            seconds["estimation_seconds_per_batch"] = timing.seconds_per_batch
-        self.log({"phase": 2.0, "estimation_batches": float(t2), **summary, **seconds})
-        self.control.should_log = should_log
-
-    def _broadcast(self, scores: dict) -> dict:
-        # The estimator promises equal scores on all ranks; broadcasting makes the masks equal by construction.
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return scores
-        out = {}
-        for name, s in scores.items():
-            t = s.to(self.args.device).float().contiguous()
-            dist.broadcast(t, src=0)
-            out[name] = t.cpu()
-        return out
-
-    def _selection_summary(self, counts: dict[str, int]) -> dict[str, float]:
-        total = max(sum(counts.values()), 1)
-        by_kind: dict[str, int] = {}
-        for name, n in counts.items():
-            kind = name.rsplit(".", 1)[-1]
-            by_kind[kind] = by_kind.get(kind, 0) + n
-        summary = {"allocated_entries": float(sum(counts.values())),
-                   "allocated_fraction": sum(counts.values()) / max(self.model.num_targeted(), 1)}
-        summary.update({f"selected_share/{k}": v / total for k, v in sorted(by_kind.items())})
-        return summary
-
-    def _plot(self, fisher, scores) -> None:
-        adapter = self.model.active_adapter
-        masks = {}
-        for name, module in self.model.base_model.model.named_modules():  # names as in the scores
-            if isinstance(module, FisherTuneLayer) and name in scores:
-                mask = torch.zeros(scores[name].numel(), dtype=torch.bool)
-                if module.num_allocated(adapter):
-                    mask[module.fishertune_indices[adapter].cpu()] = True
-                masks[name] = mask.view_as(scores[name])
-        try:
-            fisher.plot_sensitivity_map(scores, masks, os.path.join(self.args.output_dir, PLOT_NAME))
-        except Exception as err:  # a plot must not end a long run
-            logger.warning(f"Could not plot the sensitivity map: {err}")
 
     # -- optimizer and scheduler ------------------------------------------------------------------
     def create_optimizer(self, model=None):

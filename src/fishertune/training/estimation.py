@@ -1,0 +1,134 @@
+"""Phase 2 of Algorithm 1 in the trainer: estimate the scores over T2 batches, select, write the files, log.
+
+`FisherTuneTrainer.start_tuning` calls `estimate_and_select` at the end of phase 1 (method "sparse").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from transformers.utils import logging
+
+from ..outputs import PLOT_NAME, SCORES_NAME, SELECTION_NAME, STATISTICS_NAME
+from ..tuner import FisherTuneLayer
+from . import bad_files
+
+if TYPE_CHECKING:
+    from .trainer import FisherTuneTrainer
+
+logger = logging.get_logger(__name__)
+
+
+@contextlib.contextmanager
+def _restore_epoch(dataset, epoch):
+    try:
+        yield
+    finally:
+        if epoch is not None:
+            dataset.set_epoch(epoch)
+
+
+def estimate_and_select(trainer: "FisherTuneTrainer") -> None:
+    """Estimate (with a private RNG stream), broadcast the scores from rank 0, select, save the scores, selection
+    and plot, keep `trainer.scores` and `trainer.estimation_timing`, and log the phase-2 entry."""
+    from .. import fisher
+
+    args, model = trainer.args, trainer.model
+    _, t2, _ = trainer.phase_lengths
+    config = args.estimation_config(t2)
+    devices = [torch.cuda.current_device()] if args.device.type == "cuda" else []
+    # A private RNG stream: the estimation (data order, DSU draws, sampled labels) is the same whenever it
+    # runs, and training after it draws the same numbers as a run resumed from a later checkpoint.
+    # A fresh loader may reset the dataset's epoch (accelerate does when its sampler has none); the
+    # training loader's must survive it.
+    epoch = getattr(trainer.train_dataset, "epoch", None)
+    with torch.random.fork_rng(devices=devices), _restore_epoch(trainer.train_dataset, epoch):
+        torch.manual_seed(args.seed)
+        loader = bad_files.AgreedLoader(trainer.get_train_dataloader(),
+                                        lambda err: bad_files.agree(err, args.world_size))
+        weights = model.fishertune_target_weights()
+        timing = fisher.EstimationTiming()
+        if args.save_estimation_statistics and fisher.get_criterion(config.criterion).needs_data:
+            stats = fisher.estimate_statistics(model, loader, weights, config, per_batch_delta=True,
+                                               disable_tqdm=args.disable_tqdm, timing=timing)
+            if args.should_save:  # F, F', both dF readings: any criterion or exchange can be re-scored
+                os.makedirs(args.output_dir, exist_ok=True)
+                fisher.save_statistics(stats, os.path.join(args.output_dir, STATISTICS_NAME))
+            # Saving the statistics happens between the passes and the scoring, outside both timings.
+            scores = {n: s.detach().float().cpu()
+                      for n, s in fisher.scores_from_stats(stats, config, timing=timing).items()}
+        else:
+            scores = fisher.estimate_scores(model, loader, weights, config,
+                                            disable_tqdm=args.disable_tqdm, timing=timing)
+    trainer.estimation_timing = timing
+    # The Trainer zeroed the gradients before this callback; none may leak into the first tuning step.
+    model.zero_grad(set_to_none=True)
+    scores = _broadcast(scores, args.device)
+    counts = model.select(scores)
+    trainer.scores = scores
+    summary = _selection_summary(counts, model.num_targeted())
+    if args.should_save:
+        _write_selection(fisher, model, scores, counts, summary, args)
+    # Logging resets the Trainer's should_log flag, which the step's own loss log still needs.
+    should_log = trainer.control.should_log
+    seconds = {} if timing.total_s is None else {"estimation_seconds": timing.total_s}  # data-free: no passes
+    if timing.seconds_per_batch is not None:
+        seconds["estimation_seconds_per_batch"] = timing.seconds_per_batch
+    trainer.log({"phase": 2.0, "estimation_batches": float(t2), **summary, **seconds})
+    trainer.control.should_log = should_log
+
+
+def _broadcast(scores: dict, device) -> dict:
+    # The estimator promises equal scores on all ranks; broadcasting makes the masks equal by construction.
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return scores
+    out = {}
+    for name, s in scores.items():
+        t = s.to(device).float().contiguous()
+        dist.broadcast(t, src=0)
+        out[name] = t.cpu()
+    return out
+
+
+def _selection_summary(counts: dict[str, int], num_targeted: int) -> dict[str, float]:
+    total = max(sum(counts.values()), 1)
+    by_kind: dict[str, int] = {}
+    for name, n in counts.items():
+        kind = name.rsplit(".", 1)[-1]
+        by_kind[kind] = by_kind.get(kind, 0) + n
+    summary = {"allocated_entries": float(sum(counts.values())),
+               "allocated_fraction": sum(counts.values()) / max(num_targeted, 1)}
+    summary.update({f"selected_share/{k}": v / total for k, v in sorted(by_kind.items())})
+    return summary
+
+
+def _write_selection(fisher, model, scores, counts, summary, args) -> None:
+    os.makedirs(args.output_dir, exist_ok=True)
+    path = os.path.join(args.output_dir, SCORES_NAME)
+    if os.path.exists(path):  # a new inode: older checkpoints hold hard links to the old file
+        os.remove(path)
+    fisher.save_scores(scores, path)
+    with open(os.path.join(args.output_dir, SELECTION_NAME), "w") as f:
+        json.dump({"per_layer": counts, **summary}, f, indent=2)
+    if args.save_sensitivity_plot:
+        _plot(fisher, model, scores, os.path.join(args.output_dir, PLOT_NAME))
+
+
+def _plot(fisher, model, scores, path) -> None:
+    adapter = model.active_adapter
+    masks = {}
+    for name, module in model.base_model.model.named_modules():  # names as in the scores
+        if isinstance(module, FisherTuneLayer) and name in scores:
+            mask = torch.zeros(scores[name].numel(), dtype=torch.bool)
+            if module.num_allocated(adapter):
+                mask[module.fishertune_indices[adapter].cpu()] = True
+            masks[name] = mask.view_as(scores[name])
+    try:
+        fisher.plot_sensitivity_map(scores, masks, path)
+    except Exception as err:  # a plot must not end a long run
+        logger.warning(f"Could not plot the sensitivity map: {err}")
