@@ -58,7 +58,8 @@ def percentile_ranks(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     ``(#{< x} + #{<= x}) / (2 N)``: ties share one value (an all-equal statistic ranks nothing), and
     the result does not depend on the order of the layers.
     """
-    flat = torch.sort(torch.cat([t.detach().reshape(-1).float().cpu() for t in scores.values()])).values
+    flat = torch.cat([t.detach().reshape(-1).float().cpu() for t in scores.values()])
+    flat.numpy().sort()  # in place: torch.sort would also allocate int64 indices (12 B per entry at ViT-L's 277M)
     n = flat.numel()
     out = {}
     for name, t in scores.items():

@@ -207,6 +207,7 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
             first = GradSquareAccumulator(owners, weights)
             fisher_pass(model, batch, first, cfg, log_prob_fn, gens, label_state, None, scale)
             gamma = max(cfg.prior_floor * cfg.tau**2 * mean_value(first.finalize()), torch.finfo(torch.float32).tiny)
+            del first  # its fp64 sums (8 B per targeted entry) are not needed again
             for fit in fits.values():
                 fit.gamma = gamma
             weighted = PerBatchDelta(cfg.delta_eps, floor=gamma / cfg.tau**2)
@@ -240,7 +241,10 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
                     shift = fisher_pass(model, batch, acc, cfg, log_prob_fn, gens, label_state,
                                         dsu if perturbed else None, scale)
                     fisher_t[perturbed] = acc.finalize()
+                    del acc  # before the next pass allocates its own fp64 sums: one set alive at a time
                     fit.update({n: expected_data_grad(fit.log_var[n], f) for n, f in fisher_t[perturbed].items()})
+                    if not per_batch and cfg.variational_steps_per_batch == 1:
+                        del fisher_t[perturbed]  # used by neither a later step nor the per-batch reading
                 if perturbed and step == 0:
                     step_w = w.add(shift)
         if per_batch:
