@@ -47,15 +47,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import paper_scale_worker as W  # noqa: E402
+from _common import CONFIG, parse_size  # noqa: E402
 
-CONFIG = HERE.parent / "recipes" / "configs" / "gtav_dinov2_large_mask2former.yaml"
 #: Cityscapes label ids drawn into the labels: the 19 evaluated classes (GTAV_EVAL_IDS) and 0 (unlabeled -> 255).
 LABEL_IDS = (0, 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, _, w = text.partition("x")
-    return int(h), int(w or h)
 
 
 def scene(size: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:

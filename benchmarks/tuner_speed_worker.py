@@ -19,13 +19,13 @@ import json
 import re
 import time
 
+from _common import reset_hwm, status_kib
+
 MODELS = {
     # ViT-S/14 and ViT-L/14 shapes of DINOv2.
     "vit-s14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "vit-l14": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
-TARGET_REGEX = r"backbone\.encoder\.layer\.\d+\.(attention\.(q_proj|k_proj|v_proj)|mlp\.(fc1|fc2))"
-BLOCK_REGEX = r"(.*\.)?backbone\.encoder\.layer\.\d+"
 ADAPTER_MARKERS = ("lora_", "shira_", "fishertune_", "modules_to_save")
 FISHERTUNE_METHODS = ("fishertune", "fishertune-dense")
 LORA_R = 16
@@ -37,23 +37,6 @@ def model_config(model: str, layers: int | None) -> dict:
     if layers:
         cfg["num_hidden_layers"] = layers
     return cfg
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def build_base(args):
@@ -79,7 +62,9 @@ def build_base(args):
 def targeted_shapes(model) -> list[tuple[int, int]]:
     from torch import nn
 
-    pat = re.compile(TARGET_REGEX)
+    from fishertune.tuner import target_regex
+
+    pat = re.compile(target_regex(model))
     return [
         (m.out_features, m.in_features)
         for n, m in model.named_modules()
@@ -100,15 +85,17 @@ def wrap(model, args):
         model.requires_grad_(True)
         return model
     import peft
+    from fishertune.tuner import target_regex
 
+    targets = target_regex(model)  # the Eq. 3 set of the DINOv2 backbone: its q/k/v and FFN linears
     if args.method == "lora":
         cfg = peft.LoraConfig(
-            r=LORA_R, lora_alpha=LORA_R, lora_dropout=0.0, target_modules=TARGET_REGEX, modules_to_save=["head"]
+            r=LORA_R, lora_alpha=LORA_R, lora_dropout=0.0, target_modules=targets, modules_to_save=["head"]
         )
     elif args.method == "shira":
         shapes = targeted_shapes(model)
         r = shira_rank(shapes, round(args.delta_max * sum(m * n for m, n in shapes)))
-        cfg = peft.ShiraConfig(r=r, random_seed=0, target_modules=TARGET_REGEX, modules_to_save=["head"])
+        cfg = peft.ShiraConfig(r=r, random_seed=0, target_modules=targets, modules_to_save=["head"])
     elif args.method in FISHERTUNE_METHODS:
         import fishertune
         from fishertune.tuner import layer as ft_layer
@@ -121,7 +108,7 @@ def wrap(model, args):
             init_criterion="magnitude",
             delta_max=args.delta_max,
             delta_min=args.delta_max,
-            target_modules=TARGET_REGEX,
+            target_modules=targets,
             modules_to_save=["head"],
         )
     else:
@@ -222,7 +209,7 @@ def measure(args) -> dict:
         torch.cuda.synchronize()
         base_mem = torch.cuda.memory_allocated()
     else:
-        base_rss = _rss_kib("VmRSS") * 1024
+        base_rss = status_kib("VmRSS") * 1024
 
     model = wrap(model, args)
     model.train()
@@ -255,7 +242,10 @@ def measure(args) -> dict:
     out["trainable"] = sum(p.numel() for p in params)
     if args.method == "shira":
         out["shira_r"] = model.peft_config["default"].r
-    blocks = [m for n, m in model.named_modules() if re.fullmatch(BLOCK_REGEX, n)]
+    from fishertune.backbones import backbone_blocks, locate
+
+    _, family, backbone = locate(model)
+    blocks = list(backbone_blocks(backbone, family))
     grad_in: dict[int, bool] = {}
     for i, block in enumerate(blocks):
         block.register_forward_pre_hook(lambda mod, a, i=i: grad_in.__setitem__(i, bool(a[0].requires_grad)))
@@ -267,7 +257,7 @@ def measure(args) -> dict:
             sync()
             torch.cuda.reset_peak_memory_stats()
         else:
-            reset = _reset_hwm()
+            reset = reset_hwm()
         for _ in range(args.mem_steps):
             step()
         if cuda:
@@ -276,7 +266,7 @@ def measure(args) -> dict:
         else:
             import resource
 
-            hwm = _rss_kib("VmHWM") * 1024 if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            hwm = status_kib("VmHWM") * 1024 if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             out["peak_bytes"] = hwm - base_rss
             out["hwm_reset"] = reset
         out.update(state_bytes(model, opt, args.method))

@@ -1,0 +1,40 @@
+"""Helpers the benchmark scripts share. `benchmarks/` is not a package: each script puts this folder on `sys.path`
+(`sys.path.insert(0, HERE)`) and imports `_common`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+#: The paper's recipe (DINOv2-L/14 + Mask2Former on GTAV): the default `--config` of paper_scale.py and data_path.py.
+CONFIG = HERE.parent / "recipes" / "configs" / "gtav_dinov2_large_mask2former.yaml"
+
+
+def parse_size(text: str) -> list[int]:
+    """An `argparse` type: "H" or "HxW" (positive integers) -> [H, W]."""
+    parts = [int(v) for v in text.lower().split("x")]
+    if len(parts) not in (1, 2) or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"image size must read H or HxW, got {text!r}")
+    return parts * (3 - len(parts))
+
+
+def status_kib(field: str) -> int:
+    """A `/proc/self/status` field in KiB (Linux): "VmRSS" (resident now) or "VmHWM" (its peak since the last
+    `reset_hwm`)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (`/proc/self/clear_refs`); False where that file is not writable (some
+    containers: callers fall back to `ru_maxrss`, the process's maximum)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
