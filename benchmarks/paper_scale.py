@@ -48,8 +48,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import paper_scale_worker as W  # noqa: E402
-
-CONFIG = HERE.parent / "recipes" / "configs" / "gtav_dinov2_large_mask2former.yaml"
+from _common import CONFIG, parse_size  # noqa: E402
 MB = 2**20
 LABELS = {"full": "full fine-tuning", "rein": "Rein (default config)"}
 
@@ -179,13 +178,6 @@ def header(args, rows: dict) -> str:
 def default_out(args) -> Path:
     tag = ("_tiny" if args.model == "tiny" else "") + ("_cuda" if args.device.startswith("cuda") else "")
     return HERE / "results" / f"paper_scale{tag}.md"
-
-
-def parse_size(text: str) -> list[int]:
-    parts = [int(v) for v in text.lower().split("x")]
-    if len(parts) not in (1, 2) or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"image size must read H or HxW, got {text!r}")
-    return parts * (3 - len(parts))
 
 
 def main(argv=None):

@@ -30,6 +30,8 @@ import resource
 import tempfile
 import time
 
+from _common import reset_hwm, status_kib
+
 MODELS = {
     # DINOv2-L/14 as facebook/dinov2-large (position embeddings for 518 px: a 37x37 grid).
     "vit-l14": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4, patch_size=14,
@@ -112,11 +114,6 @@ def build_model(exp, model: str, layers: int, rein: bool = False):
     return seg
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 class Memory:
     """Peak memory since the last `reset` (see the module docstring)."""
 
@@ -128,10 +125,7 @@ class Memory:
 
         if self.cuda:
             return torch.cuda.reset_peak_memory_stats()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:  # not writable (some containers): ru_maxrss, the process's maximum, from here on
+        if not reset_hwm():  # not writable (some containers): ru_maxrss, the process's maximum, from here on
             self.hwm_reset = False
 
     def peak(self) -> int:
@@ -140,7 +134,7 @@ class Memory:
         if self.cuda:
             return int(torch.cuda.max_memory_allocated())
         if self.hwm_reset:
-            return _status_kib("VmHWM") * 1024
+            return status_kib("VmHWM") * 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -239,7 +233,7 @@ def measure(args) -> dict:
     trainer = FisherTuneTrainer(model=model, args=targs, train_dataset=data, data_collator=collate_fn,
                                 callbacks=[meter])  # fmt: skip
     out["build_s"] = time.perf_counter() - t0
-    out["base_bytes"] = torch.cuda.memory_allocated() if cuda else _status_kib("VmRSS") * 1024
+    out["base_bytes"] = torch.cuda.memory_allocated() if cuda else status_kib("VmRSS") * 1024
     try:
         trainer.train()
     finally:
