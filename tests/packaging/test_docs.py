@@ -104,3 +104,15 @@ def test_architecture_names_only_what_exists():
             continue
         checked += 1
     assert checked > 30
+
+
+def test_readme_names_every_method_and_builtin_criterion():
+    """README's list of `method` values and of `criterion` values is complete (a new one must be documented)."""
+    from fishertune.fisher import criterion_names
+    from fishertune.training import METHODS
+
+    text = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    methods = re.search(r"`method` is (.*?)\(e\.g\.", text).group(1)
+    criteria = re.search(r"`criterion` is the sparse selection: `([^`]*)`", text).group(1)
+    assert set(METHODS) == set(re.findall(r"`(\w+)`", methods))
+    assert set(criterion_names()) == {c.strip() for c in criteria.split(",")}

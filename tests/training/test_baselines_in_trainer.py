@@ -12,7 +12,8 @@ from fishertune.baselines import api as baselines_api
 
 from ._tiny import make_trainer, model_state, tiny_model
 
-METHODS = {"rein": "rein_", "vpt": "vpt_", "adaptformer": "adaptformer_", "vqt": "vqt_"}
+#: baseline -> the prefix of its parameter names (a baseline added to fishertune.baselines is tested here too).
+METHODS = {name: f"{name}_" for name in baselines_api.METHODS}
 #: Method parameters that hang in the light head rather than the backbone (VQT's link).
 HEAD_LINKS = {"vqt": "decode_head.vqt_classifier."}
 
