@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from .arguments import BUILTIN_BACKBONES, EvaluateArguments, ExperimentArguments, PredictArguments, parse_target
+from .arguments import (BUILTIN_BACKBONES, BUILTIN_PREFIX, EvaluateArguments, ExperimentArguments, PredictArguments,
+                        parse_target)
 from .card import render_model_card, write_model_card
 from .config_io import parse_args, resolved_config
 from .predict import predict_folder, predict_output
@@ -28,7 +29,7 @@ def parse_experiment_args(argv=None, configs_dir=None, default_config=None, desc
 
 
 __all__ = [
-    "BUILTIN_BACKBONES", "EvaluateArguments", "ExperimentArguments", "PredictArguments", "evaluate_output",
-    "format_table", "load_output", "parse_args", "parse_experiment_args", "parse_target", "predict_folder",
-    "predict_output", "render_model_card", "resolved_config", "run_experiment", "write_model_card",
+    "BUILTIN_BACKBONES", "BUILTIN_PREFIX", "EvaluateArguments", "ExperimentArguments", "PredictArguments",
+    "evaluate_output", "format_table", "load_output", "parse_args", "parse_experiment_args", "parse_target",
+    "predict_folder", "predict_output", "render_model_card", "resolved_config", "run_experiment", "write_model_card",
 ]  # fmt: skip

@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..backbones.eva02 import TIMM_PREFIX
 from ..outputs import PREDICT_OUTPUTS
 
+#: The `backbone` prefix of a built-in backbone (`"config:<name>"`); `TIMM_PREFIX` (`"timm:"`) is timm's EVA02.
+BUILTIN_PREFIX = "config:"
 #: Built-in small backbones (`backbone: "config:<name>"`), randomly initialised: the offline demo and tests.
 #: DINOv2 layout (q/k/v + FFN targets the tuner presets know); patch 8 so that 64x96 images give a 8x12 grid.
 #: DINOv2 sizes its FFN by `mlp_ratio`; `intermediate_size` here is turned into it (`build.dinov2_config`).
@@ -74,7 +77,7 @@ class ExperimentArguments:
         card_title (`str`, *optional*): model card title. (`hub_model_id`, `push_to_hub` are training arguments.)
     """
 
-    backbone: str = field(default="config:vit-small-demo", metadata={
+    backbone: str = field(default=BUILTIN_PREFIX + "vit-small-demo", metadata={
         "help": "Hub id, local folder, 'config:<name>' for a built-in random-init ViT (vit-small-demo, "
                 "vit-micro-test), or 'timm:<eva02 name>' for timm's pretrained EVA02."})
     head: str = field(default="light", metadata={"help": "Segmentation head.", "choices": list(HEADS)})
@@ -135,9 +138,10 @@ class ExperimentArguments:
         if self.bad_file_policy not in ("error", "skip"):
             raise ValueError(f"bad_file_policy must be 'error' (stop naming the file) or 'skip' (warn, count, use "
                              f"the next sample), got {self.bad_file_policy!r}.")
-        if self.backbone.startswith("config:") and self.backbone[7:] not in BUILTIN_BACKBONES:
-            raise ValueError(f"Unknown built-in backbone {self.backbone!r}; choose config:<{'|'.join(BUILTIN_BACKBONES)}>.")
-        if self.backbone.startswith("timm:"):
+        if self.backbone.startswith(BUILTIN_PREFIX) and self.backbone[len(BUILTIN_PREFIX):] not in BUILTIN_BACKBONES:
+            raise ValueError(f"Unknown built-in backbone {self.backbone!r}; "
+                             f"choose {BUILTIN_PREFIX}<{'|'.join(BUILTIN_BACKBONES)}>.")
+        if self.backbone.startswith(TIMM_PREFIX):
             from ..backbones.eva02 import timm_eva02_name  # no timm import: only the name is checked here
 
             timm_eva02_name(self.backbone)

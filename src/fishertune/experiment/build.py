@@ -8,8 +8,9 @@ from typing import Optional
 import torch
 
 from .. import data as ftdata
+from ..backbones.eva02 import TIMM_PREFIX
 from ..models import build_model
-from .arguments import BUILTIN_BACKBONES, ExperimentArguments, parse_target
+from .arguments import BUILTIN_BACKBONES, BUILTIN_PREFIX, ExperimentArguments, parse_target
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ def dinov2_config(**kwargs):
 
 def backbone_source(backbone: str):
     """What `build_model` takes: a `Dinov2Config` for `config:<name>`, else the Hub id, folder or `timm:` name."""
-    if backbone.startswith("config:"):
-        return dinov2_config(**BUILTIN_BACKBONES[backbone[len("config:"):]])
+    if backbone.startswith(BUILTIN_PREFIX):
+        return dinov2_config(**BUILTIN_BACKBONES[backbone[len(BUILTIN_PREFIX):]])
     return backbone
 
 
@@ -50,7 +51,7 @@ def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     or a local folder; e.g. ViT augreg uses 0.5/0.5), else ImageNet's. ImageNet's also for `config:`
     backbones and for `timm:` EVA02 (Rein feeds EVA02 ImageNet-normalised images), and whenever no
     processor can be loaded (offline without a cached copy, a folder without `preprocessor_config.json`)."""
-    if backbone.startswith(("config:", "timm:")):
+    if backbone.startswith((BUILTIN_PREFIX, TIMM_PREFIX)):
         return ftdata.IMAGENET_MEAN, ftdata.IMAGENET_STD
     from transformers import AutoImageProcessor
 

@@ -13,7 +13,9 @@ from typing import Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..backbones.eva02 import TIMM_PREFIX
 from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, PLOT_NAME, SELECTION_NAME
+from .arguments import BUILTIN_PREFIX
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "model_card_template.md")
 
@@ -99,9 +101,9 @@ def hub_base_model_id(backbone: str) -> Optional[str]:
     timm's models live at `timm/<name>`; `timm:<name>` is only this package's way of naming them."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if backbone.startswith("timm:"):
-        return "timm/" + backbone[len("timm:") :]
-    if backbone.startswith("config:") or os.path.exists(backbone):
+    if backbone.startswith(TIMM_PREFIX):
+        return "timm/" + backbone[len(TIMM_PREFIX) :]
+    if backbone.startswith(BUILTIN_PREFIX) or os.path.exists(backbone):
         return None
     try:
         validate_repo_id(backbone)

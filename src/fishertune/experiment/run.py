@@ -29,7 +29,7 @@ from ..models import save_backbone_reference
 from ..outputs import BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME
 from ..training import FisherTuneTrainer, FisherTuneTrainingArguments
 from ..training.methods import get_method
-from .arguments import ExperimentArguments
+from .arguments import BUILTIN_PREFIX, ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, build_train_dataset, source_id2label
 from .card import write_model_card
 from .config_io import resolved_config
@@ -137,7 +137,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     model = build_base_model(exp, id2label, seed=targs.seed)
     plain_model = get_method(targs.method).saved_as == "whole"  # saved whole, backbone included
     if not exp.merge and not plain_model and targs.should_save:  # an adapter: base_model/ is its base
-        if exp.backbone.startswith("config:"):
+        if exp.backbone.startswith(BUILTIN_PREFIX):
             # A random-init backbone exists nowhere else: the adapter is loadable only with these exact weights.
             model.save_pretrained(os.path.join(out, BASE_MODEL_DIR))
         else:  # a pretrained backbone: the config and the backbone's name; from_pretrained loads its weights
