@@ -6,7 +6,9 @@
 #                      batch 4, bf16 autocast) through warm-up, DR-FIM estimation and sparse tuning, plus full and Rein
 #   tuner_speed_bf16   benchmarks/tuner_speed.py at ViT-L/14, 512 px, 5%, bf16: full, LoRA, SHiRA, FisherTune
 #                      (one round of 3 timed steps: the GPU's time is short; CPU runs use more rounds)
-#   crossover          benchmarks/sparse_grad_crossover.py --device cuda on ViT-L's shapes at batch 8, 512 px
+#   crossover          benchmarks/sparse_grad_crossover.py --device cuda on ViT-L's shapes at batch 8, 512 px (fp32)
+#   compact_crossover  benchmarks/compact_grad_crossover.py --device cuda, same shapes, bf16: where the GEMM over the
+#                      entries' rows x cols block beats the dense one (CUDA stays dense until this is measured)
 #   tuner_speed_fp32   the tuner_speed step in fp32, only if at least FP32_MIN_S of the budget is left
 # Not here: a short CamVid run with the Mask2Former head. benchmarks/dg_camvid.py builds the light head only
 # (build_model("light", ...) in build_trainer; no head/model flag), so there is nothing to switch yet.
@@ -26,13 +28,14 @@ usage: benchmarks/gpu_check.sh [--dry-run] [--out-dir DIR] [--budget SECONDS] [-
   --dry-run        every step at tiny size on CPU (same as TINY=1)
   --out-dir DIR    where results, logs/ and summary.md go (default benchmarks/results/gpu)
   --budget S       wall-clock budget in seconds for all steps (default 450)
-  --only STEPS     run only these steps: paper_scale, tuner_speed_bf16, crossover, tuner_speed_fp32
+  --only STEPS     run only these steps: paper_scale, tuner_speed_bf16, crossover, compact_crossover,
+                   tuner_speed_fp32
 Environment: PYTHON (default .venv/bin/python if present, else python3), TINY=1 (as --dry-run).
 EOF
 }
 die() { echo "gpu_check.sh: $*" >&2; usage >&2; exit 2; }
 
-STEPS="paper_scale tuner_speed_bf16 crossover tuner_speed_fp32"
+STEPS="paper_scale tuner_speed_bf16 crossover compact_crossover tuner_speed_fp32"
 case "${TINY:-0}" in 0 | "") DRY=0 ;; 1) DRY=1 ;; *) die "TINY must be 0 or 1, got '${TINY}'" ;; esac
 OUT_DIR=benchmarks/results/gpu
 BUDGET=450
@@ -70,7 +73,8 @@ if [ "$DRY" = 1 ]; then
     TS_SIZE=(--model vit-s14 --layers 1 --image-size 28 --batch 2 --steps 1 --warmup 0 --mem-steps 1 --threads 1
         --classes 10)
     SG_SIZE=(--shapes 64x32 --tokens 64 --densities 0.05,0.5 --reps 1 --threads 1)
-    CAPS=(600 600 120 600)
+    CC_SIZE=(--shapes 64x32 --tokens 64 --fractions 0.25,1 --aspects square --reps 1 --threads 1)
+    CAPS=(600 600 120 120 600)
     FP32_MIN_S=0
 else
     if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
@@ -82,7 +86,8 @@ else
     TS_SIZE=(--model vit-l14 --image-size 512 --batch 8 --steps 3 --warmup 1 --mem-steps 1)
     # 8 x (36 * 36 + 1) = 10376 tokens: tuner_speed's batch at 512 px
     SG_SIZE=(--shapes 1024x1024,4096x1024,1024x4096 --tokens 10376)
-    CAPS=(210 180 45 0)  # tuner_speed_fp32 gets whatever is left
+    CC_SIZE=(--shapes 1024x1024,4096x1024,1024x4096 --tokens 10376 --fractions 0.1,0.3,0.5,0.7,0.9,1 --reps 5)
+    CAPS=(210 150 40 40 0)  # tuner_speed_fp32 gets whatever is left
     FP32_MIN_S=120
 fi
 
@@ -122,9 +127,12 @@ run_step tuner_speed_bf16 "${CAPS[1]}" "$OUT/tuner_speed_vitl_bf16.md" \
 run_step crossover "${CAPS[2]}" "$OUT/sparse_grad_crossover_cuda.md" \
     "$PY" benchmarks/sparse_grad_crossover.py "${DEVICE[@]}" "${SG_SIZE[@]}" --dtype fp32 \
     --out "$OUT/sparse_grad_crossover_cuda.md"
+run_step compact_crossover "${CAPS[3]}" "$OUT/compact_grad_crossover_cuda_bf16.md" \
+    "$PY" benchmarks/compact_grad_crossover.py "${DEVICE[@]}" "${CC_SIZE[@]}" --dtype bf16 \
+    --out "$OUT/compact_grad_crossover_cuda_bf16.md"
 LEFT=$((BUDGET - SECONDS - 5))
 if [ "$DRY" = 1 ] || [ "$LEFT" -ge "$FP32_MIN_S" ]; then
-    CAP=${CAPS[3]}
+    CAP=${CAPS[4]}
     if [ "$CAP" = 0 ]; then CAP=$LEFT; fi
     run_step tuner_speed_fp32 "$CAP" "$OUT/tuner_speed_vitl_fp32.md" \
         "$PY" benchmarks/tuner_speed.py "${DEVICE[@]}" "${TS_SIZE[@]}" --dtype fp32 --delta-max 0.05 \

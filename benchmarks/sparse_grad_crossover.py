@@ -1,7 +1,7 @@
 """Where the sampled values gradient of the sparse-delta layer beats the dense GEMM + gather.
 
-For each weight shape, token count and density this times the two ways `_SparseDeltaLinear.backward`
-can compute dL/d(values) (see `fishertune.tuner.layer`):
+For each weight shape, token count and density this times the two ways `SparseDeltaLinear.backward`
+can compute dL/d(values) (see `fishertune.tuner.sparse_grad`):
 
 * dense:   ``(grad_out^T @ x).reshape(-1).index_select(0, idx)``
 * sampled: ``torch.sparse.sampled_addmm`` on the layer's cached CSR pattern (built once, not timed),
@@ -15,7 +15,7 @@ log-density between the measured densities. A least-squares fit of
 
 over the measured shapes and token counts (the rule does not look at the token count) gives the
 constants of `use_sampled_grad`; the script ends with the two lines to paste into
-`fishertune/tuner/layer.py` (``SAMPLED_CPU_A = ...``, ``SAMPLED_CPU_B = ...``). A shape whose crossover
+`fishertune/tuner/sparse_grad.py` (``SAMPLED_CPU_A = ...``, ``SAMPLED_CPU_B = ...``). A shape whose crossover
 lies outside the measured densities is left out of the fit and named. On CUDA the same lines are
 printed as ``SAMPLED_CUDA_*`` for the record: the layer has no CUDA rule yet (CUDA stays dense unless
 forced). Before timing, each pair is checked to agree (``assert_close``).
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from fishertune.tuner.layer import _SampledPattern, _sampled_values_grad, sampled_supported
+from fishertune.tuner.sparse_grad import SelectionPattern, sampled_supported, sampled_values_grad
 
 # ViT-S/14 targets: q/k/v (384x384), fc1 (1536x384), fc2 (384x1536); tokens: batch 8 at 224 px (8 * 257)
 # and at 448 px (8 * 1025).
@@ -102,11 +102,11 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
 def measure(go, x, idx, out_f: int, in_f: int, reps: int, sync) -> dict:
     """Median seconds of the dense and the sampled values gradient at ``idx``; checks they agree first."""
     n = idx.numel()
-    pattern = _SampledPattern(idx, out_f, in_f)
+    pattern = SelectionPattern(idx, out_f, in_f)
     pattern.prefix(n)  # built once per selection in the layer, so not timed here
     fns = {
         "dense": lambda: (go.t() @ x).reshape(-1).index_select(0, idx),
-        "sampled": lambda: _sampled_values_grad(go, x, pattern, n),
+        "sampled": lambda: sampled_values_grad(go, x, pattern, n),
     }
     ref, got = fns["dense"](), fns["sampled"]()
     tol = 1e-3 if go.dtype == torch.float32 else 1e-8
@@ -115,7 +115,7 @@ def measure(go, x, idx, out_f: int, in_f: int, reps: int, sync) -> dict:
 
 
 def paste_lines(device_type: str, a: float, b: float) -> list[str]:
-    """The constants to paste into `fishertune/tuner/layer.py` (CPU); on other devices, for the record only."""
+    """The constants to paste into `fishertune/tuner/sparse_grad.py` (CPU); on other devices, for the record only."""
     prefix = "SAMPLED_CPU" if device_type == "cpu" else f"SAMPLED_{device_type.upper()}"
     return [f"{prefix}_A = {a:.4g}", f"{prefix}_B = {b:.4g}"]
 
@@ -202,9 +202,9 @@ def main(argv=None):
         lines.append(f"fit over {len(rows) - len(censored)} crossovers: crossover = {a:.4g} - {b:.4g} * (1/out + 1/in)")
         paste = paste_lines(dev.type, a, b)
         where = (
-            "fishertune/tuner/layer.py"
+            "fishertune/tuner/sparse_grad.py"
             if dev.type == "cpu"
-            else "the record (layer.py has no rule for this device yet)"
+            else "the record (sparse_grad.py has no rule for this device yet)"
         )
         lines += ["", f"Constants for {where}:", "", "```python", *paste, "```"]
     text = "\n".join(lines) + "\n"

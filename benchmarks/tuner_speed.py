@@ -9,14 +9,17 @@ image size:
 * ``lora``       -- PEFT LoRA, r=16 on q/k/v/fc1/fc2 of every block.
 * ``shira``      -- PEFT SHiRA (random sparse mask) on the same linears, ``r`` chosen so that its
                     entry count is as close as possible to FisherTune's (one row per delta-max).
-* ``fishertune`` -- FisherTune, top delta-max of the same linears by magnitude, all active; the values
-                    gradient takes the path `fishertune.tuner.layer.use_sampled_grad` picks per layer
-                    (sampled product or dense GEMM + gather; the table counts the sampled layers).
+* ``fishertune`` -- FisherTune, top delta-max of the same linears, all active: by magnitude (random init, so
+                    spread uniformly over every weight: the worst case of the sparse paths) or, with ``--scores``,
+                    by the scores a real estimation saved (``fishertune_scores.safetensors``; ``--model vit-ti14``
+                    for a ViT-Ti/16 run, matched by block and layer name). The values gradient takes the path
+                    `fishertune.tuner.sparse_grad.values_grad_path` picks per layer (sampled product, compact
+                    GEMM over the entries' rows x cols, or dense GEMM + gather; the row counts each).
 * ``fishertune-dense`` -- the same with the dense GEMM + gather forced in every layer
-                    (``set_sparse_grad_mode("dense")``): the gain of the sampled path, in the same run.
-                    The peak-memory run records which layers' backward really ran the sampled kernel;
-                    the driver stops if a ``fishertune-dense`` layer did, or if a ``fishertune`` layer's
-                    path differs from what `use_sampled_grad` says.
+                    (``set_sparse_grad_mode("dense")``): the gain of the dispatch, in the same run.
+                    The peak-memory run records which path each layer's backward really ran; the driver
+                    stops if a ``fishertune-dense`` layer ran a sparse path, or if a ``fishertune`` layer's
+                    path differs from what `values_grad_path` says.
 
 The head (``Linear(hidden, --classes)`` on the pooled CLS token, cross-entropy loss) is the same for
 all methods and trained in full (``modules_to_save=["head"]`` for the PEFT methods). The optimizer is
@@ -59,6 +62,9 @@ Usage::
     python benchmarks/tuner_speed.py --model vit-l14 --image-size 512 --delta-max 0.05 --device cuda --dtype bf16 \
         --out benchmarks/results/tuner_speed_vitl_cuda.md
     python benchmarks/tuner_speed.py --profile-only --image-size 224 --delta-max 0.05   # where a step's time goes
+    # a real DR-FIM selection (5%, CamVid, ViT-Ti/16): the scores file of `dg_camvid.py --methods dr_fim_var`
+    python benchmarks/tuner_speed.py --model vit-ti14 --scores <run>_work/fishertune_scores.safetensors \
+        --delta-max 0.05 --out benchmarks/results/tuner_speed_drfim.md
 
 Results are printed and written to ``--out`` (default ``benchmarks/results/tuner_speed.md``).
 """
@@ -113,13 +119,16 @@ def check_grad_paths(method: str, r: dict) -> None:
     """Stop if FisherTune's backward did not take the path its row claims (see the module docstring)."""
     if method not in W.FISHERTUNE_METHODS:
         return
-    if method == "fishertune-dense" and r["sampled_layers"]:
+    if method == "fishertune-dense" and (r["sampled_layers"] or r["compact_layers"]):
         raise SystemExit(
-            f"fishertune-dense: {r['sampled_layers']} layers ran the sampled kernel although dense was forced"
+            f"fishertune-dense: {r['sampled_layers']} layers ran the sampled kernel and {r['compact_layers']} the "
+            "compact GEMM although dense was forced"
         )
-    wrong = [ly["name"] for ly in r["layers"] if ly["rule_sampled"] != ly["ran_sampled"]]
+    if method == "fishertune-dense":
+        return
+    wrong = [ly["name"] for ly in r["layers"] if ly["rule_path"] != ly["ran_path"]]
     if wrong:
-        raise SystemExit(f"{method}: backward's values-gradient path differs from use_sampled_grad in {wrong}")
+        raise SystemExit(f"{method}: backward's values-gradient path differs from values_grad_path in {wrong}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,10 +150,10 @@ def row_name(method: str, r: dict, delta) -> str:
         return f"LoRA r={W.LORA_R}"
     if method == "shira":
         return f"SHiRA r={r['shira_r']} ({pct(delta)})"
-    sampled = f"{r['sampled_layers']}/{r['tuned_layers']} layers sampled"
     if method == "fishertune":
-        return f"FisherTune {pct(delta)} ({sampled})"
-    return f"FisherTune {pct(delta)}, dense grads forced ({sampled})"
+        paths = ", ".join(f"{r[p + '_layers']} {p}" for p in ("sampled", "compact", "dense"))
+        return f"FisherTune {pct(delta)} ({paths} of {r['tuned_layers']} layers)"
+    return f"FisherTune {pct(delta)}, dense grads forced"
 
 
 def table(rows: dict, order: list) -> str:
@@ -191,9 +200,11 @@ def notes(rows: dict, deltas: list) -> list[str]:
         if ("fishertune", d) in rows and ("fishertune-dense", d) in rows:
             a, b = rows[("fishertune", d)], rows[("fishertune-dense", d)]
             out.append(
-                f"At {pct(d)}, FisherTune's step with the dispatched values gradient ({a['sampled_layers']}/{a['tuned_layers']} "
-                f"layers sampled) is {ratio(a['step_s'], b['step_s'])} its step with dense gradients forced (same run); "
-                f"its CSR patterns take {a['pattern_bytes'] / MB:.2f} MB (not training state)."
+                f"At {pct(d)}, FisherTune's step with the dispatched values gradient ({a['sampled_layers']} sampled, "
+                f"{a['compact_layers']} compact of {a['tuned_layers']} layers; the entries' blocks span "
+                f"{a['block_share']:.0%} of the tuned weights) is {ratio(a['step_s'], b['step_s'])} its step with dense "
+                f"gradients forced (same run); its selection patterns take {a['pattern_bytes'] / MB:.2f} MB (not "
+                "training state)."
             )
         ft = rows.get(("fishertune", d))
         if ft is not None:
@@ -219,9 +230,10 @@ def device_name(args) -> str:
 def model_line(args, image_size: int) -> str:
     cfg = W.model_config(args.model, args.layers)
     tokens = args.batch * ((image_size // 14) ** 2 + 1)
+    selection = f"selection by the scores of `{Path(args.scores).name}`" if args.scores else "selection by magnitude"
     return (
-        f"DINOv2 {args.model} (hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, random init), "
-        f"{image_size} px, batch {args.batch} ({tokens} tokens), {args.dtype}, {device_name(args)}"
+        f"DINOv2 {args.model} (hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, random init; FisherTune "
+        f"{selection}), {image_size} px, batch {args.batch} ({tokens} tokens), {args.dtype}, {device_name(args)}"
     )
 
 
@@ -312,6 +324,12 @@ def main(argv=None):
     )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--classes", type=int, default=100)
+    p.add_argument(
+        "--scores",
+        default="",
+        help="FisherTune's selection from a real run's fishertune_scores.safetensors (same block count and layer "
+        "shapes as --model, e.g. vit-ti14 for a ViT-Ti/16 run); default: top delta-max by magnitude",
+    )
     p.add_argument("--delta-max", default="0.05,0.01", help="comma-separated; SHiRA and FisherTune rows for each")
     p.add_argument(
         "--profile",

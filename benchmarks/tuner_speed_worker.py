@@ -6,7 +6,7 @@ forgot to pass fails here instead of silently taking a default. Modes:
 
 * ``time``    -- ``--warmup`` untimed steps, then the median (and minimum) of ``--steps`` timed steps.
 * ``mem``     -- peak memory over ``--mem-steps`` steps, training-state bytes after them, and for
-                 FisherTune which layers hold entries and which of them ran the sampled values gradient.
+                 FisherTune which layers hold entries and which values-gradient path each of them ran.
 * ``profile`` -- ``--warmup`` untimed steps, then one step under ``torch.profiler``: the top ops by
                  self CPU time and the wall time of the forward, backward and optimizer phases.
 """
@@ -22,7 +22,8 @@ import time
 from _common import reset_hwm, status_kib
 
 MODELS = {
-    # ViT-S/14 and ViT-L/14 shapes of DINOv2.
+    # ViT-S/14 and ViT-L/14 shapes of DINOv2; vit-ti14: ViT-Ti's (the shape of a ViT-Ti/16 scores file, --scores).
+    "vit-ti14": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
     "vit-s14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "vit-l14": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
@@ -98,10 +99,10 @@ def wrap(model, args):
         cfg = peft.ShiraConfig(r=r, random_seed=0, target_modules=targets, modules_to_save=["head"])
     elif args.method in FISHERTUNE_METHODS:
         import fishertune
-        from fishertune.tuner import layer as ft_layer
+        from fishertune.tuner import sparse_grad
 
-        # "auto" is the library's default dispatch (`use_sampled_grad`); "dense" forces GEMM + gather everywhere.
-        ft_layer.set_sparse_grad_mode("dense" if args.method == "fishertune-dense" else "auto")
+        # "auto" is the library's default dispatch (`values_grad_path`); "dense" forces GEMM + gather everywhere.
+        sparse_grad.set_sparse_grad_mode("dense" if args.method == "fishertune-dense" else "auto")
         # Every allocated entry is active from the start (allocate activates all), so the step trains
         # delta_max of the entries; delta_min only matters for the trainer's schedule and must not exceed it.
         cfg = fishertune.FisherTuneConfig(
@@ -113,7 +114,30 @@ def wrap(model, args):
         )
     else:
         raise ValueError(args.method)
-    return peft.get_peft_model(model, cfg)
+    model = peft.get_peft_model(model, cfg)
+    if args.method in FISHERTUNE_METHODS and args.scores:
+        model.base_model.select(scores_for(model, args.scores))
+    return model
+
+
+def scores_for(model, path: str) -> dict:
+    """A saved selection's scores (``fishertune_scores.safetensors`` of a real run) keyed by this model's targeted
+    layers: matched by block index and layer name (``layers.3.mlp.fc1`` <-> ``layer.3.mlp.fc1``), shapes checked."""
+    from safetensors.torch import load_file
+
+    def key(name: str):
+        m = re.search(r"layers?\.(\d+)\.(.+)$", name)
+        return (int(m.group(1)), m.group(2)) if m else name
+
+    saved = {key(k): v for k, v in load_file(path).items()}
+    out = {}
+    for name, weight in model.base_model.fishertune_target_weights().items():
+        v = saved.get(key(name))
+        if v is None or tuple(v.shape) != tuple(weight.shape):
+            found = None if v is None else tuple(v.shape)
+            raise SystemExit(f"--scores {path}: no score of shape {tuple(weight.shape)} for {name} (found {found})")
+        out[name] = v.to(weight.device)
+    return out
 
 
 def adapter_bytes(model) -> int:
@@ -146,45 +170,51 @@ def state_bytes(model, opt, method: str) -> dict[str, int]:
     return {"grad_bytes": grads, "optim_bytes": optim, "adapter_bytes": adapter, "state_bytes": grads + optim + adapter}
 
 
-def _sampled_calls(model) -> dict[str, int]:
-    """Per FisherTune layer, the backward passes that ran the sampled values gradient so far (the layer counts them)."""
+def _path_calls(model) -> dict[str, dict[str, int]]:
+    """Per FisherTune layer, the backward passes that ran each sparse values-gradient path so far (the layer counts)."""
     from fishertune.tuner import FisherTuneLayer
 
-    return {n: m.sampled_grad_calls() for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)}
+    return {n: m.values_grad_calls() for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)}
 
 
-def fishertune_report(model, calls_before: dict[str, int], dtype) -> dict:
-    """Per targeted layer: shape, active entries, what the dispatch rule says and what backward really ran."""
-    from fishertune.tuner import FisherTuneLayer
-    from fishertune.tuner import layer as ft_layer
+def fishertune_report(model, calls_before: dict[str, dict[str, int]], dtype) -> dict:
+    """Per targeted layer: shape, active entries, the block they span, the path the dispatch rule names and the
+    path backward really ran."""
+    from fishertune.tuner import FisherTuneLayer, sparse_grad
 
     layers = []
     for name, m in model.named_modules():
         if not isinstance(m, FisherTuneLayer):
             continue
         nnz = m.fishertune_active.get("default", 0)
-        ran = m.sampled_grad_calls() > calls_before.get(name, 0)
-        rule = bool(nnz) and ft_layer.use_sampled_grad(
-            m.get_base_layer().weight.device.type, dtype, m.out_features, m.in_features, nnz
+        before, now = calls_before.get(name, {}), m.values_grad_calls()
+        ran = next((p for p in ("sampled", "compact") if now[p] > before.get(p, 0)), "dense")
+        # rows x cols spanned by the active entries, counted here so that no pattern is built for the report
+        idx = m.fishertune_indices["default"][:nnz].long() if nnz else None
+        block = (idx // m.in_features).unique().numel() * (idx % m.in_features).unique().numel() if nnz else 0
+        rule = "none" if not nnz else sparse_grad.values_grad_path(
+            m.get_base_layer().weight.device.type, dtype, m.out_features, m.in_features, nnz, lambda: block
         )
-        block = int(re.search(r"layer\.(\d+)\.", name).group(1))
         layers.append(
             dict(
                 name=name,
-                block=block,
+                block=int(re.search(r"layer\.(\d+)\.", name).group(1)),
                 shape=[m.out_features, m.in_features],
                 nnz=nnz,
-                rule_sampled=rule,
-                ran_sampled=ran,
+                block_fraction=block / (m.out_features * m.in_features),
+                rule_path=rule,
+                ran_path=ran if nnz else "none",
             )
         )
     tuned = [ly for ly in layers if ly["nnz"]]
+    weight = sum(ly["shape"][0] * ly["shape"][1] for ly in tuned)
     return {
         "layers": layers,
         "targeted_layers": len(layers),
         "tuned_layers": len(tuned),
-        "sampled_layers": sum(ly["ran_sampled"] for ly in layers),
-        "rule_sampled_layers": sum(ly["rule_sampled"] for ly in layers),
+        **{f"{p}_layers": sum(ly["ran_path"] == p for ly in layers) for p in sparse_grad.PATHS},
+        # the weight-gradient GEMM's work on the compact block, as a share of the dense GEMMs of the tuned layers
+        "block_share": sum(ly["block_fraction"] * ly["shape"][0] * ly["shape"][1] for ly in tuned) / weight if weight else 0.0,
         "pattern_bytes": sum(
             p.nbytes()
             for m in model.modules()
@@ -252,7 +282,7 @@ def measure(args) -> dict:
     gc.collect()
 
     if args.mode == "mem":
-        calls_before = _sampled_calls(model) if args.method in FISHERTUNE_METHODS else {}
+        calls_before = _path_calls(model) if args.method in FISHERTUNE_METHODS else {}
         if cuda:
             sync()
             torch.cuda.reset_peak_memory_stats()
@@ -325,6 +355,7 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{k}", required=True, type=int)
     p.add_argument("--device", required=True)
     p.add_argument("--dtype", required=True, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--scores", required=True, help="FisherTune's selection: a scores .safetensors, or '' (magnitude)")
     return p
 
 
@@ -341,6 +372,7 @@ FORWARDED = (
     "profile_rows",
     "device",
     "dtype",
+    "scores",
 )
 
 

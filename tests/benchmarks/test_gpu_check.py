@@ -15,9 +15,10 @@ import pytest
 from _benchmark_modules import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
-STEPS = ["paper_scale", "tuner_speed_bf16", "crossover", "tuner_speed_fp32"]
+STEPS = ["paper_scale", "tuner_speed_bf16", "crossover", "compact_crossover", "tuner_speed_fp32"]
 OUTPUTS = {"paper_scale": "paper_scale_cuda.md", "tuner_speed_bf16": "tuner_speed_vitl_bf16.md",
-           "crossover": "sparse_grad_crossover_cuda.md", "tuner_speed_fp32": "tuner_speed_vitl_fp32.md"}  # fmt: skip
+           "crossover": "sparse_grad_crossover_cuda.md", "compact_crossover": "compact_grad_crossover_cuda_bf16.md",
+           "tuner_speed_fp32": "tuner_speed_vitl_fp32.md"}  # fmt: skip
 
 # Records its command line (shell-quoted, one line); "-c" snippets: the CUDA probe answers $SHIM_CUDA, anything else prints a line. A script
 # named in $SHIM_FAIL exits 5; otherwise the file after --out (and its .json) is written.
@@ -98,15 +99,17 @@ def test_gpu_mode_command_lines(shim, tmp_path):
     calls = [shlex.split(line) for line in shim[1].read_text().splitlines() if not line.startswith("-c")]
     scripts = [c[0] for c in calls]
     assert scripts == ["benchmarks/paper_scale.py", "benchmarks/tuner_speed.py", "benchmarks/sparse_grad_crossover.py",
-                       "benchmarks/tuner_speed.py"]  # fmt: skip
+                       "benchmarks/compact_grad_crossover.py", "benchmarks/tuner_speed.py"]  # fmt: skip
     runs = [dict(zip(c[1::2], c[2::2])) for c in calls]
     assert all(r["--device"] == "cuda" for r in runs)
     assert runs[0] == {"--device": "cuda", "--out": str(out / "paper_scale_cuda.md")}  # the config's own sizes
-    for r, dtype in ((runs[1], "bf16"), (runs[3], "fp32")):
+    for r, dtype in ((runs[1], "bf16"), (runs[4], "fp32")):
         assert r["--model"] == "vit-l14" and r["--image-size"] == "512" and r["--delta-max"] == "0.05"
         assert r["--dtype"] == dtype and r["--methods"] == "full,lora,shira,fishertune" and r["--rounds"] == "1"
         assert r["--out"] == str(out / f"tuner_speed_vitl_{dtype}.md")
-    assert runs[2]["--shapes"] == "1024x1024,4096x1024,1024x4096" and runs[2]["--tokens"] == str(8 * (36 * 36 + 1))
+    for r in runs[2:4]:
+        assert r["--shapes"] == "1024x1024,4096x1024,1024x4096" and r["--tokens"] == str(8 * (36 * 36 + 1))
+    assert runs[2]["--dtype"] == "fp32" and runs[3]["--dtype"] == "bf16"
     for script, r in zip(scripts, runs):
         assert set(r) <= _script_flags(script.split("/")[-1]), script
     summary = (out / "summary.md").read_text()
@@ -121,7 +124,7 @@ def test_a_failing_step_is_reported_and_the_rest_run(shim, tmp_path):
     res = _run(["--out-dir", str(tmp_path / "gpu")], {**shim[0], "SHIM_FAIL": "sparse_grad_crossover"})
     rows = _summary_rows(res.stdout)
     assert res.returncode == 1 and rows["crossover"][0] == "failed (rc 5)" and "stand-in failure" in res.stderr
-    assert [rows[s][0] for s in STEPS if s != "crossover"] == ["ok"] * 3
+    assert [rows[s][0] for s in STEPS if s != "crossover"] == ["ok"] * 4
 
 
 def test_budget_and_only(shim, tmp_path):
@@ -138,16 +141,18 @@ def test_budget_and_only(shim, tmp_path):
 
 
 def test_tiny_dry_run_writes_the_gpu_files(tmp_path):
-    """TINY=1 (as --dry-run): the real scripts at tiny size on CPU; two steps to stay short (tuner_speed's tiny
+    """TINY=1 (as --dry-run): the real scripts at tiny size on CPU; three steps to stay short (tuner_speed's tiny
     run has its own test, and its flags are checked against its parser above)."""
     out = tmp_path / "gpu"
-    res = _run(["--out-dir", str(out), "--only", "paper_scale,crossover"], {"TINY": "1"}, timeout=300)
+    res = _run(["--out-dir", str(out), "--only", "paper_scale,crossover,compact_crossover"], {"TINY": "1"}, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == ["logs/crossover.log", "logs/paper_scale.log", "paper_scale_cuda.json", "paper_scale_cuda.md",
-                     "sparse_grad_crossover_cuda.json", "sparse_grad_crossover_cuda.md", "summary.md"]  # fmt: skip
+    assert files == ["compact_grad_crossover_cuda_bf16.json", "compact_grad_crossover_cuda_bf16.md",
+                     "logs/compact_crossover.log", "logs/crossover.log", "logs/paper_scale.log", "paper_scale_cuda.json",
+                     "paper_scale_cuda.md", "sparse_grad_crossover_cuda.json", "sparse_grad_crossover_cuda.md",
+                     "summary.md"]  # fmt: skip
     summary = (out / "summary.md").read_text()
-    assert "DRY RUN" in summary and list(_summary_rows(summary)) == ["paper_scale", "crossover"]
+    assert "DRY RUN" in summary and list(_summary_rows(summary)) == ["paper_scale", "crossover", "compact_crossover"]
     assert "--model tiny" in res.stderr and "--device cpu" in res.stderr
     md = (out / "paper_scale_cuda.md").read_text()
     assert "### FisherTune, phase by phase" in md and "| full fine-tuning |" in md

@@ -37,7 +37,7 @@ def test_one_section_with_main_and_detail_tables(run):
     assert [r["method"] for r in raw["rows"]] == ["full", "lora", "shira", "fishertune", "fishertune-dense"]
     assert list(main_t)[1:] == names == list(detail_t)[1:]
     assert names[0] == "full fine-tuning" and names[1] == "LoRA r=16" and names[2].endswith("(0.5%)")
-    assert names[3].startswith("FisherTune 0.5% (") and names[4].startswith("FisherTune 0.5%, dense grads forced (0/")
+    assert names[3].startswith("FisherTune 0.5% (") and names[4] == "FisherTune 0.5%, dense grads forced"
     assert all(len(cells) == 9 for k, cells in main_t.items() if k)
 
 
@@ -84,14 +84,16 @@ def test_fishertune_rows_run_the_path_they_claim(run):
     for r in (ft, dense):
         assert r["targeted_layers"] == r["tuned_layers"] == len(r["layers"]) == 10  # 2 blocks x q/k/v/fc1/fc2
         assert sum(ly["nnz"] for ly in r["layers"]) + head == r["trainable"]
-    # dense forced: no layer ran the sampled kernel and no CSR pattern was built
-    assert dense["sampled_layers"] == 0 and dense["pattern_bytes"] == 0
-    assert not any(ly["ran_sampled"] or ly["rule_sampled"] for ly in dense["layers"])
-    # auto: exactly the layers the dispatch rule names ran it, and at this density there are some
-    assert [ly["ran_sampled"] for ly in ft["layers"]] == [ly["rule_sampled"] for ly in ft["layers"]]
+    # dense forced: no layer ran a sparse path and no pattern was built
+    assert dense["sampled_layers"] == dense["compact_layers"] == 0 and dense["pattern_bytes"] == 0
+    assert all(ly["ran_path"] == ly["rule_path"] == "dense" for ly in dense["layers"])
+    # auto: every layer ran the path the dispatch rule names, and at this density some are sampled
+    assert [ly["ran_path"] for ly in ft["layers"]] == [ly["rule_path"] for ly in ft["layers"]]
     assert ft["sampled_layers"] > 0, "the dispatch rule picks no sampled layer at 0.5% on 384-wide layers"
+    assert ft["sampled_layers"] + ft["compact_layers"] + ft["dense_layers"] == 10
     assert ft["pattern_bytes"] > 0
-    assert f"({ft['sampled_layers']}/10 layers sampled)" in ft["row"]
+    counts = f"{ft['sampled_layers']} sampled, {ft['compact_layers']} compact, {ft['dense_layers']} dense of 10 layers"
+    assert f"({counts})" in ft["row"]
     assert ft["lowest_tuned_block"] == 0 and ft["grad_enters_block"] == 1 and ft["blocks"] == 2
 
 
@@ -107,7 +109,7 @@ def test_profile_section(run):
 # -- unit tests of the driver -------------------------------------------------------------------------------
 def _driver_args(**kw):
     base = dict(model="vit-s14", layers=2, steps=3, warmup=1, mem_steps=2, batch=4, threads=1, classes=7,
-                profile_rows=9, device="cpu", dtype="bf16")  # fmt: skip
+                profile_rows=9, device="cpu", dtype="bf16", scores="")  # fmt: skip
     return argparse.Namespace(**dict(base, **kw))
 
 
@@ -127,36 +129,83 @@ def _row(step, peak, state, **kw):
 
 
 def test_table_hand_computed():
-    ft = dict(sampled_layers=3, tuned_layers=5)
+    ft = dict(sampled_layers=3, compact_layers=1, dense_layers=1, tuned_layers=5)
     rows = {
         ("full", None): _row(2.0, 100, 40),
         ("lora", None): _row(1.0, 50, 4),
         ("fishertune", 0.05): _row(1.5, 40, 2, **ft),
     }
     t = ts.table(rows, list(rows))
-    line = next(x for x in t.splitlines() if x.startswith("| FisherTune 5% (3/5 layers sampled)"))
-    assert (
-        line
-        == "| FisherTune 5% (3/5 layers sampled) | 1 | 1.5 | 0.75x | 1.50x | 40.0 | 0.40x | 0.80x | 2.00 | 0.050x |"
+    line = next(x for x in t.splitlines() if x.startswith("| FisherTune 5% ("))
+    assert line == (
+        "| FisherTune 5% (3 sampled, 1 compact, 1 dense of 5 layers) | 1 | 1.5 | 0.75x | 1.50x | 40.0 | 0.40x | 0.80x "
+        "| 2.00 | 0.050x |"
     )
     rows[("lora", None)]["peak_bytes"] = 0  # an RSS delta of 0 gives no ratio rather than a crash
     assert "| n/a |" in ts.table(rows, list(rows))
 
 
 def test_check_grad_paths():
-    ok = dict(sampled_layers=0, layers=[dict(name="a", rule_sampled=False, ran_sampled=False)])
+    ok = dict(sampled_layers=0, compact_layers=0, layers=[dict(name="a", rule_path="dense", ran_path="dense")])
     ts.check_grad_paths("fishertune-dense", ok)
+    ts.check_grad_paths("fishertune", dict(ok, layers=[dict(name="a", rule_path="compact", ran_path="compact")]))
     ts.check_grad_paths("lora", {})
-    with pytest.raises(SystemExit, match="dense was forced"):
-        ts.check_grad_paths("fishertune-dense", dict(ok, sampled_layers=1))
-    with pytest.raises(SystemExit, match="differs from use_sampled_grad"):
-        ts.check_grad_paths(
-            "fishertune", dict(sampled_layers=0, layers=[dict(name="a", rule_sampled=True, ran_sampled=False)])
-        )
+    for k in ("sampled_layers", "compact_layers"):
+        with pytest.raises(SystemExit, match="dense was forced"):
+            ts.check_grad_paths("fishertune-dense", dict(ok, **{k: 1}))
+    with pytest.raises(SystemExit, match="differs from values_grad_path"):
+        ts.check_grad_paths("fishertune", dict(ok, layers=[dict(name="a", rule_path="sampled", ran_path="dense")]))
+    with pytest.raises(SystemExit, match="differs from values_grad_path"):
+        ts.check_grad_paths("fishertune", dict(ok, layers=[dict(name="a", rule_path="dense", ran_path="compact")]))
+
+
+def _blocky_scores(path, blocks=2, hidden=384, inter=1536):
+    """Scores for ViT-S layers named as a ViT-Ti/16 run saves them, high only in a fifth of fc2's input columns
+    and a tenth of q's rows: those blocks hold more entries than a 5% budget, so it falls inside them."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {"attention.q_proj": (hidden, hidden), "attention.k_proj": (hidden, hidden),
+              "attention.v_proj": (hidden, hidden), "mlp.fc1": (inter, hidden), "mlp.fc2": (hidden, inter)}  # fmt: skip
+    out = {}
+    for b in range(blocks):
+        for leaf, shape in shapes.items():
+            v = torch.rand(shape, generator=g)
+            if leaf == "mlp.fc2":
+                v[:, : inter // 5] += 10
+            if leaf == "attention.q_proj":
+                v[: hidden // 10] += 10
+            out[f"backbone.layers.{b}.{leaf}"] = v
+    save_file(out, str(path))
+
+
+def test_worker_selects_by_saved_scores_and_runs_the_compact_gemm(tmp_path):
+    scores = tmp_path / "fishertune_scores.safetensors"
+    _blocky_scores(scores)
+    args = _driver_args(layers=2, steps=1, warmup=0, mem_steps=1, batch=1, dtype="fp32", scores=str(scores))
+    cmd = ts.worker_cmd(args, "fishertune", "mem", 28, 0.05)
+    r = W.measure(W.parser().parse_args(cmd[2:]))
+    by = {ly["name"].split("layer.", 1)[1]: ly for ly in r["layers"]}
+    assert by["0.mlp.fc2"]["nnz"] and by["0.mlp.fc2"]["block_fraction"] == pytest.approx(0.2, abs=0.01)
+    assert by["0.mlp.fc2"]["ran_path"] == by["0.mlp.fc2"]["rule_path"] == "compact"
+    assert by["1.attention.q_proj"]["ran_path"] == "compact" and by["1.attention.q_proj"]["block_fraction"] <= 0.1
+    assert by["1.mlp.fc1"]["nnz"] == 0 and by["1.mlp.fc1"]["ran_path"] == "none"
+    assert [ly["ran_path"] for ly in r["layers"]] == [ly["rule_path"] for ly in r["layers"]]
+    assert 0 < r["block_share"] < 1
+    bad = tmp_path / "other.safetensors"
+    _blocky_scores(bad, hidden=192, inter=768)  # a ViT-Ti scores file for a ViT-S model
+    with pytest.raises(SystemExit, match=r"no score of shape \(384, 384\) for .*layer.0.attention.q_proj"):
+        W.measure(W.parser().parse_args(ts.worker_cmd(dict_args(args, scores=str(bad)), "fishertune", "mem", 28, 0.05)[2:]))
+
+
+def dict_args(args, **kw):
+    return argparse.Namespace(**dict(vars(args), **kw))
 
 
 def test_notes_check_where_backward_stops():
-    ft = dict(trainable=100, step_s=1.0, sampled_layers=1, tuned_layers=2, targeted_layers=4, pattern_bytes=0, blocks=4)
+    ft = dict(trainable=100, step_s=1.0, sampled_layers=1, compact_layers=0, tuned_layers=2, targeted_layers=4,
+              pattern_bytes=0, blocks=4, block_share=0.5)  # fmt: skip
     good = ts.notes({("fishertune", 0.05): dict(ft, lowest_tuned_block=2, grad_enters_block=3)}, [0.05])
     assert "expected 3" in good[0] and "NOT" not in good[0]
     bad = ts.notes({("fishertune", 0.05): dict(ft, lowest_tuned_block=2, grad_enters_block=1)}, [0.05])
