@@ -105,8 +105,10 @@ def main(argv=None):
             go = torch.randn(tokens, out_f, generator=gen).to(dev, dtype)
             x = torch.randn(tokens, in_f, generator=gen).to(dev, dtype)
             for aspect in aspects:
-                times = [measure(go, x, block_indices(out_f, in_f, f, aspect, gen), out_f, in_f, args.reps, sync)
-                         for f in fractions]
+                times = []
+                for f in fractions:
+                    idx = block_indices(out_f, in_f, f, aspect, gen).to(dev)  # on go's device, as the layer's buffer
+                    times.append(measure(go, x, idx, out_f, in_f, args.reps, sync))
                 blocks = [t["block"] for t in times]
                 ratios = [t["compact"] / t["dense"] for t in times]
                 c = crossover(blocks, ratios)
