@@ -180,7 +180,21 @@ def _blocky_scores(path, blocks=2, hidden=384, inter=1536):
     save_file(out, str(path))
 
 
-def test_worker_selects_by_saved_scores_and_runs_the_compact_gemm(tmp_path):
+@pytest.fixture
+def worker_globals():
+    """The worker sets torch's thread count and the sparse-gradient mode for its process; run in this one, it
+    must leave both as it found them (a later test's bitwise resume compares against another process)."""
+    import torch
+
+    from fishertune.tuner import sparse_grad
+
+    threads, mode = torch.get_num_threads(), sparse_grad.get_sparse_grad_mode()
+    yield
+    torch.set_num_threads(threads)
+    sparse_grad.set_sparse_grad_mode(mode)
+
+
+def test_worker_selects_by_saved_scores_and_runs_the_compact_gemm(tmp_path, worker_globals):
     scores = tmp_path / "fishertune_scores.safetensors"
     _blocky_scores(scores)
     args = _driver_args(layers=2, steps=1, warmup=0, mem_steps=1, batch=1, dtype="fp32", scores=str(scores))
