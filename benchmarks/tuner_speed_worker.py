@@ -189,9 +189,12 @@ def fishertune_report(model, calls_before: dict[str, dict[str, int]], dtype) -> 
         nnz = m.fishertune_active.get("default", 0)
         before, now = calls_before.get(name, {}), m.values_grad_calls()
         ran = next((p for p in ("sampled", "compact") if now[p] > before.get(p, 0)), "dense")
-        # rows x cols spanned by the active entries, counted here so that no pattern is built for the report
-        idx = m.fishertune_indices["default"][:nnz].long() if nnz else None
-        block = (idx // m.in_features).unique().numel() * (idx % m.in_features).unique().numel() if nnz else 0
+        # rows x cols spanned by the active entries, from a pattern of the report's own (the layer's cache, whose
+        # bytes are reported, stays as training left it)
+        block = 0
+        if nnz:
+            pattern = sparse_grad.SelectionPattern(m.fishertune_indices["default"], m.out_features, m.in_features)
+            block = pattern.block_size(nnz)
         rule = "none" if not nnz else sparse_grad.values_grad_path(
             m.get_base_layer().weight.device.type, dtype, m.out_features, m.in_features, nnz, lambda: block
         )

@@ -130,12 +130,9 @@ class SelectionPattern:
         self._csr: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self._prefix: Optional[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self._block: Optional[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        self._block_size: Optional[tuple[int, int]] = None
         # backward passes that ran each non-dense path (what ran, not what the rule said)
         self.calls = {"sampled": 0, "compact": 0}
-
-    @property
-    def backward_calls(self) -> int:
-        return self.calls["sampled"]
 
     def valid_for(self, idx: torch.Tensor) -> bool:
         return idx is self.source and idx._version == self.version
@@ -171,8 +168,11 @@ class SelectionPattern:
         return crow, col, gather
 
     def block_size(self, n: int) -> int:
-        """rows * cols of the smallest block of the weight that holds the first ``n`` entries."""
-        return int((self.row_first < n).sum()) * int((self.col_first < n).sum())
+        """rows * cols of the smallest block of the weight that holds the first ``n`` entries (asked for by the
+        dispatch at every forward, so kept for the last ``n``)."""
+        if self._block_size is None or self._block_size[0] != n:
+            self._block_size = (n, int((self.row_first < n).sum()) * int((self.col_first < n).sum()))
+        return self._block_size[1]
 
     def block(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(rows, cols, at)``: the weight rows and columns holding one of the first ``n`` entries (ascending)
