@@ -192,7 +192,14 @@ def test_auto_rule():
         assert not SG.use_sampled_grad("cpu", torch.float32, 384, 384, 384 * 384)  # dense weights: the GEMM wins
         # the measured crossover: sparse enough, the sampled product wins on CPU (fp32)
         assert SG.use_sampled_grad("cpu", torch.float32, 1536, 384, int(0.005 * 1536 * 384))
-        assert SG.values_grad_path("cpu", torch.float32, 1536, 384, int(0.005 * 1536 * 384), _never) == "sampled"
+        # both sparse paths beat dense: the cheaper one (cost 0 -> 1 at its crossover), so a small block wins
+        low, full = int(0.005 * 1536 * 384), 1536 * 384
+        assert SG.values_grad_path("cpu", torch.float32, 1536, 384, low, lambda: full) == "sampled"
+        assert SG.values_grad_path("cpu", torch.float32, 1536, 384, low, lambda: full // 100) == "compact"
+        sampled_cost = 0.005 / (SG.SAMPLED_CPU_A - SG.SAMPLED_CPU_B * (1 / 1536 + 1 / 384))
+        tie = int(sampled_cost * SG.COMPACT_CPU_MAX * full)
+        assert SG.values_grad_path("cpu", torch.float32, 1536, 384, low, lambda: tie - 200) == "compact"
+        assert SG.values_grad_path("cpu", torch.float32, 1536, 384, low, lambda: tie + 200) == "sampled"
         # 5% spread over the whole weight: dense; the same 5% inside a tenth of the columns: compact
         nnz, full = int(0.05 * 1536 * 384), 1536 * 384
         assert SG.values_grad_path("cpu", torch.float32, 1536, 384, nnz, lambda: full) == "dense"

@@ -20,8 +20,9 @@ product is taken when
 
 (a fit of measured crossovers against the dense path: the first term is the GEMM-vs-dot-product throughput
 ratio, the second the cost of the two transposes amortised over the weight; `benchmarks/sparse_grad_crossover.py`),
-else the compact GEMM when ``rows * cols < COMPACT_CPU_MAX * out * in`` (the smallest block fraction at which the
-compact GEMM stopped beating the dense one; `benchmarks/compact_grad_crossover.py`), else the dense path.
+the compact GEMM when ``rows * cols < COMPACT_CPU_MAX * out * in`` (the smallest block fraction at which the
+compact GEMM stopped beating the dense one; `benchmarks/compact_grad_crossover.py`), the cheaper of the two where
+both hold (`values_grad_path`), else the dense path.
 Measured on a 2-core Intel Xeon VM, torch 2.13.0+cpu, fp32, ViT-S shapes at 2056 and 8200 tokens
 (benchmarks/results/sparse_grad_crossover_1thread.md and compact_grad_crossover.md): the sampled product wins
 only below ~0.5-3% density; the compact GEMM wins below 57-94% of the weight (by shape, token count and
@@ -76,32 +77,46 @@ def sampled_supported(device_type: str, dtype: torch.dtype) -> bool:
     return dtype in _SAMPLED_DTYPES.get(device_type, ())
 
 
+def _sampled_crossover(out_features: int, in_features: int) -> float:
+    return SAMPLED_CPU_A - SAMPLED_CPU_B * (1.0 / out_features + 1.0 / in_features)
+
+
 def use_sampled_grad(device_type: str, dtype: torch.dtype, out_features: int, in_features: int, nnz: int) -> bool:
-    """The sampled product's half of the rule: forced, or (auto, CPU) below the measured density crossover."""
+    """Whether the sampled product beats the dense GEMM here: forced, or (auto, CPU) below the measured density
+    crossover."""
     if _sparse_grad_mode in ("dense", "compact") or not sampled_supported(device_type, dtype):
         return False
     if _sparse_grad_mode == "sampled":
         return True
     if device_type != "cpu":
         return False
-    density = nnz / (out_features * in_features)
-    return density < SAMPLED_CPU_A - SAMPLED_CPU_B * (1.0 / out_features + 1.0 / in_features)
+    return nnz / (out_features * in_features) < _sampled_crossover(out_features, in_features)
 
 
 def values_grad_path(
     device_type: str, dtype: torch.dtype, out_features: int, in_features: int, nnz: int, block: Callable[[], int]
 ) -> str:
     """The path of one backward (see the module docstring); ``block()`` is rows * cols of the entries' block,
-    asked for only when the rule needs it (it may build the layer's pattern)."""
+    asked for only when the rule needs it (it may build the layer's pattern).
+
+    Where both sparse paths beat the dense GEMM (auto, CPU), the one with the lower cost relative to it is taken,
+    each cost read linearly from 0 at no work to 1 at its measured crossover: ``density / sampled crossover``
+    against ``block fraction / COMPACT_CPU_MAX``. A Fisher selection at 0.5-1% often sits in a small block, where
+    the compact GEMM does less work than one dot product per entry.
+    """
     if _sparse_grad_mode == "dense":
         return "dense"
-    if use_sampled_grad(device_type, dtype, out_features, in_features, nnz):
+    sampled = use_sampled_grad(device_type, dtype, out_features, in_features, nnz)
+    if _sparse_grad_mode != "auto" or device_type != "cpu":
+        if sampled:
+            return "sampled"
+        # "compact" forced; "sampled" without a kernel for this dtype; CUDA: nothing measured yet
+        return "compact" if _sparse_grad_mode == "compact" else "dense"
+    weight = out_features * in_features
+    compact_cost = block() / weight / COMPACT_CPU_MAX
+    if sampled and nnz / weight / _sampled_crossover(out_features, in_features) <= compact_cost:
         return "sampled"
-    if _sparse_grad_mode == "compact":
-        return "compact"
-    if _sparse_grad_mode == "sampled" or device_type != "cpu":
-        return "dense"  # "sampled" without a kernel for this dtype; CUDA: nothing measured yet
-    return "compact" if block() < COMPACT_CPU_MAX * out_features * in_features else "dense"
+    return "compact" if compact_cost < 1.0 else "dense"
 
 
 class SelectionPattern:
