@@ -12,7 +12,8 @@ from pathlib import Path
 
 LABELS = {
     "frozen": "frozen backbone", "full": "full fine-tuning", "lora": "LoRA (r=8)", "random": "random 5%",
-    "rein": "Rein (default config)", "vpt": "VPT-deep (150 prompts)", "adaptformer": "AdaptFormer (bottleneck 64)",
+    "rein": "Rein (default config)", "vpt": "VPT-deep (150 prompts)",
+    "vpt_lr1e3": "VPT-deep (150 prompts), prompt lr 1e-3", "adaptformer": "AdaptFormer (bottleneck 64)",
     "vqt": "VQT (10 queries per block)",
     "fim_var": "F 5% (variational)", "delta_fim_var": "dF 5% (variational)", "dr_fim_var": "DRF 5% (variational) = FisherTune",
     "fim_diag": "F 5% (diagonal)", "delta_fim_diag": "dF 5% (diagonal)", "dr_fim_diag": "DRF 5% (diagonal)",
@@ -20,7 +21,7 @@ LABELS = {
     "dr_fim_perbatch_var": "DRF 5%, per-batch weight (var.)",
 }  # fmt: skip
 #: Row order of the tables and bars: baselines, then Table 4's criteria (random < F < dF < DRF) per estimator.
-DISPLAY_ORDER = ["frozen", "full", "lora", "rein", "vpt", "adaptformer", "vqt", "random", "fim_var", "delta_fim_var",
+DISPLAY_ORDER = ["frozen", "full", "lora", "rein", "vpt", "vpt_lr1e3", "adaptformer", "vqt", "random", "fim_var", "delta_fim_var",
                  "dr_fim_var", "dr_fim_q99_var", "dr_fim_perbatch_var", "fim_diag", "delta_fim_diag", "dr_fim_diag",
                  "dr_fim_q99_diag"]
 CLEAN_TARGETS = ("target_day_new_route", "target_dusk")
