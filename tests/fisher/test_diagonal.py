@@ -112,3 +112,46 @@ def test_nan_statistic_names_the_parameter():
     bad = [{"pixel_values": torch.tensor([[float("nan"), 0.0, 1.0]]), "labels": torch.tensor([0])}]
     with pytest.raises(FloatingPointError, match="'fc'"):
         estimate_scores(model, bad, {"fc": model.fc.weight}, EstimationConfig(**DIAG))
+
+
+class _Reuse(torch.nn.Module):
+    """`a` runs twice per forward, `c` twice with one output dropped, `dead`'s output never reaches the loss."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a, self.b, self.c, self.dead = (torch.nn.Linear(i, o) for i, o in ((4, 5), (5, 3), (4, 3), (4, 2)))
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g)
+
+    def forward(self, x):  # x [B, T, 4]
+        h = self.a(x) + self.a(0.5 * x.flip(1))
+        self.c(2.0 * x)
+        self.dead(x)
+        return self.b(torch.tanh(h)) + self.c(x)
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0])
+def test_accumulator_reused_and_dead_layers_match_per_sample_autograd(scale):
+    """The squares are formed during the backward as each output gradient arrives: a layer called twice squares
+    the sum of its calls' gradients, a dropped call adds nothing, a layer off the loss gets an exact 0."""
+    from fishertune.fisher.diagonal import GradSquareAccumulator, linear_owners
+
+    model = _Reuse()
+    weights = {n: m.weight for n, m in model.named_children()}
+    x = torch.randn(6, 7, 4, generator=torch.Generator().manual_seed(1))
+    acc = GradSquareAccumulator(linear_owners(model, weights), weights)
+    for rows in (slice(0, 4), slice(4, 6)):  # two batches of different sizes
+        with acc.capture():
+            out = model(x[rows])
+        acc.accumulate((out.square().sum(dim=(1, 2)) * scale).sum(), out.shape[0], out.shape[0], scale)
+    got = acc.finalize()
+    ref = {n: torch.zeros_like(w) for n, w in weights.items()}
+    for i in range(len(x)):
+        grads = torch.autograd.grad(model(x[i : i + 1]).square().sum(), list(weights.values()), allow_unused=True)
+        for n, g in zip(weights, grads):
+            ref[n] += torch.zeros_like(ref[n]) if g is None else g.square()
+    for n in weights:
+        torch.testing.assert_close(got[n], ref[n] / len(x), rtol=1e-5, atol=1e-7)
+    assert torch.equal(got["dead"], torch.zeros_like(got["dead"]))
+    assert all(w.grad is None for w in weights.values())  # no dense weight gradient is ever built

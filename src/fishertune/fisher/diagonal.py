@@ -80,6 +80,27 @@ def diagonal_fisher(square_sum: torch.Tensor, count: torch.Tensor) -> torch.Tens
     return square_sum / count.clamp_min(1)
 
 
+class _GradTap(torch.autograd.Function):
+    """Identity on a layer's output whose backward hands the output's gradient to ``sink`` and passes it on.
+
+    ``anchor`` (a scalar leaf) makes every tap an input path of one ``autograd.grad(loss, anchor)``: the backward
+    then runs exactly the nodes between the loss and the taps, never a weight gradient, and each layer's squares
+    are formed as its gradient arrives (the gradient and the captured input are released right after), instead
+    of holding every targeted layer's output gradient at once (14 activations per ViT block at ViT-L).
+    """
+
+    @staticmethod
+    def forward(ctx, out, anchor, sink):
+        ctx.sink = sink
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, g):
+        sink, ctx.sink = ctx.sink, None
+        sink(g)
+        return g, g.new_zeros(()), None
+
+
 class GradSquareAccumulator:
     """Running fp64 sums of per-sample squared gradients (Eq. 9) of the given linear weights.
 
@@ -88,21 +109,38 @@ class GradSquareAccumulator:
     are what makes the scores independent of the number of processes: an fp32 sum's rounding
     depends on how the samples are split over ranks, and Eq. 5's |F - F'| / min(F, F') amplifies
     that rounding where F ~ F' (1 vs 2 processes then differed by up to 1e-2 relative).
+    The squares of a layer are formed during the backward, as soon as its output gradient exists
+    (`_GradTap`); a layer called several times per forward waits for all its calls (its per-sample
+    gradient is the sum over calls).
     """
 
     def __init__(self, owners: Mapping[str, nn.Module], weights: Mapping[str, nn.Parameter]) -> None:
         self.owners = dict(owners)
         self.sums = {n: torch.zeros(w.shape, dtype=torch.float64, device=w.device) for n, w in weights.items()}
         self.count = torch.zeros((), dtype=torch.float64)
-        self._calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        self._reset()
+
+    def _reset(self) -> None:
+        # name -> one slot per call in forward order: None until that call's (input, output gradient) arrives
+        self._slots: dict[str, list] = defaultdict(list)
+        self._anchor: torch.Tensor | None = None
+        self._batch, self._scale = 1, 1.0
 
     @contextmanager
     def capture(self):
-        """Record every targeted layer's (input, output) during the forward inside this block."""
+        """Tap every targeted layer's output during the forward inside this block (for `accumulate`)."""
+        self._reset()
         handles = []
         for name, mod in self.owners.items():
             def hook(m, inputs, output, name=name):
-                self._calls[name].append((inputs[0], output))
+                if not (isinstance(output, torch.Tensor) and output.requires_grad):
+                    return None  # no gradient can reach this call: it contributes nothing
+                if self._anchor is None:
+                    self._anchor = torch.zeros((), device=output.device, requires_grad=True)
+                k = len(self._slots[name])
+                self._slots[name].append(None)
+                x = inputs[0].detach()
+                return _GradTap.apply(output, self._anchor, lambda g: self._receive(name, k, x, g))
             handles.append(mod.register_forward_hook(hook))
         try:
             yield
@@ -110,21 +148,30 @@ class GradSquareAccumulator:
             for h in handles:
                 h.remove()
 
+    def _receive(self, name: str, k: int, x: torch.Tensor, g: torch.Tensor) -> None:
+        slots = self._slots[name]
+        slots[k] = (x, g)
+        if all(s is not None for s in slots):
+            self._add(name)
+
+    def _add(self, name: str) -> None:
+        pairs = [s for s in self._slots.pop(name) if s is not None]
+        if not pairs:
+            return
+        b = self._batch
+        x = torch.cat([p[0].reshape(b, -1, p[0].shape[-1]) for p in pairs], dim=1)
+        g = torch.cat([p[1].reshape(b, -1, p[1].shape[-1]) for p in pairs], dim=1)
+        self.sums[name] += per_sample_grad_squares(x, g, b, self._scale)
+
     def accumulate(self, loss_sum: torch.Tensor, batch_size: int, num_counted: int, scale: float = 1.0) -> None:
         """Add the per-sample squares of ``d loss_sum / d W`` (``loss_sum = sum_i L_i * scale``)."""
-        names = [n for n in self._calls for _ in self._calls[n]]
-        outs = [o for n in self._calls for _, o in self._calls[n]]
-        grads = torch.autograd.grad(loss_sum, outs, allow_unused=True) if outs else []
-        by_name: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        for name, (x, _), g in zip(names, [c for n in self._calls for c in self._calls[n]], grads):
-            if g is not None:
-                by_name[name].append((x.detach(), g))
-        self._calls.clear()
-        for name, pairs in by_name.items():
-            # A layer called several times per forward: its per-sample gradient is the sum over calls.
-            x = torch.cat([p[0].reshape(batch_size, -1, p[0].shape[-1]) for p in pairs], dim=1)
-            g = torch.cat([p[1].reshape(batch_size, -1, p[1].shape[-1]) for p in pairs], dim=1)
-            self.sums[name] += per_sample_grad_squares(x, g, batch_size, scale)
+        self._batch, self._scale = batch_size, scale
+        if self._anchor is not None:
+            torch.autograd.grad(loss_sum, [self._anchor], allow_unused=True)
+        # calls the loss does not depend on never got a gradient; a layer with some calls that did counts those
+        for name in list(self._slots):
+            self._add(name)
+        self._reset()
         self.count += num_counted
 
     def finalize(self) -> dict[str, torch.Tensor]:
