@@ -155,3 +155,6 @@ def test_accumulator_reused_and_dead_layers_match_per_sample_autograd(scale):
         torch.testing.assert_close(got[n], ref[n] / len(x), rtol=1e-5, atol=1e-7)
     assert torch.equal(got["dead"], torch.zeros_like(got["dead"]))
     assert all(w.grad is None for w in weights.values())  # no dense weight gradient is ever built
+    with pytest.raises(RuntimeError, match="finalized"):  # finalize consumed the sums
+        with acc.capture():
+            pass

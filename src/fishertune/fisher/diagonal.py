@@ -129,6 +129,8 @@ class GradSquareAccumulator:
     @contextmanager
     def capture(self):
         """Tap every targeted layer's output during the forward inside this block (for `accumulate`)."""
+        if len(self.sums) < len(self.owners):
+            raise RuntimeError("This GradSquareAccumulator was finalized (its sums are consumed); make a new one.")
         self._reset()
         handles = []
         for name, mod in self.owners.items():
@@ -175,7 +177,14 @@ class GradSquareAccumulator:
         self.count += num_counted
 
     def finalize(self) -> dict[str, torch.Tensor]:
+        """F (fp32) of every weight, all-reduced over ranks. Consumes the sums: each fp64 sum is released as its F
+        is made (12 B per entry at no point, 8 + 4 B of one tensor at a time); the accumulator is spent."""
         for t in self.sums.values():
             all_reduce_sum_(t)
         all_reduce_sum_(self.count)
-        return {n: diagonal_fisher(s, self.count.to(s.device)).float() for n, s in self.sums.items()}
+        out = {}
+        for n in list(self.sums):
+            s = self.sums.pop(n)
+            out[n] = diagonal_fisher(s, self.count.to(s.device)).float()
+            del s
+        return out

@@ -184,6 +184,11 @@ def _reparam_step(fit, model, batch, weights, full_names, xi, cfg, log_prob_fn, 
     fit.update({k: reparam_data_grad(fit.log_var[k], xi[k], v / max(float(count), 1.0)) for k, v in diff.items()})
 
 
+def _expected_terms(fit: PrecisionFit, fisher_batch: Mapping):
+    """The expected data term of each weight, made when `PrecisionFit.update` reaches it (4 B per entry never held)."""
+    return lambda n: expected_data_grad(fit.log_var[n], fisher_batch[n])
+
+
 def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens, scale, total_steps,
                     per_batch=False) -> EstimationStats:
     """Eq. 10-14: one precision fit on clean inputs and, with ``dsu``, one on DSU-perturbed inputs."""
@@ -223,7 +228,7 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
                       for n, s in shapes.items()}
             for perturbed, fit in fits.items():
                 if cfg.variational_gradient == "expected" and perturbed in fisher_t:
-                    fit.update({n: expected_data_grad(fit.log_var[n], f) for n, f in fisher_t[perturbed].items()})
+                    fit.update(_expected_terms(fit, fisher_t[perturbed]))
                     continue
                 if cfg.variational_gradient == "reparam":
                     gens["labels"].set_state(label_state)
@@ -242,7 +247,7 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
                                         dsu if perturbed else None, scale)
                     fisher_t[perturbed] = acc.finalize()
                     del acc  # before the next pass allocates its own fp64 sums: one set alive at a time
-                    fit.update({n: expected_data_grad(fit.log_var[n], f) for n, f in fisher_t[perturbed].items()})
+                    fit.update(_expected_terms(fit, fisher_t[perturbed]))
                     if not per_batch and cfg.variational_steps_per_batch == 1:
                         del fisher_t[perturbed]  # used by neither a later step nor the per-batch reading
                 if perturbed and step == 0:

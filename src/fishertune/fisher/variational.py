@@ -31,7 +31,7 @@ How it is optimized (the paper gives no recipe):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -100,13 +100,15 @@ class PrecisionFit:
         """sqrt(s) * xi: the reparameterized weight perturbation (Eq. 10 posterior sample minus theta_hat)."""
         return {n: (0.5 * self.log_var[n]).exp() * xi[n] for n in self.log_var}
 
-    def update(self, data_grad: Mapping[str, torch.Tensor]) -> None:
-        """One preconditioned, clipped step of every entry given the data term of d ELBO / d log s."""
+    def update(self, data_grad: Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]) -> None:
+        """One preconditioned, clipped step of every entry given the data term of d ELBO / d log s: a mapping, or a
+        function of the weight's name called once per weight (so that no full set of data terms is ever held)."""
         if self.gamma is None:
             raise RuntimeError("PrecisionFit.gamma must be set before the first update.")
         half_gamma = 0.5 * self.gamma
         for n, lv in self.log_var.items():
-            u = elbo_log_var_grad(lv, data_grad[n], self.gamma, self.tau) / half_gamma
+            term = data_grad(n) if callable(data_grad) else data_grad[n]
+            u = elbo_log_var_grad(lv, term, self.gamma, self.tau) / half_gamma
             # u = s / s*_batch - 1 in the expected mode: never step past this batch's optimum (log1p(u)).
             lv.sub_(torch.minimum(self.lr * u, torch.log1p(u.clamp_min(0.0))).clamp_min(-self.lr))
             lv.clamp_(max=2.0 * math.log(self.tau))
