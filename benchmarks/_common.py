@@ -38,3 +38,34 @@ def reset_hwm() -> bool:
         return True
     except OSError:
         return False
+
+
+def device_line(device: str, threads: int) -> str:
+    """What ran the measurement, for a report's header: the CUDA device's name, or the CPU, its cores and the
+    torch threads used."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    import os
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), {threads} threads"
+
+
+def script_command(script: str, argv) -> str:
+    """The command line a report says generated it: ``python benchmarks/<script> <args>``."""
+    import sys
+
+    return " ".join([f"python benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def write_report(out, header: str, text: str, raw: dict) -> Path:
+    """Write the markdown report (``header`` + ``text``) to ``out`` and ``raw`` to the ``.json`` beside it."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + text)
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+    return out
