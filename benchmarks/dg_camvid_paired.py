@@ -52,7 +52,10 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
 
 
 def markdown(tag: str, means: dict, pairs: list[str]) -> str:
-    lines = [f"Paired target-mean mIoU differences, recipe `{tag}` (`python benchmarks/dg_camvid_paired.py --tag {tag}`).",
+    command = f"python benchmarks/dg_camvid_paired.py --tag {tag}"
+    if list(pairs) != DEFAULT_PAIRS:  # the command that remakes this file
+        command += " --pairs " + " ".join(pairs)
+    lines = [f"Paired target-mean mIoU differences, recipe `{tag}` (`{command}`).",
              "", "| a - b | seeds | per seed | mean | paired t |", "|---|---|---|---|---|"]  # fmt: skip
     for pair in pairs:
         a, b = pair.split(":")

@@ -34,7 +34,8 @@ def test_paired_differences_mean_and_t_by_hand(tmp_path):
     pd.main(["--tag", "tagx", "--out-dir", str(tmp_path), "--pairs", "random:dr_fim_var", "random:frozen", "lora:random"])
     md = (tmp_path / "dg_camvid_paired_tagx.md").read_text()
     assert "| random - dr_fim_var | 0 1 2 | +1.00, +2.00, +3.00 | +2.00 | 3.5 |" in md
-    assert "| random - frozen | 0 | +11.00 | +11.00 | n/a |" in md and "lora" not in md
+    assert "| random - frozen | 0 | +11.00 | +11.00 | n/a |" in md and "| lora" not in md
+    assert "--pairs random:dr_fim_var random:frozen lora:random`" in md  # the command that remakes the file
 
 
 def test_bad_pairs_and_folders_are_named(tmp_path, capsys):
