@@ -33,6 +33,7 @@ def test_quadratic_loss_recovers_hessian(mode):
             delta = fit.offsets({"w": xi})["w"]
             fit.update({"w": reparam_data_grad(fit.log_var["w"], xi, 2 * H * delta)})
     lam = fit.precision()["w"]
+    assert torch.equal(fit.precision(release=True)["w"], lam) and not fit.log_var and not fit.s_sum  # state freed
     expected = H / cfg.gamma + cfg.tau**-2  # Eq. 14
     rtol = 1e-4 if mode == "expected" else 0.1  # sampled: chi^2(1) noise, ~2% s.e. after 2000 averaged steps
     torch.testing.assert_close(lam, expected, rtol=rtol, atol=0.0)

@@ -255,7 +255,7 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
         if per_batch:
             weighted.add(fisher_t[False], fisher_t[True], step_w)
     gamma = fits[False].gamma
-    precisions = {p: fit.precision() for p, fit in fits.items()}
+    precisions = {p: fit.precision(release=True) for p, fit in fits.items()}
     fisher = {n: fisher_from_precision(v, gamma, cfg.tau) for n, v in precisions[False].items()}
     fisher_shift = ({n: fisher_from_precision(v, gamma, cfg.tau) for n, v in precisions[True].items()}
                     if True in precisions else None)

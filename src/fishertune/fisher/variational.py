@@ -118,8 +118,15 @@ class PrecisionFit:
                 self.s_sum[n] += lv.exp()
             self.s_count += 1
 
-    def precision(self) -> dict[str, torch.Tensor]:
-        """Lambda = 1 / mean(s) over the averaging window (the current s if it was never reached)."""
-        if self.s_count == 0:
-            return {n: (-lv).exp() for n, lv in self.log_var.items()}
-        return {n: self.s_count / self.s_sum[n] for n in self.log_var}
+    def precision(self, release: bool = False) -> dict[str, torch.Tensor]:
+        """Lambda = 1 / mean(s) over the averaging window (the current s if it was never reached).
+
+        ``release``: the fit is done; each weight's state (8 B per entry) is freed as its Lambda (4 B) is made,
+        so the estimator's end never holds both."""
+        out = {}
+        for n in list(self.log_var):
+            lv = self.log_var.pop(n) if release else self.log_var[n]
+            s_sum = self.s_sum.pop(n) if release else self.s_sum[n]
+            out[n] = (-lv).exp() if self.s_count == 0 else self.s_count / s_sum
+            del lv, s_sum
+        return out
