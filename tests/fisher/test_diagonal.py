@@ -115,7 +115,8 @@ def test_nan_statistic_names_the_parameter():
 
 
 class _Reuse(torch.nn.Module):
-    """`a` runs twice per forward, `c` twice with one output dropped, `dead`'s output never reaches the loss."""
+    """`a` runs twice per forward, `c` twice with one output dropped, `dead`'s output never reaches the loss, `b`'s
+    output is modified in place."""
 
     def __init__(self):
         super().__init__()
@@ -128,7 +129,7 @@ class _Reuse(torch.nn.Module):
         h = self.a(x) + self.a(0.5 * x.flip(1))
         self.c(2.0 * x)
         self.dead(x)
-        return self.b(torch.tanh(h)) + self.c(x)
+        return self.b(torch.tanh(h)).mul_(1.5) + self.c(x)  # in place on a targeted layer's output
 
 
 @pytest.mark.parametrize("scale", [1.0, 8.0])

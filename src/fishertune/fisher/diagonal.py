@@ -92,7 +92,9 @@ class _GradTap(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, anchor, sink):
         ctx.sink = sink
-        return out.view_as(out)
+        # A copy, not a view: models may modify a layer's output in place (a view made by a custom Function
+        # forbids that); the original is released once the copy exists, as nothing else holds it.
+        return out.clone()
 
     @staticmethod
     def backward(ctx, g):
