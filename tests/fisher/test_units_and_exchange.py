@@ -68,6 +68,16 @@ def test_percentile_ranks_mid_rank_with_ties():
     assert quantile_value(F, 0.5) == 1.5 and quantile_value(F, 1.0) == 4.0 and quantile_value(F, 0.0) == 0.5
 
 
+def test_percentile_ranks_match_brute_force_on_2d_tensors_with_ties():
+    g = torch.Generator().manual_seed(0)
+    scores = {"w": torch.randint(0, 7, (5, 9), generator=g).float(), "v": torch.randint(0, 7, (13,), generator=g).float()}
+    every = torch.cat([t.reshape(-1) for t in scores.values()])
+    got = percentile_ranks(scores)
+    for name, t in scores.items():
+        ref = ((every[None] < t.reshape(-1, 1)).sum(1) + (every[None] <= t.reshape(-1, 1)).sum(1)) / (2.0 * every.numel())
+        torch.testing.assert_close(got[name], ref.float().reshape(t.shape))
+
+
 def test_rank_exchange_differs_from_both_terms():
     got = dr_fim(F, DF, W, "rank")
     _close(got, {"a": torch.tensor([12.0, 12.5, 11.5, 5.5]) / 12, "b": torch.tensor([6.5, 6.0]) / 12})

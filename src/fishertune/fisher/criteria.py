@@ -63,10 +63,14 @@ def percentile_ranks(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     n = flat.numel()
     out = {}
     for name, t in scores.items():
-        v = t.detach().reshape(-1).float().cpu()
+        # Sorted queries: neighbouring binary searches touch the same cache lines (~5x faster than in the
+        # weight's order at ViT-L's 277M entries, where the searches dominated the scoring); same counts.
+        v, order = torch.sort(t.detach().reshape(-1).float().cpu())
         lo = torch.searchsorted(flat, v, right=False)
         hi = torch.searchsorted(flat, v, right=True)
-        out[name] = ((lo + hi).double() / (2.0 * n)).float().reshape(t.shape)
+        ranks = torch.empty(v.shape, dtype=torch.float32)
+        ranks[order] = ((lo + hi).double() / (2.0 * n)).float()
+        out[name] = ranks.reshape(t.shape)
     return out
 
 
