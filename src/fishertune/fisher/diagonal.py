@@ -91,7 +91,7 @@ class _GradTap(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, anchor, sink):
-        ctx.sink = sink
+        ctx.sink, ctx.anchor_device = sink, anchor.device  # a model split over devices taps them all
         # A copy, not a view: models may modify a layer's output in place (a view made by a custom Function
         # forbids that); the original is released once the copy exists, as nothing else holds it.
         return out.clone()
@@ -100,7 +100,7 @@ class _GradTap(torch.autograd.Function):
     def backward(ctx, g):
         sink, ctx.sink = ctx.sink, None
         sink(g)
-        return g, g.new_zeros(()), None
+        return g, torch.zeros((), device=ctx.anchor_device), None
 
 
 class GradSquareAccumulator:
