@@ -219,17 +219,13 @@ def notes(rows: dict, deltas: list) -> list[str]:
     return out
 
 
-def device_name(args) -> str:
-    return device_line(args.device, args.threads)
-
-
 def model_line(args, image_size: int) -> str:
     cfg = W.model_config(args.model, args.layers)
     tokens = args.batch * ((image_size // 14) ** 2 + 1)
     selection = f"selection by the scores of `{Path(args.scores).name}`" if args.scores else "selection by magnitude"
     return (
         f"DINOv2 {args.model} (hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, random init; FisherTune "
-        f"{selection}), {image_size} px, batch {args.batch} ({tokens} tokens), {args.dtype}, {device_name(args)}"
+        f"{selection}), {image_size} px, batch {args.batch} ({tokens} tokens), {args.dtype}, {device_line(args.device, args.threads)}"
     )
 
 
