@@ -53,7 +53,7 @@ def recipe_from_args(args) -> dict:
         "dr_fim_version": 2,
         "root": args.root,
         "backbone": args.backbone,
-        "model": "light",
+        "model": getattr(args, "head", "light"),
         "taps": [3, 6, 9, 12],
         "steps": steps,
         "batch_size": 8,

@@ -148,6 +148,11 @@ def _protocol_line(r: dict) -> str:
     return f"Scored on {images}, {how}."
 
 
+def _backbone_label(recipe: dict) -> str:
+    name = Path(recipe["backbone"]).name
+    return "ViT-Tiny/16 augreg" if name == "vit-tiny-patch16-224-augreg" else name
+
+
 def markdown(summary: dict) -> str:
     r, targets = summary["recipe"], summary["targets"]
     cols = ["source_val", *targets, "mean_clean_targets"]
@@ -156,7 +161,7 @@ def markdown(summary: dict) -> str:
     cols.append("mean_targets")
     head = {"mean_clean_targets": "mean clean", "mean_corrupted": "mean corr.", "mean_targets": "**mean targets**"}
     lines = [
-        f"CamVid DG, ViT-Tiny/16 augreg + light head, {r['steps']} steps, batch {r['batch_size']}, "
+        f"CamVid DG, {_backbone_label(r)} + {r.get('model', 'light')} head, {r['steps']} steps, batch {r['batch_size']}, "
         f"mode `{r['mode']}`; mIoU (%), mean ± std over seeds (n per row). "
         "Targets are never used for training or selection.",
         _protocol_line(r),

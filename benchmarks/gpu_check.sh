@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# One prepared script for a lent GPU (H100/H200 class): every GPU measurement of issue 20 in at most ~7.5 minutes.
+# One prepared script for a lent GPU (H100/H200 class): every GPU measurement of issue 20 in at most ~8 minutes.
 #
 # Steps, in order of priority (a step that fails is reported and the next one still runs):
 #   paper_scale        benchmarks/paper_scale.py --device cuda: the paper config (DINOv2-L/14 + Mask2Former, 512 px,
 #                      batch 4, bf16 autocast) through warm-up, DR-FIM estimation and sparse tuning, plus full and Rein
 #   tuner_speed_bf16   benchmarks/tuner_speed.py at ViT-L/14, 512 px, 5%, bf16: full, LoRA, SHiRA, FisherTune
 #                      (one round of 3 timed steps: the GPU's time is short; CPU runs use more rounds)
+#   camvid_m2f         benchmarks/dg_camvid.py --head mask2former: the quick CamVid recipe (120 steps, 16 estimation
+#                      batches, every 3rd evaluation image, fog) with the paper's head, FisherTune only. A GPU machine
+#                      has no ../shared: run `python benchmarks/gpu_pack.py` first and carry gpu_carry/ (CamVid's
+#                      source split, every 3rd evaluation image, the ViT-Tiny; ~52 MiB), which this step then reads;
+#                      without a CamVid folder the step is skipped, not failed.
 #   crossover          benchmarks/sparse_grad_crossover.py --device cuda on ViT-L's shapes at batch 8, 512 px (fp32)
 #   compact_crossover  benchmarks/compact_grad_crossover.py --device cuda, same shapes, bf16: where the GEMM over the
 #                      entries' rows x cols block beats the dense one (CUDA stays dense until this is measured)
 #   tuner_speed_fp32   the tuner_speed step in fp32, only if at least FP32_MIN_S of the budget is left
-# Not here: a short CamVid run with the Mask2Former head. benchmarks/dg_camvid.py builds the light head only
-# (build_model("light", ...) in build_trainer; no head/model flag), so there is nothing to switch yet.
 #
 # Every result goes under --out-dir (default benchmarks/results/gpu/, relative to the repository root), each
 # step's output to logs/<step>.log there, and a summary to summary.md (also printed). Each step runs under
@@ -24,22 +27,28 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 usage: benchmarks/gpu_check.sh [--dry-run] [--out-dir DIR] [--budget SECONDS] [--only STEP[,STEP...]]
+                              [--camvid-root DIR] [--camvid-backbone DIR]
 
   --dry-run        every step at tiny size on CPU (same as TINY=1)
   --out-dir DIR    where results, logs/ and summary.md go (default benchmarks/results/gpu)
-  --budget S       wall-clock budget in seconds for all steps (default 450)
-  --only STEPS     run only these steps: paper_scale, tuner_speed_bf16, crossover, compact_crossover,
-                   tuner_speed_fp32
+  --budget S       wall-clock budget in seconds for all steps (default 470)
+  --only STEPS     run only these steps: paper_scale, tuner_speed_bf16, camvid_m2f, crossover,
+                   compact_crossover, tuner_speed_fp32
+  --camvid-root DIR      CamVid for camvid_m2f (default gpu_carry/camvid if packed, else ../shared/data/camvid)
+  --camvid-backbone DIR  its backbone (default gpu_carry/backbone if packed, else the ViT-Tiny in ../shared)
+Relative paths are taken from the repository root.
 Environment: PYTHON (default .venv/bin/python if present, else python3), TINY=1 (as --dry-run).
 EOF
 }
 die() { echo "gpu_check.sh: $*" >&2; usage >&2; exit 2; }
 
-STEPS="paper_scale tuner_speed_bf16 crossover compact_crossover tuner_speed_fp32"
+STEPS="paper_scale tuner_speed_bf16 camvid_m2f crossover compact_crossover tuner_speed_fp32"
 case "${TINY:-0}" in 0 | "") DRY=0 ;; 1) DRY=1 ;; *) die "TINY must be 0 or 1, got '${TINY}'" ;; esac
 OUT_DIR=benchmarks/results/gpu
-BUDGET=450
+BUDGET=470
 ONLY=""
+CAMVID_ROOT=""
+CAMVID_BACKBONE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1; shift ;;
@@ -47,6 +56,9 @@ while [ $# -gt 0 ]; do
         --out-dir=*) OUT_DIR=${1#*=}; [ -n "$OUT_DIR" ] || die "--out-dir needs a value"; shift ;;
         --budget) [ $# -ge 2 ] || die "--budget needs a value"; BUDGET=$2; shift 2 ;;
         --only) [ $# -ge 2 ] || die "--only needs a value"; ONLY=$2; shift 2 ;;
+        --camvid-root) [ $# -ge 2 ] && [ -n "$2" ] && [[ $2 != --* ]] || die "--camvid-root needs a value"; CAMVID_ROOT=$2; shift 2 ;;
+        --camvid-backbone)
+            [ $# -ge 2 ] && [ -n "$2" ] && [[ $2 != --* ]] || die "--camvid-backbone needs a value"; CAMVID_BACKBONE=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument '$1'" ;;
     esac
@@ -61,6 +73,15 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
+if [ -z "$CAMVID_ROOT" ]; then
+    if [ -f gpu_carry/camvid/splits.json ]; then CAMVID_ROOT=gpu_carry/camvid; else CAMVID_ROOT=../shared/data/camvid; fi
+fi
+if [ -z "$CAMVID_BACKBONE" ]; then
+    if [ -f gpu_carry/backbone/config.json ]; then CAMVID_BACKBONE=gpu_carry/backbone
+    else CAMVID_BACKBONE=../shared/models/vit-tiny-patch16-224-augreg; fi
+fi
+CAMVID_EVERY=3  # a gpu_pack.py folder holds only every 3rd evaluation image already: score it whole
+if [ -f "$CAMVID_ROOT/fishertune_pack.json" ]; then CAMVID_EVERY=1; fi
 mkdir -p "$OUT_DIR/logs"
 OUT=$(cd "$OUT_DIR" && pwd)
 LOGS=$OUT/logs
@@ -74,7 +95,8 @@ if [ "$DRY" = 1 ]; then
         --classes 10)
     SG_SIZE=(--shapes 64x32 --tokens 64 --densities 0.05,0.5 --reps 1 --threads 1)
     CC_SIZE=(--shapes 64x32 --tokens 64 --fractions 0.25,1 --aspects square --reps 1 --threads 1)
-    CAPS=(600 600 120 120 600)
+    CV_SIZE=(--steps 2 --estimation-batches 1 --eval-every 50 --threads 1)
+    CAPS=(600 600 900 120 120 600)
     FP32_MIN_S=0
 else
     if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
@@ -87,7 +109,8 @@ else
     # 8 x (36 * 36 + 1) = 10376 tokens: tuner_speed's batch at 512 px
     SG_SIZE=(--shapes 1024x1024,4096x1024,1024x4096 --tokens 10376)
     CC_SIZE=(--shapes 1024x1024,4096x1024,1024x4096 --tokens 10376 --fractions 0.1,0.3,0.5,0.7,0.9,1 --reps 5)
-    CAPS=(210 150 40 40 0)  # tuner_speed_fp32 gets whatever is left
+    CV_SIZE=(--quick --eval-every "$CAMVID_EVERY" --workers 8)
+    CAPS=(200 130 80 30 30 0)  # tuner_speed_fp32 gets whatever is left
     FP32_MIN_S=120
 fi
 
@@ -124,15 +147,22 @@ run_step paper_scale "${CAPS[0]}" "$OUT/paper_scale_cuda.md" \
 run_step tuner_speed_bf16 "${CAPS[1]}" "$OUT/tuner_speed_vitl_bf16.md" \
     "$PY" benchmarks/tuner_speed.py "${DEVICE[@]}" "${TS_SIZE[@]}" --dtype bf16 --delta-max 0.05 \
     --methods full,lora,shira,fishertune --rounds 1 --out "$OUT/tuner_speed_vitl_bf16.md"
-run_step crossover "${CAPS[2]}" "$OUT/sparse_grad_crossover_cuda.md" \
+if [ -f "$CAMVID_ROOT/splits.json" ] && [ -f "$CAMVID_BACKBONE/config.json" ]; then
+    run_step camvid_m2f "${CAPS[2]}" "$OUT/camvid" \
+        "$PY" benchmarks/dg_camvid.py --head mask2former --methods dr_fim_var --seeds 0 --corruptions fog \
+        "${CV_SIZE[@]}" --root "$CAMVID_ROOT" --backbone "$CAMVID_BACKBONE" --stop-on-error --out-dir "$OUT/camvid"
+elif [ -z "$ONLY" ] || [[ ",$ONLY," == *",camvid_m2f,"* ]]; then
+    RESULTS+=("| camvid_m2f | skipped: no CamVid at $CAMVID_ROOT or no backbone at $CAMVID_BACKBONE (benchmarks/gpu_pack.py) | 0 | |")
+fi
+run_step crossover "${CAPS[3]}" "$OUT/sparse_grad_crossover_cuda.md" \
     "$PY" benchmarks/sparse_grad_crossover.py "${DEVICE[@]}" "${SG_SIZE[@]}" --dtype fp32 \
     --out "$OUT/sparse_grad_crossover_cuda.md"
-run_step compact_crossover "${CAPS[3]}" "$OUT/compact_grad_crossover_cuda_bf16.md" \
+run_step compact_crossover "${CAPS[4]}" "$OUT/compact_grad_crossover_cuda_bf16.md" \
     "$PY" benchmarks/compact_grad_crossover.py "${DEVICE[@]}" "${CC_SIZE[@]}" --dtype bf16 \
     --out "$OUT/compact_grad_crossover_cuda_bf16.md"
 LEFT=$((BUDGET - SECONDS - 5))
 if [ "$DRY" = 1 ] || [ "$LEFT" -ge "$FP32_MIN_S" ]; then
-    CAP=${CAPS[4]}
+    CAP=${CAPS[5]}
     if [ "$CAP" = 0 ]; then CAP=$LEFT; fi
     run_step tuner_speed_fp32 "$CAP" "$OUT/tuner_speed_vitl_fp32.md" \
         "$PY" benchmarks/tuner_speed.py "${DEVICE[@]}" "${TS_SIZE[@]}" --dtype fp32 --delta-max 0.05 \

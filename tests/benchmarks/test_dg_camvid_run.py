@@ -118,3 +118,35 @@ def test_rescore_grid_fills_the_new_protocols_folder_and_aggregates(trained, cap
     summary = json.loads((runs.parents[1] / f"dg_camvid_{out.name}.json").read_text())
     assert summary["methods"]["dr_fim_var"]["mIoU"]["target_dark"]["mean"] == new["metrics"]["target_dark"]["mIoU"]
     assert not (out / "frozen__seed0.json").exists()
+
+
+def test_the_mask2former_head_trains_scores_and_names_itself(trained, tmp_path, monkeypatch):
+    """`--head mask2former` (gpu_check.sh's CamVid step): the paper's head through the same run, its own folder.
+    The head is shrunk here (its default size takes minutes per step on a CPU; the run's path is the same)."""
+    import fishertune.experiment.build as build
+    from fishertune.models import PyramidMask2Former
+
+    small = dict(num_queries=4, decoder_layers=3, encoder_layers=1, train_num_points=64, feature_size=32,
+                 mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32, dim_feedforward=32,
+                 num_attention_heads=2)  # fmt: skip
+    real = build.build_model
+    monkeypatch.setattr(build, "build_model", lambda head, *a, **kw: real(head, *a, **(kw | small)))
+    recipe, runs, _ = trained
+    m2f = dict(recipe, model="mask2former", steps=1, estimation_batches=1)
+    out = dg.runs_dir(m2f, tmp_path)
+    assert out.name != runs.name
+    trainer, *_ = dg.build_trainer(m2f, "dr_fim_var", 0, tmp_path / "w")
+    assert isinstance(trainer.model.get_base_model(), PyramidMask2Former)
+    out.mkdir(parents=True)
+    result = dg.run_one(m2f, "dr_fim_var", 0, out / "dr_fim_var__seed0.json", threads=None)
+    for name, m in result["metrics"].items():
+        assert 0.0 <= m["mIoU"] <= 100.0 and len(m["IoU"]) == 11, name
+    assert result["phases"] == {"T1": 0, "T2": 1, "T3": 1} and result["selection"]["per_block"]
+    assert "+ mask2former head, 1 steps" in dg.markdown(dg.aggregate(m2f, tmp_path)).splitlines()[0]
+    assert "+ light head, 6 steps" in dg.markdown(dg.aggregate(recipe, runs.parents[1])).splitlines()[0]
+
+
+def test_an_unknown_head_is_refused_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="head must be one of"):
+        dg.main(["--head", "segformer", "--seeds", "0", "--methods", "frozen", "--out-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())

@@ -15,8 +15,8 @@ import pytest
 from _benchmark_modules import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
-STEPS = ["paper_scale", "tuner_speed_bf16", "crossover", "compact_crossover", "tuner_speed_fp32"]
-OUTPUTS = {"paper_scale": "paper_scale_cuda.md", "tuner_speed_bf16": "tuner_speed_vitl_bf16.md",
+STEPS = ["paper_scale", "tuner_speed_bf16", "camvid_m2f", "crossover", "compact_crossover", "tuner_speed_fp32"]
+OUTPUTS = {"paper_scale": "paper_scale_cuda.md", "tuner_speed_bf16": "tuner_speed_vitl_bf16.md", "camvid_m2f": "camvid",
            "crossover": "sparse_grad_crossover_cuda.md", "compact_crossover": "compact_grad_crossover_cuda_bf16.md",
            "tuner_speed_fp32": "tuner_speed_vitl_fp32.md"}  # fmt: skip
 
@@ -41,6 +41,16 @@ def _run(args, env=None, timeout=120):
     full_env = {k: v for k, v in os.environ.items() if k not in ("TINY", "PYTHON")}
     full_env.update(env or {})
     return subprocess.run(["bash", str(SCRIPT), *args], env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def camvid(tmp_path):
+    """`--camvid-root/--camvid-backbone` of a (fake) CamVid and backbone: the GPU-mode tests never read ../shared."""
+    root, backbone = tmp_path / "cv", tmp_path / "bb"
+    for d, f in ((root, "splits.json"), (backbone, "config.json")):
+        d.mkdir()
+        (d / f).write_text("{}")
+    return ["--camvid-root", str(root), "--camvid-backbone", str(backbone)]
 
 
 @pytest.fixture
@@ -69,6 +79,8 @@ def test_help_lists_every_step():
     (["--budget", "abc"], {}, "--budget must be whole seconds >= 60"),
     (["--budget", "30"], {}, "--budget must be whole seconds >= 60"),
     (["--only", "crossover,nope"], {}, "unknown step 'nope'"),
+    (["--camvid-root"], {}, "--camvid-root needs a value"),
+    (["--camvid-backbone", ""], {}, "--camvid-backbone needs a value"),
     ([], {"TINY": "yes"}, "TINY must be 0 or 1"),
 ])  # fmt: skip
 def test_refused_arguments(args, env, message, shim, tmp_path):
@@ -92,14 +104,32 @@ def _script_flags(script: str) -> set[str]:
     return set(re.findall(r"--[a-z][a-z0-9-]*", res.stdout))
 
 
-def test_gpu_mode_command_lines(shim, tmp_path):
+def _options(argv: list[str], switches: set[str]) -> dict:
+    out, i = {}, 0
+    while i < len(argv):
+        if argv[i] in switches:
+            out[argv[i]], i = True, i + 1
+        else:
+            out[argv[i]], i = argv[i + 1], i + 2
+    return out
+
+
+def test_gpu_mode_command_lines(shim, camvid, tmp_path):
     out = tmp_path / "gpu"
-    res = _run(["--out-dir", str(out)], shim[0])
+    res = _run(["--out-dir", str(out), *camvid], shim[0])
     assert res.returncode == 0, res.stderr
     calls = [shlex.split(line) for line in shim[1].read_text().splitlines() if not line.startswith("-c")]
     scripts = [c[0] for c in calls]
-    assert scripts == ["benchmarks/paper_scale.py", "benchmarks/tuner_speed.py", "benchmarks/sparse_grad_crossover.py",
-                       "benchmarks/compact_grad_crossover.py", "benchmarks/tuner_speed.py"]  # fmt: skip
+    assert scripts == ["benchmarks/paper_scale.py", "benchmarks/tuner_speed.py", "benchmarks/dg_camvid.py",
+                       "benchmarks/sparse_grad_crossover.py", "benchmarks/compact_grad_crossover.py",
+                       "benchmarks/tuner_speed.py"]  # fmt: skip
+    cv = calls.pop(2)
+    scripts.pop(2)
+    opts = _options(cv[1:], switches={"--quick", "--stop-on-error"})
+    assert opts["--head"] == "mask2former" and opts["--quick"] and opts["--stop-on-error"]  # the quick recipe
+    assert opts["--methods"] == "dr_fim_var" and opts["--seeds"] == "0" and opts["--eval-every"] == "3"
+    assert opts["--root"] == camvid[1] and opts["--backbone"] == camvid[3] and opts["--out-dir"] == str(out / "camvid")
+    assert set(o for o in cv if o.startswith("--")) <= _script_flags("dg_camvid.py")
     runs = [dict(zip(c[1::2], c[2::2])) for c in calls]
     assert all(r["--device"] == "cuda" for r in runs)
     assert runs[0] == {"--device": "cuda", "--out": str(out / "paper_scale_cuda.md")}  # the config's own sizes
@@ -116,20 +146,34 @@ def test_gpu_mode_command_lines(shim, tmp_path):
     assert summary == res.stdout and "DRY RUN" not in summary and "torch (stand-in)" in summary
     rows = _summary_rows(summary)
     assert list(rows) == STEPS and all(r[0] == "ok" for r in rows.values())
-    assert all(rows[s][2] == str(out / OUTPUTS[s]) and (out / OUTPUTS[s]).is_file() for s in STEPS)
+    assert all(rows[s][2] == str(out / OUTPUTS[s]) for s in STEPS)
+    assert all((out / OUTPUTS[s]).is_file() for s in STEPS if s != "camvid_m2f")  # the stand-in writes --out only
     assert sorted(p.name for p in (out / "logs").iterdir()) == sorted(f"{s}.log" for s in STEPS)
 
 
-def test_a_failing_step_is_reported_and_the_rest_run(shim, tmp_path):
-    res = _run(["--out-dir", str(tmp_path / "gpu")], {**shim[0], "SHIM_FAIL": "sparse_grad_crossover"})
+def test_a_failing_step_is_reported_and_the_rest_run(shim, camvid, tmp_path):
+    res = _run(["--out-dir", str(tmp_path / "gpu"), *camvid], {**shim[0], "SHIM_FAIL": "sparse_grad_crossover"})
     rows = _summary_rows(res.stdout)
     assert res.returncode == 1 and rows["crossover"][0] == "failed (rc 5)" and "stand-in failure" in res.stderr
-    assert [rows[s][0] for s in STEPS if s != "crossover"] == ["ok"] * 4
+    assert [rows[s][0] for s in STEPS if s != "crossover"] == ["ok"] * 5
 
 
-def test_budget_and_only(shim, tmp_path):
+def test_camvid_step_reads_a_pack_whole_and_is_skipped_without_camvid(shim, camvid, tmp_path):
+    (tmp_path / "cv" / "fishertune_pack.json").write_text("{}")  # gpu_pack.py kept every 3rd image already
+    res = _run(["--out-dir", str(tmp_path / "a"), "--only", "camvid_m2f", *camvid], shim[0])
+    (cv,) = [shlex.split(line) for line in shim[1].read_text().splitlines() if "dg_camvid.py" in line]
+    assert res.returncode == 0 and cv[cv.index("--eval-every") + 1] == "1"
+    shim[1].unlink()
+    res = _run(["--out-dir", str(tmp_path / "b"), "--camvid-root", str(tmp_path / "none"), "--only",
+                "camvid_m2f,crossover"], shim[0])  # fmt: skip
+    rows = _summary_rows(res.stdout)
+    assert res.returncode == 0 and rows["camvid_m2f"][0].startswith(f"skipped: no CamVid at {tmp_path / 'none'}")
+    assert rows["crossover"][0] == "ok" and "dg_camvid.py" not in shim[1].read_text()
+
+
+def test_budget_and_only(shim, camvid, tmp_path):
     # 60 s of budget: every step is capped by what is left, and fp32 (needs 120 s) is skipped, not run.
-    res = _run(["--out-dir", str(tmp_path / "a"), "--budget", "60"], shim[0])
+    res = _run(["--out-dir", str(tmp_path / "a"), "--budget", "60", *camvid], shim[0])
     rows = _summary_rows(res.stdout)
     assert res.returncode == 0 and rows["tuner_speed_fp32"][0].startswith("skipped")
     assert "paper_scale (timeout 55 s)" in res.stderr and "tuner_speed.py" in shim[1].read_text()
