@@ -35,7 +35,7 @@ usage: benchmarks/gpu_check.sh [--dry-run] [--out-dir DIR] [--budget SECONDS] [-
   --only STEPS     run only these steps: paper_scale, tuner_speed_bf16, camvid_m2f, crossover,
                    compact_crossover, tuner_speed_fp32
   --camvid-root DIR      CamVid for camvid_m2f (default gpu_carry/camvid if packed, else ../shared/data/camvid)
-  --camvid-backbone DIR  its backbone (default gpu_carry/backbone if packed, else the ViT-Tiny in ../shared)
+  --camvid-backbone DIR  its backbone (default gpu_carry/backbone/<name> if packed, else ../shared's ViT-Tiny)
 Relative paths are taken from the repository root.
 Environment: PYTHON (default .venv/bin/python if present, else python3), TINY=1 (as --dry-run).
 EOF
@@ -77,8 +77,10 @@ if [ -z "$CAMVID_ROOT" ]; then
     if [ -f gpu_carry/camvid/splits.json ]; then CAMVID_ROOT=gpu_carry/camvid; else CAMVID_ROOT=../shared/data/camvid; fi
 fi
 if [ -z "$CAMVID_BACKBONE" ]; then
-    if [ -f gpu_carry/backbone/config.json ]; then CAMVID_BACKBONE=gpu_carry/backbone
-    else CAMVID_BACKBONE=../shared/models/vit-tiny-patch16-224-augreg; fi
+    CAMVID_BACKBONE=../shared/models/vit-tiny-patch16-224-augreg
+    for c in gpu_carry/backbone/*/config.json; do
+        if [ -f "$c" ]; then CAMVID_BACKBONE=${c%/config.json}; break; fi
+    done
 fi
 CAMVID_EVERY=3  # a gpu_pack.py folder holds only every 3rd evaluation image already: score it whole
 if [ -f "$CAMVID_ROOT/fishertune_pack.json" ]; then CAMVID_EVERY=1; fi

@@ -8,7 +8,7 @@ ignored by git (``.gitignore``: ``gpu_carry/``): name it in the device call's ``
 
 Usage::
 
-    python benchmarks/gpu_pack.py                     # -> gpu_carry/{camvid,backbone}, every 3rd eval image
+    python benchmarks/gpu_pack.py                     # -> gpu_carry/camvid, gpu_carry/backbone/<its name>
     python benchmarks/gpu_pack.py --every 6 --out /tmp/pack
 """
 
@@ -38,8 +38,8 @@ def pack(root: Path, backbone: Path, out: Path, every: int) -> dict:
     if TRAIN_SPLIT not in splits:
         raise SystemExit(f"gpu_pack: {splits_file} has no {TRAIN_SPLIT!r} split")
     kept = {name: stems if name == TRAIN_SPLIT else stems[::every] for name, stems in splits.items()}
-    camvid, model = out / "camvid", out / "backbone"
-    for d in (camvid, model):
+    camvid, model = out / "camvid", out / "backbone" / backbone.name  # the name labels the report's rows
+    for d in (camvid, out / "backbone"):
         if d.exists():
             shutil.rmtree(d)
     for stem in sorted({s for stems in kept.values() for s in stems}):

@@ -42,7 +42,7 @@ def test_pack_keeps_the_training_split_and_every_kth_evaluation_image(tree, tmp_
     assert splits == {"source_train": SPLITS["source_train"], "source_val": SPLITS["source_val"][::2],
                       "target_dusk": SPLITS["target_dusk"][::2]}  # fmt: skip
     assert json.loads((packed / gp.MARKER).read_text())["eval_every"] == 2
-    assert sorted(p.name for p in (tmp_path / "p" / "backbone").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "p" / "backbone" / "vit").iterdir()) == ["config.json", "model.safetensors"]
     # the packed split read whole is the full split read every 2nd image (what gpu_check.sh relies on)
     full = load_dataset("camvid", str(root), "source_val")
     whole = load_dataset("camvid", str(packed), "source_val")
