@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -9,6 +10,8 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"
 DEFAULT_ROOT = str(SHARED / "data" / "camvid")
 DEFAULT_BACKBONE = str(SHARED / "models" / "vit-tiny-patch16-224-augreg")
+#: Written by gpu_pack.py into a CamVid copy that holds every k-th evaluation image only (gpu_check.sh reads it too).
+PACK_MARKER = "fishertune_pack.json"
 
 #: name -> trainer options (baselines by `method`, sparse runs by `criterion`). Order = run order within a seed.
 METHODS = {
@@ -84,10 +87,16 @@ def recipe_from_args(args) -> dict:
         # DataLoader workers for training (0 on the 2-core CPU; ~4-8 on a GPU machine). Changes the random
         # crop stream, not the recipe, so it does not change the results folder.
         "workers": getattr(args, "workers", 0),
-    } | ({"also_every": args.also_every} if getattr(args, "also_every", None) else {}) | (
+    } | _packed(args.root) | ({"also_every": args.also_every} if getattr(args, "also_every", None) else {}) | (
         {"eval_stride": list(args.eval_stride)} if getattr(args, "eval_stride", None)
         else {"eval_stride": list(DEFAULT_STRIDE)} if not getattr(args, "eval_window", None) else {}) | (
         {"also_scales": list(args.also_scale)} if getattr(args, "also_scale", None) else {})
+
+
+def _packed(root: str) -> dict:
+    """A gpu_pack.py copy scores 1 in k of the original evaluation images at --eval-every 1: the recipe says so."""
+    marker = Path(root) / PACK_MARKER
+    return {"packed_eval_every": json.loads(marker.read_text())["eval_every"]} if marker.is_file() else {}
 
 
 CAMVID_SHORT_EDGE = 360  # CamVid images are 480x360: the recipe's scale_range is a fraction of this short edge

@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from dg_camvid_recipe import DEFAULT_BACKBONE
+
 LABELS = {
     "frozen": "frozen backbone", "full": "full fine-tuning", "lora": "LoRA (r=8)", "random": "random 5%",
     "rein": "Rein (default config)", "vpt": "VPT-deep (150 prompts)",
@@ -139,8 +141,10 @@ def _fmt(cell: dict) -> str:
 
 
 def _protocol_line(r: dict) -> str:
-    every = r.get("eval_every", 1)
+    every = r.get("eval_every", 1) * r.get("packed_eval_every", 1)
     images = "every evaluation image" if every == 1 else f"1 in {every} evaluation images"
+    if r.get("packed_eval_every"):
+        images += f" (a gpu_pack.py copy holding 1 in {r['packed_eval_every']})"
     win = r.get("eval_window") or [368, 480]
     stride = r.get("eval_stride") or win
     how = (f"sliding windows {win[0]}x{win[1]}, stride {stride[0]}x{stride[1]}" if stride != win
@@ -150,7 +154,7 @@ def _protocol_line(r: dict) -> str:
 
 def _backbone_label(recipe: dict) -> str:
     name = Path(recipe["backbone"]).name
-    return "ViT-Tiny/16 augreg" if name == "vit-tiny-patch16-224-augreg" else name
+    return "ViT-Tiny/16 augreg" if name == Path(DEFAULT_BACKBONE).name else name
 
 
 def markdown(summary: dict) -> str:

@@ -3,7 +3,8 @@
 A lent GPU machine receives the checkout only (64 MiB in all), not the CamVid folder and the ViT-Tiny beside it.
 This copies the source split whole and every ``--every``-th image of each evaluation split (in splits.json's
 order: the images `dg_camvid.py --eval-every k` scores), rewrites splits.json to list them, copies the backbone's
-folder, and writes ``fishertune_pack.json`` (gpu_check.sh then scores the packed splits whole). The folder is
+folder, and writes ``fishertune_pack.json`` (gpu_check.sh then scores the packed splits whole, and the CamVid
+report says 1 in k). The folder is
 ignored by git (``.gitignore``: ``gpu_carry/``): name it in the device call's ``carry``.
 
 Usage::
@@ -22,10 +23,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from dg_camvid_recipe import DEFAULT_BACKBONE, DEFAULT_ROOT  # noqa: E402
+from dg_camvid_recipe import DEFAULT_BACKBONE, DEFAULT_ROOT, PACK_MARKER  # noqa: E402
 
 TRAIN_SPLIT = "source_train"  # trained on whole; every other split is scored on every k-th image
-MARKER = "fishertune_pack.json"
 
 
 def pack(root: Path, backbone: Path, out: Path, every: int) -> dict:
@@ -52,8 +52,12 @@ def pack(root: Path, backbone: Path, out: Path, every: int) -> dict:
             shutil.copyfile(src, dst)
     (camvid / "splits.json").write_text(json.dumps(kept, indent=1))
     info = {"source": str(root), "eval_every": every, "images": {k: len(v) for k, v in kept.items()}}
-    (camvid / MARKER).write_text(json.dumps(info, indent=1))
-    shutil.copytree(backbone, model)
+    (camvid / PACK_MARKER).write_text(json.dumps(info, indent=1))
+    for src in sorted(p for p in backbone.rglob("*") if p.is_file()):
+        # file contents only: ../shared is read-only, and copied modes would make the next pack's rmtree fail
+        dst = model / src.relative_to(backbone)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return dict(info, bytes=size)
 

@@ -146,7 +146,8 @@ def test_the_mask2former_head_trains_scores_and_names_itself(trained, tmp_path, 
     assert "+ light head, 6 steps" in dg.markdown(dg.aggregate(recipe, runs.parents[1])).splitlines()[0]
 
 
-def test_an_unknown_head_is_refused_before_any_run(tmp_path):
-    with pytest.raises(ValueError, match="head must be one of"):
+def test_an_unknown_head_is_refused_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         dg.main(["--head", "segformer", "--seeds", "0", "--methods", "frozen", "--out-dir", str(tmp_path)])
+    assert exit_.value.code == 2 and "head must be one of" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
