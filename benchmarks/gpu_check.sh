@@ -119,11 +119,12 @@ else
 fi
 
 RESULTS=()
+selected() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }  # step name: run by this call (--only)?
 FAILED=0
 run_step() {  # name cap_seconds output_file command...
     local name=$1 cap=$2 out=$3 rc=0 t0=$SECONDS status
     shift 3
-    if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then return 0; fi
+    selected "$name" || return 0
     local left=$((BUDGET - SECONDS - 5))
     if [ "$cap" -gt "$left" ]; then cap=$left; fi
     if [ "$cap" -lt 30 ]; then
@@ -153,11 +154,11 @@ run_step tuner_speed_bf16 "${CAPS[1]}" "$OUT/tuner_speed_vitl_bf16.md" \
     --methods full,lora,shira,fishertune --rounds 1 --out "$OUT/tuner_speed_vitl_bf16.md"
 if [ -f "$CAMVID_ROOT/splits.json" ] && [ -f "$CAMVID_BACKBONE/config.json" ]; then
     # dg_camvid resumes finished runs: a fresh folder, or a second check would report ok having trained nothing
-    if [ -z "$ONLY" ] || [[ ",$ONLY," == *",camvid_m2f,"* ]]; then rm -rf "$OUT/camvid"; fi
+    if selected camvid_m2f; then rm -rf "$OUT/camvid"; fi
     run_step camvid_m2f "${CAPS[2]}" "$OUT/camvid" \
         "$PY" benchmarks/dg_camvid.py --head mask2former --methods dr_fim_var --seeds 0 --corruptions fog \
         "${CV_SIZE[@]}" --root "$CAMVID_ROOT" --backbone "$CAMVID_BACKBONE" --stop-on-error --out-dir "$OUT/camvid"
-elif [ -z "$ONLY" ] || [[ ",$ONLY," == *",camvid_m2f,"* ]]; then
+elif selected camvid_m2f; then
     RESULTS+=("| camvid_m2f | skipped: no CamVid at $CAMVID_ROOT or no backbone at $CAMVID_BACKBONE (benchmarks/gpu_pack.py) | 0 | |")
 fi
 run_step crossover "${CAPS[3]}" "$OUT/sparse_grad_crossover_cuda.md" \
@@ -173,7 +174,7 @@ if [ "$DRY" = 1 ] || [ "$LEFT" -ge "$FP32_MIN_S" ]; then
     run_step tuner_speed_fp32 "$CAP" "$OUT/tuner_speed_vitl_fp32.md" \
         "$PY" benchmarks/tuner_speed.py "${DEVICE[@]}" "${TS_SIZE[@]}" --dtype fp32 --delta-max 0.05 \
         --methods full,lora,shira,fishertune --rounds 1 --out "$OUT/tuner_speed_vitl_fp32.md"
-elif [ -z "$ONLY" ] || [[ ",$ONLY," == *",tuner_speed_fp32,"* ]]; then
+elif selected tuner_speed_fp32; then
     RESULTS+=("| tuner_speed_fp32 | skipped: ${LEFT} s left, needs ${FP32_MIN_S} s | 0 | |")
 fi
 

@@ -13,7 +13,9 @@ import pytest
 from _benchmark_modules import load_benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_trees import ids_grid, write_image, write_label  # noqa: E402
+from models.conftest import TINY_M2F  # noqa: E402
 
 dg = load_benchmark("dg_camvid")
 ev = sys.modules["dg_camvid_eval"]
@@ -126,11 +128,8 @@ def test_the_mask2former_head_trains_scores_and_names_itself(trained, tmp_path, 
     import fishertune.experiment.build as build
     from fishertune.models import PyramidMask2Former
 
-    small = dict(num_queries=4, decoder_layers=3, encoder_layers=1, train_num_points=64, feature_size=32,
-                 mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32, dim_feedforward=32,
-                 num_attention_heads=2)  # fmt: skip
     real = build.build_model
-    monkeypatch.setattr(build, "build_model", lambda head, *a, **kw: real(head, *a, **(kw | small)))
+    monkeypatch.setattr(build, "build_model", lambda head, *a, **kw: real(head, *a, **(kw | TINY_M2F)))
     recipe, runs, _ = trained
     m2f = dict(recipe, model="mask2former", steps=1, estimation_batches=1)
     out = dg.runs_dir(m2f, tmp_path)

@@ -20,8 +20,8 @@ gp = load_benchmark("gpu_pack")
 # not in sorted order: the pack must follow splits.json's order, as `ds.select(range(0, n, k))` does
 SPLITS = {"source_train": [f"train/0006R0_f{i}" for i in (2, 0, 1)], "source_val": [f"val/0016E5_{i}" for i in (3, 1, 4, 0, 2)],
           "target_dusk": [f"train/0001TP_{i}" for i in (1, 3, 0, 2)]}  # fmt: skip
-rp = sys.modules["dg_camvid_report"] if "dg_camvid_report" in sys.modules else load_benchmark("dg_camvid_report")
-recipe_mod = sys.modules["dg_camvid_recipe"]
+import dg_camvid_recipe as recipe_mod  # noqa: E402  (benchmarks/ is on sys.path once gpu_pack is loaded)
+import dg_camvid_report as rp  # noqa: E402
 
 
 @pytest.fixture
