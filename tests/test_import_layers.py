@@ -11,6 +11,7 @@ Layering, lowest first:
 - the package root (`fishertune/__init__.py`), then `hub` and `experiment` (which pushes through `hub`) on top.
 - `outputs`: the names of the files the package writes; a leaf (it imports nothing of fishertune) that every
   layer may import, so that writers and readers in different layers share one name.
+- `atomic`: writing a file or folder through a temporary name and a rename; a leaf every layer may use.
 
 Every import counts, also those inside functions: a lazy import hides an upward edge from the import-time cycle
 but not from the layering. To add an edge, change `ALLOWED` here in the same commit, with the reason.
@@ -32,6 +33,7 @@ _BELOW_TRAINING = {"backbones", "tuner", "fisher", "models", "baselines", "data"
 #: subpackage -> the subpackages it may import.
 ALLOWED: dict[str, set[str]] = {
     "outputs": set(),
+    "atomic": set(),
     "backbones": set(),
     "tuner": {"backbones"},
     "fisher": {"backbones", "tuner"},
@@ -44,8 +46,9 @@ ALLOWED: dict[str, set[str]] = {
     "experiment": _BELOW_TRAINING | {"training", "hub", ROOT},
     "hub": _BELOW_TRAINING | {"training", ROOT},
 }
-for _layer_name in set(ALLOWED) - {"outputs"}:
-    ALLOWED[_layer_name] = ALLOWED[_layer_name] | {"outputs"}
+_LEAVES = {"outputs", "atomic"}
+for _layer_name in set(ALLOWED) - _LEAVES:
+    ALLOWED[_layer_name] = ALLOWED[_layer_name] | _LEAVES
 
 
 def _module_parts(path: Path) -> tuple[list[str], list[str]]:
@@ -61,7 +64,7 @@ def _layer(parts: list[str]) -> str:
     if len(parts) < 2:
         return ROOT
     sub = parts[1]
-    return sub if (SRC / sub).is_dir() or sub in ("hub", "outputs") else ROOT
+    return sub if (SRC / sub).is_dir() or sub in ("hub", "outputs", "atomic") else ROOT
 
 
 def imported_layers(path: Path) -> dict[str, int]:
