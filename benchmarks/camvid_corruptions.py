@@ -206,8 +206,7 @@ def corrupted_targets(root, corruptions=DEFAULT_CORRUPTIONS, severity: int = DEF
     """
     import datasets
 
-    from fishertune.data import get_id2label, load_dataset
-    from fishertune.data._common import make_dataset
+    from fishertune.data import get_id2label, load_dataset, make_dataset
 
     clean = load_dataset("camvid", str(root), SOURCE_SPLIT)
     if limit is not None:

@@ -218,12 +218,7 @@ def fishertune_report(model, calls_before: dict[str, dict[str, int]], dtype) -> 
         **{f"{p}_layers": sum(ly["ran_path"] == p for ly in layers) for p in sparse_grad.PATHS},
         # the weight-gradient GEMM's work on the compact block, as a share of the dense GEMMs of the tuned layers
         "block_share": sum(ly["block_fraction"] * ly["shape"][0] * ly["shape"][1] for ly in tuned) / weight if weight else 0.0,
-        "pattern_bytes": sum(
-            p.nbytes()
-            for m in model.modules()
-            if isinstance(m, FisherTuneLayer)
-            for p in m._fishertune_patterns.values()
-        ),
+        "pattern_bytes": sum(m.selection_pattern_bytes() for m in model.modules() if isinstance(m, FisherTuneLayer)),
         "lowest_tuned_block": min((ly["block"] for ly in tuned), default=None),
     }
 

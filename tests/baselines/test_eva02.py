@@ -10,15 +10,13 @@ timm = pytest.importorskip("timm")
 from .conftest import EVA02_TINY  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
     AdaptFormerConfig,
-    Eva02Backbone,
     ReinConfig,
     VPTConfig,
     apply_method,
     count_trainable,
-    eva02_pyramid_taps,
-    eva02_target_regex,
     parameter_table,
 )
+from fishertune.backbones.eva02 import Eva02Backbone, eva02_pyramid_taps, eva02_target_regex  # noqa: E402
 
 TINY = EVA02_TINY
 

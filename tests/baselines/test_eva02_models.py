@@ -14,7 +14,7 @@ timm = pytest.importorskip("timm")
 
 import fishertune  # noqa: E402
 from .conftest import EVA02_TINY, TINY_M2F  # noqa: E402
-from fishertune.baselines import Eva02Backbone, Eva02BackboneConfig, eva02_pyramid_taps  # noqa: E402
+from fishertune.backbones import Eva02Backbone, Eva02BackboneConfig, eva02_pyramid_taps  # noqa: E402
 from fishertune.fisher import DSUHooks, find_blocks  # noqa: E402
 from fishertune.models import REIN_SCALES, build_model, tapped_features  # noqa: E402
 from fishertune.models.backbone import resample  # noqa: E402

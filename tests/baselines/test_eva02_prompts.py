@@ -13,16 +13,15 @@ from timm.layers import apply_rot_embed_cat  # noqa: E402
 
 from .conftest import EVA02_TINY, TINY_M2F  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
-    Eva02Backbone,
     VPTConfig,
     VQTConfig,
     apply_vpt,
     apply_vqt,
-    eva02_pyramid_taps,
     load_method_state,
     save_method_state,
     vqt_features,
 )
+from fishertune.backbones import Eva02Backbone, eva02_pyramid_taps  # noqa: E402
 from fishertune.models import build_model  # noqa: E402
 
 TINY = EVA02_TINY

@@ -15,14 +15,12 @@ import fishertune  # noqa: E402
 from .conftest import EVA02_TINY  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
     AdaptFormerConfig,
-    Eva02Backbone,
     ReinConfig,
     apply_method,
-    eva02_pyramid_taps,
-    eva02_target_regex,
     load_method_state,
     save_method_state,
 )
+from fishertune.backbones.eva02 import Eva02Backbone, eva02_pyramid_taps, eva02_target_regex  # noqa: E402
 from fishertune.models import REIN_SCALES, tapped_features  # noqa: E402
 from fishertune.models.backbone import resample  # noqa: E402
 from fishertune.backbones import locate  # noqa: E402

@@ -7,7 +7,7 @@ import sys
 import pytest
 from transformers import AutoConfig
 
-from fishertune.baselines import Eva02BackboneConfig
+from fishertune.backbones import Eva02BackboneConfig
 from fishertune.models import LightSegConfig, build_model
 
 

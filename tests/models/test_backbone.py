@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fishertune.models import backbone_blocks, default_taps, patch_tokens, tapped_features
+from fishertune.backbones import backbone_blocks
+from fishertune.models import default_taps, patch_tokens, tapped_features
 from fishertune.models.backbone import build_backbone, resample
 
 from .conftest import FAMILIES, tiny_config

@@ -2,7 +2,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Mask2FormerImageProcessor
 
-from fishertune.models import PyramidMask2Former, backbone_blocks, patch_tokens, semantic_to_instances
+from fishertune.backbones import backbone_blocks
+from fishertune.models import PyramidMask2Former, patch_tokens, semantic_to_instances
 
 from .conftest import TINY_M2F, tiny_config
 

@@ -19,8 +19,8 @@ Registered on import: DINOv2 (with and without registers), ViT, ViT-MAE, CLIP vi
 """
 
 from . import hf  # noqa: F401  (registers the transformers families)
-from .auto import build_auto_model, cls_and_registers, default_tap_kwargs, load_auto_model, no_prefix, vision_config
-from .eva02 import TIMM_PREFIX, Eva02Backbone, Eva02BackboneConfig
+from .auto import build_auto_model, load_auto_model, vision_config
+from .eva02 import TIMM_PREFIX, Eva02Backbone, Eva02BackboneConfig, eva02_pyramid_taps
 from .registry import (
     BackboneFamily,
     backbone_blocks,
@@ -43,8 +43,7 @@ __all__ = [
     "Eva02BackboneConfig",
     "backbone_blocks",
     "build_auto_model",
-    "cls_and_registers",
-    "default_tap_kwargs",
+    "eva02_pyramid_taps",
     "families",
     "family_of",
     "find_backbone",
@@ -52,7 +51,6 @@ __all__ = [
     "get_family",
     "load_auto_model",
     "locate",
-    "no_prefix",
     "num_prefix_tokens",
     "register_family",
     "registered",

@@ -10,9 +10,9 @@ Every model takes `pixel_values` [B, 3, H, W] and optional semantic `labels` [B,
 - `EomtSegmenter`: transformers' EoMT, built from DINOv2 (EVA02 is refused).
 
 EVA02 (needs `timm`): `build_model("light" | "mask2former", backbone, ...)` with `backbone` an
-`fishertune.backbones.Eva02Backbone` (also `fishertune.baselines.Eva02Backbone`), an `Eva02BackboneConfig` (random init) or
+`fishertune.backbones.Eva02Backbone`, an `Eva02BackboneConfig` (random init) or
 `"timm:eva02_large_patch14_224.mim_m38m"` (timm's pretrained weights); use
-`fishertune.baselines.eva02_pyramid_taps(24)` for Rein's taps (8, 12, 16, 24). A saved EVA02
+`fishertune.backbones.eva02_pyramid_taps(24)` for Rein's taps (8, 12, 16, 24). A saved EVA02
 segmenter reloads with `AutoModel.from_pretrained(folder)` without downloading timm weights.
 
 Importing this package registers the configs and models with `AutoConfig`, `AutoModel` and
@@ -27,7 +27,6 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATI
 # Registers the backbone families, and Eva02BackboneConfig with AutoConfig (nested in saved EVA02 segmenters);
 # imports no timm.
 from .. import backbones as _backbones  # noqa: F401
-from ..backbones import backbone_blocks
 from ._base import BACKBONE_REFERENCE, backbone_reference, save_backbone_reference
 from .backbone import (
     REIN_DINOV2_LARGE_TAPS,
@@ -95,7 +94,6 @@ __all__ = [
     "PyramidMask2Former",
     "PyramidMask2FormerConfig",
     "PyramidMask2FormerOutput",
-    "backbone_blocks",
     "backbone_reference",
     "build_model",
     "default_taps",

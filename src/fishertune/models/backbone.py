@@ -20,13 +20,13 @@ from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 
 from ..backbones import (
     build_auto_model,
-    default_tap_kwargs,
     families,
     family_of,
     load_auto_model,
     num_prefix_tokens,
     vision_config,
 )
+from ..backbones.auto import default_tap_kwargs
 
 #: Rein's taps for DINOv2-L/14 (1-based block indices), used by the paper's Mask2Former.
 REIN_DINOV2_LARGE_TAPS = (8, 12, 16, 24)

@@ -152,6 +152,10 @@ class FisherTuneLayer(BaseTunerLayer):
             path: sum(p.calls[path] for p in self._fishertune_patterns.values()) for path in ("sampled", "compact")
         }
 
+    def selection_pattern_bytes(self) -> int:
+        """Bytes held by the selection patterns built so far (the index structures of the sparse gradient paths)."""
+        return sum(p.nbytes() for p in self._fishertune_patterns.values())
+
     def sampled_grad_calls(self) -> int:
         return self.values_grad_calls()["sampled"]
 
