@@ -48,6 +48,8 @@ def test_all_holds_only_the_subpackages_own_public_names(sub):
         obj = getattr(module, name)  # every listed name exists
         origin = getattr(obj, "__module__", None) if callable(obj) else None
         if origin is not None:
-            assert origin.startswith(f"fishertune.{sub}"), f"fishertune.{sub}.{name} is {origin}'s: import it from there"
+            assert origin.startswith(f"fishertune.{sub}"), (
+                f"fishertune.{sub}.{name} is {origin}'s: import it from there"
+            )
     exported = set(module.__all__) | set(vars(module))
     assert not exported & INTERNAL.get(sub, set()), sorted(exported & INTERNAL[sub])

@@ -62,7 +62,7 @@ class ExperimentArguments:
         keyed_augmentation (`bool`, defaults to `True`): every random draw keyed by (seed, epoch, sample), so
             a resumed run augments as the uninterrupted one. `False` draws from torch's RNG per call (a
             `datasets` `set_transform`, seeded by the trainer): a resumed run then augments differently; it
-            exists to reproduce runs made that way (e.g. benchmarks/dg_camvid.py).
+            reproduces runs made that way.
         bad_file_policy (`str`): a training file that fails to decode mid-run (a truncated JPEG passes the
             load-time header check): `"error"` stops naming it, after saving a checkpoint; `"skip"` warns
             with the path and a running count and uses the next readable sample in its place.
@@ -105,8 +105,8 @@ class ExperimentArguments:
     keyed_augmentation: bool = field(default=True, metadata={
         "help": "Key every augmentation draw by (seed, epoch, sample index), so that a resumed run augments as "
                 "the uninterrupted one. False draws from torch's RNG at each call (a datasets set_transform, "
-                "seeded by the trainer): a resumed run then augments differently. False exists to reproduce "
-                "runs made that way (e.g. benchmarks/dg_camvid.py); it needs bad_file_policy='error'."})
+                "seeded by the trainer): a resumed run then augments differently. False reproduces runs made "
+                "that way; it needs bad_file_policy='error'."})
     bad_file_policy: str = field(default="error", metadata={
         "help": "A training image that fails to decode mid-run: 'error' stops naming the file (after saving a "
                 "checkpoint to resume from), 'skip' warns with the path and a count and uses the next sample.",

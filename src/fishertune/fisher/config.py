@@ -29,20 +29,20 @@ class EstimationConfig:
             The unit of F. `pixel`: each sample's squared gradient is scaled by its number of valid pixels, which
             makes F (true Fisher) the mean over pixels of the one-pixel Fisher: the same value and ranking for any
             crop size or share of ignored pixels. `sample`: the Fisher of the per-pixel-mean loss (scales as
-            1/pixels; the first implementation's unit, kept for comparison).
+            1/pixels).
         num_batches (`int`, defaults to 100):
             T2, estimation batches per process. 100 batches of 4-8 crops give 400-800 per-sample squares per
             entry and cost ~1% of a 36k-step tuning phase (see benchmarks/fisher_estimation.py).
         delta_eps (`float`, defaults to 1e-3):
             Eq. 5's eps as a fraction of the mean of F over all targeted entries. The paper's eps "prevents
             division by zero", so it must sit below F: at 1e-3 of the mean, min(F, F') is the denominator
-            for the large majority of entries (measured share in benchmarks/README.md).
+            for the large majority of entries.
         exchange (`str`, defaults to `"rank"`):
             The exchange rate between F and dF in Eq. 7/15 (DRF = F + rate * w * dF). `rank`: percentile of F plus
             w times percentile of dF over all targeted entries (unit-free; default, see docs/METHOD.md for the
             measurement that chose it). `quantile`: rate = the `exchange_quantile` of F. `gamma`: the printed
             Eq. 15, rate = the ELBO's gamma (variational only). `sum`: the literal Eq. 7 (rate 1), which ranks like
-            dF alone whenever F is far below 1; kept for the record.
+            dF alone whenever F is far below 1.
         exchange_quantile (`float`, defaults to 0.99):
             The quantile of F that one unit of w * dF is worth under `exchange="quantile"`.
         gamma (`float`, *optional*):

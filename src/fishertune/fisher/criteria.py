@@ -117,7 +117,7 @@ def dr_fim(
     (`percentile_ranks`): unit-free, so the balance does not depend on F's scale or tail.
     ``"quantile"`` / ``"gamma"`` / ``"sum"``: F + rate * w * dF with the rate of `exchange_rate`.
     ``"sum"`` (the literal Eq. 7) ranks like dF whenever F is far below 1, and ``"gamma"`` with a
-    small gamma ranks like F: kept for the record.
+    small gamma ranks like F.
     """
     if exchange == "rank":
         pf, pd = percentile_ranks(fisher), percentile_ranks(delta)

@@ -86,8 +86,8 @@ class _GradTap(torch.autograd.Function):
     ``anchor`` (a scalar leaf) makes every tap an input path of one ``autograd.grad(loss, anchor)``: the backward
     then runs exactly the nodes between the loss and the taps, never a weight gradient, and each layer's squares
     are formed as its gradient arrives (the gradient and the captured input are released right after), instead
-    of holding every targeted layer's output gradient and input until the backward ends. The phase-2 peak moved
-    by only 3-5% with it (benchmarks/README.md): that peak sits at the start of the backward.
+    of holding every targeted layer's output gradient and input until the backward ends. The phase-2 peak memory
+    sits at the start of the backward, so it is only 3-5% lower with the taps.
     """
 
     @staticmethod

@@ -94,7 +94,7 @@ def fisher_sample_weights(n_valid: torch.Tensor, unit: str, power: float = 0.5) 
     (``sqrt(n_i) L_i``, for the per-sample squares of Eq. 9); ``power=1`` gives the loss whose
     Hessian is that Fisher (``n_i L_i``, the ELBO data term of the sampled variational gradient).
     ``"sample"``: 1 per counted sample: the Fisher of the per-pixel-mean loss, which scales as
-    1/pixels (kept for comparison with the first implementation).
+    1/pixels.
     """
     counted = (n_valid > 0).to(torch.float32)
     if unit == "sample":

@@ -1,6 +1,6 @@
 """The selection criteria by name: what each needs (data, DSU) and how it scores the targeted entries.
 
-Everything that used to list criterion names (`EstimationConfig`'s validation and help, `estimate_scores`,
+Everything that names the criteria (`EstimationConfig`'s validation and help, `estimate_scores`,
 `estimate_statistics`, `scores_from_stats`, the training arguments' choices) reads this registry, so a
 criterion registered here works end to end through `FisherTuneTrainer` with no other edit:
 

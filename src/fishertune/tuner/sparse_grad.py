@@ -18,17 +18,15 @@ product is taken when
 
     density < SAMPLED_CPU_A - SAMPLED_CPU_B * (1/out + 1/in)
 
-(a fit of measured crossovers against the dense path: the first term is the GEMM-vs-dot-product throughput
-ratio, the second the cost of the two transposes amortised over the weight; `benchmarks/sparse_grad_crossover.py`),
-the compact GEMM when ``rows * cols < COMPACT_CPU_MAX * out * in`` (the smallest block fraction at which the
-compact GEMM stopped beating the dense one; `benchmarks/compact_grad_crossover.py`), the cheaper of the two where
-both hold (`values_grad_path`), else the dense path.
-Measured on a 2-core Intel Xeon VM, torch 2.13.0+cpu, fp32, ViT-S shapes at 2056 and 8200 tokens
-(benchmarks/results/sparse_grad_crossover_1thread.md and compact_grad_crossover.md): the sampled product wins
-only below ~0.5-3% density; the compact GEMM wins below 57-94% of the weight (by shape, token count and
-block aspect; the constant is the smallest crossover, 1 thread, other jobs on the second core). `sampled_addmm` has no
-bfloat16/float16 kernel on CPU, so autocast-bf16 layers choose between the compact and the dense GEMM only.
-On CUDA no crossover has been measured yet, so CUDA stays on the dense path unless a mode is forced.
+(a fit of crossovers against the dense path: the first term is the GEMM-vs-dot-product throughput ratio, the
+second the cost of the two transposes amortised over the weight), the compact GEMM when
+``rows * cols < COMPACT_CPU_MAX * out * in`` (the smallest block fraction at which the compact GEMM stopped beating
+the dense one), the cheaper of the two where both hold (`values_grad_path`), else the dense path.
+On CPU in fp32 at ViT-S shapes (2056 and 8200 tokens, one thread) the sampled product wins only below ~0.5-3%
+density and the compact GEMM below 57-94% of the weight (by shape, token count and block aspect; the constant is
+the smallest crossover). `sampled_addmm` has no bfloat16/float16 kernel on CPU, so autocast-bf16 layers choose
+between the compact and the dense GEMM only. The rule has no CUDA constants, so CUDA stays on the dense path
+unless a mode is forced.
 `set_sparse_grad_mode` / ``$FISHERTUNE_SPARSE_GRAD`` ("auto", "dense", "compact", "sampled") force a path;
 "sampled" still falls back to dense where the kernel does not exist. Re-measure on the hardware you train on.
 """
@@ -41,9 +39,11 @@ from typing import Callable, Optional
 
 import torch
 
-SAMPLED_CPU_A = 0.0213  # fit of benchmarks/results/sparse_grad_crossover_1thread.md
+#: The fit of `benchmarks/sparse_grad_crossover.py` (CPU, fp32, one thread).
+SAMPLED_CPU_A = 0.0213
 SAMPLED_CPU_B = 1.879
-COMPACT_CPU_MAX = 0.56  # benchmarks/results/compact_grad_crossover.md (1 thread)
+#: The smallest crossover of `benchmarks/compact_grad_crossover.py` (CPU, fp32, one thread).
+COMPACT_CPU_MAX = 0.56
 PATHS = ("dense", "compact", "sampled")
 _MODES = ("auto",) + PATHS
 _SAMPLED_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
@@ -110,7 +110,7 @@ def values_grad_path(
     if _sparse_grad_mode != "auto" or device_type != "cpu":
         if sampled:
             return "sampled"
-        # "compact" forced; "sampled" without a kernel for this dtype; CUDA: nothing measured yet
+        # "compact" forced; "sampled" without a kernel for this dtype; CUDA: no constants
         return "compact" if _sparse_grad_mode == "compact" else "dense"
     weight = out_features * in_features
     compact_cost = block() / weight / COMPACT_CPU_MAX
