@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-#: The benchmark's corruption targets (issue 8): five from imagecorruptions plus `dark`.
+#: The benchmark's corruption targets: five from imagecorruptions plus `dark`.
 DEFAULT_CORRUPTIONS = ("fog", "frost", "snow", "motion_blur", "gaussian_noise", "dark")
 #: Corruptions of imagecorruptions that keep pixels in place (labels stay valid), usable here.
 PIXEL_ALIGNED = (

@@ -1,4 +1,4 @@
-"""Real-data domain-generalization benchmark on CamVid (issue 8): FisherTune vs its baselines.
+"""Real-data domain-generalization benchmark on CamVid: FisherTune vs its baselines.
 
 Backbone: the pretrained ViT-Tiny/16 (augreg) with the light head (BN + 1x1 conv on the patch
 tokens of blocks 3, 6, 9, 12; ``--head mask2former``: the paper's Mask2Former on Rein's pyramid of the

@@ -1,4 +1,4 @@
-"""What the DR-FIM of the CamVid runs measured and selected (issue 16), from the statistics each run saved.
+"""What the DR-FIM of the CamVid runs measured and selected, from the statistics each run saved.
 
 Every sparse Fisher run of benchmarks/dg_camvid.py writes `fishertune_statistics.safetensors` (F, F', the
 per-batch weighted dF and Eq. 7's weight, `FisherTuneTrainingArguments.save_estimation_statistics`).

@@ -4,9 +4,9 @@ Every run saves its trained model (`<method>__seed<k>_work/final_model.pt`), so 
 evaluation protocol (window, stride, image subset, scales) re-scores the grid in minutes instead of
 retraining it for hours::
 
-    python benchmarks/dg_camvid.py --rescore-from full_800steps_692c23 --eval-every 3 --methods frozen --seeds 0
+    python benchmarks/dg_camvid.py --rescore-from <tag> --eval-every 3 --methods frozen --seeds 0
 
-writes the runs of the current recipe's folder from the models of `runs/full_800steps_692c23`,
+writes the runs of the current recipe's folder from the models of `runs/<tag>`,
 refusing when the two recipes differ in anything but evaluation.
 """
 

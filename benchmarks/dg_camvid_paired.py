@@ -7,7 +7,7 @@ the target-mean mIoU per shared seed, its mean, and the one-sample t statistic o
 (df = seeds - 1; |t| > 4.3 is p < 0.05 two-sided at df 2), and writes
 results/dg_camvid_paired[_<tag>].md.
 
-    python benchmarks/dg_camvid_paired.py --tag full_800steps_e320bb [--pairs random:dr_fim_var ...]
+    python benchmarks/dg_camvid_paired.py [--tag full_v2] [--pairs random:dr_fim_var ...]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def markdown(tag: str, means: dict, pairs: list[str]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tag", default="full", help="the recipe folder under results/runs/ (default: full)")
+    p.add_argument("--tag", default="full_v2", help="the recipe folder under results/runs/")
     p.add_argument("--pairs", nargs="+", default=DEFAULT_PAIRS, metavar="A:B", help="method pairs, a - b")
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = p.parse_args(argv)

@@ -51,7 +51,7 @@ def recipe_from_args(args) -> dict:
     steps = args.steps or (120 if quick else 800)
     return {
         "mode": "quick" if quick else "full",
-        # 2: DR-FIM in the per-pixel Fisher unit with a relative Eq. 5 eps, rank exchange, DSU p = 0.5 (issue 16).
+        # 2: DR-FIM in the per-pixel Fisher unit with a relative Eq. 5 eps, rank exchange, DSU p = 0.5.
         # Methods that use no estimator (frozen, full, lora, random, adapters) train the same model in 1 and 2.
         "dr_fim_version": 2,
         "root": args.root,

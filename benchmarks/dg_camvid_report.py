@@ -63,7 +63,7 @@ def recipe_tag(recipe: dict) -> str:
     import hashlib
 
     digest = hashlib.sha1(json.dumps(recipe_identity(recipe), sort_keys=True).encode()).hexdigest()[:6]
-    if recipe.get("default"):  # version 1 (before the DR-FIM units of issue 16) kept the bare mode name
+    if recipe.get("default"):  # version 1 (before the per-pixel DR-FIM units) kept the bare mode name
         version = recipe.get("dr_fim_version", 1)
         return recipe["mode"] if version == 1 else f"{recipe['mode']}_v{version}"
     return f"{recipe['mode']}_{recipe['steps']}steps_{digest}"

@@ -7,7 +7,7 @@ selection per weight kind (q, k, v, fc1, fc2) and per block, and the Jaccard ove
 of every pair of criteria of one seed. If F and DRF pick nearly the same entries, they cannot
 differ much in mIoU, whatever the estimator does.
 
-    python benchmarks/dg_camvid_selection.py [--tag quick]
+    python benchmarks/dg_camvid_selection.py [--tag full_v2]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     from fishertune.fisher import load_scores
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tag", default="quick", help="runs/<tag> folder (quick, full, ...)")
+    p.add_argument("--tag", default="full_v2", help="the recipe folder under results/runs/")
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = p.parse_args(argv)
     runs = Path(args.out_dir) / "runs" / args.tag

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared script for a lent GPU (H100/H200 class): every GPU measurement of issue 20 in at most ~8 minutes.
+# One prepared script for a lent GPU (H100/H200 class): every GPU measurement of benchmarks/README.md in at most ~8 minutes.
 #
 # Steps, in order of priority (a step that fails is reported and the next one still runs):
 #   paper_scale        benchmarks/paper_scale.py --device cuda: the paper config (DINOv2-L/14 + Mask2Former, 512 px,

@@ -46,7 +46,7 @@ from _common import device_line, script_command, write_report
 # and at 448 px (8 * 1025).
 SHAPES = [(384, 384), (1536, 384), (384, 1536)]
 TOKENS = [2056, 8200]
-# Up to 50%: issue 21's single-thread timings have sampled/dense at 0.25-0.4 at 5% on these shapes, so the
+# Up to 50%: on some CPUs sampled/dense is 0.25-0.4 at 5% on these shapes, so the
 # crossover lies well above 5%, and a grid that stopped at 10% would leave most shapes out of the fit.
 DENSITIES = [0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5]
 
