@@ -11,8 +11,9 @@
 #                      has no ../shared: run `python benchmarks/gpu_pack.py` first and carry gpu_carry/ (CamVid's
 #                      source split, every 3rd evaluation image, the ViT-Tiny; ~52 MiB), which this step then reads;
 #                      without a CamVid folder the step is skipped, not failed.
-#   crossover          benchmarks/sparse_grad_crossover.py --device cuda on ViT-L's shapes at batch 8, 512 px (fp32)
-#   compact_crossover  benchmarks/compact_grad_crossover.py --device cuda, same shapes, bf16: where the GEMM over the
+#   crossover          benchmarks/grad_path_crossover.py --path sampled --device cuda on ViT-L's shapes at batch 8,
+#                      512 px (fp32)
+#   compact_crossover  benchmarks/grad_path_crossover.py --path compact --device cuda, same shapes, bf16: where the GEMM over the
 #                      entries' rows x cols block beats the dense one (CUDA stays dense until this is measured)
 #   tuner_speed_fp32   the tuner_speed step in fp32, only if at least FP32_MIN_S of the budget is left
 #
@@ -162,10 +163,10 @@ elif selected camvid_m2f; then
     RESULTS+=("| camvid_m2f | skipped: no CamVid at $CAMVID_ROOT or no backbone at $CAMVID_BACKBONE (benchmarks/gpu_pack.py) | 0 | |")
 fi
 run_step crossover "${CAPS[3]}" "$OUT/sparse_grad_crossover_cuda.md" \
-    "$PY" benchmarks/sparse_grad_crossover.py "${DEVICE[@]}" "${SG_SIZE[@]}" --dtype fp32 \
+    "$PY" benchmarks/grad_path_crossover.py --path sampled "${DEVICE[@]}" "${SG_SIZE[@]}" --dtype fp32 \
     --out "$OUT/sparse_grad_crossover_cuda.md"
 run_step compact_crossover "${CAPS[4]}" "$OUT/compact_grad_crossover_cuda_bf16.md" \
-    "$PY" benchmarks/compact_grad_crossover.py "${DEVICE[@]}" "${CC_SIZE[@]}" --dtype bf16 \
+    "$PY" benchmarks/grad_path_crossover.py --path compact "${DEVICE[@]}" "${CC_SIZE[@]}" --dtype bf16 \
     --out "$OUT/compact_grad_crossover_cuda_bf16.md"
 LEFT=$((BUDGET - SECONDS - 5))
 if [ "$DRY" = 1 ] || [ "$LEFT" -ge "$FP32_MIN_S" ]; then

@@ -21,14 +21,14 @@ OUTPUTS = {"paper_scale": "paper_scale_cuda.md", "tuner_speed_bf16": "tuner_spee
            "tuner_speed_fp32": "tuner_speed_vitl_fp32.md"}  # fmt: skip
 
 # Records its command line (shell-quoted, one line); "-c" snippets: the CUDA probe answers $SHIM_CUDA, anything else prints a line. A script
-# named in $SHIM_FAIL exits 5; otherwise the file after --out (and its .json) is written.
+# whose command line holds $SHIM_FAIL exits 5; otherwise the file after --out (and its .json) is written.
 SHIM = r"""#!/usr/bin/env bash
 printf '%q ' "$@" >>"$SHIM_LOG"
 echo >>"$SHIM_LOG"
 if [ "$1" = -c ]; then
     case "$2" in *sys.exit*cuda.is_available*) [ "${SHIM_CUDA:-1}" = 1 ]; exit $? ;; *) echo "torch (stand-in)"; exit 0 ;; esac
 fi
-case "$1" in *"${SHIM_FAIL:-@none@}"*) echo "stand-in failure of $1" >&2; exit 5 ;; esac
+case "$*" in *"${SHIM_FAIL:-@none@}"*) echo "stand-in failure of $1" >&2; exit 5 ;; esac
 prev=""
 for a in "$@"; do
     if [ "$prev" = --out ]; then echo "# stand-in" >"$a"; echo "{}" >"${a%.md}.json"; fi
@@ -121,7 +121,7 @@ def test_gpu_mode_command_lines(shim, camvid, tmp_path):
     calls = [shlex.split(line) for line in shim[1].read_text().splitlines() if not line.startswith("-c")]
     scripts = [c[0] for c in calls]
     assert scripts == ["benchmarks/paper_scale.py", "benchmarks/tuner_speed.py", "benchmarks/dg_camvid.py",
-                       "benchmarks/sparse_grad_crossover.py", "benchmarks/compact_grad_crossover.py",
+                       "benchmarks/grad_path_crossover.py", "benchmarks/grad_path_crossover.py",
                        "benchmarks/tuner_speed.py"]  # fmt: skip
     cv = calls.pop(2)
     scripts.pop(2)
@@ -140,6 +140,7 @@ def test_gpu_mode_command_lines(shim, camvid, tmp_path):
     for r in runs[2:4]:
         assert r["--shapes"] == "1024x1024,4096x1024,1024x4096" and r["--tokens"] == str(8 * (36 * 36 + 1))
     assert runs[2]["--dtype"] == "fp32" and runs[3]["--dtype"] == "bf16"
+    assert runs[2]["--path"] == "sampled" and runs[3]["--path"] == "compact"
     for script, r in zip(scripts, runs):
         assert set(r) <= _script_flags(script.split("/")[-1]), script
     summary = (out / "summary.md").read_text()
@@ -152,7 +153,7 @@ def test_gpu_mode_command_lines(shim, camvid, tmp_path):
 
 
 def test_a_failing_step_is_reported_and_the_rest_run(shim, camvid, tmp_path):
-    res = _run(["--out-dir", str(tmp_path / "gpu"), *camvid], {**shim[0], "SHIM_FAIL": "sparse_grad_crossover"})
+    res = _run(["--out-dir", str(tmp_path / "gpu"), *camvid], {**shim[0], "SHIM_FAIL": "crossover.py --path sampled"})
     rows = _summary_rows(res.stdout)
     assert res.returncode == 1 and rows["crossover"][0] == "failed (rc 5)" and "stand-in failure" in res.stderr
     assert [rows[s][0] for s in STEPS if s != "crossover"] == ["ok"] * 5
@@ -181,7 +182,7 @@ def test_budget_and_only(shim, camvid, tmp_path):
     res = _run(["--out-dir", str(tmp_path / "b"), "--only", "crossover"], shim[0])
     assert res.returncode == 0 and list(_summary_rows(res.stdout)) == ["crossover"]
     assert [c.split()[0] for c in shim[1].read_text().splitlines() if not c.startswith("-c")] == [
-        "benchmarks/sparse_grad_crossover.py"]
+        "benchmarks/grad_path_crossover.py"]
 
 
 def test_tiny_dry_run_writes_the_gpu_files(tmp_path):

@@ -39,10 +39,10 @@ from typing import Callable, Optional
 
 import torch
 
-#: The fit of `benchmarks/sparse_grad_crossover.py` (CPU, fp32, one thread).
+#: The fit of `benchmarks/grad_path_crossover.py --path sampled` (CPU, fp32, one thread).
 SAMPLED_CPU_A = 0.0213
 SAMPLED_CPU_B = 1.879
-#: The smallest crossover of `benchmarks/compact_grad_crossover.py` (CPU, fp32, one thread).
+#: The smallest crossover of `benchmarks/grad_path_crossover.py --path compact` (CPU, fp32, one thread).
 COMPACT_CPU_MAX = 0.56
 PATHS = ("dense", "compact", "sampled")
 _MODES = ("auto",) + PATHS

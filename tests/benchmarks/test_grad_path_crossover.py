@@ -1,5 +1,6 @@
-"""benchmarks/sparse_grad_crossover.py: crossover() and fit() against hand-computed values, and main() at tiny sizes
-(real timings: the table must agree with the raw numbers; faked timings: the printed constants are the hand fit)."""
+"""benchmarks/grad_path_crossover.py: crossover() and fit() against hand-computed values, the compact path's blocks,
+and main() of both paths at tiny sizes (real timings: the table agrees with the raw numbers; faked timings: the
+printed constants are the hand fit, or the hand-computed smallest crossover)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import math
 import re
 
 import pytest
+import torch
 
 from _benchmark_modules import load_benchmark
 
-cx = load_benchmark("sparse_grad_crossover")
+cx = load_benchmark("grad_path_crossover")
 
 
 # -- crossover(): log-log interpolation of where sampled/dense crosses 1 ------------------------------------------
@@ -65,7 +67,8 @@ def _table(text: str) -> list[list[str]]:
 def test_main_tiny_table_agrees_with_raw_numbers(tmp_path, capsys):
     densities = [0.05, 0.5]
     out = tmp_path / "cx.md"
-    res = cx.main(["--shapes", "64x32,32x96", "--tokens", "16", "--densities", "0.05,0.5", "--reps", "1",
+    res = cx.main(["--path", "sampled",
+                   "--shapes", "64x32,32x96", "--tokens", "16", "--densities", "0.05,0.5", "--reps", "1",
                    "--threads", "1", "--out", str(out)])  # fmt: skip
     printed = capsys.readouterr().out
     assert out.read_text().endswith(printed)
@@ -98,10 +101,23 @@ def test_main_prints_the_hand_fitted_constants(monkeypatch, capsys):
     # Faked timings (dense 1 s, sampled = ratio s): 64x32 crosses at sqrt(0.01 * 0.1), 32x32 a quarter of the way.
     ratios = {(64, 32): iter([0.5, 2.0]), (32, 32): iter([0.5, 8.0])}
     monkeypatch.setattr(
-        cx, "measure", lambda go, x, idx, o, i, reps, sync: {"dense": 1.0, "sampled": next(ratios[(o, i)])}
+        cx, "measure", lambda path, go, x, idx, o, i, reps, sync: {"dense": 1.0, "sampled": next(ratios[(o, i)])}
     )
     res = cx.main(
-        ["--shapes", "64x32,32x32", "--tokens", "8", "--densities", "0.01,0.1", "--reps", "1", "--threads", "1"]
+        [
+            "--path",
+            "sampled",
+            "--shapes",
+            "64x32,32x32",
+            "--tokens",
+            "8",
+            "--densities",
+            "0.01,0.1",
+            "--reps",
+            "1",
+            "--threads",
+            "1",
+        ]
     )
     printed = capsys.readouterr().out
     s1, s2 = 1 / 64 + 1 / 32, 1 / 32 + 1 / 32
@@ -119,10 +135,23 @@ def test_main_prints_the_hand_fitted_constants(monkeypatch, capsys):
 def test_main_names_shapes_left_out_of_the_fit(monkeypatch, capsys):
     ratios = {(64, 32): iter([0.5, 2.0]), (32, 32): iter([0.5, 0.9])}  # 32x32: sampled faster at every density
     monkeypatch.setattr(
-        cx, "measure", lambda go, x, idx, o, i, reps, sync: {"dense": 1.0, "sampled": next(ratios[(o, i)])}
+        cx, "measure", lambda path, go, x, idx, o, i, reps, sync: {"dense": 1.0, "sampled": next(ratios[(o, i)])}
     )
     res = cx.main(
-        ["--shapes", "64x32,32x32", "--tokens", "8", "--densities", "0.01,0.1", "--reps", "1", "--threads", "1"]
+        [
+            "--path",
+            "sampled",
+            "--shapes",
+            "64x32,32x32",
+            "--tokens",
+            "8",
+            "--densities",
+            "0.01,0.1",
+            "--reps",
+            "1",
+            "--threads",
+            "1",
+        ]
     )
     printed = capsys.readouterr().out
     assert "widen --densities): 32x32 at 8 tokens." in printed
@@ -131,6 +160,77 @@ def test_main_names_shapes_left_out_of_the_fit(monkeypatch, capsys):
 
 def test_main_refuses_a_dtype_without_kernel_and_unsorted_densities():
     with pytest.raises(SystemExit):
-        cx.main(["--dtype", "bf16"])
+        cx.main(["--path", "sampled", "--dtype", "bf16"])
     with pytest.raises(SystemExit):
-        cx.main(["--densities", "0.1,0.01"])
+        cx.main(["--path", "sampled", "--densities", "0.1,0.01"])
+
+
+# -- the compact path -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("aspect", ["square", "rows", "cols"])
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 1.0])
+def test_block_indices_fill_the_asked_block(aspect, fraction):
+    out_f, in_f = 96, 64
+    idx = cx.block_indices(out_f, in_f, fraction, aspect, torch.Generator().manual_seed(0))
+    assert idx.dtype == torch.int32 and idx.unique().numel() == idx.numel()
+    rows, cols = (idx.long() // in_f).unique().numel(), (idx.long() % in_f).unique().numel()
+    want_r, want_c = {
+        "square": (round(math.sqrt(fraction) * out_f), round(math.sqrt(fraction) * in_f)),
+        "rows": (round(fraction * out_f), in_f),
+        "cols": (out_f, round(fraction * in_f)),
+    }[aspect]
+    assert (rows, cols) == (want_r, want_c)
+    assert idx.numel() == max(round(0.05 * rows * cols), rows, cols)  # 5% of the block, at least one per row/col
+
+
+def test_compact_main_tiny_table_agrees_with_raw_numbers(tmp_path, capsys):
+    out = tmp_path / "cx.md"
+    res = cx.main(["--path", "compact",
+                   "--shapes", "64x32", "--tokens", "16", "--fractions", "0.25,1", "--aspects", "square,cols",
+                   "--reps", "1", "--threads", "1", "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert out.read_text().endswith(printed)
+    raw = json.loads(out.with_suffix(".json").read_text())
+    rows = [line for line in printed.splitlines() if line.startswith("| 16 ")]
+    assert len(rows) == len(raw["rows"]) == len(res["rows"]) == 2
+    for line, r in zip(rows, raw["rows"]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:3] == ["16", "64x32", r["aspect"]]
+        for cell, t in zip(cells[3:-1], r["times"]):
+            m = re.fullmatch(r"(\S+) / (\S+) \((\S+)x\)", cell)
+            assert m.group(1) == f"{t['compact'] * 1e3:.3g}" and m.group(2) == f"{t['dense'] * 1e3:.3g}"
+        assert cells[-1] == f"{cx.crossover(r['blocks'], r['ratios']):.3g}"
+
+
+def test_compact_main_prints_the_smallest_crossover(monkeypatch, capsys):
+    # Faked timings (dense 1 s): square crosses halfway in log space between 0.25 and 1 (at 0.5), cols at 1.
+    ratios = {"square": iter([0.5, 2.0]), "cols": iter([0.5, 1.0])}
+    blocks = iter([0.25, 1.0, 0.25, 1.0])
+
+    def fake(path, go, x, idx, o, i, reps, sync):
+        aspect = "square" if len(seen) < 2 else "cols"
+        seen.append(aspect)
+        return {"dense": 1.0, "compact": next(ratios[aspect]), "block": next(blocks)}
+
+    seen: list[str] = []
+    monkeypatch.setattr(cx, "measure", fake)
+    res = cx.main(["--path", "compact",
+                   "--shapes", "64x32", "--tokens", "8", "--fractions", "0.25,1", "--aspects", "square,cols",
+                   "--reps", "1", "--threads", "1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert res["threshold"] == pytest.approx(0.5)
+    lines = printed.splitlines()
+    assert lines[lines.index("```python") + 1] == "COMPACT_CPU_MAX = 0.5"
+
+
+def test_compact_main_refuses_bad_fractions_and_aspects():
+    with pytest.raises(SystemExit):
+        cx.main(["--path", "compact", "--fractions", "0.5,0.1"])
+    with pytest.raises(SystemExit):
+        cx.main(["--path", "compact", "--fractions", "0,0.5"])
+    with pytest.raises(SystemExit):
+        cx.main(["--path", "compact", "--aspects", "diagonal"])
+
+
+def test_path_is_required():
+    with pytest.raises(SystemExit):
+        cx.main(["--shapes", "64x32"])
