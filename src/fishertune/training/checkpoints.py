@@ -26,7 +26,10 @@ import re
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
+import warnings
+
 import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 from transformers.training_args import ParallelMode
 from transformers.utils import logging
@@ -113,7 +116,8 @@ def _pause_for_tests(staging: str, step: int) -> None:
 def _best_checkpoint(trainer: "FisherTuneTrainer", run_dir: str, previous: Optional[str]) -> Optional[str]:
     """transformers' choice of `best_model_checkpoint`, made against the final folders instead of the staging one."""
     state, args = trainer.state, trainer.args
-    if args.save_strategy not in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) or not state.best_global_step:
+    saving = args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+    if not saving or not state.best_global_step:
         return previous
     best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
     return best if state.best_global_step == state.global_step or os.path.exists(best) else previous
@@ -160,3 +164,38 @@ def save_staged(trainer: "FisherTuneTrainer", save: Callable[[], None], write_st
         rotate_checkpoints(output_dir=run_dir, save_total_limit=args.save_total_limit,
                            best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)
     return final
+
+
+def fishertune_state(trainer: "FisherTuneTrainer") -> dict:
+    """What the FisherTune state file of a checkpoint holds: the settings compared on resume, phase, schedule."""
+    return {
+        **trainer._expected_state(), "global_step": trainer.state.global_step, "in_tuning": trainer.in_tuning,
+        "phase": 3 if trainer.in_tuning else 1, "phase_lengths": list(trainer.phase_lengths),
+        "active_fraction": trainer.active_fraction, "selected": trainer.scores is not None,
+        "num_allocated": trainer.model.num_allocated() if trainer.sparse else None,
+        "num_active": trainer.model.num_active() if trainer.sparse else None,
+        "nonfinite_skipped_steps": trainer.nonfinite.skipped,
+        # saved at the end of step T1 before the selection (a bad file stopped phase 2): resuming runs it
+        "estimation_pending": trainer._estimation_pending,
+        "bad_file_skips": trainer.bad_file_skips,
+    }
+
+
+def load_optimizer_and_scheduler(trainer: "FisherTuneTrainer", load: Callable[[str], None], checkpoint) -> None:
+    """`load(checkpoint)` (transformers' optimizer and scheduler load), then, after an allowed change of settings,
+    this run's learning rates and AdamW settings over the loaded ones (which are the checkpoint's)."""
+    keys = ("initial_lr", "weight_decay", "betas", "eps")
+    optimizer = trainer.optimizer
+    fresh = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups] if optimizer is not None else []
+    load(checkpoint)
+    if checkpoint is None or not trainer._changed_settings or not fresh:
+        return
+    for group, values in zip(trainer.optimizer.param_groups, fresh):
+        group.update(values)
+    scheduler = trainer.lr_scheduler
+    if isinstance(scheduler, LambdaLR) and all("initial_lr" in v for v in fresh):
+        scheduler.base_lrs = [v["initial_lr"] for v in fresh]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler.last_epoch -= 1
+            scheduler.step()  # this step's learning rates from the new base rates

@@ -294,19 +294,8 @@ class FisherTuneTrainer(Trainer):
                                 self._write_fishertune_state, trial)
 
     def _write_fishertune_state(self, ckpt: str) -> None:
-        payload = {
-            **self._expected_state(), "global_step": self.state.global_step, "in_tuning": self.in_tuning,
-            "phase": 3 if self.in_tuning else 1, "phase_lengths": list(self.phase_lengths),
-            "active_fraction": self.active_fraction, "selected": self.scores is not None,
-            "num_allocated": self.model.num_allocated() if self.sparse else None,
-            "num_active": self.model.num_active() if self.sparse else None,
-            "nonfinite_skipped_steps": self.nonfinite.skipped,
-            # saved at the end of step T1 before the selection (a bad file stopped phase 2): resuming runs it
-            "estimation_pending": self._estimation_pending,
-            "bad_file_skips": self.bad_file_skips,
-        }
         scores_file = os.path.join(self.args.output_dir, SCORES_NAME) if self.scores is not None else None
-        write_state(ckpt, payload, scores_file)
+        write_state(ckpt, checkpoints.fishertune_state(self), scores_file)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         saved = read_state(resume_from_checkpoint)
@@ -335,17 +324,4 @@ class FisherTuneTrainer(Trainer):
         self.optimizer, self.lr_scheduler = None, None  # built by the Trainer for the restored phase
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
-        # The loaded state carries the checkpoint's learning rates and AdamW settings: an allowed change replaces them.
-        keys = ("initial_lr", "weight_decay", "betas", "eps")
-        fresh = [{k: g[k] for k in keys if k in g} for g in self.optimizer.param_groups] if self.optimizer else []
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or not self._changed_settings or not fresh:
-            return
-        for group, values in zip(self.optimizer.param_groups, fresh):
-            group.update(values)
-        if isinstance(self.lr_scheduler, LambdaLR) and all("initial_lr" in v for v in fresh):
-            self.lr_scheduler.base_lrs = [v["initial_lr"] for v in fresh]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.lr_scheduler.last_epoch -= 1
-                self.lr_scheduler.step()  # this step's learning rates from the new base rates
+        checkpoints.load_optimizer_and_scheduler(self, super()._load_optimizer_and_scheduler, checkpoint)
