@@ -66,3 +66,19 @@ def test_changed_setting_is_refused_or_allowed_by_name(tmp_path, caplog):
         allowed.train(resume_from_checkpoint=phase3)
     assert "weight_decay: checkpoint 0.05, now 0.1" in caplog.text
     assert {g["weight_decay"] for g in allowed.optimizer.param_groups} == {0.0, 0.1}  # the new decay, not 0.05
+
+
+def test_checkpoint_push_sees_the_final_complete_folder(tmp_path, monkeypatch):
+    """transformers uploads a checkpoint in the background (`run_as_future`): it must get the renamed folder."""
+    from transformers import Trainer
+
+    from fishertune.training.checkpoints import missing_parts
+
+    pushed = []
+    monkeypatch.setattr(Trainer, "init_hf_repo", lambda self, token=None: None)
+    monkeypatch.setattr(Trainer, "_push_from_checkpoint",
+                        lambda self, folder: pushed.append((folder, missing_parts(folder))))
+    trainer = make_trainer(tmp_path, max_steps=4, push_to_hub=True, hub_model_id="user/r", **SAVE)
+    monkeypatch.setattr(trainer, "push_to_hub", lambda *a, **k: None)
+    trainer.train()
+    assert pushed == [(str(tmp_path / "checkpoint-2"), []), (str(tmp_path / "checkpoint-4"), [])]
