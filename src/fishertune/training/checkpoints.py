@@ -11,7 +11,8 @@ final folder, in the trainer's state and in the `trainer_state.json` saved with 
 Processes. Under DDP only the main process writes the model, optimizer and states, but every process saves its
 RNG state (`rng_state_<rank>.pth`): the main process creates the staging folder and broadcasts its name, every
 process writes into it, a barrier waits for all of them, the main process renames, and a second barrier makes
-the final folder visible to all before training goes on.
+the final folder visible to all before training goes on. One process writes: `save_on_each_node` on several
+machines (a main process per machine) is refused (`check_supported`).
 
 Complete. A checkpoint is complete when it holds the FisherTune state, transformers' `trainer_state.json` and the
 model or adapter weights; `newest_complete` skips (and names) the others, e.g. a half-written folder of an
@@ -24,9 +25,8 @@ import contextlib
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Callable, Optional
-
 import warnings
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
@@ -101,6 +101,16 @@ def remove_stale(folder: str) -> None:
     """Delete the staging folders (and other temporaries) a killed writer left in `folder`, saying so."""
     for path in remove_stale_temporaries(folder):
         logger.warning(f"Removed {path}, left by a save that did not finish (a killed or failed writer).")
+
+
+def check_supported(args) -> None:
+    """Refuse what the staged save cannot do: several writing processes (`save_on_each_node` over machines)."""
+    if args.should_save and args.process_index != 0:
+        raise NotImplementedError(
+            f"Process {args.process_index} would write checkpoints too (save_on_each_node over several machines); "
+            "FisherTuneTrainer stages each checkpoint in one folder that the main process renames: use an "
+            "output_dir on storage all machines share, with save_on_each_node=False."
+        )
 
 
 def _distributed(trainer: "FisherTuneTrainer") -> bool:

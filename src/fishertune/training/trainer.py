@@ -104,6 +104,7 @@ class FisherTuneTrainer(Trainer):
         check_allowed_names(args.allow_changed_settings, self._expected_state())
         self._changed_settings = {}  # allowed differences from the checkpoint resumed
         self._checkpoint_staging = self._deferred_pushes = None  # set while a checkpoint is staged
+        checkpoints.check_supported(args)
         # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
         self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
                                         check_grads=self.accelerator.scaler is None)
