@@ -145,7 +145,8 @@ def test_another_runs_checkpoints_are_not_overwritten(uninterrupted, tmp_path, m
     old.mkdir(parents=True)
     (old / "trainer_state.json").write_text("{}")
     monkeypatch.setattr(run_module, "build_train_dataset", lambda *a, **k: pytest.fail("built data before checking"))
-    with pytest.raises(FileExistsError, match="--resume_from_checkpoint last.*--overwrite_output_dir true"):
+    # an incomplete checkpoint only: nothing to resume, so starting over (deleting it) is the suggestion
+    with pytest.raises(FileExistsError, match=r"checkpoint-7 \(no fishertune_trainer_state.json.*--overwrite_output_dir"):
         _train(config, tmp_path / "run")
     other = tmp_path / "other" / "checkpoint-2"
     other.mkdir(parents=True)

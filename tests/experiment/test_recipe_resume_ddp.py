@@ -76,6 +76,9 @@ def test_two_process_resume_is_bitwise(uninterrupted, tmp_path, step):
     assert all(r["interrupted"] and r["global_step"] == step for r in stopped)
     assert not os.path.exists(run / "adapter_model.safetensors")
     ckpt = run / f"checkpoint-{step}"
+    # staged by rank 0 with every rank's RNG state in it, then renamed: no staging folder is left
+    assert {"rng_state_0.pth", "rng_state_1.pth", "fishertune_trainer_state.json"} <= set(os.listdir(ckpt))
+    assert not [n for n in os.listdir(run) if n.startswith(".fishertune-tmp-")]
     # the checkpoint the interrupted run wrote is the uninterrupted run's
     _assert_bitwise(_adapter(ckpt), _adapter(full / f"checkpoint-{step}"))
 

@@ -25,6 +25,11 @@ BUILTIN_BACKBONES = {
                            image_size=32, patch_size=8, layerscale_value=1.0),
 }  # fmt: skip
 HEADS = ("light", "mask2former", "eomt")
+#: The fields that change the model or the data a run trains on: saved with each checkpoint and compared on resume
+#: (`run_settings`; `--allow_changed_settings` lets one differ). `data_root` is not among them: a dataset may move.
+RUN_SETTINGS = ("backbone", "head", "taps", "num_queries", "dataset", "train_split", "label_space", "crop_size",
+                "scale_range", "num_scales", "cat_max_ratio", "flip_prob", "photometric", "keyed_augmentation",
+                "num_synthetic_samples", "synthetic_size", "max_train_samples")
 EVAL_MODES = ("whole", "slide")
 
 
@@ -180,6 +185,10 @@ class ExperimentArguments:
             # Skipping a bad sample is KeyedTrainingDataset's job; a plain datasets transform can only raise.
             raise ValueError(f"bad_file_policy={self.bad_file_policy!r} needs keyed_augmentation=True; with "
                              "keyed_augmentation=False use bad_file_policy='error'.")
+
+    def run_settings(self) -> dict:
+        """`RUN_SETTINGS` and their values (what `FisherTuneTrainer(run_settings=...)` stores and compares)."""
+        return {name: getattr(self, name) for name in RUN_SETTINGS}
 
     def target_root_map(self) -> dict[str, str]:
         """`{dataset: folder}` from `target_roots`, the source's own root included."""

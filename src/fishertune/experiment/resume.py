@@ -1,20 +1,23 @@
 """What `--resume_from_checkpoint` and an output folder holding checkpoints mean for a recipe run.
 
-Resolved before any data or model is built, so that a wrong path costs nothing, and written back into
-the training arguments so that config.yaml records the checkpoint actually used.
+Resolved before any data or model is built, so that a wrong path or a changed setting costs nothing, and
+written back into the training arguments so that config.yaml records the checkpoint actually used. `last` takes
+the newest complete checkpoint (`fishertune.training.checkpoints.missing_parts`), naming the incomplete ones it
+skips.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from typing import Optional
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..outputs import TRAINER_STATE_NAME as TRAINER_STATE
+from ..training.checkpoints import checkpoints_in, describe, last_checkpoint, missing_parts, newest_complete
+from ..training.state import check_compatible, read_state
 
 logger = logging.getLogger(__name__)
 
@@ -22,16 +25,6 @@ logger = logging.getLogger(__name__)
 LAST = ("true", "last", "latest")
 #: Values that mean "do not resume" (what a YAML `false` or an empty flag becomes).
 NONE = ("", "false", "none", "no")
-_CKPT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-def checkpoints_in(folder: str) -> list[str]:
-    """`checkpoint-<step>` folders directly under `folder`, by step."""
-    if not os.path.isdir(folder):
-        return []
-    found = [(int(m.group(1)), name) for name in os.listdir(folder)
-             if (m := _CKPT.match(name)) and os.path.isdir(os.path.join(folder, name))]
-    return [os.path.join(folder, name) for _, name in sorted(found)]
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -56,19 +49,21 @@ def resolve_resume(resume, output_dir: str, overwrite: bool = False, is_main: bo
             names = ", ".join(os.path.basename(c) for c in existing)
             raise FileExistsError(
                 f"{output_dir} already holds checkpoints of an earlier run ({names}); a new run would overwrite "
-                "them. Resume it with --resume_from_checkpoint last (or a checkpoint folder), choose another "
-                "--output_dir, or pass --overwrite_output_dir true to delete them and start over."
+                f"them. {_how_to_go_on(output_dir)}"
             )
         _delete(existing if is_main else [], "an earlier run")  # said explicitly: the old run's steps go
         return None
     if value.lower() in LAST:
-        ckpt = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if ckpt is None:
+        if not existing:
             raise FileNotFoundError(
                 f"--resume_from_checkpoint {value}: {output_dir} holds no {PREFIX_CHECKPOINT_DIR}-<step> folder to "
                 "resume from. Pass the checkpoint folder itself, the --output_dir of the run that saved it, or drop "
                 "the flag to start a new run."
             )
+        try:
+            ckpt = last_checkpoint(output_dir)  # logs the incomplete ones it skips
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: {err}") from None
     else:
         ckpt = value
         if not os.path.isdir(ckpt):
@@ -87,13 +82,38 @@ def resolve_resume(resume, output_dir: str, overwrite: bool = False, is_main: bo
     if foreign and not overwrite:
         raise FileExistsError(
             f"{output_dir} holds checkpoints of another run ({', '.join(os.path.basename(c) for c in foreign)}) "
-            f"than {ckpt}; choose another --output_dir, or pass --overwrite_output_dir true to delete them."
+            f"than {ckpt}. {_how_to_go_on(output_dir)}"
         )
+    missing = missing_parts(ckpt)
+    if missing:
+        newest, _ = newest_complete(os.path.dirname(os.path.abspath(ckpt)))
+        hint = f" Resume from {newest} (the newest complete one) instead." if newest else ""
+        raise FileNotFoundError(f"--resume_from_checkpoint {ckpt}: incomplete checkpoint (no {', '.join(missing)}: "
+                                f"a save that did not finish).{hint}")
     _delete(foreign if is_main else [], "another run")
     return os.path.abspath(ckpt)
+
+
+def _how_to_go_on(output_dir: str) -> str:
+    """What to do about the checkpoints in `output_dir`; deleting them is suggested only when none can be resumed."""
+    complete, skipped = newest_complete(output_dir)
+    if complete is not None:
+        return (f"Resume that run with --resume_from_checkpoint last (it continues from {os.path.basename(complete)}, "
+                "the newest complete checkpoint), or choose another --output_dir.")
+    return (f"None of them can be resumed ({describe(skipped)}): choose another --output_dir, or pass "
+            "--overwrite_output_dir true to delete them and start over.")
 
 
 def _delete(checkpoints: list[str], whose: str) -> None:
     for ckpt in checkpoints:
         logger.warning("overwrite_output_dir: deleting %s of %s.", ckpt, whose)
         shutil.rmtree(ckpt)
+
+
+def check_resume_settings(checkpoint: Optional[str], targs, run_settings: dict) -> None:
+    """Refuse, before any work, a resume whose settings differ from its checkpoint's where `allow_changed_settings`
+    does not name them (the trainer checks again, with the model's fingerprint, and logs the allowed changes)."""
+    if checkpoint is None:
+        return
+    expected = {"options": targs.fishertune_options(), "settings": {**targs.resume_settings(), **run_settings}}
+    check_compatible(read_state(checkpoint), expected, checkpoint, targs.allow_changed_settings)

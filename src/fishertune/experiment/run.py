@@ -34,7 +34,7 @@ from .build import build_base_model, build_eval_datasets, build_source_val, buil
 from .card import write_model_card
 from .config_io import resolved_config
 from .export import finalize_adapter_config, save_image_processor
-from .resume import resolve_resume
+from .resume import check_resume_settings, resolve_resume
 from .tracking import log_eval_metrics
 
 #: `quick=True` (CI): phases T1=2, T2=2 batches, T3=4, on a handful of samples.
@@ -127,6 +127,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     # Before any work: a wrong path or another run's checkpoints must cost nothing; config.yaml records the folder.
     targs.resume_from_checkpoint = resolve_resume(targs.resume_from_checkpoint, targs.output_dir,
                                                   overwrite=exp.overwrite_output_dir, is_main=targs.should_save)
+    check_resume_settings(targs.resume_from_checkpoint, targs, exp.run_settings())
     push = targs.push_to_hub
     targs.push_to_hub = False  # the Trainer would push checkpoints itself; the whole output folder goes up below
     out = targs.output_dir
@@ -143,7 +144,8 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
         else:  # a pretrained backbone: the config and the backbone's name; from_pretrained loads its weights
             save_backbone_reference(model, os.path.join(out, BASE_MODEL_DIR), exp.backbone)
 
-    trainer = FisherTuneTrainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn)
+    trainer = FisherTuneTrainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn,
+                                run_settings=exp.run_settings())
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     train_seconds = time.perf_counter() - start

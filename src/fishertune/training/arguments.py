@@ -14,6 +14,16 @@ from .methods import BASELINE_METHODS, METHODS, get_method, resolve_method
 from .nonfinite import POLICIES as NONFINITE_POLICIES
 
 
+#: TrainingArguments fields that change the optimisation or the data a run trains on: a resumed run must agree on
+#: them with its checkpoint unless `allow_changed_settings` names them (with FisherTune's own options, see
+#: `resume_settings` and `fishertune.training.state.check_compatible`).
+RESUME_SETTINGS = (
+    "seed", "data_seed", "learning_rate", "backbone_learning_rate", "decoder_learning_rate", "weight_decay",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs",
+    "warmup_steps", "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+)  # fmt: skip
+
+
 def _default_num_batches() -> int:
     from fishertune.fisher import EstimationConfig
 
@@ -94,6 +104,12 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             A parameter made non-finite by an update always stops the run. See `fishertune.training.nonfinite`.
         nonfinite_max_skips (`int`, *optional*, defaults to 10):
             With `nonfinite_policy="skip"`, the most steps a run may drop before it stops with an error.
+        allow_changed_settings (`list[str]`, *optional*, defaults to `[]`):
+            Settings that may differ from the checkpoint's when resuming (`"learning_rate,seed"` or a list). A
+            resumed run is refused when a setting that changes the model, the data or the optimisation differs
+            from its checkpoint's (`RESUME_SETTINGS`, FisherTune's options, and the run settings the trainer is
+            given), naming the setting and both values; a setting named here is taken with its new value and the
+            change is logged.
     """
 
     method: str = field(
@@ -145,6 +161,12 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     nonfinite_max_skips: int = field(
         default=10, metadata={"help": "With nonfinite_policy='skip': steps a run may drop before it stops."}
     )
+    allow_changed_settings: list[str] = field(
+        default_factory=list,
+        metadata={"help": "On resume, settings that may differ from the checkpoint's, comma-separated (e.g. "
+                          "learning_rate,seed); others that change the model, data or optimisation are refused. "
+                          "The run uses and logs the new values."},
+    )
     save_estimation_statistics: bool = field(
         default=False,
         metadata={"help": "Also write F, F' and both dF readings (fishertune_statistics.safetensors, ~5x the scores) "
@@ -173,6 +195,9 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             if value is not None and not value >= 0:  # NaN too: it would train by nothing or by gradient ascent
                 raise ValueError(f"{name} must be >= 0 (0 keeps those parameters fixed; leave it unset to use "
                                  f"learning_rate), got {value}.")
+        names = [self.allow_changed_settings] if isinstance(self.allow_changed_settings, str) else \
+            list(self.allow_changed_settings or [])
+        self.allow_changed_settings = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
         if self.nonfinite_max_skips < 0:
             raise ValueError(f"nonfinite_max_skips must be >= 0, got {self.nonfinite_max_skips}.")
         for f in fields(self):  # every field with choices (EstimationConfig's too), checked before any training work
@@ -247,8 +272,14 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
         """The fields this class adds to TrainingArguments (what a resumed run must agree on)."""
         own = {f.name for f in fields(TrainingArguments)}
         # How to react to a NaN may change on resume (e.g. resume a run that stopped at a NaN with policy 'skip').
+        # The learning rates are compared with the other optimisation settings (`resume_settings`).
         skip = {"save_sensitivity_plot", "backbone_learning_rate", "decoder_learning_rate", "nonfinite_policy",
-                "nonfinite_max_skips"}
+                "nonfinite_max_skips", "allow_changed_settings"}
         if not get_method(self.method).is_sparse:
             skip.add("criterion")  # a baseline selects nothing: its criterion is not part of the run
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own and f.name not in skip}
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The optimisation and data-order settings of `RESUME_SETTINGS` (what a resumed run must agree on besides
+        `fishertune_options`)."""
+        return {name: getattr(self, name) for name in RESUME_SETTINGS}

@@ -62,29 +62,63 @@ def read_state(checkpoint_dir: str) -> Optional[dict]:
         return json.load(f)
 
 
-def check_compatible(saved: Optional[dict], expected: dict, checkpoint_dir: str) -> None:
-    """Raise a ValueError naming every difference between a checkpoint's state and this run."""
+def differences(saved: dict, expected: dict) -> dict[str, tuple[Any, Any]]:
+    """`{setting: (checkpoint's value, this run's)}` over FisherTune's options and the run settings (the latter only
+    where the checkpoint records them: older checkpoints did not)."""
+    from .methods import upgrade_options
+
+    # A checkpoint from before `method` existed says criterion="full" etc.: read it as method="full".
+    pairs = [(upgrade_options(saved.get("options", {})), _jsonable(expected.get("options", {})))]
+    if "settings" in saved:
+        pairs.append((saved["settings"], _jsonable(expected.get("settings", {}))))
+    changed = {}
+    for before, now in pairs:
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key):
+                changed[key] = (before.get(key), now.get(key))
+    return changed
+
+
+def describe_changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{key}: checkpoint {before!r}, now {now!r}" for key, (before, now) in changed.items())
+
+
+def check_allowed_names(allowed, expected: dict) -> None:
+    """A name in `allow_changed_settings` that no resume compares is a typo: refuse it, listing the names."""
+    known = set(expected.get("options", {})) | set(expected.get("settings", {}))
+    unknown = sorted(set(allowed) - known)
+    if unknown:
+        raise ValueError(f"allow_changed_settings names {', '.join(unknown)}, which a resume does not compare; "
+                         f"the settings it compares are: {', '.join(sorted(known))}.")
+
+
+def check_compatible(saved: Optional[dict], expected: dict, checkpoint_dir: str,
+                     allowed=()) -> dict[str, tuple[Any, Any]]:  # fmt: skip
+    """Raise a ValueError naming every difference between a checkpoint's state and this run that `allowed` (the
+    training argument `allow_changed_settings`) does not name; return the allowed differences.
+
+    `expected` holds `options` and `settings` (compared setting by setting) and, once the model exists, its
+    `model_fingerprint` (never allowed to differ: the checkpoint's tensors would not fit).
+    """
     if saved is None:
         raise ValueError(
-            f"{checkpoint_dir} has no {STATE_NAME}: it was not written by FisherTuneTrainer. Resume from one of its "
-            "checkpoints, or start a new run (resume_from_checkpoint=None)."
+            f"{checkpoint_dir} has no {STATE_NAME}: it was not written by FisherTuneTrainer, or its save did not "
+            "finish. Resume from a complete checkpoint (resume_from_checkpoint=True takes the newest one), or start "
+            "a new run."
         )
     if saved.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{checkpoint_dir} has FisherTune state format {saved.get('format_version')}, "
                          f"this version reads {FORMAT_VERSION}.")
-    problems = []
-    if saved.get("model_fingerprint") != expected["model_fingerprint"]:
-        problems.append("the model differs (parameter names or shapes)")
-    from .methods import upgrade_options
-
-    # A checkpoint from before `method` existed says criterion="full" etc.: read it as method="full".
-    saved_opts, opts = upgrade_options(saved.get("options", {})), _jsonable(expected["options"])
-    for key in sorted(set(saved_opts) | set(opts)):
-        if saved_opts.get(key) != opts.get(key):
-            problems.append(f"{key}: checkpoint {saved_opts.get(key)!r}, now {opts.get(key)!r}")
-    if problems:
+    if "model_fingerprint" in expected and saved.get("model_fingerprint") != expected["model_fingerprint"]:
+        raise ValueError(f"Cannot resume from {checkpoint_dir}: it belongs to another model: the model differs "
+                         "(parameter names or shapes). Resume with the same model, or start a new run.")
+    check_allowed_names(allowed, expected)
+    changed = differences(saved, expected)
+    refused = {k: v for k, v in changed.items() if k not in set(allowed)}
+    if refused:
         raise ValueError(
-            f"Cannot resume from {checkpoint_dir}: it belongs to another model or configuration: "
-            + "; ".join(problems)
-            + ". Resume with the same model and FisherTune arguments, or start a new run."
+            f"Cannot resume from {checkpoint_dir}: it was saved with other settings: {describe_changes(refused)}. "
+            "Resume with the checkpoint's values, start a new run, or pass --allow_changed_settings "
+            f"{','.join(refused)} to go on with the new ones."
         )
+    return changed

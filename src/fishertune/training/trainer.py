@@ -6,11 +6,14 @@ from the phase-3 trainable set (same group layout as any phase-3 build), carries
 AdamW state over from the old one, and creates a new LR scheduler fast-forwarded to the current
 step: the LR curve of the run is one schedule over `max_steps`, whatever the phase.
 
-Resume. `_save_checkpoint` adds the phase, active fraction, scores and a fingerprint of model and
-FisherTune options to each checkpoint (the selection is in the adapter weights). On
-`train(resume_from_checkpoint=...)`, `_load_from_checkpoint` checks the fingerprint, restores the
-phase and loads the adapter (which re-allocates the selection) before the Trainer creates the
-optimizer, so the optimizer has the checkpoint's groups when its state is loaded.
+Resume. `_save_checkpoint` adds the phase, active fraction, scores, a fingerprint of the model and the settings
+that change the model, data or optimisation (FisherTune options, `RESUME_SETTINGS`, `run_settings`) to each
+checkpoint (the selection is in the adapter weights), staged and renamed so that a checkpoint is complete or
+absent (`fishertune.training.checkpoints`). On `train(resume_from_checkpoint=...)` (`True`: the newest complete
+checkpoint), `_load_from_checkpoint` refuses a changed setting that `allow_changed_settings` does not name,
+restores the phase and loads the adapter (which re-allocates the selection) before the Trainer creates the
+optimizer, so the optimizer has the checkpoint's groups when its state is loaded; an allowed change of a learning
+rate or of AdamW's settings is applied over the loaded optimizer state.
 
 Multi-process. Parameters that appear or unfreeze after the model was wrapped in DDP (the deltas,
 a LoRA or backbone unfrozen after warm-up) are not in DDP's reducer; `training_step` averages
@@ -28,17 +31,17 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..data.keyed import BadSampleError
 from ..tuner import FisherTuneLayer
-from . import bad_files, estimation
+from . import bad_files, checkpoints, estimation
 from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .methods import get_method
@@ -46,7 +49,7 @@ from .nonfinite import NonFiniteGuard
 from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
 from .setup import backbone_parameters, is_fishertune, prepare_model
 from ..outputs import SCORES_NAME
-from .state import check_compatible, model_fingerprint, read_state, write_state
+from .state import check_allowed_names, check_compatible, describe_changes, model_fingerprint, read_state, write_state
 
 logger = logging.get_logger(__name__)
 
@@ -57,10 +60,13 @@ class FisherTuneTrainer(Trainer):
     Pass the plain segmentation model (with `backbone` and `decoder_modules`); the trainer wraps it
     as the method needs (see `fishertune.training.setup.prepare_model`). A FisherTune or other
     PeftModel is accepted as is. The optimizer is always built here (AdamW with Rein's groups), so
-    `optimizers` and `optimizer_cls_and_kwargs` are not accepted.
+    `optimizers` and `optimizer_cls_and_kwargs` are not accepted. `run_settings` (a JSON-able dict, e.g. the
+    dataset, split, backbone and head of a recipe run) is saved with each checkpoint and compared on resume like
+    the training arguments.
     """
 
-    def __init__(self, model=None, args: FisherTuneTrainingArguments = None, **kwargs):
+    def __init__(self, model=None, args: FisherTuneTrainingArguments = None, run_settings: Optional[dict] = None,
+                 **kwargs):  # fmt: skip
         if not isinstance(args, FisherTuneTrainingArguments):
             raise TypeError("FisherTuneTrainer needs `args=FisherTuneTrainingArguments(...)`.")
         if kwargs.get("optimizers", (None, None)) != (None, None) or kwargs.get("optimizer_cls_and_kwargs"):
@@ -94,6 +100,11 @@ class FisherTuneTrainer(Trainer):
         self._late_params = []
         self._estimation_pending = False
         self._bad_file_skips_before = 0  # in the runs this one resumed
+        self.run_settings = dict(run_settings or {})
+        check_allowed_names(args.allow_changed_settings, self._expected_state())
+        self._changed_settings = {}  # allowed differences from the checkpoint resumed
+        self._checkpoint_staging = self._deferred_pushes = None  # set while a checkpoint is staged
+        checkpoints.check_supported(args)
         # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
         self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
                                         check_grads=self.accelerator.scaler is None)
@@ -256,30 +267,44 @@ class FisherTuneTrainer(Trainer):
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _expected_state(self) -> dict:
-        return {"model_fingerprint": self._fingerprint, "options": self.args.fishertune_options()}
+        return {"model_fingerprint": self._fingerprint, "options": self.args.fishertune_options(),
+                "settings": {**self.args.resume_settings(), **self.run_settings}}
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if self.args.should_save:
+            checkpoints.remove_stale(self.args.output_dir)
+        if resume_from_checkpoint is True:  # transformers would take the newest folder, complete or not
+            resume_from_checkpoint = checkpoints.last_checkpoint(self.args.output_dir)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _get_output_dir(self, trial) -> str:
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._deferred_pushes is not None:  # a staged folder: pushed under its final name once renamed
+            self._deferred_pushes.append(checkpoint_folder)
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def push_checkpoint(self, checkpoint_folder: str) -> None:
+        """Push a complete checkpoint as transformers does (`hub_strategy`)."""
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        ckpt = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        payload = {
-            **self._expected_state(), "global_step": self.state.global_step, "in_tuning": self.in_tuning,
-            "phase": 3 if self.in_tuning else 1, "phase_lengths": list(self.phase_lengths),
-            "active_fraction": self.active_fraction, "selected": self.scores is not None,
-            "num_allocated": self.model.num_allocated() if self.sparse else None,
-            "num_active": self.model.num_active() if self.sparse else None,
-            "nonfinite_skipped_steps": self.nonfinite.skipped,
-            # saved at the end of step T1 before the selection (a bad file stopped phase 2): resuming runs it
-            "estimation_pending": self._estimation_pending,
-            "bad_file_skips": self.bad_file_skips,
-        }
+        checkpoints.save_staged(self, lambda: super(FisherTuneTrainer, self)._save_checkpoint(model, trial),
+                                self._write_fishertune_state, trial)
+
+    def _write_fishertune_state(self, ckpt: str) -> None:
         scores_file = os.path.join(self.args.output_dir, SCORES_NAME) if self.scores is not None else None
-        write_state(ckpt, payload, scores_file)
+        write_state(ckpt, checkpoints.fishertune_state(self), scores_file)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         saved = read_state(resume_from_checkpoint)
-        check_compatible(saved, self._expected_state(), resume_from_checkpoint)
+        self._changed_settings = check_compatible(saved, self._expected_state(), resume_from_checkpoint,
+                                                  self.args.allow_changed_settings)
+        if self._changed_settings:
+            logger.warning(f"Resuming from {resume_from_checkpoint} with changed settings (allow_changed_settings): "
+                           f"{describe_changes(self._changed_settings)}; the run uses the new values.")
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.in_tuning = bool(saved["in_tuning"])
         self.active_fraction = saved.get("active_fraction")
@@ -298,3 +323,6 @@ class FisherTuneTrainer(Trainer):
                 )
         self._apply_phase_trainability()
         self.optimizer, self.lr_scheduler = None, None  # built by the Trainer for the restored phase
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        checkpoints.load_optimizer_and_scheduler(self, super()._load_optimizer_and_scheduler, checkpoint)
