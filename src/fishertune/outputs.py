@@ -48,6 +48,9 @@ CARD_NAME = "README.md"
 BASE_MODEL_DIR = "base_model"
 #: Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`).
 BASELINE_DIR = "baseline"
+#: transformers' TensorBoard logs (`output_dir/runs/<time>_<host>`, `report_to: tensorboard`): written while the
+#: trainer runs and after, so no manifest lists them; kept, never read by a loader.
+TRACKER_LOGS_DIR = "runs"
 #: The run manifest, written last: run id, method, settings digest, version, and every file with its hash.
 RUN_MANIFEST_NAME = "fishertune_run.json"
 #: What a finished recipe run writes besides `TRAINING_OUTPUTS`, the manifest and `checkpoint-*` (the names an

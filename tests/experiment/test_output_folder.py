@@ -106,6 +106,8 @@ def test_unrelated_files_are_refused_and_untouched(first_run, tmp_path):
 
 def test_stray_missing_or_modified_files_fail_load_output(used):
     _, out = used
+    (out / "runs" / "Dec07_host").mkdir(parents=True)  # report_to tensorboard's logs, written after the manifest
+    (out / "runs" / "Dec07_host" / "events.out.tfevents.1").write_bytes(b"log")
     load_output(str(out))  # as written: loads
     shutil.copy(out / "base_model" / "model.safetensors", out / "model.safetensors")  # another model beside
     (out / "config.json").write_text("{}")

@@ -8,7 +8,8 @@ model files after, the configs loaders look for last: see `publish`) and writes 
      "files": {"adapter_model.safetensors": {"sha256": ..., "size": ...}, "base_model/config.json": ..., ...}}
 
 `verify` is what `load_output` (evaluate, predict) checks: every listed file is there with its hash, and no other
-file is, except the run's `checkpoint-*` folders and a killed writer's temporaries (`fishertune.atomic`).
+file is, except the run's `checkpoint-*` folders, TensorBoard's `runs/` and a killed writer's temporaries
+(`fishertune.atomic`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 from .. import atomic
 from ..outputs import (ADAPTER_CONFIG_NAME, CARD_NAME, CONFIG_NAME, IMAGE_PROCESSOR_NAME, METRICS_NAME,
-                       MODEL_CONFIG_NAME, RUN_MANIFEST_NAME, TRAINING_OUTPUTS)
+                       MODEL_CONFIG_NAME, RUN_MANIFEST_NAME, TRACKER_LOGS_DIR, TRAINING_OUTPUTS)
 from .resume import checkpoints_in
 
 FORMAT_VERSION = 1
@@ -40,9 +41,15 @@ def settings_digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def some(names: list[str], limit: int = 12) -> str:
+    """`names` for a message: the first `limit`, and how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def folder_files(folder: str) -> list[str]:
-    """Every file under `folder` as a relative `/` path, without `checkpoint-*` folders and temporaries."""
-    skip = {os.path.basename(c) for c in checkpoints_in(folder)}
+    """Every file under `folder` as a relative `/` path, without `checkpoint-*` folders, the trainer's TensorBoard
+    logs and temporaries."""
+    skip = {os.path.basename(c) for c in checkpoints_in(folder)} | {TRACKER_LOGS_DIR}
     found = []
     for root, dirs, files in os.walk(folder):
         rel_root = os.path.relpath(root, folder)
@@ -84,7 +91,7 @@ def verify(folder: str, manifest: dict[str, Any]) -> None:
         if os.path.getsize(path) != listed[rel]["size"] or atomic.sha256_file(path) != listed[rel]["sha256"]:
             modified.append(rel)
     if stray or missing or modified:
-        problems = [f"{what}: {', '.join(names)}" for what, names in
+        problems = [f"{what}: {some(names)}" for what, names in
                     (("stray (not written by that run)", stray), ("missing", missing),
                      ("modified since the run wrote it", modified)) if names]
         raise OutputFolderError(

@@ -25,7 +25,7 @@ import yaml
 
 from .. import atomic
 from ..outputs import CONFIG_NAME, RUN_MANIFEST_NAME, RUN_OUTPUTS, TRAINING_OUTPUTS
-from .manifest import folder_files, read_manifest
+from .manifest import folder_files, read_manifest, some
 from .resume import checkpoints_in
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class OutputDirPlan:
             return True
         resume = " Resume it with --resume_from_checkpoint last," if self.checkpoints else ""
         raise FileExistsError(
-            f"{self.folder} holds the files of an earlier run ({', '.join(self.earlier)}); a new run there would mix "
+            f"{self.folder} holds the files of an earlier run ({some(self.earlier)}); a new run there would mix "
             f"its files with them.{resume} Choose another --output_dir, or pass --overwrite_output_dir true to "
             "delete that run's files first.")
 
@@ -122,7 +122,7 @@ def inspect_output_dir(folder: str) -> OutputDirPlan:
         (mine if rel in listed or rel in TRAINING_OUTPUTS or top in legacy else others).append(rel)
     if others:
         raise FileExistsError(
-            f"{folder} holds files that no fishertune run wrote there ({', '.join(others)}): a run would overwrite "
+            f"{folder} holds files that no fishertune run wrote there ({some(others)}): a run would overwrite "
             "or mix with them, and --overwrite_output_dir deletes only an earlier run's own files. Choose a new or "
             "empty --output_dir, or move those files away.")
     return OutputDirPlan(folder, mine, checkpoints_in(folder), manifest is not None)

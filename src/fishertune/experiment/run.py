@@ -136,6 +136,8 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     # Before any work and before the first byte is written: files this run did not write, a wrong checkpoint path
     # or an earlier run in the folder must cost nothing (and lose nothing).
     plan = inspect_output_dir(out)
+    # is_main=False: validation only; the earlier run's files, checkpoints included, are deleted below once every
+    # check (writable, free space) has passed.
     targs.resume_from_checkpoint = resolve_resume(targs.resume_from_checkpoint, out,
                                                   overwrite=exp.overwrite_output_dir, is_main=False)
     replace_earlier = plan.require_fresh(targs.resume_from_checkpoint, exp.overwrite_output_dir)
