@@ -70,3 +70,17 @@ def test_stale_temporaries_are_found_and_removed(tmp_path):
     removed = atomic.remove_stale_temporaries(str(tmp_path))
     assert len(removed) == 2
     assert os.listdir(tmp_path) == ["keep.json"]
+
+
+def test_move_into_place_replaces_a_folder_whole_and_a_file(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "old.bin").write_bytes(b"old")  # not in the new folder: must not survive
+    stage = tmp_path / f"{atomic.TMP_PREFIX}stage"
+    (stage / "base").mkdir(parents=True)
+    (stage / "base" / "new.bin").write_bytes(b"new")
+    (stage / "m.json").write_text("{}")
+    (tmp_path / "m.json").write_text('{"old": 1}')
+    atomic.move_into_place(str(stage / "base"), str(tmp_path / "base"))
+    atomic.move_into_place(str(stage / "m.json"), str(tmp_path / "m.json"))
+    assert sorted(os.listdir(tmp_path / "base")) == ["new.bin"] and (tmp_path / "m.json").read_text() == "{}"
+    assert sorted(os.listdir(tmp_path)) == sorted(["base", "m.json", stage.name]) and not os.listdir(stage)

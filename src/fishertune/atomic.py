@@ -154,3 +154,26 @@ def remove_stale_temporaries(folder: str) -> list[str]:
             shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
             removed.append(full)
     return removed
+
+
+def move_into_place(src: str, dst: str) -> None:
+    """Rename a finished file or folder `src` (written beside `dst`, same filesystem) to `dst`, fsynced.
+
+    For writers that fill a folder themselves (`save_pretrained`): write into a temporary folder, then move each
+    entry in. An existing `dst` folder is renamed aside first and removed after, as in `staged_dir`.
+    """
+    if os.path.isdir(src):
+        for root, _, files in os.walk(src):
+            for name in files:
+                _fsync_file(os.path.join(root, name))
+            fsync_dir(root)
+    else:
+        _fsync_file(src)
+    old = None
+    if os.path.isdir(dst) and not os.path.islink(dst):
+        old = _tmp_name(dst)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@ The endpoint is whatever ``huggingface_hub`` resolves (``HF_ENDPOINT``, read whe
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ def push_output_folder(
     private: bool = False,
     commit_message: str = "Upload FisherTune adapter",
     allow_patterns: Sequence[str] | str | None = None,
+    files: Sequence[str] | None = None,
 ) -> str:
     """Create ``repo_id`` on the Hub (if it does not exist) and upload a run's output folder to it.
 
@@ -80,6 +82,8 @@ def push_output_folder(
         private: create the repo as private. Ignored if the repo already exists.
         commit_message: summary of the commit.
         allow_patterns: optional glob(s) restricting which files (relative to ``folder``) are uploaded.
+        files: exactly these files (``/`` paths relative to ``folder``, e.g. a run manifest's), nothing else;
+            not with ``allow_patterns``.
 
     Returns:
         The URL of the commit (or of the repo when the Hub reports no commit, e.g. nothing changed).
@@ -88,6 +92,10 @@ def push_output_folder(
         ValueError: ``folder`` is missing, holds no adapter/model files, or no file is selected.
     """
     _check_folder(folder)
+    if files is not None:
+        if allow_patterns is not None:
+            raise ValueError("Pass either files (exact paths) or allow_patterns (globs) to push_output_folder.")
+        allow_patterns = [glob.escape(f) for f in files]  # exact paths: no character of a name acts as a glob
     if allow_patterns is not None and not isinstance(allow_patterns, str):
         allow_patterns = list(allow_patterns)
     ignore = list(CHECKPOINT_IGNORE_PATTERNS)

@@ -12,6 +12,7 @@ from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG_NAME  # adapter_c
 from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
 from peft.utils.constants import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from transformers.utils import CONFIG_NAME as MODEL_CONFIG_NAME  # config.json
+from transformers.utils import IMAGE_PROCESSOR_NAME  # preprocessor_config.json
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 #: A PEFT adapter's weights (safetensors first) and a transformers model's weights, sharded or not.
@@ -30,6 +31,8 @@ SELECTION_NAME = "fishertune_selection.json"
 STATISTICS_NAME = "fishertune_statistics.safetensors"
 #: The Fig. 6-style sensitivity map (`save_sensitivity_plot=True`).
 PLOT_NAME = "fishertune_sensitivity.png"
+#: What phase 2 writes into `output_dir` while training runs (a killed run leaves them beside its checkpoints).
+TRAINING_OUTPUTS = (SCORES_NAME, SELECTION_NAME, STATISTICS_NAME, PLOT_NAME)
 
 # A segmenter folder that names its pretrained backbone instead of holding its weights (`models._base`).
 BACKBONE_REFERENCE = "fishertune_backbone.json"
@@ -45,6 +48,17 @@ CARD_NAME = "README.md"
 BASE_MODEL_DIR = "base_model"
 #: Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`).
 BASELINE_DIR = "baseline"
+#: transformers' TensorBoard logs (`output_dir/runs/<time>_<host>`, `report_to: tensorboard`): written while the
+#: trainer runs and after, so no manifest lists them; kept, never read by a loader.
+TRACKER_LOGS_DIR = "runs"
+#: The run manifest, written last: run id, method, settings digest, version, and every file with its hash.
+RUN_MANIFEST_NAME = "fishertune_run.json"
+#: What a finished recipe run writes besides `TRAINING_OUTPUTS`, the manifest and `checkpoint-*` (the names an
+#: output folder of a version without a manifest may hold).
+RUN_OUTPUTS = (
+    ADAPTER_CONFIG_NAME, *ADAPTER_WEIGHTS, MODEL_CONFIG_NAME, *MODEL_WEIGHTS, BASE_MODEL_DIR, BASELINE_DIR,
+    IMAGE_PROCESSOR_NAME, METRICS_NAME, CONFIG_NAME, CARD_NAME,
+)
 
 # `recipes/predict.py` (`experiment.predict.predict_folder`): one PNG per image in each folder, and the legend.
 MASKS_DIR, OVERLAYS_DIR, LABELS_DIR = "masks", "overlays", "labels"

@@ -3,7 +3,7 @@ one training image truncated by rank 0 at the end of a given step (both ranks wa
 
     python _bad_file_two_proc.py <config.yaml> <output_dir> <image> <step> [-- recipe flags...]
 
-Step 0 truncates nothing. Each rank writes `rank<r>.json` into the output folder: the BadSampleError it stopped
+Step 0 truncates nothing. Each rank writes `rank<r>.json` into `<output_dir>.records/`: the BadSampleError it stopped
 with (or null), its global step, and the warnings that say 'Skipped'.
 """
 
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import fishertune.experiment.run as run_module  # noqa: E402
 from fishertune.data import BadSampleError  # noqa: E402
-from tests.experiment._helpers import recipe_main  # noqa: E402
+from tests.experiment._helpers import recipe_main, records_dir  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -55,7 +55,8 @@ def main(argv: list[str]) -> None:
         except BadSampleError as err:
             error = str(err)
     trainer = trainers[0]
-    with open(os.path.join(out, f"rank{trainer.args.process_index}.json"), "w") as f:
+    os.makedirs(records_dir(out), exist_ok=True)
+    with open(os.path.join(records_dir(out), f"rank{trainer.args.process_index}.json"), "w") as f:
         json.dump({"error": error, "global_step": trainer.state.global_step,
                    "skipped": [str(w.message) for w in caught if "Skipped" in str(w.message)]}, f)
 

@@ -18,3 +18,9 @@ def recipe_main(name: str):
 def quick_demo_argv(output_dir: str, *extra: str) -> list[str]:
     """The demo config shortened by `--quick` (CI): all three phases, a handful of steps and images."""
     return ["--quick", "true", "--output_dir", str(output_dir), "--logging_steps", "2", *extra]
+
+
+def records_dir(out) -> str:
+    """Where a test driver writes what it records about a run: beside the output folder, which may hold that
+    run's own files only (a resumed run refuses any other)."""
+    return f"{os.path.normpath(str(out))}.records"

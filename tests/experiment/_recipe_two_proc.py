@@ -5,7 +5,7 @@
 `interrupt=<step>`: every rank stops right after checkpoint-<step> is written, as a crash there would (the
 process exits without the final adapter). Each rank writes `rank<r>.json` (its global step, whether it was
 interrupted, the steps it ran and the dataset's epoch at each) and `rank<r>_adapter.pt` (its FisherTune
-tensors) into the output folder.
+tensors) into `<output_dir>.records/`.
 """
 
 import json
@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import fishertune.experiment.run as run_module  # noqa: E402
-from tests.experiment._helpers import recipe_main  # noqa: E402
+from tests.experiment._helpers import recipe_main, records_dir  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -59,8 +59,10 @@ def main(argv: list[str]) -> None:
     rank = trainer.args.process_index
     model = trainer.accelerator.unwrap_model(trainer.model)
     tensors = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "fishertune" in k}
-    torch.save(tensors, os.path.join(out, f"rank{rank}_adapter.pt"))
-    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    records = records_dir(out)
+    os.makedirs(records, exist_ok=True)
+    torch.save(tensors, os.path.join(records, f"rank{rank}_adapter.pt"))
+    with open(os.path.join(records, f"rank{rank}.json"), "w") as f:
         json.dump({"global_step": trainer.state.global_step, "interrupted": interrupted, "steps": steps,
                    "epochs": epochs,
                    "world_size": trainer.args.world_size}, f)

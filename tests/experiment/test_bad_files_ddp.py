@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from . import _bad_file_two_proc
-from ._helpers import REPO
+from ._helpers import REPO, records_dir
 from .test_bad_files import _camvid, _config
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo CPU run; a GPU machine would use NCCL")
@@ -53,7 +53,7 @@ def _launch_two(config: str, out, image: str, step: int, *extra: str) -> list[di
         pytest.fail(f"the two processes did not stop within {TIMEOUT_S} s (a rank hung): {log.read()[-3000:]}")
     log.seek(0)
     assert proc.returncode == 0, log.read()[-6000:]
-    return [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in (0, 1)]
+    return [json.load(open(os.path.join(records_dir(out), f"rank{r}.json"))) for r in (0, 1)]
 
 
 @pytest.mark.parametrize("corrupt_at,stopped_at,phase", [(3, 4, 3), (2, 2, 2)])  # T1 = 2

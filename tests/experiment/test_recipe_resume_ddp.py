@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from . import _recipe_two_proc
-from ._helpers import REPO
+from ._helpers import REPO, records_dir
 from .test_recipe_resume import TINY, _adapter, _assert_bitwise
 
 GLOO_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo CPU run; a GPU machine would use NCCL")
@@ -41,11 +41,11 @@ def _launch_two(config: str, out, *opts: str, extra: tuple[str, ...] = ()) -> li
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in (0, 1)]
+    return [json.load(open(os.path.join(records_dir(out), f"rank{r}.json"))) for r in (0, 1)]
 
 
 def _rank_tensors(out, rank: int) -> dict:
-    return torch.load(os.path.join(out, f"rank{rank}_adapter.pt"))
+    return torch.load(os.path.join(records_dir(out), f"rank{rank}_adapter.pt"))
 
 
 def _global_step(checkpoint) -> int:

@@ -4,6 +4,8 @@
 - `config_io.py`  YAML defaults + command-line overrides (`parse_args`), the resolved config
 - `build.py`      datasets with transforms, the model
 - `run.py`        `run_experiment`: train, evaluate per target, write the output folder, push
+- `output_dir.py` one run, one folder: what `output_dir` may hold before a run, whether it can take the run
+- `manifest.py`   the run manifest: written last, checked by `load_output`
 - `saved.py`      `load_output` / `evaluate_output`: a written output folder back as a model
 - `predict.py`    colour-coded masks, overlays and the class legend for a folder of images
 - `card.py`       the model card (template: `model_card_template.md`, package data)

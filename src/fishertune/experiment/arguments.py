@@ -77,8 +77,9 @@ class ExperimentArguments:
         max_train_samples / max_eval_samples (`int`, *optional*): truncate datasets (quick runs).
         merge (`bool`): save the merged plain model instead of the adapter.
         quick (`bool`): CI smoke run: a handful of steps and samples (overrides the step counts).
-        overwrite_output_dir (`bool`): a new run may delete the `checkpoint-*` folders of another run
-            in `output_dir` (otherwise refused; `--resume_from_checkpoint last` continues that run).
+        overwrite_output_dir (`bool`): a new run may delete the files of an earlier run in `output_dir` (those
+            its manifest lists and its `checkpoint-*` folders; otherwise refused, and `--resume_from_checkpoint
+            last` continues that run). Files no run wrote there are never deleted: such a folder is refused.
         card_title (`str`, *optional*): model card title. (`hub_model_id`, `push_to_hub` are training arguments.)
     """
 
@@ -130,8 +131,9 @@ class ExperimentArguments:
     card_title: Optional[str] = field(default=None, metadata={"help": "Model card title (default from the run)."})
     quick: bool = field(default=False, metadata={"help": "CI smoke run: a few steps and samples."})
     overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Start a new run in an output_dir that holds checkpoint-* folders of another run, deleting them "
-                "(without it that is an error; --resume_from_checkpoint last continues that run instead)."})
+        "help": "Start a new run in an output_dir that holds an earlier run's files and checkpoints, deleting them "
+                "first (without it that is an error; --resume_from_checkpoint last continues that run instead). "
+                "Files no run wrote there are never deleted: such a folder is refused."})
 
     def __post_init__(self) -> None:
         from ..data import DATASET_NAMES

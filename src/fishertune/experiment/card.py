@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .. import atomic
 from ..backbones.eva02 import TIMM_PREFIX
 from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, PLOT_NAME, SELECTION_NAME
 from .arguments import BUILTIN_PREFIX
@@ -112,8 +113,10 @@ def hub_base_model_id(backbone: str) -> Optional[str]:
     return backbone
 
 
-def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths, repo_id: str | None = None) -> dict:
-    """The template variables of a run's card, from its arguments, metrics and output folder."""
+def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths, repo_id: str | None = None,
+                 model_dir: str | None = None) -> dict:
+    """The template variables of a run's card, from its arguments, metrics and output folder (the model files
+    in `model_dir`, default `out`: the folder they are written in before they are moved into `out`)."""
     import json
 
     from .. import __version__
@@ -125,7 +128,8 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     method = get_method(targs.method)
     # A baseline selects nothing: the card names its method where a sparse run names its criterion.
     criterion = targs.criterion if method.is_sparse else method.name
-    is_adapter = os.path.isfile(os.path.join(out, ADAPTER_CONFIG_NAME))
+    model_dir = out if model_dir is None else model_dir
+    is_adapter = os.path.isfile(os.path.join(model_dir, ADAPTER_CONFIG_NAME))
     selection = {}
     sel_path = os.path.join(out, SELECTION_NAME)
     if os.path.isfile(sel_path):
@@ -135,7 +139,7 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     fraction = float(selection.get("allocated_fraction", 0.0))
     t1, t2, t3 = phase_lengths
     plot = PLOT_NAME
-    base_dir = os.path.join(out, BASE_MODEL_DIR)
+    base_dir = os.path.join(model_dir, BASE_MODEL_DIR)
     return {
         "title": exp.card_title or f"{criterion} on {exp.backbone} ({exp.head}), {exp.dataset} -> {', '.join(exp.targets)}",
         "version": __version__,
@@ -173,9 +177,11 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     }  # fmt: skip
 
 
-def write_model_card(out: str, exp, targs, metrics: Mapping[str, Any], trainer, repo_id: str | None = None) -> str:
-    """Render the card of a finished run into `out/README.md`; returns its path."""
+def write_model_card(out: str, exp, targs, metrics: Mapping[str, Any], trainer, repo_id: str | None = None,
+                     model_dir: str | None = None) -> str:
+    """Render the card of a finished run into `model_dir or out`/README.md; returns its path."""
     lengths = targs.phase_lengths(trainer.state.max_steps)
-    path = os.path.join(out, CARD_NAME)
-    render_model_card(card_context(out, exp, targs, metrics, lengths, repo_id)).save(path)
+    path = os.path.join(model_dir or out, CARD_NAME)
+    card = render_model_card(card_context(out, exp, targs, metrics, lengths, repo_id, model_dir=model_dir))
+    atomic.write_with(path, card.save)
     return path

@@ -10,23 +10,29 @@ Output folder (`training_args.output_dir`):
     fishertune_scores.safetensors, fishertune_selection.json, fishertune_sensitivity.png   (sparse criteria)
     preprocessor_config.json                          the image processor (also in base_model/)
     metrics.json   config.yaml   README.md (model card)
+    fishertune_run.json                               the run manifest: every file above with its hash (last)
+
+The folder holds one run (`output_dir.py`); the outputs are written into a temporary folder inside it and moved in
+when complete, the manifest last (`manifest.py`).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 import time
+import uuid
 from typing import Any, Optional
 
 import yaml
 from peft import PeftModel
 
+from .. import atomic
 from ..baselines import api as baselines_api
 from ..data import collate_fn
 from ..evaluation import evaluate_model
 from ..models import save_backbone_reference
-from ..outputs import BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME
+from ..outputs import BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME, RUN_MANIFEST_NAME
 from ..training import FisherTuneTrainer, FisherTuneTrainingArguments
 from ..training.methods import get_method
 from .arguments import BUILTIN_PREFIX, ExperimentArguments
@@ -34,6 +40,8 @@ from .build import build_base_model, build_eval_datasets, build_source_val, buil
 from .card import write_model_card
 from .config_io import resolved_config
 from .export import finalize_adapter_config, save_image_processor
+from .manifest import publish
+from .output_dir import check_free_space, check_writable, inspect_output_dir, required_bytes
 from .resume import check_resume_settings, resolve_resume
 from .tracking import log_eval_metrics
 
@@ -124,25 +132,40 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     """
     if exp.quick:
         apply_quick(exp, targs)
-    # Before any work: a wrong path or another run's checkpoints must cost nothing; config.yaml records the folder.
-    targs.resume_from_checkpoint = resolve_resume(targs.resume_from_checkpoint, targs.output_dir,
-                                                  overwrite=exp.overwrite_output_dir, is_main=targs.should_save)
-    check_resume_settings(targs.resume_from_checkpoint, targs, exp.run_settings())
-    push = targs.push_to_hub
-    targs.push_to_hub = False  # the Trainer would push checkpoints itself; the whole output folder goes up below
     out = targs.output_dir
-    os.makedirs(out, exist_ok=True)
+    # Before any work and before the first byte is written: files this run did not write, a wrong checkpoint path
+    # or an earlier run in the folder must cost nothing (and lose nothing).
+    plan = inspect_output_dir(out)
+    # is_main=False: validation only; the earlier run's files, checkpoints included, are deleted below once every
+    # check (writable, free space) has passed.
+    targs.resume_from_checkpoint = resolve_resume(targs.resume_from_checkpoint, out,
+                                                  overwrite=exp.overwrite_output_dir, is_main=False)
+    check_resume_settings(targs.resume_from_checkpoint, targs, exp.run_settings())
+    replace_earlier = plan.require_fresh(targs.resume_from_checkpoint, exp.overwrite_output_dir)
+    if targs.should_save:
+        check_writable(out)
+    push = targs.push_to_hub
+    targs.push_to_hub = False  # the Trainer would push checkpoints itself; the run's files go up below
     id2label = source_id2label(exp)
     train_ds = build_train_dataset(exp, seed=targs.seed if targs.data_seed is None else targs.data_seed)
     targets, source_val = build_eval_datasets(exp), build_source_val(exp)
     model = build_base_model(exp, id2label, seed=targs.seed)
+    stage = None
+    if targs.should_save:
+        check_free_space(out, required_bytes(model, checkpoints=targs.save_strategy != "no"),
+                         freed=plan.freed_bytes() if replace_earlier else 0)
+        if replace_earlier:
+            plan.delete_earlier()
+        atomic.remove_stale_temporaries(out)  # a killed run's unfinished outputs
+        # The outputs are written here and moved into `out` once complete (`manifest.publish`).
+        stage = tempfile.mkdtemp(prefix=atomic.TMP_PREFIX, suffix="-outputs", dir=out)
     plain_model = get_method(targs.method).saved_as == "whole"  # saved whole, backbone included
-    if not exp.merge and not plain_model and targs.should_save:  # an adapter: base_model/ is its base
+    if not exp.merge and not plain_model and stage is not None:  # an adapter: base_model/ is its base
         if exp.backbone.startswith(BUILTIN_PREFIX):
             # A random-init backbone exists nowhere else: the adapter is loadable only with these exact weights.
-            model.save_pretrained(os.path.join(out, BASE_MODEL_DIR))
+            model.save_pretrained(os.path.join(stage, BASE_MODEL_DIR))
         else:  # a pretrained backbone: the config and the backbone's name; from_pretrained loads its weights
-            save_backbone_reference(model, os.path.join(out, BASE_MODEL_DIR), exp.backbone)
+            save_backbone_reference(model, os.path.join(stage, BASE_MODEL_DIR), exp.backbone)
 
     trainer = FisherTuneTrainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn,
                                 run_settings=exp.run_settings())
@@ -150,32 +173,34 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     train_seconds = time.perf_counter() - start
     model = trainer.model
-    if targs.should_save:
-        model = save_model(model, exp, out)
+    if stage is not None:
+        model = save_model(model, exp, stage)
     metrics = evaluate_all(model, exp, targets, source_val, disable_tqdm=targs.disable_tqdm)
     result = {"metrics": metrics, "output_dir": out, "train_seconds": train_seconds, "push_url": None}
-    if not targs.should_save:  # other ranks of a multi-process run stop here
+    if stage is None:  # other ranks of a multi-process run stop here
         return result
 
+    run_id = uuid.uuid4().hex
     config = {"config_file": config_path, **resolved_config(exp, targs)}
     config["push_to_hub"] = push
     config.pop("hub_token", None)  # never write a secret into a file that gets uploaded
-    with open(os.path.join(out, CONFIG_NAME), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=True)
-    with open(os.path.join(out, METRICS_NAME), "w") as f:
-        json.dump(metrics, f, indent=2)
+    atomic.write_text(os.path.join(stage, CONFIG_NAME), yaml.safe_dump({**config, "run_id": run_id}, sort_keys=True))
+    atomic.write_json(os.path.join(stage, METRICS_NAME), metrics, allow_nan=True)
     log_eval_metrics(trainer, metrics)  # per-target mIoU and the target mean to report_to's trackers too
-    base_dir = os.path.join(out, BASE_MODEL_DIR)
-    finalize_adapter_config(out, os.path.abspath(base_dir) if os.path.isdir(base_dir) else None)
-    save_image_processor([out, base_dir], exp)
-    write_model_card(out, exp, targs, metrics, trainer, repo_id=targs.hub_model_id if push else None)
+    base_dir = os.path.join(out, BASE_MODEL_DIR)  # where loaders find it once moved in
+    has_base = os.path.isdir(os.path.join(stage, BASE_MODEL_DIR))
+    finalize_adapter_config(stage, os.path.abspath(base_dir) if has_base else None)
+    save_image_processor([stage, os.path.join(stage, BASE_MODEL_DIR)], exp)
+    write_model_card(out, exp, targs, metrics, trainer, repo_id=targs.hub_model_id if push else None, model_dir=stage)
+    files = publish(stage, out, run_id=run_id, method=targs.method, settings=config)
     if push:
         from ..hub import push_output_folder
 
         repo_id = targs.hub_model_id or os.path.basename(os.path.abspath(out))
         result["push_url"] = push_output_folder(out, repo_id, token=targs.hub_token,
-                                                private=bool(targs.hub_private_repo))
-    result["files"] = sorted(os.listdir(out))
+                                                private=bool(targs.hub_private_repo),
+                                                files=[*files, RUN_MANIFEST_NAME])
+    result["files"] = sorted({f.split("/")[0] for f in files} | {RUN_MANIFEST_NAME})
     if verbose:
         print(report(result))
     return result

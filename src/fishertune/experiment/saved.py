@@ -1,18 +1,25 @@
-"""A written output folder back as a model: `load_output`, `evaluate_output`."""
+"""A written output folder back as a model: `load_output`, `evaluate_output`.
+
+`load_output` first checks that the folder holds one run's files (`check_output_folder`): a stray, missing or
+modified file, or a damaged manifest or config.yaml, is an error naming it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import warnings
 from typing import Optional
 
 import torch
 import yaml
 
-from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME, MODEL_CONFIG_NAME
+from ..outputs import (ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME,
+                       MODEL_CONFIG_NAME, RUN_MANIFEST_NAME)
 from .arguments import ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, source_id2label
+from .manifest import OutputFolderError, read_manifest, verify
 
 
 def resolve_device(device: Optional[str] = None) -> torch.device:
@@ -22,17 +29,56 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
     return torch.device(device)
 
 
-def load_experiment_args(folder: str, **overrides) -> ExperimentArguments:
-    """The `ExperimentArguments` a run was made with (from its `config.yaml`), with `overrides` applied."""
+#: Keys every run's config.yaml has; a file without them was cut short (or is not a run's).
+_REQUIRED_KEYS = ("backbone", "head", "dataset", "targets")
+
+
+def read_run_config(folder: str) -> dict:
+    """The settings of a run from its `config.yaml`; a missing, unreadable or truncated file is an error naming it."""
     path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{folder} has no config.yaml: it is not an output folder of recipes/train.py.")
-    with open(path) as f:
-        config = yaml.safe_load(f)
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: it is not an output folder of recipes/train.py.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path} is damaged, not YAML ({err}). Rerun the training to write it again.") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is damaged: a run's settings are a mapping, this file holds "
+                         f"{'nothing' if config is None else type(config).__name__}. Rerun the training.")
+    missing = [k for k in _REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"{path} is damaged (truncated?): it lacks {', '.join(missing)}. Rerun the training.")
+    return config
+
+
+def load_experiment_args(folder: str, **overrides) -> ExperimentArguments:
+    """The `ExperimentArguments` a run was made with (from its `config.yaml`), with `overrides` applied."""
+    config = read_run_config(folder)
     names = {f.name for f in dataclasses.fields(ExperimentArguments)}
     values = {k: v for k, v in config.items() if k in names}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ExperimentArguments(**values)
+
+
+def check_output_folder(folder: str) -> None:
+    """Raise unless every file of `folder` is one run's, as its manifest lists it (`manifest.verify`).
+
+    A folder without a manifest was written by a version of fishertune that wrote none: it loads with a warning,
+    since nothing says its files belong together. A run that records its id in config.yaml but has no manifest
+    stopped while moving its outputs in, and is refused.
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder} is not a folder: pass the --output_dir of a recipes/train.py run.")
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        verify(folder, manifest)
+        return
+    if "run_id" in read_run_config(folder):
+        raise OutputFolderError(f"{folder} has no {RUN_MANIFEST_NAME} although its run wrote one last: the run "
+                                "stopped before it finished writing its outputs. Rerun the training.")
+    warnings.warn(f"{folder} has no {RUN_MANIFEST_NAME} (written by an older fishertune): its files cannot be "
+                  "checked to belong to one run.", stacklevel=3)
 
 
 def load_output(folder: str, device: Optional[str] = None):
@@ -45,6 +91,7 @@ def load_output(folder: str, device: Optional[str] = None):
 
     import fishertune.models  # noqa: F401  (registers the segmenters with AutoModel)
 
+    check_output_folder(folder)
     exp = load_experiment_args(folder)
     if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)):
         from peft import PeftModel

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ import torch
 import torch.distributed as dist
 from transformers.utils import logging
 
+from .. import atomic
 from ..outputs import PLOT_NAME, SCORES_NAME, SELECTION_NAME, STATISTICS_NAME
 from ..tuner import FisherTuneLayer
 from . import bad_files
@@ -58,7 +58,8 @@ def estimate_and_select(trainer: "FisherTuneTrainer") -> None:
                                                disable_tqdm=args.disable_tqdm, timing=timing)
             if args.should_save:  # F, F', both dF readings: any criterion or exchange can be re-scored
                 os.makedirs(args.output_dir, exist_ok=True)
-                fisher.save_statistics(stats, os.path.join(args.output_dir, STATISTICS_NAME))
+                atomic.write_with(os.path.join(args.output_dir, STATISTICS_NAME),
+                                  lambda tmp: fisher.save_statistics(stats, tmp))
             # Saving the statistics happens between the passes and the scoring, outside both timings.
             scores = {n: s.detach().float().cpu()
                       for n, s in fisher.scores_from_stats(stats, config, timing=timing).items()}
@@ -109,12 +110,9 @@ def _selection_summary(counts: dict[str, int], num_targeted: int) -> dict[str, f
 
 def _write_selection(fisher, model, scores, counts, summary, args) -> None:
     os.makedirs(args.output_dir, exist_ok=True)
-    path = os.path.join(args.output_dir, SCORES_NAME)
-    if os.path.exists(path):  # a new inode: older checkpoints hold hard links to the old file
-        os.remove(path)
-    fisher.save_scores(scores, path)
-    with open(os.path.join(args.output_dir, SELECTION_NAME), "w") as f:
-        json.dump({"per_layer": counts, **summary}, f, indent=2)
+    # Renamed into place: a new inode, so the hard links older checkpoints hold keep the old scores.
+    atomic.write_with(os.path.join(args.output_dir, SCORES_NAME), lambda tmp: fisher.save_scores(scores, tmp))
+    atomic.write_json(os.path.join(args.output_dir, SELECTION_NAME), {"per_layer": counts, **summary})
     if args.save_sensitivity_plot:
         _plot(fisher, model, scores, os.path.join(args.output_dir, PLOT_NAME))
 
@@ -129,6 +127,6 @@ def _plot(fisher, model, scores, path) -> None:
                 mask[module.fishertune_indices[adapter].cpu()] = True
             masks[name] = mask.view_as(scores[name])
     try:
-        fisher.plot_sensitivity_map(scores, masks, path)
+        atomic.write_with(path, lambda tmp: fisher.plot_sensitivity_map(scores, masks, tmp))
     except Exception as err:  # a plot must not end a long run
         logger.warning(f"Could not plot the sensitivity map: {err}")
