@@ -1,8 +1,9 @@
 """Shared machinery of the folder loaders: pairing, validation, label mapping, metadata.
 
 A loader lists (image, label) file pairs in its dataset's official layout and hands them to
-`build_dataset`, which checks every pair (readable image, label of the same size, only raw ids
-the label map knows), maps the labels to train ids once, and returns a `datasets.Dataset` with
+`build_dataset`, which checks every pair (readable image, label of its stored or displayed size (`data.images`:
+a stored-layout label is turned with its image's EXIF orientation), only raw ids the label map knows), maps
+the labels to train ids once, and returns a `datasets.Dataset` with
 `image` and `label` columns (`datasets.Image` features). Labels are mapped at load time, not in
 a transform, so that `ds[i]["label"]` is always in train ids whatever transform the user sets
 with `ds.set_transform` (which replaces any transform set before it).
@@ -27,6 +28,7 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .images import check_pixels, displayed_size, exif_orientation, orient_label
 from .labels import IGNORE_INDEX, LabelMap
 
 _META_KEY = "fishertune"
@@ -72,10 +74,13 @@ def pair_by_suffix(images: list[Path], image_root: Path, label_root: Path, image
     return pairs
 
 
-def _image_size(path: str) -> tuple[int, int]:
+def _image_header(path: str) -> tuple[tuple[int, int], int]:
+    """(stored size, EXIF orientation) of an image file; float/32-bit files are decoded to check their range."""
     try:
         with Image.open(path) as im:
-            return im.size
+            size, orientation = im.size, exif_orientation(im)
+        check_pixels(path)
+        return size, orientation
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"Cannot read image file {path}: {err}") from err
 
@@ -100,12 +105,15 @@ def read_label(path: str) -> np.ndarray:
 
 def map_label_file(image_path: str, label_path: str, label_map: LabelMap, out_path: str | None):
     """Validate one pair and return the mapped label as `{"bytes"/"path"}` for a `datasets.Image` column."""
-    size = _image_size(image_path)
+    size, orientation = _image_header(image_path)
     raw = read_label(label_path)
-    if (raw.shape[1], raw.shape[0]) != size:
-        raise LabelError(
-            f"Label file {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image {image_path} is {size[0]}x{size[1]}."
-        )
+    shown = displayed_size(size, orientation)
+    if (raw.shape[1], raw.shape[0]) not in (size, shown):
+        turned = f" ({shown[0]}x{shown[1]} as displayed, EXIF orientation {orientation})" if shown != size else ""
+        raise LabelError(f"Label file {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image {image_path} is "
+                         f"{size[0]}x{size[1]}{turned}.")
+    # Stored in the displayed layout, as the image decodes (`to_rgb`, datasets' decoder): the two stay aligned.
+    raw = orient_label(raw, orientation, size)
     unknown = label_map.unknown_ids(raw)
     if unknown:
         raise LabelError(f"Label file {label_path} contains ids {unknown} outside the label map of this dataset.")

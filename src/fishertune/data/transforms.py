@@ -13,6 +13,7 @@ import torch
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 
+from .images import to_rgb
 from .labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -39,7 +40,7 @@ def fit_scale(size_wh: tuple[int, int], scale: tuple[int, int]) -> tuple[int, in
     """mmcv's keep-ratio rescale: the largest size with long edge <= max(scale), short edge <= min(scale)."""
     w, h = size_wh
     factor = min(max(scale) / max(w, h), min(scale) / min(w, h))
-    return int(w * factor + 0.5), int(h * factor + 0.5)
+    return max(int(w * factor + 0.5), 1), max(int(h * factor + 0.5), 1)
 
 
 def random_crop(label: np.ndarray, crop: tuple[int, int], cat_max_ratio: float, rng, ignore_index=IGNORE_INDEX):
@@ -160,8 +161,9 @@ class SegmentationTransforms:
 
     def sample(self, image: Image.Image, label: Image.Image | None, rng=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One example -> (pixel_values, labels); training draws every random number from `rng`
-        (a `numpy.random.Generator`; `KeyedTrainingDataset` passes one keyed by seed, epoch and index)."""
-        image = image.convert("RGB")
+        (a `numpy.random.Generator`; `KeyedTrainingDataset` passes one keyed by seed, epoch and index).
+        The image is displayed and made 8-bit RGB by `data.images.to_rgb` (EXIF orientation, 16-bit, float)."""
+        image = to_rgb(image)
         if label is not None and label.mode not in ("L", "P"):
             raise ValueError(f"label must be a single-channel image, got mode {label.mode!r}")
         if label is not None and label.size != image.size:
