@@ -14,7 +14,7 @@ import datasets
 from . import acdc, bdd100k, camvid, cityscapes, gtav, mapillary, synthetic
 from ._common import DatasetLayoutError, LabelError, get_id2label
 from .keyed import BAD_FILE_POLICIES, BadSampleError, KeyedTrainingDataset
-from .labels import CAMVID_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX, LabelMap
+from .labels import CAMVID_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX, LabelMap, name_mapping_lut
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_DOMAINS, SyntheticDomain, generate_sample, make_synthetic_dataset
 from .transforms import (
     IMAGENET_MEAN,
@@ -72,6 +72,6 @@ __all__ = [
     "BAD_FILE_POLICIES", "BadSampleError", "KeyedTrainingDataset", "CAMVID_CLASSES", "CITYSCAPES_CLASSES", "DATASET_NAMES", "DatasetLayoutError", "EVAL_SCALES",
     "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "LabelError", "LabelMap", "SYNTHETIC_CLASSES",
     "SYNTHETIC_DOMAINS", "SegmentationTransforms", "SyntheticDomain", "collate_fn", "eval_transforms",
-    "generate_sample", "get_id2label", "id2label", "load_dataset", "make_synthetic_dataset",
+    "generate_sample", "get_id2label", "id2label", "load_dataset", "make_synthetic_dataset", "name_mapping_lut",
     "normalization_from_processor", "train_transforms",
 ]  # fmt: skip

@@ -28,6 +28,7 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import staged_path
 from .images import check_pixels, displayed_size, exif_orientation, orient_label
 from .labels import IGNORE_INDEX, LabelMap
 
@@ -119,11 +120,41 @@ def map_label_file(image_path: str, label_path: str, label_map: LabelMap, out_pa
         raise LabelError(f"Label file {label_path} contains ids {unknown} outside the label map of this dataset.")
     mapped = Image.fromarray(label_map(raw))  # 2-D uint8 -> mode L
     if out_path is not None:
-        mapped.save(out_path)
+        with staged_path(out_path) as tmp:  # a killed run leaves no half-written entry under the real name
+            mapped.save(tmp, format="PNG")
         return {"bytes": None, "path": out_path}
     buf = io.BytesIO()
     mapped.save(buf, format="PNG", compress_level=1)  # speed over size: decoded again at every access
     return {"bytes": buf.getvalue(), "path": None}
+
+
+def _file_identity(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def cache_key(image_path: str, label_path: str, label_map: LabelMap) -> str:
+    """The name of a mapped label in the cache: a hash of everything its content depends on, the label map
+    (label space, mapping) and both files' identity (path, size, modification time; the image's EXIF orientation
+    turns the label), so a changed file or another label space never reads a stale entry."""
+    h = hashlib.sha1()
+    for part in (_file_identity(image_path), _file_identity(label_path)):
+        h.update(part.encode() + b"\0")
+    h.update(label_map.lut.tobytes() + label_map.known.tobytes())
+    h.update(json.dumps(label_map.class_names).encode())
+    return h.hexdigest()[:24]
+
+
+def _cached_label_ok(path: str) -> bool:
+    """Whether a cache entry exists and decodes whole (a write cut short, or a damaged file, is regenerated)."""
+    if not os.path.exists(path):
+        return False
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
 
 
 def build_dataset(
@@ -143,8 +174,9 @@ def build_dataset(
         name (`str`): dataset name, recorded in the metadata.
         split (`str`): split name, recorded in the metadata.
         label_map (`LabelMap`): raw id -> train id map.
-        cache_dir (`str`, *optional*): write the mapped labels there as PNG files (reused when
-            present) instead of keeping their bytes in memory; for large datasets.
+        cache_dir (`str`, *optional*): write the mapped labels there as PNG files instead of keeping
+            their bytes in memory; for large datasets. An entry is keyed by everything its content depends
+            on (`cache_key`) and reused only when it decodes whole; it is written through a temporary name.
         num_workers (`int`, *optional*): threads for decoding and mapping (PIL releases the GIL).
         skip_invalid (`bool`, *optional*, defaults to `False`): drop bad pairs with a warning
             instead of raising (GTAV ships a few images whose label has another size).
@@ -155,13 +187,12 @@ def build_dataset(
     if cache_dir is not None:
         out_dir = Path(cache_dir) / name / split
         out_dir.mkdir(parents=True, exist_ok=True)
-        # A content-independent key per label path keeps cache entries unique across sub-folders.
-        outs = [str(out_dir / (hashlib.sha1(lbl.encode()).hexdigest()[:16] + ".png")) for _, lbl in pairs]
+        outs = [str(out_dir / (cache_key(img, lbl, label_map) + ".png")) for img, lbl in pairs]
 
     def one(i: int):
         img, lbl = pairs[i]
         out = outs[i]
-        if out is not None and os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(lbl):
+        if out is not None and _cached_label_ok(out):
             return {"bytes": None, "path": out}
         try:
             return map_label_file(img, lbl, label_map, out)

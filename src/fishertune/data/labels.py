@@ -152,3 +152,24 @@ def camvid_label_map(label_space: str = "camvid") -> LabelMap:
     if label_space == "cityscapes":
         return LabelMap({**dict(enumerate(CAMVID_TO_CITYSCAPES)), CAMVID_VOID_ID: IGNORE_INDEX}, CITYSCAPES_CLASSES)
     raise ValueError(f"label_space must be 'camvid' or 'cityscapes', got {label_space!r}")
+
+
+def name_mapping_lut(id2label: dict[int, str], target_id2label: dict[int, str], mapping: dict[str, str]):
+    """A 256-entry LUT from a dataset's ids (`id2label`) to a model's (`target_id2label`), matching class names.
+
+    Each class goes to the model class of the same name, or of `mapping[name]` (e.g. CamVid's `"tree"` ->
+    Cityscapes' `"vegetation"`); a class that matches none is ignored (255). Returns `(lut, unmatched names)`.
+    """
+    index = {name: int(k) for k, name in target_id2label.items()}
+    unknown = sorted(set(mapping.values()) - set(index))
+    if unknown:
+        raise ValueError(f"label mapping targets {unknown} are not classes of the model ({sorted(index)}).")
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    unmatched = []
+    for i, name in id2label.items():
+        target = index.get(mapping.get(name, name))
+        if target is None:
+            unmatched.append(name)
+        else:
+            lut[i] = target
+    return lut, unmatched

@@ -112,6 +112,8 @@ class SegmentationTransforms:
             label (nearest). The official protocol keeps labels at full resolution and resizes
             the logits to them, which `fishertune.evaluation.evaluate_model` does.
         mean, std (`tuple[float, float, float]`): normalization on the 0..255 scale.
+        label_lut (`np.ndarray`, *optional*): 256 uint8 entries applied to the label ids (another dataset's
+            classes into the model's, `fishertune.data.name_mapping_lut`); 255 stays ignored.
         seed (`int`, *optional*): seed a private generator (reproducible in one process). By
             default each call draws its seed from torch's RNG, which the DataLoader reseeds per worker.
             Neither is a function of the sample alone, so a resumed run draws other augmentations:
@@ -122,7 +124,7 @@ class SegmentationTransforms:
                  max_size: int = 2048, cat_max_ratio: float = 0.75, flip_prob: float = 0.5, photometric: bool = True,
                  scale: tuple[int, int] | None = None, resize_label: bool = False,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 ignore_index: int = IGNORE_INDEX, seed: int | None = None):  # fmt: skip
+                 ignore_index: int = IGNORE_INDEX, label_lut=None, seed: int | None = None):  # fmt: skip
         self.train = train
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
         lo, hi = scale_range
@@ -131,6 +133,7 @@ class SegmentationTransforms:
         self.cat_max_ratio, self.flip_prob, self.photometric = cat_max_ratio, flip_prob, photometric
         self.scale, self.resize_label = scale, resize_label
         self.mean, self.std, self.ignore_index = tuple(mean), tuple(std), ignore_index
+        self.label_lut = None if label_lut is None else np.asarray(label_lut, dtype=np.uint8)
         self._rng = np.random.default_rng(seed) if seed is not None else None
 
     def _generator(self):
@@ -168,6 +171,8 @@ class SegmentationTransforms:
             raise ValueError(f"label must be a single-channel image, got mode {label.mode!r}")
         if label is not None and label.size != image.size:
             raise ValueError(f"label size {label.size} differs from image size {image.size}")
+        if label is not None and self.label_lut is not None:
+            label = Image.fromarray(self.label_lut[np.asarray(label)])
         if not self.train:
             return self.eval_one(image, label)
         return self.train_one(image, label, self._generator() if rng is None else rng)

@@ -36,6 +36,18 @@ def parse_target(spec: str) -> tuple[str, str]:
     return name.strip().lower(), split.strip()
 
 
+def label_mapping_dict(pairs: list[str]) -> dict[str, str]:
+    """`["tree=vegetation", ...]` -> `{"tree": "vegetation", ...}` (the `label_mapping` option)."""
+    out = {}
+    for pair in pairs or []:
+        name, sep, target = pair.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ValueError(f"label_mapping entries read 'target class=model class' (e.g. tree=vegetation), "
+                             f"got {pair!r}.")
+        out[name.strip()] = target.strip()
+    return out
+
+
 @dataclass
 class ExperimentArguments:
     """Model, data, evaluation and output options of a `recipes/train.py` run.
@@ -54,6 +66,9 @@ class ExperimentArguments:
             unless it is the source dataset (then `data_root`) or `synthetic`.
         target_roots (`list[str]`): `dataset=folder` pairs, e.g. `cityscapes=/data/cityscapes`.
         label_space (`str`, *optional*): CamVid label space (`camvid` or `cityscapes`).
+        label_mapping (`list[str]`, *optional*): evaluate targets whose classes differ from the model's, mapping
+            them by name: `target class=model class` pairs (e.g. `tree=vegetation`); same names map to themselves,
+            the rest are ignored. Without it such a target is refused, naming both class lists.
         crop_size (`list[int]`): training crop (h, w). scale_range (`list[int]`): short-edge range.
         num_scales (`int`, *optional*, defaults to `16`): the short edge is one of `num_scales` evenly spaced
             values of `scale_range` (Rein's); `None` (YAML `null`): any integer in the range.
@@ -92,6 +107,10 @@ class ExperimentArguments:
     target_roots: list[str] = field(default_factory=list, metadata={
         "help": "dataset=folder for target datasets other than the source one, e.g. bdd100k=/data/bdd100k."})
     label_space: Optional[str] = field(default=None, metadata={"help": "CamVid: 'camvid' (11) or 'cityscapes' (19)."})
+    label_mapping: list[str] = field(default_factory=list, metadata={
+        "help": "Score targets whose classes differ from the model's: 'target class=model class' pairs (e.g. "
+                "tree=vegetation); equal names map to themselves, other classes are ignored. Without it such a "
+                "target is refused."})
     crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata={"help": "Training crop (h w)."})
     scale_range: list[int] = field(default_factory=lambda: [256, 1024], metadata={"help": "Training short-edge range."})
     photometric: bool = field(default=True, metadata={"help": "mmseg photometric distortion in training."})
@@ -156,6 +175,7 @@ class ExperimentArguments:
             if name not in DATASET_NAMES:
                 raise ValueError(f"Target {spec!r}: unknown dataset {name!r}; choose one of {DATASET_NAMES}.")
         self.target_root_map()  # validates the pairs
+        label_mapping_dict(self.label_mapping)
         for name in ("crop_size", "scale_range", "synthetic_size"):
             value = getattr(self, name)
             if len(value) != 2 or min(value) <= 0:
@@ -200,7 +220,8 @@ class EvaluateArguments:
         model (`str`): an output folder of `recipes/train.py`.
         targets (`list[str]`): `dataset:split` domains; empty: the run's own targets and source val.
         target_roots (`list[str]`): `dataset=folder` for datasets read from disk.
-        label_space, eval_mode, eval_scale, max_eval_samples, num_synthetic_eval_samples: override the run's.
+        label_space, label_mapping, eval_mode, eval_scale, max_eval_samples, num_synthetic_eval_samples: override
+            the run's.
         device (`str`): `auto`, `cpu`, `cuda`, ... output_file (`str`, *optional*): write the metrics JSON there.
     """
 
@@ -208,6 +229,9 @@ class EvaluateArguments:
     targets: list[str] = field(default_factory=list, metadata={"help": "dataset:split domains (default: the run's)."})
     target_roots: list[str] = field(default_factory=list, metadata={"help": "dataset=folder pairs."})
     label_space: Optional[str] = field(default=None, metadata={"help": "CamVid label space override."})
+    label_mapping: Optional[list[str]] = field(default=None, metadata={
+        "help": "'target class=model class' pairs for targets whose classes differ from the model's (default: "
+                "the run's)."})
     eval_mode: Optional[str] = field(default=None, metadata={"help": "whole or slide (default: the run's)."})
     eval_scale: Optional[list[int]] = field(default=None, metadata={"help": "(long short) evaluation size."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate every evaluation set."})

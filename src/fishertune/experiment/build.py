@@ -10,7 +10,7 @@ import torch
 from .. import data as ftdata
 from ..backbones.eva02 import TIMM_PREFIX
 from ..models import build_model
-from .arguments import BUILTIN_BACKBONES, BUILTIN_PREFIX, ExperimentArguments, parse_target
+from .arguments import BUILTIN_BACKBONES, BUILTIN_PREFIX, ExperimentArguments, label_mapping_dict, parse_target
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,39 @@ def load_split(args: ExperimentArguments, name: str, split: str, train: bool, ro
     return ds.select(range(min(limit, len(ds)))) if limit else ds
 
 
-def eval_transform(args: ExperimentArguments, name: str):
+def eval_transform(args: ExperimentArguments, name: str, label_lut=None):
     mean, std = normalization(args.backbone)
     scale = tuple(args.eval_scale) if args.eval_scale else ftdata.EVAL_SCALES.get(name.lower())
-    return ftdata.eval_transforms(scale=scale, mean=mean, std=std)
+    return ftdata.eval_transforms(scale=scale, mean=mean, std=std, label_lut=label_lut)
+
+
+def label_space_lut(args: ExperimentArguments, spec: str, ds, id2label: dict):
+    """`None` when the dataset `spec` has the model's classes (`id2label`), else the LUT of `args.label_mapping`
+    into them; without a mapping a mismatch is refused naming both class lists (scores of unrelated classes
+    compared id by id mean nothing). A dataset without fishertune class metadata is taken as it is."""
+    try:
+        names = ftdata.get_id2label(ds)
+    except ValueError:
+        return None
+    model_names = {int(k): v for k, v in id2label.items()}
+    if names == model_names:
+        return None
+    mapping = label_mapping_dict(args.label_mapping)
+    if not mapping:
+        hint = (" For CamVid scored in the Cityscapes space pass --label_space cityscapes." if spec.startswith("camvid")
+                else "")
+        raise ValueError(
+            f"Target {spec!r} has the classes {[names[k] for k in sorted(names)]} but the model predicts "
+            f"{[model_names[k] for k in sorted(model_names)]}: scoring one against the other compares unrelated "
+            f"classes.{hint} To map the target's classes onto the model's by name, pass --label_mapping "
+            "'target class=model class' ... (equal names map to themselves, the rest are ignored).")
+    lut, unmatched = ftdata.name_mapping_lut(names, model_names, mapping)
+    if len(unmatched) == len(names):
+        raise ValueError(f"label_mapping maps none of the classes of {spec!r} ({sorted(names.values())}) onto the "
+                         f"model's ({sorted(model_names.values())}).")
+    if unmatched:
+        logger.warning("Target %r: classes %s match no class of the model and are ignored.", spec, unmatched)
+    return lut
 
 
 def train_transform(args: ExperimentArguments):
@@ -124,18 +153,24 @@ def build_train_dataset(args: ExperimentArguments, seed: int = 0):
     return ftdata.KeyedTrainingDataset(ds, transform, seed=seed, bad_file_policy=args.bad_file_policy)
 
 
-def build_eval_datasets(args: ExperimentArguments, targets: Optional[list[str]] = None) -> dict:
-    """`{"dataset:split": dataset with eval transform}` for `targets` (default: `args.targets`)."""
+def build_eval_datasets(args: ExperimentArguments, targets: Optional[list[str]] = None,
+                        id2label: Optional[dict] = None) -> dict:  # fmt: skip
+    """`{"dataset:split": dataset with eval transform}` for `targets` (default: `args.targets`), each checked against
+    the model's classes `id2label` (default: the source dataset's; `label_space_lut`)."""
+    id2label = source_id2label(args) if id2label is None else id2label
     out = {}
     for spec in args.targets if targets is None else targets:
         name, split = parse_target(spec)
-        out[spec] = load_split(args, name, split, train=False).with_transform(eval_transform(args, name))
+        ds = load_split(args, name, split, train=False)
+        out[spec] = ds.with_transform(eval_transform(args, name, label_space_lut(args, spec, ds, id2label)))
     return out
 
 
-def build_source_val(args: ExperimentArguments) -> dict:
+def build_source_val(args: ExperimentArguments, id2label: Optional[dict] = None) -> dict:
     """`{"source:<dataset>:<split>": ...}` or `{}` without `val_split` (its key starts with "source": not a target)."""
     if not args.val_split:
         return {}
+    key = f"source:{args.dataset}:{args.val_split}"
     ds = load_split(args, args.dataset, args.val_split, train=False)
-    return {f"source:{args.dataset}:{args.val_split}": ds.with_transform(eval_transform(args, args.dataset))}
+    lut = label_space_lut(args, key, ds, source_id2label(args) if id2label is None else id2label)
+    return {key: ds.with_transform(eval_transform(args, args.dataset, lut))}

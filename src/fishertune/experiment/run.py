@@ -53,14 +53,15 @@ def apply_quick(exp: ExperimentArguments, targs: FisherTuneTrainingArguments) ->
 
 
 def to_percent(metrics: dict) -> dict:
-    """JSON-ready metrics in percent (the card's and the paper's unit); the confusion matrix is dropped."""
+    """JSON-ready metrics in percent (the card's and the paper's unit); the confusion matrix is dropped.
+    NaN (a target without a valid pixel, a class absent from it) becomes `None`: `null` in metrics.json."""
     out = {}
     for k, v in metrics.items():
         if k in ("mIoU", "aAcc", "mAcc"):
-            out[k] = round(100.0 * v, 4)
+            out[k] = None if v != v else round(100.0 * v, 4)
         elif k in ("per_class_iou", "per_class_acc"):
             out[k] = {c: (None if x != x else round(100.0 * x, 4)) for c, x in v.items()}
-        elif k == "num_pixels":
+        elif k in ("num_pixels", "num_targets"):
             out[k] = v
     return out
 
@@ -84,11 +85,14 @@ def evaluate_all(model, exp: ExperimentArguments, targets: dict, source_val: dic
 def format_table(metrics: dict) -> str:
     """The per-domain results table printed at the end of a run (targets, their mean, source val)."""
     rows = [(n, m) for n, m in metrics.items() if n != "mean" and not n.startswith("source")]
-    rows += [("mean over targets", metrics["mean"])] if "mean" in metrics else []
+    if "mean" in metrics:
+        n = metrics["mean"].get("num_targets")
+        rows.append((f"mean over targets ({n})" if n is not None else "mean over targets", metrics["mean"]))
     rows += [(n, m) for n, m in metrics.items() if n.startswith("source")]
     width = max([len(n) for n, _ in rows] + [6])
     lines = [f"{'domain':<{width}}  {'mIoU':>6}  {'aAcc':>6}  {'mAcc':>6}", "-" * (width + 24)]
-    lines += [f"{n:<{width}}  {m['mIoU']:6.2f}  {m['aAcc']:6.2f}  {m['mAcc']:6.2f}" for n, m in rows]
+    cell = lambda v: "   n/a" if v is None else f"{v:6.2f}"  # noqa: E731  (None: no valid pixel)
+    lines += [f"{n:<{width}}  {cell(m['mIoU'])}  {cell(m['aAcc'])}  {cell(m['mAcc'])}" for n, m in rows]
     return "\n".join(lines)
 
 
@@ -161,7 +165,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     with open(os.path.join(out, CONFIG_NAME), "w") as f:
         yaml.safe_dump(config, f, sort_keys=True)
     with open(os.path.join(out, METRICS_NAME), "w") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(metrics, f, indent=2, allow_nan=False)  # NaN is not JSON: to_percent made it null
     log_eval_metrics(trainer, metrics)  # per-target mIoU and the target mean to report_to's trackers too
     base_dir = os.path.join(out, BASE_MODEL_DIR)
     finalize_adapter_config(out, os.path.abspath(base_dir) if os.path.isdir(base_dir) else None)
