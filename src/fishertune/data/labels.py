@@ -92,6 +92,15 @@ CAMVID_VOID_ID = 11
 CAMVID_TO_CITYSCAPES = (10, 2, 5, 0, 1, 8, 7, 4, 13, 11, 18)
 
 
+def reduce_labels(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Drop a background class 0: 0 -> `ignore_index`, every other id minus 1, `ignore_index` kept (the Hub
+    `mean_iou`'s and transformers' image processors' `reduce_labels`, e.g. for ADE20k)."""
+    label = np.asarray(label).astype(np.int64)
+    out = label - 1
+    out[(label == 0) | (label == ignore_index)] = ignore_index
+    return out
+
+
 class LabelMap:
     """A raw-id -> train-id lookup table plus the set of raw ids it knows.
 
