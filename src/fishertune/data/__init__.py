@@ -4,7 +4,8 @@ Every loader returns a `datasets.Dataset` with `image` and `label` columns (`dat
 features); labels are already mapped to train ids (the 19 Cityscapes classes, or a dataset's own
 classes for CamVid by default and for the synthetic set), 255 = ignore. The class names of a
 dataset are in its metadata (`get_id2label(ds)`, read from `ds.info.description`) and, by name,
-in `id2label(name)`.
+in `id2label(name)`. Your own data (a Hub dataset, a `save_to_disk` folder, images + masks) comes through
+`load_custom` (`data/custom.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import datasets
 
 from . import acdc, bdd100k, camvid, cityscapes, gtav, mapillary, synthetic
 from ._common import DatasetLayoutError, LabelError, get_id2label
+from .custom import ID2LABEL_FILE, label_lut, load_custom, read_id2label
 from .keyed import BAD_FILE_POLICIES, BadSampleError, KeyedTrainingDataset
 from .labels import CAMVID_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX, LabelMap, name_mapping_lut
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_DOMAINS, SyntheticDomain, generate_sample, make_synthetic_dataset
@@ -56,6 +58,11 @@ def load_dataset(name: str, root: str | None = None, split: str | None = None, *
     return _MODULES[key].load(root, split, **kw) if split is not None else _MODULES[key].load(root, **kw)
 
 
+def is_builtin(name: str) -> bool:
+    """Whether `name` is one of `DATASET_NAMES` (else it is your own data: a folder or a Hub id, `load_custom`)."""
+    return name.lower() in DATASET_NAMES
+
+
 def id2label(name: str, label_space: str | None = None) -> dict[int, str]:
     """Class names by train id of a dataset name (CamVid: `label_space="cityscapes"` for the 19 classes)."""
     key = name.lower()
@@ -72,6 +79,7 @@ __all__ = [
     "BAD_FILE_POLICIES", "BadSampleError", "KeyedTrainingDataset", "CAMVID_CLASSES", "CITYSCAPES_CLASSES", "DATASET_NAMES", "DatasetLayoutError", "EVAL_SCALES",
     "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "LabelError", "LabelMap", "SYNTHETIC_CLASSES",
     "SYNTHETIC_DOMAINS", "SegmentationTransforms", "SyntheticDomain", "collate_fn", "eval_transforms",
-    "generate_sample", "get_id2label", "id2label", "load_dataset", "make_synthetic_dataset", "name_mapping_lut",
+    "generate_sample", "get_id2label", "id2label", "ID2LABEL_FILE", "is_builtin", "label_lut", "load_custom",
+    "load_dataset", "read_id2label", "make_synthetic_dataset", "name_mapping_lut",
     "normalization_from_processor", "train_transforms",
 ]  # fmt: skip

@@ -214,12 +214,24 @@ def build_dataset(
     return make_dataset([pairs[i][0] for i in keep], [labels[i] for i in keep], name=name, split=split, id2label=label_map.id2label)
 
 
+def make_meta(name: str, split: str, id2label: dict[int, str], **extra) -> str:
+    """The `ds.info.description` document that carries a dataset's class names (and `extra` options)."""
+    return json.dumps({_META_KEY: {"dataset": name, "split": split, "id2label": {str(k): v for k, v in id2label.items()},
+                                   "ignore_index": IGNORE_INDEX, **extra}})  # fmt: skip
+
+
+def read_meta(ds) -> dict | None:
+    """The fishertune metadata of a dataset, `None` when it carries none."""
+    try:
+        return json.loads(ds.info.description or "")[_META_KEY]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def make_dataset(images: list, labels: list, *, name: str, split: str, id2label: dict[int, str]) -> datasets.Dataset:
     """A `datasets.Dataset` with `image`/`label` Image columns and the fishertune metadata."""
-    meta = {_META_KEY: {"dataset": name, "split": split, "id2label": {str(k): v for k, v in id2label.items()},
-                        "ignore_index": IGNORE_INDEX}}  # fmt: skip
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
-    info = datasets.DatasetInfo(description=json.dumps(meta), features=features, dataset_name=name)
+    info = datasets.DatasetInfo(description=make_meta(name, split, id2label), features=features, dataset_name=name)
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features, info=info,
                                       split=datasets.NamedSplit(split))  # fmt: skip
 
@@ -231,8 +243,7 @@ def get_id2label(ds: datasets.Dataset) -> dict[int, str]:
         ds (`datasets.Dataset`): a dataset returned by `load_dataset` or `make_synthetic_dataset`,
             or derived from one by `select`, `filter`, `map`, `shuffle`, `save_to_disk`...
     """
-    try:
-        meta = json.loads(ds.info.description or "")[_META_KEY]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError("This dataset carries no fishertune label metadata; use fishertune.data.id2label(name).") from err
+    meta = read_meta(ds)
+    if meta is None or "id2label" not in meta:
+        raise ValueError("This dataset carries no fishertune label metadata; use fishertune.data.id2label(name).")
     return {int(k): v for k, v in meta["id2label"].items()}

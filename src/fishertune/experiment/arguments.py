@@ -7,6 +7,7 @@ YAML file (keys of both dataclasses) describes a whole experiment.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -29,11 +30,29 @@ EVAL_MODES = ("whole", "slide")
 
 
 def parse_target(spec: str) -> tuple[str, str]:
-    """`"camvid:target_dusk"` -> `("camvid", "target_dusk")`; `"synthetic:fog"` -> `("synthetic", "fog")`."""
-    name, sep, split = spec.partition(":")
+    """`"camvid:target_dusk"` -> `("camvid", "target_dusk")`; `"/data/mine:validation"` -> `("/data/mine",
+    "validation")` (your own data: a folder or a Hub id, split after the last colon)."""
+    name, sep, split = spec.rpartition(":")
     if not sep or not name or not split:
         raise ValueError(f"A dataset split must read 'dataset:split' (e.g. 'camvid:target_dusk'), got {spec!r}.")
-    return name.strip().lower(), split.strip()
+    name = name.strip()
+    return (name.lower() if name.lower() in _builtin_names() else name), split.strip()
+
+
+def _builtin_names() -> tuple[str, ...]:
+    from ..data import DATASET_NAMES
+
+    return DATASET_NAMES
+
+
+def check_dataset_name(name: str, what: str) -> None:
+    """A built-in dataset name, an existing folder or a Hub id (`owner/name`); else an error listing the choices."""
+    if name.lower() in _builtin_names() or os.path.isdir(os.path.expanduser(name)):
+        return
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return  # a Hub dataset id: its existence is checked when it is loaded
+    raise ValueError(f"{what}: unknown dataset {name!r}, neither one of {_builtin_names()}, nor an existing folder (images/ + "
+                     "masks/ + id2label.json, or a save_to_disk dataset), nor a Hub dataset id ('owner/name').")
 
 
 def label_mapping_dict(pairs: list[str]) -> dict[str, str]:
@@ -59,9 +78,17 @@ class ExperimentArguments:
             `"timm:eva02_large_patch14_224.mim_m38m"`.
         head (`str`, defaults to `"light"`): `"light"`, `"mask2former"` (the paper's) or `"eomt"`.
         taps (`list[int]`, *optional*): 1-based blocks feeding the head (default: evenly spaced).
-        dataset (`str`, defaults to `"synthetic"`): source dataset name (`fishertune.data.DATASET_NAMES`).
-        data_root (`str`, *optional*): source dataset folder (unused for `synthetic`).
-        train_split / val_split (`str`): source splits (for `synthetic`: domains).
+        dataset (`str`, defaults to `"synthetic"`): source dataset name (`fishertune.data.DATASET_NAMES`), or
+            your own data (as `dataset_name`).
+        dataset_name (`str`, *optional*): your own source data (`fishertune.data.load_custom`): a Hub dataset id,
+            a `save_to_disk` folder, or a folder of `images/` + `masks/` (matching stems) + `id2label.json`;
+            replaces `dataset`. dataset_config_name (`str`, *optional*): the Hub dataset's configuration.
+        image_column_name / label_column_name (`str`, defaults to `image` / `label`): columns of your dataset.
+        do_reduce_labels (`bool`): your labels' 0 is a background to ignore (0 -> 255, the other ids minus 1).
+        train_val_split (`float`, *optional*): share of `train` held out as the `validation` split when your
+            dataset has none (a fixed seed: the same split in every run).
+        data_root (`str`, *optional*): source dataset folder (unused for `synthetic` and your own data).
+        train_split / val_split (`str`): source splits (for `synthetic`: domains; your own data: `train` by default).
         targets (`list[str]`): target domains as `dataset:split`; each needs its root in `target_roots`
             unless it is the source dataset (then `data_root`) or `synthetic`.
         target_roots (`list[str]`): `dataset=folder` pairs, e.g. `cityscapes=/data/cityscapes`.
@@ -98,7 +125,17 @@ class ExperimentArguments:
     head: str = field(default="light", metadata={"help": "Segmentation head.", "choices": list(HEADS)})
     taps: Optional[list[int]] = field(default=None, metadata={"help": "1-based blocks feeding the head."})
     num_queries: Optional[int] = field(default=None, metadata={"help": "Mask2Former/EoMT queries (None: model default)."})
-    dataset: str = field(default="synthetic", metadata={"help": "Source dataset (gtav, cityscapes, camvid, synthetic, ...)."})
+    dataset: str = field(default="synthetic", metadata={"help": "Source dataset (gtav, cityscapes, camvid, synthetic, ...), or your own data as --dataset_name."})
+    dataset_name: Optional[str] = field(default=None, metadata={
+        "help": "Your own source data (replaces --dataset): a Hub dataset id, a save_to_disk folder, or a folder "
+                "of images/ + masks/ (same stems) + id2label.json."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    image_column_name: str = field(default="image", metadata={"help": "Your dataset's image column."})
+    label_column_name: str = field(default="label", metadata={"help": "Your dataset's segmentation-map column."})
+    do_reduce_labels: bool = field(default=False, metadata={
+        "help": "Your labels' 0 is a background to ignore: 0 -> 255, the other ids minus 1 (e.g. ADE20k)."})
+    train_val_split: Optional[float] = field(default=None, metadata={
+        "help": "Share of your dataset's train split held out as 'validation' when it has none (fixed seed)."})
     data_root: Optional[str] = field(default=None, metadata={"help": "Source dataset folder (unused for synthetic)."})
     train_split: str = field(default="source", metadata={"help": "Source training split (synthetic: a domain)."})
     val_split: Optional[str] = field(default=None, metadata={"help": "Source validation split (model selection only)."})
@@ -166,14 +203,19 @@ class ExperimentArguments:
             timm_eva02_name(self.backbone)
             if self.head == "eomt":
                 raise ValueError("head='eomt' is built from DINOv2 only; use 'light' or 'mask2former' with EVA02.")
-        if self.dataset.lower() not in DATASET_NAMES:
-            raise ValueError(f"dataset must be one of {DATASET_NAMES}, got {self.dataset!r}.")
-        if self.dataset.lower() != "synthetic" and not self.data_root:
+        if self.dataset_name:
+            self.dataset = self.dataset_name
+        check_dataset_name(self.dataset, "dataset")
+        builtin = self.dataset.lower() in DATASET_NAMES
+        if builtin and self.dataset.lower() != "synthetic" and not self.data_root:
             raise ValueError(f"dataset={self.dataset!r} needs --data_root (the dataset's folder).")
+        if not builtin and self.train_split == "source":  # the synthetic default: your own data trains on 'train'
+            self.train_split = "train"
+        if self.train_val_split is not None and not 0.0 < self.train_val_split < 1.0:
+            raise ValueError(f"train_val_split must be a share in (0, 1), e.g. 0.15, got {self.train_val_split}.")
         for spec in self.targets:
             name, _ = parse_target(spec)
-            if name not in DATASET_NAMES:
-                raise ValueError(f"Target {spec!r}: unknown dataset {name!r}; choose one of {DATASET_NAMES}.")
+            check_dataset_name(name, f"Target {spec!r}")
         self.target_root_map()  # validates the pairs
         label_mapping_dict(self.label_mapping)
         for name in ("crop_size", "scale_range", "synthetic_size"):
