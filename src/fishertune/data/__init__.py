@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datasets
 
-from . import acdc, bdd100k, camvid, cityscapes, gtav, mapillary, synthetic
+from . import (acdc, bdd100k, camvid, cityscapes, dark_zurich, foggy_driving, foggy_zurich, gtav, mapillary,
+               nighttime_driving, synthetic)
 from ._common import DatasetLayoutError, LabelError, get_id2label
 from .custom import ID2LABEL_FILE, label_lut, load_custom, read_id2label
 from .keyed import BAD_FILE_POLICIES, BadSampleError, KeyedTrainingDataset
@@ -28,7 +29,8 @@ from .transforms import (
     train_transforms,
 )
 
-_MODULES = {m.NAME: m for m in (gtav, cityscapes, bdd100k, mapillary, acdc, camvid)}
+_MODULES = {m.NAME: m for m in (gtav, cityscapes, bdd100k, mapillary, acdc, camvid, foggy_zurich, foggy_driving,
+                                 dark_zurich, nighttime_driving)}
 DATASET_NAMES = (*_MODULES, "synthetic")
 # Evaluation (long, short) keep-ratio sizes per dataset (Rein's test pipelines; CamVid native).
 EVAL_SCALES = {name: m.EVAL_SCALE for name, m in _MODULES.items()}
@@ -39,7 +41,7 @@ def load_dataset(name: str, root: str | None = None, split: str | None = None, *
 
     Args:
         name (`str`): one of `DATASET_NAMES` (`gtav`, `cityscapes`, `bdd100k`, `mapillary`,
-            `acdc`, `camvid`, `synthetic`).
+            `acdc`, `camvid`, `foggy_zurich`, `foggy_driving`, `dark_zurich`, `nighttime_driving`, `synthetic`).
         root (`str`): the dataset folder (unused for `synthetic`).
         split (`str`, *optional*): split name; each module's default if `None`. For `synthetic`
             the split is the domain name.
@@ -48,7 +50,9 @@ def load_dataset(name: str, root: str | None = None, split: str | None = None, *
             shared ones `cache_dir`, `num_workers`, `skip_invalid`.
     """
     key = name.lower().replace("-", "").replace("_", "")
-    key = {"gta": "gtav", "gta5": "gtav", "bdd": "bdd100k", "mapillaryvistas": "mapillary"}.get(key, key)
+    aliases = {n.replace("_", ""): n for n in _MODULES}  # foggyzurich, foggy-zurich -> foggy_zurich
+    aliases.update({"gta": "gtav", "gta5": "gtav", "bdd": "bdd100k", "mapillaryvistas": "mapillary"})
+    key = aliases.get(key, key)
     if key == "synthetic":
         return make_synthetic_dataset(kw.pop("num_samples", 64), domain=split or "source", **kw)
     if key not in _MODULES:

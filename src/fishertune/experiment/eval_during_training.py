@@ -15,8 +15,6 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from ..training import FisherTuneTrainer
-
 _KEYS = ("mIoU", "aAcc", "mAcc", "num_targets")
 
 
@@ -31,8 +29,8 @@ def flat_metrics(metrics: dict, prefix: str = "eval") -> dict[str, float]:
     return out
 
 
-class TargetEvaluationTrainer(FisherTuneTrainer):
-    """`FisherTuneTrainer` whose `evaluate()` scores the run's targets with `evaluate_fn`.
+class TargetEvaluationMixin:
+    """Put before a `FisherTuneTrainer` (class): its `evaluate()` scores the run's targets with `evaluate_fn`.
 
     Args:
         evaluate_fn (`Callable[[model], dict]`): the model -> `{domain: metrics in %, "mean": ...}` (the recipes
@@ -56,3 +54,8 @@ class TargetEvaluationTrainer(FisherTuneTrainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def with_target_evaluation(trainer_class: type) -> type:
+    """`trainer_class` (a `FisherTuneTrainer` or a subclass) with `TargetEvaluationMixin`'s `evaluate()`."""
+    return type(f"TargetEvaluation{trainer_class.__name__}", (TargetEvaluationMixin, trainer_class), {})

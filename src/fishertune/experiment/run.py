@@ -27,13 +27,13 @@ from ..data import collate_fn
 from ..evaluation import evaluate_model
 from ..models import save_backbone_reference
 from ..outputs import BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME
-from ..training import FisherTuneTrainingArguments
+from ..training import FisherTuneTrainer, FisherTuneTrainingArguments
 from ..training.methods import get_method
 from .arguments import BUILTIN_PREFIX, ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, build_train_dataset, source_id2label
 from .card import write_model_card
 from .config_io import resolved_config
-from .eval_during_training import TargetEvaluationTrainer
+from .eval_during_training import with_target_evaluation
 from .export import finalize_adapter_config, save_image_processor
 from .resume import resolve_resume
 from .tracking import log_eval_metrics
@@ -149,7 +149,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
             save_backbone_reference(model, os.path.join(out, BASE_MODEL_DIR), exp.backbone)
 
     # -- evaluation during training (eval_strategy, metric_for_best_model): the run's targets, its evaluator --
-    trainer = TargetEvaluationTrainer(
+    trainer = with_target_evaluation(FisherTuneTrainer)(
         model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn, eval_sets={**targets, **source_val},
         evaluate_fn=lambda m: evaluate_all(m, exp, targets, source_val, disable_tqdm=True))
     # -- end of evaluation during training --
