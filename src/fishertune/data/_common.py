@@ -216,8 +216,9 @@ def build_dataset(
 
 def make_meta(name: str, split: str, id2label: dict[int, str], **extra) -> str:
     """The `ds.info.description` document that carries a dataset's class names (and `extra` options)."""
-    return json.dumps({_META_KEY: {"dataset": name, "split": split, "id2label": {str(k): v for k, v in id2label.items()},
-                                   "ignore_index": IGNORE_INDEX, **extra}})  # fmt: skip
+    names = {str(k): v for k, v in id2label.items()}
+    return json.dumps({_META_KEY: {"dataset": name, "split": split, "id2label": names, "ignore_index": IGNORE_INDEX,
+                                   **extra}})  # fmt: skip
 
 
 def read_meta(ds) -> dict | None:

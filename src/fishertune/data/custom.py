@@ -75,8 +75,9 @@ def _masks_pairs(root: Path, split: str) -> list[tuple[str, str]]:
     base = root if (root / "images").is_dir() and split == "train" else root / split
     if not (base / "images").is_dir():
         splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+        splits = splits or (["train"] if (root / "images").is_dir() else [])
         raise DatasetLayoutError(f"{root} has no split {split!r}: expected {root}/images/ (the 'train' split) or "
-                                 f"{root}/<split>/images/; splits there: {splits or (['train'] if (root / 'images').is_dir() else [])}.")
+                                 f"{root}/<split>/images/; splits there: {splits}.")
     masks = {p.stem: p for p in (base / "masks").glob("*") if p.is_file()} if (base / "masks").is_dir() else {}
     images = sorted(p for p in (base / "images").glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
@@ -175,7 +176,8 @@ def load_custom(source: str, split: str = "train", *, config_name: Optional[str]
         dd = datasets.load_dataset(source, config_name)
         folder = None
     ds = _pick_split(dd, source, split, train_val_split)
-    for column, role, flag in ((image_column, "image", "--image_column_name"), (label_column, "label", "--label_column_name")):
+    for column, role, flag in ((image_column, "image", "--image_column_name"),
+                               (label_column, "label", "--label_column_name")):
         if column not in ds.column_names:
             raise ValueError(f"{source!r} has no column {column!r} for the {role}s; its columns are "
                              f"{ds.column_names}: pass {flag}.")

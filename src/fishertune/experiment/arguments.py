@@ -51,8 +51,8 @@ def check_dataset_name(name: str, what: str) -> None:
         return
     if "/" in name and not name.startswith((".", "/", "~")):
         return  # a Hub dataset id: its existence is checked when it is loaded
-    raise ValueError(f"{what}: unknown dataset {name!r}, neither one of {_builtin_names()}, nor an existing folder (images/ + "
-                     "masks/ + id2label.json, or a save_to_disk dataset), nor a Hub dataset id ('owner/name').")
+    raise ValueError(f"{what}: unknown dataset {name!r}, neither one of {_builtin_names()}, nor an existing folder "
+                     "(images/ + masks/ + id2label.json, or a save_to_disk dataset), nor a Hub dataset id ('owner/name').")
 
 
 def label_mapping_dict(pairs: list[str]) -> dict[str, str]:
