@@ -97,3 +97,28 @@ def test_masks_folder_names_a_missing_mask(tmp_path):
     os.remove(root / "masks" / "scene_1.png")
     with pytest.raises(FileNotFoundError, match=r"scene_1\.png"):
         load_custom(str(root), "train")
+
+
+def test_hub_dataset_id_reads_its_config_and_the_repos_id2label(tmp_path, monkeypatch):
+    """The Hub path without a network: `datasets.load_dataset` and the id2label download stand in (the
+    `save_to_disk` test above runs the same code after loading)."""
+    import huggingface_hub
+
+    _saved_dataset(tmp_path / "d", n=4)
+    calls = []
+
+    def fake_load(source, config_name=None):
+        calls.append((source, config_name))
+        return datasets.load_from_disk(str(tmp_path / "d"))
+
+    def fake_download(repo_id, filename, repo_type=None):
+        calls.append((repo_id, filename, repo_type))
+        return str(tmp_path / "d" / "id2label.json")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    ds = load_custom("someone/streets", "validation", config_name="small", label_column="annotation",
+                     train_val_split=0.5)
+    assert calls == [("someone/streets", "small"), ("someone/streets", "id2label.json", "dataset")]
+    assert len(ds) == 2 and ds.column_names == ["image", "label"]
+    assert get_id2label(ds) == {0: "ground", 1: "wall", 2: "sky"}
