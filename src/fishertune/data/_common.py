@@ -1,8 +1,9 @@
 """Shared machinery of the folder loaders: pairing, validation, label mapping, metadata.
 
 A loader lists (image, label) file pairs in its dataset's official layout and hands them to
-`build_dataset`, which checks every pair (readable image, label of the same size, only raw ids
-the label map knows), maps the labels to train ids once, and returns a `datasets.Dataset` with
+`build_dataset`, which checks every pair (readable image, label of its stored or displayed size (`data.images`:
+a stored-layout label is turned with its image's EXIF orientation), only raw ids the label map knows), maps
+the labels to train ids once, and returns a `datasets.Dataset` with
 `image` and `label` columns (`datasets.Image` features). Labels are mapped at load time, not in
 a transform, so that `ds[i]["label"]` is always in train ids whatever transform the user sets
 with `ds.set_transform` (which replaces any transform set before it).
@@ -27,6 +28,8 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import staged_path
+from .images import check_pixels, displayed_size, exif_orientation, orient_label
 from .labels import IGNORE_INDEX, LabelMap
 
 _META_KEY = "fishertune"
@@ -72,10 +75,13 @@ def pair_by_suffix(images: list[Path], image_root: Path, label_root: Path, image
     return pairs
 
 
-def _image_size(path: str) -> tuple[int, int]:
+def _image_header(path: str) -> tuple[tuple[int, int], int]:
+    """(stored size, EXIF orientation) of an image file; float/32-bit files are decoded to check their range."""
     try:
         with Image.open(path) as im:
-            return im.size
+            size, orientation = im.size, exif_orientation(im)
+        check_pixels(path)
+        return size, orientation
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"Cannot read image file {path}: {err}") from err
 
@@ -100,22 +106,55 @@ def read_label(path: str) -> np.ndarray:
 
 def map_label_file(image_path: str, label_path: str, label_map: LabelMap, out_path: str | None):
     """Validate one pair and return the mapped label as `{"bytes"/"path"}` for a `datasets.Image` column."""
-    size = _image_size(image_path)
+    size, orientation = _image_header(image_path)
     raw = read_label(label_path)
-    if (raw.shape[1], raw.shape[0]) != size:
-        raise LabelError(
-            f"Label file {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image {image_path} is {size[0]}x{size[1]}."
-        )
+    shown = displayed_size(size, orientation)
+    if (raw.shape[1], raw.shape[0]) not in (size, shown):
+        turned = f" ({shown[0]}x{shown[1]} as displayed, EXIF orientation {orientation})" if shown != size else ""
+        raise LabelError(f"Label file {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image {image_path} is "
+                         f"{size[0]}x{size[1]}{turned}.")
+    # Stored in the displayed layout, as the image decodes (`to_rgb`, datasets' decoder): the two stay aligned.
+    raw = orient_label(raw, orientation, size)
     unknown = label_map.unknown_ids(raw)
     if unknown:
         raise LabelError(f"Label file {label_path} contains ids {unknown} outside the label map of this dataset.")
     mapped = Image.fromarray(label_map(raw))  # 2-D uint8 -> mode L
     if out_path is not None:
-        mapped.save(out_path)
+        with staged_path(out_path) as tmp:  # a killed run leaves no half-written entry under the real name
+            mapped.save(tmp, format="PNG")
         return {"bytes": None, "path": out_path}
     buf = io.BytesIO()
     mapped.save(buf, format="PNG", compress_level=1)  # speed over size: decoded again at every access
     return {"bytes": buf.getvalue(), "path": None}
+
+
+def _file_identity(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def cache_key(image_path: str, label_path: str, label_map: LabelMap) -> str:
+    """The name of a mapped label in the cache: a hash of everything its content depends on, the label map
+    (label space, mapping) and both files' identity (path, size, modification time; the image's EXIF orientation
+    turns the label), so a changed file or another label space never reads a stale entry."""
+    h = hashlib.sha1()
+    for part in (_file_identity(image_path), _file_identity(label_path)):
+        h.update(part.encode() + b"\0")
+    h.update(label_map.lut.tobytes() + label_map.known.tobytes())
+    h.update(json.dumps(label_map.class_names).encode())
+    return h.hexdigest()[:24]
+
+
+def _cached_label_ok(path: str) -> bool:
+    """Whether a cache entry exists and decodes whole (a write cut short, or a damaged file, is regenerated)."""
+    if not os.path.exists(path):
+        return False
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
 
 
 def build_dataset(
@@ -135,8 +174,9 @@ def build_dataset(
         name (`str`): dataset name, recorded in the metadata.
         split (`str`): split name, recorded in the metadata.
         label_map (`LabelMap`): raw id -> train id map.
-        cache_dir (`str`, *optional*): write the mapped labels there as PNG files (reused when
-            present) instead of keeping their bytes in memory; for large datasets.
+        cache_dir (`str`, *optional*): write the mapped labels there as PNG files instead of keeping
+            their bytes in memory; for large datasets. An entry is keyed by everything its content depends
+            on (`cache_key`) and reused only when it decodes whole; it is written through a temporary name.
         num_workers (`int`, *optional*): threads for decoding and mapping (PIL releases the GIL).
         skip_invalid (`bool`, *optional*, defaults to `False`): drop bad pairs with a warning
             instead of raising (GTAV ships a few images whose label has another size).
@@ -147,13 +187,12 @@ def build_dataset(
     if cache_dir is not None:
         out_dir = Path(cache_dir) / name / split
         out_dir.mkdir(parents=True, exist_ok=True)
-        # A content-independent key per label path keeps cache entries unique across sub-folders.
-        outs = [str(out_dir / (hashlib.sha1(lbl.encode()).hexdigest()[:16] + ".png")) for _, lbl in pairs]
+        outs = [str(out_dir / (cache_key(img, lbl, label_map) + ".png")) for img, lbl in pairs]
 
     def one(i: int):
         img, lbl = pairs[i]
         out = outs[i]
-        if out is not None and os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(lbl):
+        if out is not None and _cached_label_ok(out):
             return {"bytes": None, "path": out}
         try:
             return map_label_file(img, lbl, label_map, out)
@@ -175,12 +214,25 @@ def build_dataset(
     return make_dataset([pairs[i][0] for i in keep], [labels[i] for i in keep], name=name, split=split, id2label=label_map.id2label)
 
 
+def make_meta(name: str, split: str, id2label: dict[int, str], **extra) -> str:
+    """The `ds.info.description` document that carries a dataset's class names (and `extra` options)."""
+    names = {str(k): v for k, v in id2label.items()}
+    return json.dumps({_META_KEY: {"dataset": name, "split": split, "id2label": names, "ignore_index": IGNORE_INDEX,
+                                   **extra}})  # fmt: skip
+
+
+def read_meta(ds) -> dict | None:
+    """The fishertune metadata of a dataset, `None` when it carries none."""
+    try:
+        return json.loads(ds.info.description or "")[_META_KEY]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def make_dataset(images: list, labels: list, *, name: str, split: str, id2label: dict[int, str]) -> datasets.Dataset:
     """A `datasets.Dataset` with `image`/`label` Image columns and the fishertune metadata."""
-    meta = {_META_KEY: {"dataset": name, "split": split, "id2label": {str(k): v for k, v in id2label.items()},
-                        "ignore_index": IGNORE_INDEX}}  # fmt: skip
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
-    info = datasets.DatasetInfo(description=json.dumps(meta), features=features, dataset_name=name)
+    info = datasets.DatasetInfo(description=make_meta(name, split, id2label), features=features, dataset_name=name)
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features, info=info,
                                       split=datasets.NamedSplit(split))  # fmt: skip
 
@@ -192,8 +244,7 @@ def get_id2label(ds: datasets.Dataset) -> dict[int, str]:
         ds (`datasets.Dataset`): a dataset returned by `load_dataset` or `make_synthetic_dataset`,
             or derived from one by `select`, `filter`, `map`, `shuffle`, `save_to_disk`...
     """
-    try:
-        meta = json.loads(ds.info.description or "")[_META_KEY]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError("This dataset carries no fishertune label metadata; use fishertune.data.id2label(name).") from err
+    meta = read_meta(ds)
+    if meta is None or "id2label" not in meta:
+        raise ValueError("This dataset carries no fishertune label metadata; use fishertune.data.id2label(name).")
     return {int(k): v for k, v in meta["id2label"].items()}

@@ -92,6 +92,15 @@ CAMVID_VOID_ID = 11
 CAMVID_TO_CITYSCAPES = (10, 2, 5, 0, 1, 8, 7, 4, 13, 11, 18)
 
 
+def reduce_labels(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Drop a background class 0: 0 -> `ignore_index`, every other id minus 1, `ignore_index` kept (the Hub
+    `mean_iou`'s and transformers' image processors' `reduce_labels`, e.g. for ADE20k)."""
+    label = np.asarray(label).astype(np.int64)
+    out = label - 1
+    out[(label == 0) | (label == ignore_index)] = ignore_index
+    return out
+
+
 class LabelMap:
     """A raw-id -> train-id lookup table plus the set of raw ids it knows.
 
@@ -152,3 +161,24 @@ def camvid_label_map(label_space: str = "camvid") -> LabelMap:
     if label_space == "cityscapes":
         return LabelMap({**dict(enumerate(CAMVID_TO_CITYSCAPES)), CAMVID_VOID_ID: IGNORE_INDEX}, CITYSCAPES_CLASSES)
     raise ValueError(f"label_space must be 'camvid' or 'cityscapes', got {label_space!r}")
+
+
+def name_mapping_lut(id2label: dict[int, str], target_id2label: dict[int, str], mapping: dict[str, str]):
+    """A 256-entry LUT from a dataset's ids (`id2label`) to a model's (`target_id2label`), matching class names.
+
+    Each class goes to the model class of the same name, or of `mapping[name]` (e.g. CamVid's `"tree"` ->
+    Cityscapes' `"vegetation"`); a class that matches none is ignored (255). Returns `(lut, unmatched names)`.
+    """
+    index = {name: int(k) for k, name in target_id2label.items()}
+    unknown = sorted(set(mapping.values()) - set(index))
+    if unknown:
+        raise ValueError(f"label mapping targets {unknown} are not classes of the model ({sorted(index)}).")
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    unmatched = []
+    for i, name in id2label.items():
+        target = index.get(mapping.get(name, name))
+        if target is None:
+            unmatched.append(name)
+        else:
+            lut[i] = target
+    return lut, unmatched

@@ -13,6 +13,7 @@ import torch
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 
+from .images import to_rgb
 from .labels import IGNORE_INDEX
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -39,7 +40,7 @@ def fit_scale(size_wh: tuple[int, int], scale: tuple[int, int]) -> tuple[int, in
     """mmcv's keep-ratio rescale: the largest size with long edge <= max(scale), short edge <= min(scale)."""
     w, h = size_wh
     factor = min(max(scale) / max(w, h), min(scale) / min(w, h))
-    return int(w * factor + 0.5), int(h * factor + 0.5)
+    return max(int(w * factor + 0.5), 1), max(int(h * factor + 0.5), 1)
 
 
 def random_crop(label: np.ndarray, crop: tuple[int, int], cat_max_ratio: float, rng, ignore_index=IGNORE_INDEX):
@@ -111,6 +112,8 @@ class SegmentationTransforms:
             label (nearest). The official protocol keeps labels at full resolution and resizes
             the logits to them, which `fishertune.evaluation.evaluate_model` does.
         mean, std (`tuple[float, float, float]`): normalization on the 0..255 scale.
+        label_lut (`np.ndarray`, *optional*): 256 uint8 entries applied to the label ids (another dataset's
+            classes into the model's, `fishertune.data.name_mapping_lut`); 255 stays ignored.
         seed (`int`, *optional*): seed a private generator (reproducible in one process). By
             default each call draws its seed from torch's RNG, which the DataLoader reseeds per worker.
             Neither is a function of the sample alone, so a resumed run draws other augmentations:
@@ -121,7 +124,7 @@ class SegmentationTransforms:
                  max_size: int = 2048, cat_max_ratio: float = 0.75, flip_prob: float = 0.5, photometric: bool = True,
                  scale: tuple[int, int] | None = None, resize_label: bool = False,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 ignore_index: int = IGNORE_INDEX, seed: int | None = None):  # fmt: skip
+                 ignore_index: int = IGNORE_INDEX, label_lut=None, seed: int | None = None):  # fmt: skip
         self.train = train
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
         lo, hi = scale_range
@@ -130,6 +133,7 @@ class SegmentationTransforms:
         self.cat_max_ratio, self.flip_prob, self.photometric = cat_max_ratio, flip_prob, photometric
         self.scale, self.resize_label = scale, resize_label
         self.mean, self.std, self.ignore_index = tuple(mean), tuple(std), ignore_index
+        self.label_lut = None if label_lut is None else np.asarray(label_lut, dtype=np.uint8)
         self._rng = np.random.default_rng(seed) if seed is not None else None
 
     def _generator(self):
@@ -160,12 +164,15 @@ class SegmentationTransforms:
 
     def sample(self, image: Image.Image, label: Image.Image | None, rng=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One example -> (pixel_values, labels); training draws every random number from `rng`
-        (a `numpy.random.Generator`; `KeyedTrainingDataset` passes one keyed by seed, epoch and index)."""
-        image = image.convert("RGB")
+        (a `numpy.random.Generator`; `KeyedTrainingDataset` passes one keyed by seed, epoch and index).
+        The image is displayed and made 8-bit RGB by `data.images.to_rgb` (EXIF orientation, 16-bit, float)."""
+        image = to_rgb(image)
         if label is not None and label.mode not in ("L", "P"):
             raise ValueError(f"label must be a single-channel image, got mode {label.mode!r}")
         if label is not None and label.size != image.size:
             raise ValueError(f"label size {label.size} differs from image size {image.size}")
+        if label is not None and self.label_lut is not None:
+            label = Image.fromarray(self.label_lut[np.asarray(label)])
         if not self.train:
             return self.eval_one(image, label)
         return self.train_one(image, label, self._generator() if rng is None else rng)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -74,7 +75,8 @@ def evaluate_model(model, datasets: Mapping, batch_size: int = 1, mode: str = "s
 
     Returns:
         `dict`: `{target: metrics}` (see `SegmentationMetric.compute`) and `"mean"`:
-        `{"mIoU", "aAcc", "mAcc"}` averaged over the targets.
+        `{"mIoU", "aAcc", "mAcc"}` averaged over the targets with valid pixels, `"num_targets"` their count
+        (a target without one warns and is NaN: `mean_over_targets`).
     """
     if mode not in ("slide", "whole"):
         raise ValueError(f"mode must be 'slide' or 'whole', got {mode!r}")
@@ -114,8 +116,22 @@ def evaluate_model(model, datasets: Mapping, batch_size: int = 1, mode: str = "s
         if metric is None:  # an empty shard still has to join the all_reduce
             metric = SegmentationMetric(num_classes or 1, ignore_index, class_names, device=device)
         results[target] = metric.compute()
+        if results[target]["num_pixels"] == 0:
+            warnings.warn(f"Target {target!r} has no valid pixel (every label is ignore_index={ignore_index}): its "
+                          "metrics are NaN (null in metrics.json) and it is left out of the mean.", stacklevel=2)
     if was_training and hasattr(model, "train"):
         model.train()
-    keys = ("mIoU", "aAcc", "mAcc")
-    results["mean"] = {k: math.fsum(r[k] for r in results.values()) / max(len(datasets), 1) for k in keys}
+    results["mean"] = mean_over_targets(results)
     return results
+
+
+def mean_over_targets(results: Mapping[str, Mapping]) -> dict:
+    """`{"mIoU", "aAcc", "mAcc"}` averaged over the targets that have valid pixels, and `num_targets`: how many.
+
+    A target without a valid pixel has no score (NaN); averaging it in would make the mean NaN, averaging it
+    as 0 would make it wrong, so it is left out and `num_targets` says over how many the mean is (NaN if none).
+    """
+    scored = [r for r in results.values() if r.get("num_pixels", 1) > 0]
+    mean = {k: math.fsum(r[k] for r in scored) / len(scored) if scored else float("nan")
+            for k in ("mIoU", "aAcc", "mAcc")}  # fmt: skip
+    return {**mean, "num_targets": len(scored)}

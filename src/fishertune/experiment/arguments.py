@@ -7,6 +7,7 @@ YAML file (keys of both dataclasses) describes a whole experiment.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -34,11 +35,41 @@ EVAL_MODES = ("whole", "slide")
 
 
 def parse_target(spec: str) -> tuple[str, str]:
-    """`"camvid:target_dusk"` -> `("camvid", "target_dusk")`; `"synthetic:fog"` -> `("synthetic", "fog")`."""
-    name, sep, split = spec.partition(":")
+    """`"camvid:target_dusk"` -> `("camvid", "target_dusk")`; `"/data/mine:validation"` -> `("/data/mine",
+    "validation")` (your own data: a folder or a Hub id, split after the last colon)."""
+    name, sep, split = spec.rpartition(":")
     if not sep or not name or not split:
         raise ValueError(f"A dataset split must read 'dataset:split' (e.g. 'camvid:target_dusk'), got {spec!r}.")
-    return name.strip().lower(), split.strip()
+    name = name.strip()
+    return (name.lower() if name.lower() in _builtin_names() else name), split.strip()
+
+
+def _builtin_names() -> tuple[str, ...]:
+    from ..data import DATASET_NAMES
+
+    return DATASET_NAMES
+
+
+def check_dataset_name(name: str, what: str) -> None:
+    """A built-in dataset name, an existing folder or a Hub id (`owner/name`); else an error listing the choices."""
+    if name.lower() in _builtin_names() or os.path.isdir(os.path.expanduser(name)):
+        return
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return  # a Hub dataset id: its existence is checked when it is loaded
+    raise ValueError(f"{what}: unknown dataset {name!r}, neither one of {_builtin_names()}, nor an existing folder "
+                     "(images/ + masks/ + id2label.json, or a save_to_disk dataset), nor a Hub dataset id ('owner/name').")
+
+
+def label_mapping_dict(pairs: list[str]) -> dict[str, str]:
+    """`["tree=vegetation", ...]` -> `{"tree": "vegetation", ...}` (the `label_mapping` option)."""
+    out = {}
+    for pair in pairs or []:
+        name, sep, target = pair.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ValueError(f"label_mapping entries read 'target class=model class' (e.g. tree=vegetation), "
+                             f"got {pair!r}.")
+        out[name.strip()] = target.strip()
+    return out
 
 
 @dataclass
@@ -52,13 +83,24 @@ class ExperimentArguments:
             `"timm:eva02_large_patch14_224.mim_m38m"`.
         head (`str`, defaults to `"light"`): `"light"`, `"mask2former"` (the paper's) or `"eomt"`.
         taps (`list[int]`, *optional*): 1-based blocks feeding the head (default: evenly spaced).
-        dataset (`str`, defaults to `"synthetic"`): source dataset name (`fishertune.data.DATASET_NAMES`).
-        data_root (`str`, *optional*): source dataset folder (unused for `synthetic`).
-        train_split / val_split (`str`): source splits (for `synthetic`: domains).
+        dataset (`str`, defaults to `"synthetic"`): source dataset name (`fishertune.data.DATASET_NAMES`), or
+            your own data (as `dataset_name`).
+        dataset_name (`str`, *optional*): your own source data (`fishertune.data.load_custom`): a Hub dataset id,
+            a `save_to_disk` folder, or a folder of `images/` + `masks/` (matching stems) + `id2label.json`;
+            replaces `dataset`. dataset_config_name (`str`, *optional*): the Hub dataset's configuration.
+        image_column_name / label_column_name (`str`, defaults to `image` / `label`): columns of your dataset.
+        do_reduce_labels (`bool`): your labels' 0 is a background to ignore (0 -> 255, the other ids minus 1).
+        train_val_split (`float`, *optional*): share of `train` held out as the `validation` split when your
+            dataset has none (a fixed seed: the same split in every run).
+        data_root (`str`, *optional*): source dataset folder (unused for `synthetic` and your own data).
+        train_split / val_split (`str`): source splits (for `synthetic`: domains; your own data: `train` by default).
         targets (`list[str]`): target domains as `dataset:split`; each needs its root in `target_roots`
             unless it is the source dataset (then `data_root`) or `synthetic`.
         target_roots (`list[str]`): `dataset=folder` pairs, e.g. `cityscapes=/data/cityscapes`.
         label_space (`str`, *optional*): CamVid label space (`camvid` or `cityscapes`).
+        label_mapping (`list[str]`, *optional*): evaluate targets whose classes differ from the model's, mapping
+            them by name: `target class=model class` pairs (e.g. `tree=vegetation`); same names map to themselves,
+            the rest are ignored. Without it such a target is refused, naming both class lists.
         crop_size (`list[int]`): training crop (h, w). scale_range (`list[int]`): short-edge range.
         num_scales (`int`, *optional*, defaults to `16`): the short edge is one of `num_scales` evenly spaced
             values of `scale_range` (Rein's); `None` (YAML `null`): any integer in the range.
@@ -89,7 +131,17 @@ class ExperimentArguments:
     head: str = field(default="light", metadata={"help": "Segmentation head.", "choices": list(HEADS)})
     taps: Optional[list[int]] = field(default=None, metadata={"help": "1-based blocks feeding the head."})
     num_queries: Optional[int] = field(default=None, metadata={"help": "Mask2Former/EoMT queries (None: model default)."})
-    dataset: str = field(default="synthetic", metadata={"help": "Source dataset (gtav, cityscapes, camvid, synthetic, ...)."})
+    dataset: str = field(default="synthetic", metadata={"help": "Source dataset (gtav, cityscapes, camvid, synthetic, ...), or your own data as --dataset_name."})
+    dataset_name: Optional[str] = field(default=None, metadata={
+        "help": "Your own source data (replaces --dataset): a Hub dataset id, a save_to_disk folder, or a folder "
+                "of images/ + masks/ (same stems) + id2label.json."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    image_column_name: str = field(default="image", metadata={"help": "Your dataset's image column."})
+    label_column_name: str = field(default="label", metadata={"help": "Your dataset's segmentation-map column."})
+    do_reduce_labels: bool = field(default=False, metadata={
+        "help": "Your labels' 0 is a background to ignore: 0 -> 255, the other ids minus 1 (e.g. ADE20k)."})
+    train_val_split: Optional[float] = field(default=None, metadata={
+        "help": "Share of your dataset's train split held out as 'validation' when it has none (fixed seed)."})
     data_root: Optional[str] = field(default=None, metadata={"help": "Source dataset folder (unused for synthetic)."})
     train_split: str = field(default="source", metadata={"help": "Source training split (synthetic: a domain)."})
     val_split: Optional[str] = field(default=None, metadata={"help": "Source validation split (model selection only)."})
@@ -98,6 +150,10 @@ class ExperimentArguments:
     target_roots: list[str] = field(default_factory=list, metadata={
         "help": "dataset=folder for target datasets other than the source one, e.g. bdd100k=/data/bdd100k."})
     label_space: Optional[str] = field(default=None, metadata={"help": "CamVid: 'camvid' (11) or 'cityscapes' (19)."})
+    label_mapping: list[str] = field(default_factory=list, metadata={
+        "help": "Score targets whose classes differ from the model's: 'target class=model class' pairs (e.g. "
+                "tree=vegetation); equal names map to themselves, other classes are ignored. Without it such a "
+                "target is refused."})
     crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata={"help": "Training crop (h w)."})
     scale_range: list[int] = field(default_factory=lambda: [256, 1024], metadata={"help": "Training short-edge range."})
     photometric: bool = field(default=True, metadata={"help": "mmseg photometric distortion in training."})
@@ -154,15 +210,21 @@ class ExperimentArguments:
             timm_eva02_name(self.backbone)
             if self.head == "eomt":
                 raise ValueError("head='eomt' is built from DINOv2 only; use 'light' or 'mask2former' with EVA02.")
-        if self.dataset.lower() not in DATASET_NAMES:
-            raise ValueError(f"dataset must be one of {DATASET_NAMES}, got {self.dataset!r}.")
-        if self.dataset.lower() != "synthetic" and not self.data_root:
+        if self.dataset_name:
+            self.dataset = self.dataset_name
+        check_dataset_name(self.dataset, "dataset")
+        builtin = self.dataset.lower() in DATASET_NAMES
+        if builtin and self.dataset.lower() != "synthetic" and not self.data_root:
             raise ValueError(f"dataset={self.dataset!r} needs --data_root (the dataset's folder).")
+        if not builtin and self.train_split == "source":  # the synthetic default: your own data trains on 'train'
+            self.train_split = "train"
+        if self.train_val_split is not None and not 0.0 < self.train_val_split < 1.0:
+            raise ValueError(f"train_val_split must be a share in (0, 1), e.g. 0.15, got {self.train_val_split}.")
         for spec in self.targets:
             name, _ = parse_target(spec)
-            if name not in DATASET_NAMES:
-                raise ValueError(f"Target {spec!r}: unknown dataset {name!r}; choose one of {DATASET_NAMES}.")
+            check_dataset_name(name, f"Target {spec!r}")
         self.target_root_map()  # validates the pairs
+        label_mapping_dict(self.label_mapping)
         for name in ("crop_size", "scale_range", "synthetic_size"):
             value = getattr(self, name)
             if len(value) != 2 or min(value) <= 0:
@@ -211,7 +273,8 @@ class EvaluateArguments:
         model (`str`): an output folder of `recipes/train.py`.
         targets (`list[str]`): `dataset:split` domains; empty: the run's own targets and source val.
         target_roots (`list[str]`): `dataset=folder` for datasets read from disk.
-        label_space, eval_mode, eval_scale, max_eval_samples, num_synthetic_eval_samples: override the run's.
+        label_space, label_mapping, eval_mode, eval_scale, max_eval_samples, num_synthetic_eval_samples: override
+            the run's.
         device (`str`): `auto`, `cpu`, `cuda`, ... output_file (`str`, *optional*): write the metrics JSON there.
     """
 
@@ -219,6 +282,9 @@ class EvaluateArguments:
     targets: list[str] = field(default_factory=list, metadata={"help": "dataset:split domains (default: the run's)."})
     target_roots: list[str] = field(default_factory=list, metadata={"help": "dataset=folder pairs."})
     label_space: Optional[str] = field(default=None, metadata={"help": "CamVid label space override."})
+    label_mapping: Optional[list[str]] = field(default=None, metadata={
+        "help": "'target class=model class' pairs for targets whose classes differ from the model's (default: "
+                "the run's)."})
     eval_mode: Optional[str] = field(default=None, metadata={"help": "whole or slide (default: the run's)."})
     eval_scale: Optional[list[int]] = field(default=None, metadata={"help": "(long short) evaluation size."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate every evaluation set."})

@@ -29,6 +29,8 @@ def eval_results(results: Mapping[str, Mapping[str, Any]], mean: Optional[float]
     and the mean over targets."""
     out = []
     for name, m in results.items():
+        if m.get("mIoU") is None:  # a domain without a valid pixel has no score to publish
+            continue
         parts = name.split(":")
         dataset, split = (parts[-2], parts[-1]) if len(parts) >= 2 else (name, None)
         label = f"source validation {dataset}:{split}" if parts[0] == "source" else name
@@ -64,7 +66,7 @@ def render_model_card(context: Mapping[str, Any], template_path: str = TEMPLATE)
         if not all(k in m for k in ("mIoU", "aAcc")):
             raise ValueError(f"Result '{name}' needs 'mIoU' and 'aAcc' (percent), got keys {sorted(m)}.")
     if ctx.get("mean") is None:
-        targets = [m["mIoU"] for n, m in results.items() if not n.startswith("source")]
+        targets = [m["mIoU"] for n, m in results.items() if not n.startswith("source") and m["mIoU"] is not None]
         ctx["mean"] = sum(targets) / len(targets) if targets else None
     data = ModelCardData(
         library_name="peft" if ctx.get("is_adapter") else "transformers",

@@ -2,7 +2,8 @@
 
 Output layout (`out_dir`):
 
-    masks/<name>.png      colour-coded prediction (RGB, original image size); <name> is the image's stem,
+    masks/<name>.png      colour-coded prediction (RGB, the image's displayed size: EXIF orientation applied);
+                          <name> is the image's stem,
                           or its whole file name where stems collide (x.jpg and x.png -> x.jpg, x.png)
     overlays/<name>.png   the image blended with the colour mask
     labels/<name>.png     the predicted class ids (8-bit, for further processing)
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data import SegmentationTransforms
+from ..data.images import open_rgb, to_rgb
 from ..data.keyed import DECODE_ERRORS
 from ..evaluation import slide_inference, whole_inference
 from ..outputs import LABELS_DIR, LEGEND_JSON, LEGEND_PNG, MASKS_DIR, OVERLAYS_DIR
@@ -82,16 +84,34 @@ class PredictedImages(list):
         self.skipped = list(skipped)
 
 
+def min_input_size(model) -> int:
+    """The smallest input side the backbone takes: its patch size (the patch-embedding kernel), 1 if unknown."""
+    config = getattr(model, "config", None)
+    for cfg in (getattr(config, "backbone_config", None), config):
+        patch = getattr(cfg, "patch_size", None)
+        if patch is not None:
+            return max(patch) if isinstance(patch, (list, tuple)) else int(patch)
+    return 1
+
+
 @torch.no_grad()
 def predict_image(model, image: Image.Image, transform: SegmentationTransforms, mode: str = "whole",
                   crop_size=512, stride=341) -> np.ndarray:  # fmt: skip
-    """Predicted class ids [H, W] (uint8) at the image's own size."""
-    x, _ = transform.eval_one(image.convert("RGB"), None)
+    """Predicted class ids [H, W] (uint8) at the image's displayed size (EXIF orientation applied).
+
+    An input smaller than the backbone's patch is zero-padded (bottom/right, after normalization, as
+    `collate_fn` pads) up to one patch and the padding cut from the logits.
+    """
+    image = to_rgb(image)
+    x, _ = transform.eval_one(image, None)
     device = next(model.parameters()).device
     x = x[None].to(device)
     size = (image.height, image.width)
     if mode == "whole":
-        logits = whole_inference(model, x)
+        side = min_input_size(model)
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, max(side - w, 0), 0, max(side - h, 0)))
+        logits = whole_inference(model, x)[:, :, :h, :w]
     else:
         logits = slide_inference(model, x, model.config.num_labels, crop_size, stride)
     logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
@@ -129,8 +149,8 @@ def predict_folder(model, images_dir: str, out_dir: str, id2label: dict, mean, s
         alpha (`float`): weight of the colour mask in the overlay.
 
     Returns:
-        [`PredictedImages`]: the output names of the images predicted; `.skipped` lists the unreadable
-        files (each also a warning), which do not stop the folder.
+        [`PredictedImages`]: the output names of the images predicted; `.skipped` lists the files that could
+        not be read or predicted (each also a warning, with the reason), which do not stop the folder.
     """
     names = [id2label[i] for i in range(len(id2label))]
     palette = palette_for(names)
@@ -141,13 +161,15 @@ def predict_folder(model, images_dir: str, out_dir: str, id2label: dict, mean, s
     paths = list_images(images_dir)
     for path, name in zip(paths, output_names(paths)):
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except DECODE_ERRORS as err:
-            warnings.warn(f"Skipping unreadable image {path}: {type(err).__name__}: {err}", stacklevel=2)
+            image = open_rgb(path)
+            ids = predict_image(model, image, transform, mode, crop_size, stride)
+        except (*DECODE_ERRORS, RuntimeError) as err:  # RuntimeError: what the model raises for an input it refuses
+            if isinstance(err, torch.OutOfMemoryError):  # the device, not the file: every later image would fail too
+                raise
+            what = "unreadable image" if isinstance(err, DECODE_ERRORS) else "image the model cannot take"
+            warnings.warn(f"Skipping {what} {path}: {type(err).__name__}: {err}", stacklevel=2)
             done.skipped.append((path, f"{type(err).__name__}: {err}"))
             continue
-        ids = predict_image(model, image, transform, mode, crop_size, stride)
         color = palette[ids]
         blend = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * color.astype(np.float32)
         Image.fromarray(color).save(os.path.join(out_dir, MASKS_DIR, f"{name}.png"))

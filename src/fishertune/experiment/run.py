@@ -39,6 +39,7 @@ from .arguments import BUILTIN_PREFIX, ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, build_train_dataset, source_id2label
 from .card import write_model_card
 from .config_io import resolved_config
+from .eval_during_training import with_target_evaluation
 from .export import finalize_adapter_config, save_image_processor
 from .manifest import publish
 from .output_dir import check_free_space, check_writable, inspect_output_dir, required_bytes
@@ -61,14 +62,15 @@ def apply_quick(exp: ExperimentArguments, targs: FisherTuneTrainingArguments) ->
 
 
 def to_percent(metrics: dict) -> dict:
-    """JSON-ready metrics in percent (the card's and the paper's unit); the confusion matrix is dropped."""
+    """JSON-ready metrics in percent (the card's and the paper's unit); the confusion matrix is dropped.
+    NaN (a target without a valid pixel, a class absent from it) becomes `None`: `null` in metrics.json."""
     out = {}
     for k, v in metrics.items():
         if k in ("mIoU", "aAcc", "mAcc"):
-            out[k] = round(100.0 * v, 4)
+            out[k] = None if v != v else round(100.0 * v, 4)
         elif k in ("per_class_iou", "per_class_acc"):
             out[k] = {c: (None if x != x else round(100.0 * x, 4)) for c, x in v.items()}
-        elif k == "num_pixels":
+        elif k in ("num_pixels", "num_targets"):
             out[k] = v
     return out
 
@@ -92,11 +94,14 @@ def evaluate_all(model, exp: ExperimentArguments, targets: dict, source_val: dic
 def format_table(metrics: dict) -> str:
     """The per-domain results table printed at the end of a run (targets, their mean, source val)."""
     rows = [(n, m) for n, m in metrics.items() if n != "mean" and not n.startswith("source")]
-    rows += [("mean over targets", metrics["mean"])] if "mean" in metrics else []
+    if "mean" in metrics:
+        n = metrics["mean"].get("num_targets")
+        rows.append((f"mean over targets ({n})" if n is not None else "mean over targets", metrics["mean"]))
     rows += [(n, m) for n, m in metrics.items() if n.startswith("source")]
     width = max([len(n) for n, _ in rows] + [6])
     lines = [f"{'domain':<{width}}  {'mIoU':>6}  {'aAcc':>6}  {'mAcc':>6}", "-" * (width + 24)]
-    lines += [f"{n:<{width}}  {m['mIoU']:6.2f}  {m['aAcc']:6.2f}  {m['mAcc']:6.2f}" for n, m in rows]
+    cell = lambda v: "   n/a" if v is None else f"{v:6.2f}"  # noqa: E731  (None: no valid pixel)
+    lines += [f"{n:<{width}}  {cell(m['mIoU'])}  {cell(m['aAcc'])}  {cell(m['mAcc'])}" for n, m in rows]
     return "\n".join(lines)
 
 
@@ -167,8 +172,12 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
         else:  # a pretrained backbone: the config and the backbone's name; from_pretrained loads its weights
             save_backbone_reference(model, os.path.join(stage, BASE_MODEL_DIR), exp.backbone)
 
-    trainer = FisherTuneTrainer(model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn,
-                                run_settings=exp.run_settings())
+    # -- evaluation during training (eval_strategy, metric_for_best_model): the run's targets, its evaluator --
+    trainer = with_target_evaluation(FisherTuneTrainer)(
+        model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn, eval_sets={**targets, **source_val},
+        evaluate_fn=lambda m: evaluate_all(m, exp, targets, source_val, disable_tqdm=True),
+        run_settings=exp.run_settings())
+    # -- end of evaluation during training --
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     train_seconds = time.perf_counter() - start
@@ -185,7 +194,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     config["push_to_hub"] = push
     config.pop("hub_token", None)  # never write a secret into a file that gets uploaded
     atomic.write_text(os.path.join(stage, CONFIG_NAME), yaml.safe_dump({**config, "run_id": run_id}, sort_keys=True))
-    atomic.write_json(os.path.join(stage, METRICS_NAME), metrics, allow_nan=True)
+    atomic.write_json(os.path.join(stage, METRICS_NAME), metrics)  # NaN is not JSON: to_percent made it null
     log_eval_metrics(trainer, metrics)  # per-target mIoU and the target mean to report_to's trackers too
     base_dir = os.path.join(out, BASE_MODEL_DIR)  # where loaders find it once moved in
     has_base = os.path.isdir(os.path.join(stage, BASE_MODEL_DIR))

@@ -138,8 +138,9 @@ def evaluate_output(folder: str, targets: Optional[list[str]] = None, device: Op
     exp = load_experiment_args(folder, **overrides)
     if include_source_val is None:
         include_source_val = targets is None
-    sets = build_eval_datasets(exp, targets)
-    return evaluate_all(model, exp, sets, build_source_val(exp) if include_source_val else {})
+    id2label = model.config.id2label  # the classes the model predicts, each target checked against them
+    sets = build_eval_datasets(exp, targets, id2label)
+    return evaluate_all(model, exp, sets, build_source_val(exp, id2label) if include_source_val else {})
 
 
 def read_metrics(folder: str) -> dict:

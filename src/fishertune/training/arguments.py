@@ -71,6 +71,8 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             T1 as a fraction of `max_steps` for `method="sparse"` (baselines default to no warm-up).
         estimation_batches (`int`, *optional*):
             T2, training batches (per process) the estimator reads; None: `EstimationConfig`'s default (100).
+            More than the training data holds: a warning, and the phase-2 log and the selection file record the
+            number read (`estimation_batches`) beside the one asked for (`estimation_batches_requested`).
         estimation_ratio (`float`, *optional*):
             T2 as a fraction of `max_steps`; overrides `estimation_batches` when set.
         tuning_phase_steps (`int`, *optional*):

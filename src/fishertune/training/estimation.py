@@ -73,6 +73,13 @@ def estimate_and_select(trainer: "FisherTuneTrainer") -> None:
     counts = model.select(scores)
     trainer.scores = scores
     summary = _selection_summary(counts, model.num_targeted())
+    # The loader may hold fewer batches than T2 asks for: the record says how many the scores come from.
+    used = timing.num_batches if fisher.get_criterion(config.criterion).needs_data else t2
+    if used < t2:
+        logger.warning(f"estimation_batches={t2} asks for more batches than the training data holds: the scores "
+                       f"are estimated over {used} batch(es), recorded as estimation_batches={used}.")
+        summary["estimation_batches_requested"] = float(t2)
+    summary["estimation_batches"] = float(used)
     if args.should_save:
         _write_selection(fisher, model, scores, counts, summary, args)
     # Logging resets the Trainer's should_log flag, which the step's own loss log still needs.
@@ -80,7 +87,7 @@ def estimate_and_select(trainer: "FisherTuneTrainer") -> None:
     seconds = {} if timing.total_s is None else {"estimation_seconds": timing.total_s}  # data-free: no passes
     if timing.seconds_per_batch is not None:
         seconds["estimation_seconds_per_batch"] = timing.seconds_per_batch
-    trainer.log({"phase": 2.0, "estimation_batches": float(t2), **summary, **seconds})
+    trainer.log({"phase": 2.0, **summary, **seconds})
     trainer.control.should_log = should_log
 
 

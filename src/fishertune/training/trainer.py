@@ -247,6 +247,8 @@ class FisherTuneTrainer(Trainer):
 
     # -- logging ----------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time=None) -> None:
+        # A copy: `evaluate()` returns the dict it logs, which must hold its metrics only.
+        logs = dict(logs)
         # Describes the last completed step: step T1 itself was still a warm-up step.
         if self.nonfinite.skipped:
             logs["nonfinite_skipped_steps"] = float(self.nonfinite.skipped)
