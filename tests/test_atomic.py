@@ -84,3 +84,11 @@ def test_move_into_place_replaces_a_folder_whole_and_a_file(tmp_path):
     atomic.move_into_place(str(stage / "m.json"), str(tmp_path / "m.json"))
     assert sorted(os.listdir(tmp_path / "base")) == ["new.bin"] and (tmp_path / "m.json").read_text() == "{}"
     assert sorted(os.listdir(tmp_path)) == sorted(["base", "m.json", stage.name]) and not os.listdir(stage)
+
+
+def test_stale_temporaries_of_one_kind_only(tmp_path):
+    (tmp_path / f"{atomic.TMP_PREFIX}abc123-checkpoint-3").mkdir()
+    (tmp_path / f"{atomic.TMP_PREFIX}def456-outputs").mkdir()
+    removed = atomic.remove_stale_temporaries(str(tmp_path), of="checkpoint-*")
+    assert [os.path.basename(p) for p in removed] == [f"{atomic.TMP_PREFIX}abc123-checkpoint-3"]
+    assert os.listdir(tmp_path) == [f"{atomic.TMP_PREFIX}def456-outputs"]

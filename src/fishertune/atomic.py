@@ -11,6 +11,7 @@ A leaf module (standard library only), so every layer may use it: see tests/test
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -143,13 +144,17 @@ def is_temporary(name: str) -> bool:
     return os.path.basename(name.rstrip("/")).startswith(TMP_PREFIX)
 
 
-def remove_stale_temporaries(folder: str) -> list[str]:
-    """Delete the temporaries directly under `folder` (left by a killed writer); return their paths."""
+def remove_stale_temporaries(folder: str, of: str = "*") -> list[str]:
+    """Delete the temporaries directly under `folder` (left by a killed writer); return their paths.
+
+    `of` is a glob on the final name the temporary stood for (e.g. `"checkpoint-*"`), so that a writer cleans
+    up after its own kind only and leaves another writer's staging folder in the same folder alone.
+    """
     if not os.path.isdir(folder):
         return []
     removed = []
     for name in sorted(os.listdir(folder)):
-        if is_temporary(name):
+        if is_temporary(name) and fnmatch.fnmatchcase(name[len(TMP_PREFIX):].partition("-")[2], of):
             full = os.path.join(folder, name)
             shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
             removed.append(full)

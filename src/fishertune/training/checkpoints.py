@@ -98,8 +98,9 @@ def last_checkpoint(folder: str) -> str:
 
 
 def remove_stale(folder: str) -> None:
-    """Delete the staging folders (and other temporaries) a killed writer left in `folder`, saying so."""
-    for path in remove_stale_temporaries(folder):
+    """Delete the checkpoint staging folders a killed writer left in `folder`, saying so (a recipe run's own
+    output staging folder, also a temporary there, is not the trainer's to remove)."""
+    for path in remove_stale_temporaries(folder, of=f"{PREFIX_CHECKPOINT_DIR}-*"):
         logger.warning(f"Removed {path}, left by a save that did not finish (a killed or failed writer).")
 
 
