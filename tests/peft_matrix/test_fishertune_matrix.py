@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from _pytest.fixtures import FixtureFunctionDefinition
 
 from fishertune import FisherTuneConfig
 
@@ -84,6 +85,12 @@ def _import_peft_tests():
 
 
 peft_tcm = _import_peft_tests()
+
+# Module-level fixtures of PEFT's test module (e.g. `fsdp_process_group`, used by TestPeftFsdpStateDict) are seen by
+# pytest only in the module that defines the test class; the subclasses below live here, so they are re-exported.
+for _name, _obj in vars(peft_tcm).items():
+    if isinstance(_obj, FixtureFunctionDefinition):
+        globals().setdefault(_name, _obj)
 
 # ---------------------------------------------------------------------------------------------------------------
 # FisherTune cases, in the format of PEFT's TEST_CASES: (test name, model id, config class, config kwargs).
@@ -225,7 +232,12 @@ _PER_METHOD_LISTS = {
 # (FisherTune wraps nn.Linear only, so the rows target no conv/embedding/MHA layer; none of PEFT's generic tests
 # needs one.)
 # ---------------------------------------------------------------------------------------------------------------
-NOT_APPLICABLE: dict[str, str] = {}
+NOT_APPLICABLE: dict[str, str] = {
+    # The LoRA-conversion API; FisherTune's supports_lora_conversion() is False. (The test also looks its config
+    # class up in PEFT's own TEST_CASES, which hold no FisherTune row.)
+    "test_get_additive_delta_uses_adapter_dtype": "get_additive_delta serves LoRA conversion, which FisherTune "
+    "does not support",
+}
 
 
 _used: set[str] = set()  # which swaps and skips took effect (checked below, so that a new peft cannot shrink the matrix)

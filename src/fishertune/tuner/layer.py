@@ -41,8 +41,8 @@ class FisherTuneLayer(BaseTunerLayer):
         base = self.get_base_layer()
         if not isinstance(base, nn.Linear):
             raise TypeError(
-                f"FisherTune wraps torch.nn.Linear layers only, got {type(base).__name__}; "
-                "remove this module from `target_modules`."
+                f"Target module {type(base).__name__} is not supported: FisherTune wraps torch.nn.Linear layers "
+                "only; remove this module from `target_modules`."
             )
         self.in_features, self.out_features = base.in_features, base.out_features
         self.kwargs = kwargs
@@ -205,7 +205,28 @@ class Linear(nn.Module, FisherTuneLayer):
             if vals:
                 weight.data.view(-1).index_add_(0, idxs[0], -vals[0].detach().to(weight.dtype))
 
+    def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any) -> torch.Tensor:
+        """Sample i gets adapter ``adapter_names[i]`` ("__base__": none), as LoRA's per-sample adapters."""
+        if len(adapter_names) != len(x):
+            raise ValueError(
+                f"Length of `adapter_names` should be the same as the number of inputs, but got {len(adapter_names)} "
+                f"and {len(x)} respectively."
+            )
+        if self.merged:
+            raise ValueError("Cannot pass `adapter_names` while adapters are merged; call unmerge_adapter() first.")
+        result = self.base_layer(x, *args, **kwargs)
+        for name in dict.fromkeys(adapter_names):
+            if name == "__base__" or self.fishertune_active.get(name, 0) == 0 or name not in self.fishertune_values:
+                continue
+            rows = [i for i, n in enumerate(adapter_names) if n == name]
+            delta = self.get_delta_weight(name)
+            result[rows] += torch.nn.functional.linear(x[rows].to(delta.dtype), delta).to(result.dtype)
+        return result
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None and not self.disable_adapters:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
