@@ -30,7 +30,7 @@ def allocate_placeholders(
         allocated = min(allocated, layer.get_base_layer().weight.numel())
         idx = torch.arange(allocated)
         layer.allocate(adapter_name, idx, torch.arange(rank, rank + allocated))
-        layer.fishertune_active[adapter_name] = min(active, allocated)
+        layer.set_active_count(adapter_name, min(active, allocated))
         rank += allocated
 
 

@@ -25,7 +25,9 @@ class FisherTuneLayer(BaseTunerLayer):
     """State and bookkeeping of the sparse deltas; see the module docstring."""
 
     adapter_layer_names = ("fishertune_values",)
-    other_param_names = ("fishertune_indices", "fishertune_ranks", "fishertune_shape", "fishertune_active")
+    other_param_names = (
+        "fishertune_indices", "fishertune_ranks", "fishertune_shape", "fishertune_active", "fishertune_active_count",
+    )  # fmt: skip
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -34,6 +36,9 @@ class FisherTuneLayer(BaseTunerLayer):
         self.fishertune_ranks = BufferDict({}, persistent=True)
         self.fishertune_shape = BufferDict({}, persistent=True)
         self.fishertune_active: dict[str, int] = {}
+        # The same count as a 0-d tensor (not saved), so a compiled forward reads it as data: a new active count
+        # (Eq. 16 changes it every step) is not a new graph.
+        self.fishertune_active_count = BufferDict({}, persistent=False)
         # adapter name -> SelectionPattern of its allocation (not state: rebuilt on demand, dropped by `allocate`)
         self._fishertune_patterns: dict[str, SelectionPattern] = {}
         self._disable_adapters = False
@@ -80,7 +85,8 @@ class FisherTuneLayer(BaseTunerLayer):
             )
         if indices.numel() != ranks.numel():
             raise ValueError("fishertune_indices and fishertune_ranks must have the same length.")
-        for store in (self.fishertune_values, self.fishertune_indices, self.fishertune_ranks, self.fishertune_shape):
+        stores = (self.fishertune_values, self.fishertune_indices, self.fishertune_ranks, self.fishertune_shape)
+        for store in stores + (self.fishertune_active_count,):
             if adapter_name in store:
                 del store[adapter_name]
         self._fishertune_patterns.pop(adapter_name, None)  # the selection changed: its CSR pattern is stale
@@ -105,7 +111,8 @@ class FisherTuneLayer(BaseTunerLayer):
             scale = weight.detach().float().std().clamp_min(1e-3).cpu()
             init = (torch.randn(indices.numel()) * scale).to(device=device, dtype=dtype)
         self.fishertune_values[adapter_name] = nn.Parameter(init)
-        self.fishertune_active[adapter_name] = indices.numel()
+        self.fishertune_active_count[adapter_name] = torch.tensor(0, device=device)
+        self.set_active_count(adapter_name, indices.numel())
         self.set_adapter(self.active_adapters)
 
     def set_active_rank(self, adapter_name: str, num_global_active: int) -> int:
@@ -114,8 +121,14 @@ class FisherTuneLayer(BaseTunerLayer):
             return 0
         ranks = self.fishertune_ranks[adapter_name]
         n = int(torch.searchsorted(ranks, torch.tensor(num_global_active, device=ranks.device, dtype=ranks.dtype)))
-        self.fishertune_active[adapter_name] = n
+        self.set_active_count(adapter_name, n)
         return n
+
+    def set_active_count(self, adapter_name: str, n: int) -> None:
+        """Make the first ``n`` allocated entries of ``adapter_name`` the active ones."""
+        self.fishertune_active[adapter_name] = n
+        if adapter_name in self.fishertune_active_count:
+            self.fishertune_active_count[adapter_name].fill_(n)
 
     def num_allocated(self, adapter_name: str) -> int:
         return self.fishertune_indices[adapter_name].numel() if adapter_name in self.fishertune_indices else 0
@@ -233,6 +246,8 @@ class Linear(nn.Module, FisherTuneLayer):
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
+        if torch.compiler.is_compiling():
+            return self._compiled_forward(x, *args, **kwargs)
         vals, idxs = self._active_parts(self.active_adapters)
         if not vals:
             return self.base_layer(x, *args, **kwargs)
@@ -252,6 +267,23 @@ class Linear(nn.Module, FisherTuneLayer):
             if path != "dense":
                 pattern = self.selection_pattern(name)
         return SparseDeltaLinear.apply(x, base.weight, base.bias, values, idx, pattern, path)
+
+    def _compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The forward torch.compile traces: every allocated entry, the inactive ones masked by the active count
+        tensor (no Python int from the data, so no graph break and no recompile when Eq. 16 moves the count), and
+        the dense values gradient (the sparse paths' dispatch is host-side logic on the selection)."""
+        vals, idxs = [], []
+        for name in self.active_adapters:
+            if name in self.fishertune_values:
+                v = self.fishertune_values[name]
+                active = torch.arange(v.shape[0], device=v.device) < self.fishertune_active_count[name]
+                vals.append(v * active.to(v.dtype))
+                idxs.append(self.fishertune_indices[name])
+        if not vals:
+            return self.base_layer(x, *args, **kwargs)
+        values, idx = (vals[0], idxs[0]) if len(vals) == 1 else (torch.cat(vals), torch.cat(idxs))
+        base = self.get_base_layer()
+        return SparseDeltaLinear.apply(x, base.weight, base.bias, values, idx, None, "dense")
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         return False
