@@ -226,14 +226,20 @@ class Linear(nn.Module, FisherTuneLayer):
                 f"and {len(x)} respectively."
             )
         if self.merged:
-            raise ValueError("Cannot pass `adapter_names` while adapters are merged; call unmerge_adapter() first.")
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
+            )
         result = self.base_layer(x, *args, **kwargs)
+        base = self.get_base_layer()
         for name in dict.fromkeys(adapter_names):
-            if name == "__base__" or self.fishertune_active.get(name, 0) == 0 or name not in self.fishertune_values:
+            vals, idxs = self._active_parts([name]) if name != "__base__" else ([], [])
+            if not vals:
                 continue
             rows = [i for i, n in enumerate(adapter_names) if n == name]
-            delta = self.get_delta_weight(name)
-            result[rows] += torch.nn.functional.linear(x[rows].to(delta.dtype), delta).to(result.dtype)
+            # The single-adapter forward over the whole batch, so each sample gets bitwise what it gets alone (a GEMM
+            # over a sub-batch may round differently); inference pays one layer product per distinct adapter.
+            out = SparseDeltaLinear.apply(x, base.weight, base.bias, vals[0], idxs[0], None, "dense")
+            result[rows] = out[rows].to(result.dtype)
         return result
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
