@@ -7,20 +7,20 @@ How the matrix is wired
 ``_peft_tests/`` (gitignored); they are imported here as a package, unmodified.
 
 PEFT's matrix classes are ``TestPeftCustomModel`` (a ``PeftCommonTester``),
-``TestMultipleActiveAdapters`` and ``TestPeftFsdpStateDict``. Each gets a FisherTune subclass below in
+``TestMultipleActiveAdapters``, ``TestPeftFsdpStateDict`` and ``TestMixedAdapterBatches`` (per-sample
+``adapter_names``). Each gets a FisherTune subclass below in
 which every test that PEFT parametrizes over one of its method-agnostic case lists (``TEST_CASES``,
-``ALL_PEFT_CONFIG_CLASSES``, ``MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES``; plus the three generic tests in
+``ALL_PEFT_CONFIG_CLASSES``, ``MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES``, ``MIXED_ADAPTER_TEST_CASES``; plus the
+six generic tests in
 ``_PER_METHOD_LISTS`` that carry an inline list of methods) is re-declared with PEFT's own function
 body and marks, that case list swapped for the FisherTune rows below (same row format). PEFT tests
 that hard-code another method's config (LoRA/DoRA, IA3, trainable tokens, PVeRA, GPT-2/BERT from
 the Hub, ...) are removed from the subclasses, so only FisherTune rows run. PEFT's other classes in
 that file are per-method (``TestRequiresGrad``, ``TestLayerRepr``, ``TestMultiRankAdapter``,
-``TestDynamicDispatch``, ``TestDefaultTargetModules``) or cover mixed-adapter batches
-(``TestMixedAdapterBatches``: per-sample ``adapter_names``, which only LoRA, RoAd and GLoRA
-implement and FisherTune does not), and are not wired.
+``TestDynamicDispatch``, ``TestDefaultTargetModules``) and are not wired.
 
 A matrix test that cannot apply to FisherTune would be skipped with its reason in
-``NOT_APPLICABLE``, the only skip list of this module; it is empty: every wired test applies. The
+``NOT_APPLICABLE``, the only skip list of this module; it names one LoRA-conversion test. The
 skips in a run come from PEFT's own guards inside the tests (no ``bias`` option, LoRA/BOFT-only bias
 warnings, several active adapters with ``modules_to_save``), as for any PEFT method. If a future
 peft drops a case list or a named test, importing this module fails instead of silently shrinking
@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from _pytest.fixtures import FixtureFunctionDefinition
 
 from fishertune import FisherTuneConfig
 
@@ -84,6 +85,12 @@ def _import_peft_tests():
 
 
 peft_tcm = _import_peft_tests()
+
+# Module-level fixtures of PEFT's test module (e.g. `fsdp_process_group`, used by TestPeftFsdpStateDict) are seen by
+# pytest only in the module that defines the test class; the subclasses below live here, so they are re-exported.
+for _name, _obj in vars(peft_tcm).items():
+    if isinstance(_obj, FixtureFunctionDefinition):
+        globals().setdefault(_name, _obj)
 
 # ---------------------------------------------------------------------------------------------------------------
 # FisherTune cases, in the format of PEFT's TEST_CASES: (test name, model id, config class, config kwargs).
@@ -188,6 +195,21 @@ FISHERTUNE_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES = [
     ),
 ]
 
+# Format of PEFT's MIXED_ADAPTER_TEST_CASES (per-sample `adapter_names`): (name, config 0, config 1).
+_RANDOM_DELTAS = {"init_weights": False, **_MAG}
+FISHERTUNE_MIXED_ADAPTER_TEST_CASES = [
+    (
+        "FisherTune mixed adapter",
+        FisherTuneConfig(target_modules=["lin0"], **_RANDOM_DELTAS),
+        FisherTuneConfig(target_modules=["lin0"], init_criterion="random", init_weights=False, delta_max=0.5),
+    ),
+    (
+        "FisherTune mixed adapter, two layers",
+        FisherTuneConfig(target_modules=["lin0", "lin1"], **_RANDOM_DELTAS),
+        FisherTuneConfig(target_modules=["lin0", "lin1"], **_RANDOM_DELTAS),
+    ),
+]
+
 # Stand-ins for PEFT's ALL_PEFT_CONFIG_CLASSES: those tests build `config_cls(target_modules=...)` themselves.
 # The bare class is FisherTune's default (magnitude selection at injection, 5% budget); the partials use the other
 # init criterion and the deferred mode (nothing allocated until `select(scores)`).
@@ -208,6 +230,7 @@ _CASE_LISTS = {
         ("TEST_CASES", FISHERTUNE_TEST_CASES),
         ("ALL_PEFT_CONFIG_CLASSES", FISHERTUNE_CONFIG_CLASSES),
         ("MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES", FISHERTUNE_MULTIPLE_ACTIVE_ADAPTERS_TEST_CASES),
+        ("MIXED_ADAPTER_TEST_CASES", FISHERTUNE_MIXED_ADAPTER_TEST_CASES),
     ]
 }
 
@@ -215,6 +238,25 @@ _CASE_LISTS = {
 _PER_METHOD_LISTS = {
     "test_multiple_adapters_mixed_modules_to_save": {"config_cls": FISHERTUNE_CONFIG_CLASSES},
     "test_multiple_adapters_mixed_modules_to_save_order_switched": {"config_cls": FISHERTUNE_CONFIG_CLASSES},
+    "test_mixed_adapter_batches_different_target_layers": {
+        "test_name, config0, config1": [
+            ("FisherTune, different layers", FisherTuneConfig(target_modules=["lin0"], **_RANDOM_DELTAS),
+             FisherTuneConfig(target_modules=["lin1"], **_RANDOM_DELTAS)),
+        ]
+    },
+    "test_mixed_adapter_batches_partly_overlapping_target_layers": {
+        "test_name, config0, config1": [
+            ("FisherTune, overlapping layers", FisherTuneConfig(target_modules=["lin0"], **_RANDOM_DELTAS),
+             FisherTuneConfig(target_modules=["lin0", "lin1"], **_RANDOM_DELTAS)),
+        ]
+    },
+    "test_mixed_adapter_batches_multiple_modules_to_save": {
+        "test_name, config0, config1": [
+            ("FisherTune, modules_to_save",
+             FisherTuneConfig(target_modules=["lin0"], modules_to_save=["lin1"], **_RANDOM_DELTAS),
+             FisherTuneConfig(target_modules=["lin0"], modules_to_save=["lin1"], **_RANDOM_DELTAS)),
+        ]
+    },
     "test_adapter_name_makes_no_difference": {
         "config0": [FisherTuneConfig(target_modules=["lin0"], init_weights=False, **_MAG)]
     },
@@ -225,7 +267,12 @@ _PER_METHOD_LISTS = {
 # (FisherTune wraps nn.Linear only, so the rows target no conv/embedding/MHA layer; none of PEFT's generic tests
 # needs one.)
 # ---------------------------------------------------------------------------------------------------------------
-NOT_APPLICABLE: dict[str, str] = {}
+NOT_APPLICABLE: dict[str, str] = {
+    # The LoRA-conversion API; FisherTune's supports_lora_conversion() is False. (The test also looks its config
+    # class up in PEFT's own TEST_CASES, which hold no FisherTune row.)
+    "test_get_additive_delta_uses_adapter_dtype": "get_additive_delta serves LoRA conversion, which FisherTune "
+    "does not support",
+}
 
 
 _used: set[str] = set()  # which swaps and skips took effect (checked below, so that a new peft cannot shrink the matrix)
@@ -273,6 +320,7 @@ TestFisherTuneMultipleActiveAdapters = _retarget(
     peft_tcm.TestMultipleActiveAdapters, "TestFisherTuneMultipleActiveAdapters"
 )
 TestFisherTunePeftFsdpStateDict = _retarget(peft_tcm.TestPeftFsdpStateDict, "TestFisherTunePeftFsdpStateDict")
+TestFisherTuneMixedAdapterBatches = _retarget(peft_tcm.TestMixedAdapterBatches, "TestFisherTuneMixedAdapterBatches")
 
 _unused = (
     [peft_list for peft_list, _ in _CASE_LISTS.values() if f"list:{peft_list}" not in _used]

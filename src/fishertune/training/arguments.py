@@ -234,17 +234,14 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
                 "Use optim='adamw_torch'."
             )
         super().__post_init__()
+
+    def reentrant_checkpointing(self) -> bool:
+        """Whether activation checkpointing is on with ``use_reentrant=True`` (then `training.setup.prepare_model`
+        makes the backbone's input require grad, as transformers does for its PEFT models: a reentrant checkpoint
+        only back-propagates into blocks whose input requires grad, and the frozen patch embedding's does not)."""
         ckpt_kwargs = getattr(self, "activation_checkpointing_kwargs", None) or self.gradient_checkpointing_kwargs or {}
-        if (getattr(self, "activation_checkpointing", False) or self.gradient_checkpointing) and ckpt_kwargs.get(
-            "use_reentrant"
-        ):
-            # A reentrant checkpoint only back-propagates into blocks whose input requires grad; with a frozen
-            # patch embedding (every method but full) the deltas, LoRA and VQT would silently get no gradient.
-            raise ValueError(
-                "activation checkpointing with use_reentrant=True leaves the sparse deltas / adapters without "
-                "gradients (the frozen patch embedding's output does not require grad); drop use_reentrant or set it "
-                "to False (the default)."
-            )
+        on = getattr(self, "activation_checkpointing", False) or self.gradient_checkpointing
+        return bool(on and ckpt_kwargs.get("use_reentrant"))
 
     def phase_lengths(self, max_steps: int) -> tuple[int, int, int]:
         """(T1, T2, T3) for a run of `max_steps` optimizer steps; T1 + T3 == max_steps."""

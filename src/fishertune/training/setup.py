@@ -63,6 +63,15 @@ def _decoder_modules(model: nn.Module) -> list[str]:
 
 def prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Module:
     """Return the model `args.method` trains (wrapping it with PEFT where the method needs it)."""
+    model = _prepare_model(model, args)
+    if args.reentrant_checkpointing():
+        # The frozen patch embedding's output does not require grad, so a reentrant checkpoint would never run the
+        # backward of its blocks: the deltas / adapters would get no gradient. transformers does the same for PEFT.
+        base_model(model).enable_input_require_grads()
+    return model
+
+
+def _prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Module:
     method = get_method(args.method)
     if isinstance(model, PeftModel):
         if method.saved_as == "whole":

@@ -141,7 +141,7 @@ def allocate_from_checkpoint(model, config, adapter_name: str, state_dict: dict)
             n = int(active)
             if not 0 <= n <= idx.numel():
                 raise ValueError(f"The adapter's active count {n} of '{name}' exceeds its {idx.numel()} entries.")
-            layer.fishertune_active[adapter_name] = n
+            layer.set_active_count(adapter_name, n)
     for key in [k for k in state_dict if k.endswith(".fishertune_active")]:
         del state_dict[key]
     # `allocate` re-enables the gradient of the active adapters (PEFT's set_adapter); a load must not change any

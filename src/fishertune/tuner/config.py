@@ -61,6 +61,17 @@ class FisherTuneConfig(PeftConfig):
             Seed of the `"random"` init criterion.
         modules_to_save (`list[str]`, *optional*):
             Modules trained in full and saved with the adapter, e.g. the segmentation decoder.
+        layers_to_transform (`Union[list[int], int]`, *optional*):
+            Block indices whose targeted linears are wrapped (as in LoRA), also with the inferred targets:
+            `[0]` tunes the first block only. `None` wraps every block.
+        layers_pattern (`Union[list[str], str]`, *optional*):
+            Name of the module list that holds the blocks (e.g. `"layer"` or `"layers"`), used with
+            `layers_to_transform`; `None` takes the first numbered module in a target's name.
+        allocation (`dict[str, list[int]]`, *optional*):
+            `{targeted layer: [allocated entries, active entries]}`, written when the adapter is saved (not
+            set by hand), so that a loader that sizes the adapter before reading its file (transformers'
+            `load_adapter`) gives every layer the saved number of entries. A config that has it allocates
+            these placeholders at injection instead of running `init_criterion`; the file fills them.
     """
 
     target_modules: Optional[Union[list[str], str]] = field(
@@ -103,6 +114,22 @@ class FisherTuneConfig(PeftConfig):
         metadata={"help": "Modules trained in full and saved with the adapter, e.g. ['decode_head']."},
     )
 
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None,
+        metadata={"help": "Block indices to tune (e.g. [0]); None tunes every block's targeted linears."},
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Name of the block list (e.g. 'layer'), used with layers_to_transform."},
+    )
+    allocation: Optional[dict[str, list[int]]] = field(
+        default=None,
+        metadata={
+            "help": "Written on save: {targeted layer: [allocated, active]} so loaders that size tensors before "
+            "reading the file allocate the saved shapes. Not set by hand."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = FISHERTUNE_PEFT_TYPE
@@ -124,6 +151,17 @@ class FisherTuneConfig(PeftConfig):
                 f"init_criterion must be None, 'magnitude' or 'random', got {self.init_criterion!r}; "
                 "Fisher-based criteria come from fishertune.fisher and are passed to `select(scores)`."
             )
+        if self.layers_pattern is not None and self.layers_to_transform is None:
+            raise ValueError(
+                f"layers_pattern={self.layers_pattern!r} needs layers_to_transform (the block indices to tune, e.g. [0])."
+            )
+        if self.allocation is not None:
+            bad = [k for k, v in self.allocation.items() if len(v) != 2 or not 0 <= int(v[1]) <= int(v[0])]
+            if bad:
+                raise ValueError(
+                    f"allocation must map each targeted layer to [allocated, active] with 0 <= active <= allocated; "
+                    f"{bad[:3]} do not. It is written by save_pretrained: re-save the adapter instead of editing it."
+                )
         if self.budget_base not in BUDGET_BASES:
             raise ValueError(
                 f"budget_base must be 'targeted' (shares of the targeted entries) or 'backbone' (shares of all "

@@ -25,7 +25,9 @@ class FisherTuneLayer(BaseTunerLayer):
     """State and bookkeeping of the sparse deltas; see the module docstring."""
 
     adapter_layer_names = ("fishertune_values",)
-    other_param_names = ("fishertune_indices", "fishertune_ranks", "fishertune_shape", "fishertune_active")
+    other_param_names = (
+        "fishertune_indices", "fishertune_ranks", "fishertune_shape", "fishertune_active", "fishertune_active_count",
+    )  # fmt: skip
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -34,6 +36,9 @@ class FisherTuneLayer(BaseTunerLayer):
         self.fishertune_ranks = BufferDict({}, persistent=True)
         self.fishertune_shape = BufferDict({}, persistent=True)
         self.fishertune_active: dict[str, int] = {}
+        # The same count as a 0-d tensor (not saved), so a compiled forward reads it as data: a new active count
+        # (Eq. 16 changes it every step) is not a new graph.
+        self.fishertune_active_count = BufferDict({}, persistent=False)
         # adapter name -> SelectionPattern of its allocation (not state: rebuilt on demand, dropped by `allocate`)
         self._fishertune_patterns: dict[str, SelectionPattern] = {}
         self._disable_adapters = False
@@ -41,8 +46,8 @@ class FisherTuneLayer(BaseTunerLayer):
         base = self.get_base_layer()
         if not isinstance(base, nn.Linear):
             raise TypeError(
-                f"FisherTune wraps torch.nn.Linear layers only, got {type(base).__name__}; "
-                "remove this module from `target_modules`."
+                f"Target module {type(base).__name__} is not supported: FisherTune wraps torch.nn.Linear layers "
+                "only; remove this module from `target_modules`."
             )
         self.in_features, self.out_features = base.in_features, base.out_features
         self.kwargs = kwargs
@@ -80,7 +85,8 @@ class FisherTuneLayer(BaseTunerLayer):
             )
         if indices.numel() != ranks.numel():
             raise ValueError("fishertune_indices and fishertune_ranks must have the same length.")
-        for store in (self.fishertune_values, self.fishertune_indices, self.fishertune_ranks, self.fishertune_shape):
+        stores = (self.fishertune_values, self.fishertune_indices, self.fishertune_ranks, self.fishertune_shape)
+        for store in stores + (self.fishertune_active_count,):
             if adapter_name in store:
                 del store[adapter_name]
         self._fishertune_patterns.pop(adapter_name, None)  # the selection changed: its CSR pattern is stale
@@ -105,7 +111,8 @@ class FisherTuneLayer(BaseTunerLayer):
             scale = weight.detach().float().std().clamp_min(1e-3).cpu()
             init = (torch.randn(indices.numel()) * scale).to(device=device, dtype=dtype)
         self.fishertune_values[adapter_name] = nn.Parameter(init)
-        self.fishertune_active[adapter_name] = indices.numel()
+        self.fishertune_active_count[adapter_name] = torch.tensor(0, device=device)
+        self.set_active_count(adapter_name, indices.numel())
         self.set_adapter(self.active_adapters)
 
     def set_active_rank(self, adapter_name: str, num_global_active: int) -> int:
@@ -114,8 +121,14 @@ class FisherTuneLayer(BaseTunerLayer):
             return 0
         ranks = self.fishertune_ranks[adapter_name]
         n = int(torch.searchsorted(ranks, torch.tensor(num_global_active, device=ranks.device, dtype=ranks.dtype)))
-        self.fishertune_active[adapter_name] = n
+        self.set_active_count(adapter_name, n)
         return n
+
+    def set_active_count(self, adapter_name: str, n: int) -> None:
+        """Make the first ``n`` allocated entries of ``adapter_name`` the active ones."""
+        self.fishertune_active[adapter_name] = n
+        if adapter_name in self.fishertune_active_count:
+            self.fishertune_active_count[adapter_name].fill_(n)
 
     def num_allocated(self, adapter_name: str) -> int:
         return self.fishertune_indices[adapter_name].numel() if adapter_name in self.fishertune_indices else 0
@@ -209,13 +222,42 @@ class Linear(nn.Module, FisherTuneLayer):
             if vals:
                 weight.data.view(-1).index_add_(0, idxs[0], -vals[0].detach().to(weight.dtype))
 
+    def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any) -> torch.Tensor:
+        """Sample i gets adapter ``adapter_names[i]`` ("__base__": none), as LoRA's per-sample adapters."""
+        if len(adapter_names) != len(x):
+            raise ValueError(
+                f"Length of `adapter_names` should be the same as the number of inputs, but got {len(adapter_names)} "
+                f"and {len(x)} respectively."
+            )
+        if self.merged:
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
+            )
+        result = self.base_layer(x, *args, **kwargs)
+        base = self.get_base_layer()
+        for name in dict.fromkeys(adapter_names):
+            vals, idxs = self._active_parts([name]) if name != "__base__" else ([], [])
+            if not vals:
+                continue
+            rows = [i for i, n in enumerate(adapter_names) if n == name]
+            # The single-adapter forward over the whole batch, so each sample gets bitwise what it gets alone (a GEMM
+            # over a sub-batch may round differently); inference pays one layer product per distinct adapter.
+            out = SparseDeltaLinear.apply(x, base.weight, base.bias, vals[0], idxs[0], None, "dense")
+            result[rows] = out[rows].to(result.dtype)
+        return result
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None and not self.disable_adapters:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
+        if torch.compiler.is_compiling():
+            return self._compiled_forward(x, *args, **kwargs)
         vals, idxs = self._active_parts(self.active_adapters)
         if not vals:
             return self.base_layer(x, *args, **kwargs)
@@ -235,6 +277,23 @@ class Linear(nn.Module, FisherTuneLayer):
             if path != "dense":
                 pattern = self.selection_pattern(name)
         return SparseDeltaLinear.apply(x, base.weight, base.bias, values, idx, pattern, path)
+
+    def _compiled_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The forward torch.compile traces: every allocated entry, the inactive ones masked by the active count
+        tensor (no Python int from the data, so no graph break and no recompile when Eq. 16 moves the count), and
+        the dense values gradient (the sparse paths' dispatch is host-side logic on the selection)."""
+        vals, idxs = [], []
+        for name in self.active_adapters:
+            if name in self.fishertune_values:
+                v = self.fishertune_values[name]
+                active = torch.arange(v.shape[0], device=v.device) < self.fishertune_active_count[name]
+                vals.append(v * active.to(v.dtype))
+                idxs.append(self.fishertune_indices[name])
+        if not vals:
+            return self.base_layer(x, *args, **kwargs)
+        values, idx = (vals[0], idxs[0]) if len(vals) == 1 else (torch.cat(vals), torch.cat(idxs))
+        base = self.get_base_layer()
+        return SparseDeltaLinear.apply(x, base.weight, base.bias, values, idx, None, "dense")
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         return False

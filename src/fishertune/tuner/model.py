@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextlib import nullcontext
+import copy
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from peft.utils.integrations import init_empty_weights
 from torch import nn
 
 from .config import FisherTuneConfig
 from .layer import FisherTuneLayer, Linear
+from .mixed_batch import adapter_names_hooks
 from .budget import budget_entries, num_backbone_params
-from .checkpoint import add_layout_for_save, allocate_from_checkpoint, check_saved_modules_to_save
+from .checkpoint import add_layout_for_save, tuner_layers, allocate_from_checkpoint, check_saved_modules_to_save
+from .combine import allocate_placeholders, allocation_of, check_weighted_request, weighted_union
 from .presets import target_regex
 from .schedule import active_fraction
 from .selection import global_topk
@@ -73,11 +77,28 @@ class FisherTuneModel(BaseTuner):
         saved_keys = config.__dict__.pop("_fishertune_saved_keys", None)  # set by FisherTuneConfig.from_pretrained
         if saved_keys is not None:
             check_saved_modules_to_save(model, adapter_name, config, saved_keys)
-        if config.init_criterion is not None:
+        if config.allocation is not None:
+            # A config read from a saved adapter: size the layers as saved, so any loader can copy the file in.
+            trainable = self._trainable_flags()
+            with init_empty_weights() if low_cpu_mem_usage else nullcontext():
+                allocate_placeholders(self._tuner_layers(), adapter_name, config.allocation)
+            self._after_allocation(adapter_name, trainable)
+        elif config.init_criterion is not None:
             # With low_cpu_mem_usage the deltas are created on the meta device (their values come from a checkpoint);
             # the selection itself still reads the real base weights.
             with init_empty_weights() if low_cpu_mem_usage else nullcontext():
                 self.select(self._init_scores(config, adapter_name), adapter_name=adapter_name)
+
+    @staticmethod
+    def _check_target_module_exists(peft_config, key):
+        found = check_target_module_exists(peft_config, key)
+        # PEFT applies layers_to_transform to listed target names only; the inferred Eq. 3 targets are a regex, so
+        # the same block-index rule is applied here to the leaf name of a regex match.
+        if found and isinstance(peft_config.target_modules, str) and peft_config.layers_to_transform is not None:
+            probe = copy.copy(peft_config)
+            probe.target_modules, probe.exclude_modules = {key.rsplit(".", 1)[-1]}, None
+            found = check_target_module_exists(probe, key)
+        return found
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs):
         if isinstance(target, FisherTuneLayer):
@@ -135,20 +156,26 @@ class FisherTuneModel(BaseTuner):
         k = self._budget(adapter_name, config.delta_max)
         selection = global_topk({n: scores[n] for n in layers}, config.delta_max, shapes=shapes, num_entries=k)
         init = config.init_weights if init_weights is None else init_weights
-        trainable = {id(p): p.requires_grad for m in layers.values() for p in m.fishertune_values.values()}
+        trainable = self._trainable_flags()
         for name, layer in layers.items():
             layer.allocate(adapter_name, selection[name].indices, selection[name].ranks, init_weights=init)
-        # Newly created parameters follow the adapter's state (active and not inference_mode, as PEFT sets it);
-        # `allocate` re-enables the gradient of every active adapter, so the others get their flag back.
-        train_new = adapter_name in self.active_adapters and not config.inference_mode
-        for layer in layers.values():
+        self._after_allocation(adapter_name, trainable)
+        return {n: sel.indices.numel() for n, sel in selection.items()}
+
+    def _trainable_flags(self) -> dict[int, bool]:
+        return {id(p): p.requires_grad for m in self._tuner_layers().values() for p in m.fishertune_values.values()}
+
+    def _after_allocation(self, adapter_name: str, trainable: dict[int, bool]) -> None:
+        """New deltas follow the adapter's state (active and not inference_mode, as PEFT sets it); `allocate`
+        re-enables the gradient of every active adapter, so the others get their flag back. They also take the dtype
+        PEFT gave the adapter (fp16/bf16 deltas upcast to fp32 unless autocast_adapter_dtype=False)."""
+        train_new = adapter_name in self.active_adapters and not self.peft_config[adapter_name].inference_mode
+        for layer in self._tuner_layers().values():
             for name, p in layer.fishertune_values.items():
                 p.requires_grad_(train_new if name == adapter_name else trainable.get(id(p), False))
-        # ... and the dtype PEFT gave the adapter (fp16/bf16 deltas upcast to fp32 unless autocast_adapter_dtype=False).
         autocast = getattr(self, "_fishertune_autocast", {})
         if adapter_name in autocast:
             super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast[adapter_name])
-        return {n: sel.indices.numel() for n, sel in selection.items()}
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         # PEFT casts right after injection, when a deferred selection has allocated nothing yet; remember the choice
@@ -210,12 +237,59 @@ class FisherTuneModel(BaseTuner):
         adapter_name = adapter_name or self.active_adapters[0]
         return sum(m.fishertune_active.get(adapter_name, 0) for m in self._tuner_layers().values())
 
+    # -- combining adapters ---------------------------------------------------------------------
+    def add_weighted_adapter(self, adapters: Sequence[str], weights: Sequence[float], adapter_name: str) -> None:
+        """Add `adapter_name` whose delta is sum_i weights[i] * delta(adapters[i]) (active entries; exact).
+
+        Every layer holds the union of the adapters' active entries with the weighted sums as values; all of them
+        are active and the new adapter is not trainable until made so (as LoRA's `add_weighted_adapter`). Adapters
+        with `modules_to_save` are refused: fully trained modules have no weighted sum of sparse deltas.
+        """
+        adapters, weights = list(adapters), [float(w) for w in weights]
+        check_weighted_request(self.peft_config, adapters, weights, adapter_name)
+        layers = {n: m for n, m in self._tuner_layers().items() if any(a in m.fishertune_active for a in adapters)}
+        combined = weighted_union(layers, adapters, weights)
+        total = sum(idx.numel() for idx, _, _ in combined.values())
+        if total == 0:
+            raise ValueError(f"Adapters {adapters} have no active entry to combine.")
+        base_cfg = self.peft_config[adapters[0]]
+        backbone = getattr(self, "_fishertune_backbone_params", {}).get(adapters[0])
+        if backbone is not None:
+            self._fishertune_backbone_params[adapter_name] = backbone
+        share = total / (backbone if base_cfg.budget_base == "backbone" else self.num_targeted())
+        self.peft_config[adapter_name] = replace(
+            base_cfg, target_modules=set(layers), exclude_modules=None, layers_to_transform=None, layers_pattern=None,
+            init_criterion=None, allocation=None, delta_max=min(1.0, share), delta_min=min(1.0, share),
+        )  # fmt: skip
+        self.inject_adapter(self.model, adapter_name)
+        trainable = self._trainable_flags()
+        for name, layer in layers.items():
+            idx, ranks, values = combined.get(name, (torch.zeros(0, dtype=torch.long),) * 2 + (None,))
+            layer.allocate(adapter_name, idx, ranks)
+            if values is not None:
+                with torch.no_grad():
+                    layer.fishertune_values[adapter_name].copy_(values)
+        self._after_allocation(adapter_name, trainable)  # not active: its deltas stay frozen
+
+    # -- per-sample adapters --------------------------------------------------------------------
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """`forward(..., adapter_names=[...])`: one adapter (or "__base__") per sample, at inference (as LoRA)."""
+        with adapter_names_hooks(self.model, self.training, kwargs.pop("adapter_names", None)):
+            yield
+
     # -- save / load ----------------------------------------------------------------------------
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         """PEFT's selection of the adapter's tensors, refused if non-finite, plus the layout (see `checkpoint`)."""
         out = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
-        return add_layout_for_save(model, adapter_name, out, state_dict)
+        out = add_layout_for_save(model, adapter_name, out, state_dict)
+        # Saved with the config (written after the tensors), so that loaders sizing the adapter before reading the
+        # file allocate these shapes (see `FisherTuneConfig.allocation`).
+        config.allocation = allocation_of(
+            {n.removeprefix(_CKPT_PREFIX): m for n, m in tuner_layers(model, adapter_name).items()}, adapter_name
+        )
+        return out
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
