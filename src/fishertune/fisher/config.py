@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from .criteria import EXCHANGES
+from .perturb import DRAWS
 from .registry import CriterionNames, get_criterion
 
 
@@ -74,9 +75,17 @@ class EstimationConfig:
             The eps of Eq. 6 inside sqrt(var + eps), as in DSU.
         dsu_blocks (`list[int]`, *optional*):
             Indices of the backbone blocks whose output is perturbed; `None` = all blocks.
+        dsu_draw (`str`, defaults to `"channel"`):
+            The shape of Eq. 6's eps_mu, eps_sigma. `channel`: DSU's own, one N(0, 1) draw per sample and channel
+            in every block; Eq. 7's weight is then exp(-(mean|eps_mu| + mean|eps_sigma|)) over some B x C x blocks
+            draws, ~0.2 whatever the data. `scalar`: as Eq. 6-7 write them, one eps_mu and one eps_sigma per batch,
+            shared by every sample, channel and perturbed block, so each batch's shift has one size and its own
+            weight exp(-(|eps_mu| + |eps_sigma|)) in (0, 1]; with `shift_weight_reading="per_batch"` each batch's
+            dF is weighted by it (the paper's Eq. 7). See docs/METHOD.md for why `channel` stays the default.
         shift_weight (`str`, defaults to `"abs_mean"`):
             The exp(-(eps_mu + eps_sigma)) factor of Eq. 7/15: `abs_mean` = exp(-(mean|eps_mu| + mean|eps_sigma|))
-            per step (docs/METHOD.md's reading); `literal` uses the signed means.
+            per step (docs/METHOD.md's reading; with `dsu_draw="scalar"`, exp(-(|eps_mu| + |eps_sigma|))); `literal`
+            uses the signed values, as printed (can exceed 1).
         shift_weight_reading (`str`, defaults to `"mean"`):
             Where the weight enters. `mean`: dF from the Fisher of all batches, times the mean weight of all
             steps. `per_batch`: each batch's dF (from that batch's F and F') times that batch's weight, averaged
@@ -124,6 +133,11 @@ class EstimationConfig:
     dsu_p: float = field(default=0.5, metadata={"help": "Probability of perturbing a hooked block per step (DSU: 0.5)."})
     dsu_eps: float = field(default=1e-6, metadata={"help": "eps inside sqrt(var + eps) of Eq. 6."})
     dsu_blocks: Optional[list[int]] = field(default=None, metadata={"help": "Blocks to perturb; None = all."})
+    dsu_draw: str = field(
+        default="channel", metadata={"help": "Shape of Eq. 6's eps: 'channel' (DSU's, per sample and channel) or "
+                                             "'scalar' (the paper's: one pair per batch, its own Eq. 7 weight).",
+                                     "choices": list(DRAWS)}
+    )
     shift_weight: str = field(
         default="abs_mean", metadata={"help": "Weight w of dF in Eq. 7: 'abs_mean' or 'literal'.",
                                       "choices": ["abs_mean", "literal"]}
