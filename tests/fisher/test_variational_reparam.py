@@ -89,3 +89,15 @@ def test_prior_floor_sets_gamma_from_the_first_batch(floor, softmax_data):
     f = (((p - torch.nn.functional.one_hot(y, 4))[:, :, None] * x[:, None, :]) ** 2).mean(0)  # Eq. 9, empirical
     assert stats.floor == pytest.approx(floor * float(f.mean()), rel=1e-5)
     assert stats.gamma == pytest.approx(stats.floor * cfg.tau**2, rel=1e-9)
+
+
+def test_prior_floor_is_validated_and_exclusive_with_gamma():
+    assert EstimationConfig().prior_floor == 1e-3 and EstimationConfig().gamma is None
+    assert EstimationConfig(gamma=1e-12).gamma == 1e-12  # prior_floor left at its default: unused
+    with pytest.raises(ValueError, match="both set the prior floor"):
+        EstimationConfig(gamma=1e-12, prior_floor=1e-2)
+    for bad in (0.0, -1e-3):
+        with pytest.raises(ValueError, match="prior_floor must be > 0"):
+            EstimationConfig(prior_floor=bad)
+    field = next(f for f in EstimationConfig.__dataclass_fields__.values() if f.name == "prior_floor")
+    assert "fraction of the first batch's mean F" in field.metadata["help"]
