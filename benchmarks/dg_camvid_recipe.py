@@ -42,6 +42,8 @@ VARIANTS = {
                               shift_weight_reading="per_batch"),
     "dr_fim_paperw_diag": dict(criterion="dr_fim", estimator="diagonal", dsu_draw="scalar",
                                shift_weight_reading="per_batch"),
+    # Weight decay on W0 + delta (AdamW's full fine-tuning semantics) instead of on the delta.
+    "dr_fim_wd_weight_var": dict(criterion="dr_fim", estimator="variational", sparse_weight_decay="weight"),
     # VPT's prompts start random (uniform +-0.08 on ViT-Ti) and VPT trains them with SGD at swept, large rates; at
     # the grid's AdamW 1e-4 they barely move in 800 steps. This checks the grid's row at the head's rate.
     "vpt_lr1e3": dict(method="vpt", backbone_learning_rate=1e-3),

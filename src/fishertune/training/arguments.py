@@ -12,6 +12,7 @@ from ..tuner.config import BUDGET_BASES, FisherTuneConfig
 from .estimation_args import EstimationArguments
 from .methods import BASELINE_METHODS, METHODS, get_method, resolve_method
 from .nonfinite import POLICIES as NONFINITE_POLICIES
+from .optimizer import SPARSE_DECAY
 
 
 def _default_num_batches() -> int:
@@ -74,6 +75,10 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             What `delta_min`/`delta_max` are shares of: `"targeted"` (the Eq. 3 entries) or `"backbone"` (all
             backbone parameters, as the paper counts its 15.21M = 5% of ViT-L's 304M). None: the
             FisherTuneConfig's ("targeted").
+        sparse_weight_decay (`str`, *optional*, defaults to `"delta"`):
+            What `weight_decay` acts on for the sparse deltas: `"delta"` (decays delta, pulling W0 + delta towards
+            the pretrained W0, as the decay of LoRA's or an adapter's parameters does) or `"weight"` (decays
+            W0 + delta, exactly as AdamW moves that entry in full fine-tuning). See docs/METHOD.md.
         delta_max_count, delta_min_count (`int`, *optional*):
             A fixed budget in entries instead of shares (the paper's 15.21M on any backbone: 15210000); see
             `FisherTuneConfig.delta_max_count`. Exclusive with `delta_min`, `delta_max` and `budget_base`.
@@ -161,6 +166,10 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     # Rein's recipe (see the NOTE in the docstring).
     learning_rate: float = field(default=1e-4, metadata={"help": "Initial AdamW learning rate (Rein: 1e-4)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (Rein: 0.05; never on norms etc.)."})
+    sparse_weight_decay: str = field(
+        default="delta", metadata={"help": "What weight decay acts on for FisherTune's sparse entries: 'delta' (a pull "
+                                           "to the pretrained W0, as on LoRA/adapter parameters) or 'weight' (W0 + "
+                                           "delta, as AdamW in full fine-tuning).", "choices": list(SPARSE_DECAY)})
     lr_scheduler_type: str = field(default="polynomial", metadata={"help": "LR schedule (Rein: poly, power 0.9)."})
     lr_scheduler_kwargs: dict | str | None = field(
         default_factory=lambda: {"power": 0.9, "lr_end": 0.0},
