@@ -42,6 +42,9 @@ VARIANTS = {
                               shift_weight_reading="per_batch"),
     "dr_fim_paperw_diag": dict(criterion="dr_fim", estimator="diagonal", dsu_draw="scalar",
                                shift_weight_reading="per_batch"),
+    # ChildTune-D (recipes/configs/ablation_childtune_d.yaml): the empirical diagonal Fisher, one mask fixed before
+    # tuning (delta_min = delta_max: no Eq. 16 ramp), at the grid's 5% budget.
+    "childtune_d": dict(criterion="fim", estimator="diagonal", fisher_type="empirical", delta_min=0.05, delta_max=0.05),
     # Weight decay on W0 + delta (AdamW's full fine-tuning semantics) instead of on the delta.
     "dr_fim_wd_weight_var": dict(criterion="dr_fim", estimator="variational", sparse_weight_decay="weight"),
     # VPT's prompts start random (uniform +-0.08 on ViT-Ti) and VPT trains them with SGD at swept, large rates; at
