@@ -128,3 +128,13 @@ def test_training_arguments_carry_the_count_and_refuse_a_share_beside_it(tmp_pat
     cfg = model.peft_config["default"]
     assert (cfg.delta_max_count, cfg.delta_min_count, cfg.budget_base) == (123_456, 0, "count")
     assert model._budget("default", cfg.delta_max) == 123_456 and model._budget("default", cfg.delta_min) == 0
+
+
+def test_model_card_states_a_count_budget_in_entries(tmp_path):
+    from fishertune.experiment.card import _budget_lines
+    from fishertune.training import FisherTuneTrainingArguments
+
+    args = FisherTuneTrainingArguments(output_dir=str(tmp_path), use_cpu=True, delta_max_count=PAPER_ENTRIES)
+    assert _budget_lines(args) == {"delta_min": "3,042,000 entries", "delta_max": "15,210,000 entries"}
+    shares = FisherTuneTrainingArguments(output_dir=str(tmp_path), use_cpu=True, delta_max=0.04)
+    assert _budget_lines(shares) == {"delta_min": 0.01, "delta_max": 0.04}
