@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fishertune.fisher import EstimationConfig, estimate_statistics, passes
+from fishertune.fisher import EstimationConfig, estimate_statistics, load_statistics, passes, save_statistics
 from fishertune.fisher.perturb import DSUHooks
 
 from fisher_helpers import image_batches, tiny_dinov2
@@ -57,7 +57,7 @@ def test_scalar_draw_perturbs_every_sample_channel_and_block_by_one_pair():
     assert abs(a - a2) > 1e-3  # a new batch, a new shift
 
 
-def test_each_batch_dF_gets_its_own_drawn_weight(monkeypatch):
+def test_each_batch_dF_gets_its_own_drawn_weight(monkeypatch, tmp_path):
     seen = []
     original = passes.PerBatchDelta.add
 
@@ -76,6 +76,8 @@ def test_each_batch_dF_gets_its_own_drawn_weight(monkeypatch):
     assert stats.batch_weights == pytest.approx(hand, rel=1e-6)
     assert stats.weight == pytest.approx(sum(hand) / 4, rel=1e-6)
     assert max(hand) - min(hand) > 0.05  # the weight follows the draw, it is no constant
+    save_statistics(stats, tmp_path / "stats.safetensors")  # the record of the draws' weights is kept
+    assert load_statistics(tmp_path / "stats.safetensors").batch_weights == pytest.approx(hand, rel=1e-6)
     # the printed sign: exp(-(eps_mu + eps_sigma)), which can exceed 1
     literal = estimate_statistics(model, image_batches(4), weights,
                                   EstimationConfig(**{**config.__dict__, "shift_weight": "literal"}), disable_tqdm=True)
