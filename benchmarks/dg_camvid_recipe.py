@@ -37,6 +37,16 @@ VARIANTS = {
     "dr_fim_q99_var": dict(criterion="dr_fim", estimator="variational", exchange="quantile", exchange_quantile=0.99),
     "dr_fim_q99_diag": dict(criterion="dr_fim", estimator="diagonal", exchange="quantile", exchange_quantile=0.99),
     "dr_fim_perbatch_var": dict(criterion="dr_fim", estimator="variational", shift_weight_reading="per_batch"),
+    # Eq. 7 as printed: one (eps_mu, eps_sigma) per batch, each batch's dF weighted by its own exp(-(|eps_mu| + |eps_sigma|)).
+    "dr_fim_paperw_var": dict(criterion="dr_fim", estimator="variational", dsu_draw="scalar",
+                              shift_weight_reading="per_batch"),
+    "dr_fim_paperw_diag": dict(criterion="dr_fim", estimator="diagonal", dsu_draw="scalar",
+                               shift_weight_reading="per_batch"),
+    # ChildTune-D (recipes/configs/ablation_childtune_d.yaml): the empirical diagonal Fisher, one mask fixed before
+    # tuning (delta_min = delta_max: no Eq. 16 ramp), at the grid's 5% budget.
+    "childtune_d": dict(criterion="fim", estimator="diagonal", fisher_type="empirical", delta_min=0.05, delta_max=0.05),
+    # Weight decay on W0 + delta (AdamW's full fine-tuning semantics) instead of on the delta.
+    "dr_fim_wd_weight_var": dict(criterion="dr_fim", estimator="variational", sparse_weight_decay="weight"),
     # VPT's prompts start random (uniform +-0.08 on ViT-Ti) and VPT trains them with SGD at swept, large rates; at
     # the grid's AdamW 1e-4 they barely move in 800 steps. This checks the grid's row at the head's rate.
     "vpt_lr1e3": dict(method="vpt", backbone_learning_rate=1e-3),

@@ -21,11 +21,14 @@ LABELS = {
     "fim_diag": "F 5% (diagonal)", "delta_fim_diag": "dF 5% (diagonal)", "dr_fim_diag": "DRF 5% (diagonal)",
     "dr_fim_q99_var": "DRF 5%, quantile-0.99 exchange (var.)", "dr_fim_q99_diag": "DRF 5%, quantile-0.99 exchange (diag.)",
     "dr_fim_perbatch_var": "DRF 5%, per-batch weight (var.)",
+    "dr_fim_paperw_var": "DRF 5%, Eq. 7 weight per batch draw (var.)",
+    "dr_fim_paperw_diag": "DRF 5%, Eq. 7 weight per batch draw (diag.)",
+    "dr_fim_wd_weight_var": "DRF 5% (variational), decay on W0 + delta", "childtune_d": "ChildTune-D 5% (empirical F, fixed mask)",
 }  # fmt: skip
 #: Row order of the tables and bars: baselines, then Table 4's criteria (random < F < dF < DRF) per estimator.
 DISPLAY_ORDER = ["frozen", "full", "lora", "rein", "vpt", "vpt_lr1e3", "adaptformer", "vqt", "random", "fim_var", "delta_fim_var",
-                 "dr_fim_var", "dr_fim_q99_var", "dr_fim_perbatch_var", "fim_diag", "delta_fim_diag", "dr_fim_diag",
-                 "dr_fim_q99_diag"]
+                 "dr_fim_var", "dr_fim_q99_var", "dr_fim_perbatch_var", "dr_fim_paperw_var", "dr_fim_wd_weight_var",
+                 "fim_diag", "delta_fim_diag", "dr_fim_diag", "dr_fim_q99_diag", "dr_fim_paperw_diag", "childtune_d"]
 CLEAN_TARGETS = ("target_day_new_route", "target_dusk")
 SHORT = {"source_val": "src val", "target_day_new_route": "Seq05VD", "target_dusk": "dusk", "target_fog": "fog",
          "target_frost": "frost", "target_snow": "snow", "target_motion_blur": "motion", "target_gaussian_noise": "noise",

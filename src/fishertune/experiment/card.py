@@ -115,6 +115,15 @@ def hub_base_model_id(backbone: str) -> Optional[str]:
     return backbone
 
 
+def _budget_lines(targs) -> dict:
+    """The card's delta_min / delta_max: shares, or entry counts for a fixed-count budget (`delta_max_count`)."""
+    if targs.delta_max_count is not None:
+        low = targs.delta_min_count if targs.delta_min_count is not None else targs.delta_max_count // 5
+        return {"delta_min": f"{low:,} entries", "delta_max": f"{targs.delta_max_count:,} entries"}
+    return {"delta_min": targs.delta_min if targs.delta_min is not None else 0.01,
+            "delta_max": targs.delta_max if targs.delta_max is not None else 0.05}
+
+
 def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths, repo_id: str | None = None,
                  model_dir: str | None = None) -> dict:
     """The template variables of a run's card, from its arguments, metrics and output folder (the model files
@@ -160,8 +169,7 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
         "allocated": f"{allocated:,}",
         "allocated_fraction": fraction,
         "targeted": f"{round(allocated / fraction):,}" if fraction else "n/a",
-        "delta_min": targs.delta_min if targs.delta_min is not None else 0.01,
-        "delta_max": targs.delta_max if targs.delta_max is not None else 0.05,
+        **_budget_lines(targs),
         "merged": bool(exp.merge),
         "t1": t1, "t2": t2, "t3": t3,
         "source": f"{exp.dataset}:{exp.train_split}",

@@ -188,7 +188,7 @@ def estimate_statistics(
                 num_prefix_tokens = [num_prefix_tokens[i] for i in config.dsu_blocks]
         dsu_gen = torch.Generator().manual_seed(config.seed + 1)
         prefix = num_prefix_tokens if num_prefix_tokens is not None else 0
-        dsu = DSUHooks(blocks, prefix, config.dsu_p, config.dsu_eps, dsu_gen)
+        dsu = DSUHooks(blocks, prefix, config.dsu_p, config.dsu_eps, dsu_gen, draw=config.dsu_draw)
     gens = {"labels": torch.Generator().manual_seed(config.seed + 2),
             "xi": torch.Generator(device=device).manual_seed(config.seed + 3)}
     ac_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None

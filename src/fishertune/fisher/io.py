@@ -31,7 +31,7 @@ def load_scores(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 _STAT_TENSORS = ("fisher", "fisher_shift", "weighted_delta")
-_STAT_SCALARS = ("weight", "floor", "gamma", "num_weighted")
+_STAT_SCALARS = ("weight", "floor", "gamma", "num_weighted", "batch_weights")
 
 
 def save_statistics(stats, path: str | os.PathLike) -> str:
@@ -65,4 +65,5 @@ def load_statistics(path: str | os.PathLike):
         group, name = key.split("/", 1)
         groups.setdefault(group, {})[name] = tensors[key]
     extra = {k: v for k, v in groups.items() if k not in _STAT_TENSORS}
+    # files written before batch_weights existed lack it: the dataclass default (empty) stands in
     return EstimationStats(**{k: groups.get(k) for k in _STAT_TENSORS}, **json.loads(meta["scalars"]), extra=extra)

@@ -28,7 +28,8 @@ class EstimationStats:
     variational F of Eq. 14 for that estimator); ``weight``: Eq. 7's mean exp(-(eps_mu + eps_sigma));
     ``floor``: the prior floor gamma/tau^2 added to Eq. 5's denominator (0 for the diagonal estimator);
     ``gamma``: the ELBO's gamma (variational); ``weighted_delta``: sum_t w_t dF_t over batches and
-    ``num_weighted`` its count (``shift_weight_reading="per_batch"`` only)."""
+    ``num_weighted`` its count (``shift_weight_reading="per_batch"`` only); ``batch_weights``: each perturbed
+    batch's own w_t, in order (``weight`` is their mean)."""
 
     fisher: dict
     fisher_shift: Optional[dict] = None
@@ -37,6 +38,7 @@ class EstimationStats:
     gamma: Optional[float] = None
     weighted_delta: Optional[dict] = None
     num_weighted: int = 0
+    batch_weights: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
@@ -45,19 +47,18 @@ class ShiftWeight:
     The draws are global (identical on every rank), so no reduction is needed."""
 
     def __init__(self, mode: str) -> None:
-        self.mode, self.total, self.count = mode, 0.0, 0
+        self.mode, self.weights = mode, []
 
     def add(self, step_shift) -> Optional[float]:
         if step_shift is None:
             return None
         w = shift_weight(*step_shift, mode=self.mode)
-        self.total += w
-        self.count += 1
+        self.weights.append(w)
         return w
 
     @property
     def value(self) -> float:
-        return self.total / self.count if self.count else 1.0
+        return sum(self.weights) / len(self.weights) if self.weights else 1.0
 
 
 class PerBatchDelta:
@@ -145,7 +146,8 @@ def run_diagonal(model, batches, weights, cfg, log_prob_fn, dsu, gens, scale, pe
     else:
         fisher = accs[False].finalize()
         fisher_shift = accs[True].finalize() if dsu is not None else None
-    return EstimationStats(fisher, fisher_shift, w.value, weighted_delta=weighted.sums, num_weighted=weighted.count)
+    return EstimationStats(fisher, fisher_shift, w.value, weighted_delta=weighted.sums, num_weighted=weighted.count,
+                           batch_weights=w.weights)
 
 
 def _antithetic_grad_diff(model, batch, weights, full_names, offsets, cfg, log_prob_fn, gens, scale):
@@ -261,5 +263,5 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
                     if True in precisions else None)
     return EstimationStats(fisher, fisher_shift, w.value, floor=gamma / cfg.tau**2, gamma=gamma,
                            weighted_delta=weighted.sums if (per_batch and weighted) else None,
-                           num_weighted=weighted.count if (per_batch and weighted) else 0,
+                           num_weighted=weighted.count if (per_batch and weighted) else 0, batch_weights=w.weights,
                            extra={"precision": precisions[False], "precision_shift": precisions.get(True)})

@@ -20,6 +20,10 @@ from ..backbones import backbone_blocks, locate
 from .dist import all_reduce_sum_, global_slice
 
 
+#: The shapes of DSU's draws (`DSUHooks`, `EstimationConfig.dsu_draw`).
+DRAWS = ("channel", "scalar")
+
+
 def token_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """mu(x), sigma(x) of Eq. 6: mean and sqrt(var + eps) over the tokens of ``x`` [B, N, C], per sample and channel."""
     return x.mean(1), (x.var(1) + eps).sqrt()
@@ -108,6 +112,11 @@ class DSUHooks:
 
     Block outputs are ``[B, T, C]`` tokens whose first ``num_prefix`` (CLS, registers) are left
     alone, or ``[B, H, W, C]`` maps (SAM), or a tuple whose first element is one of these.
+
+    ``draw`` is the shape of eps_mu, eps_sigma: ``"channel"`` (DSU's own: one N(0, 1) per sample and
+    channel, fresh for every block) or ``"scalar"`` (as Eq. 6-7 write them: one eps_mu and one eps_sigma
+    per step, shared by every sample, channel and perturbed block, so that the step's shift has one size
+    and Eq. 7's exp(-(|eps_mu| + |eps_sigma|)) is that size's weight).
     """
 
     def __init__(
@@ -118,8 +127,11 @@ class DSUHooks:
         eps: float = 1e-6,
         generator: Optional[torch.Generator] = None,
         record: bool = False,
+        draw: str = "channel",
     ) -> None:
-        self.blocks, self.p, self.eps = list(blocks), p, eps
+        if draw not in DRAWS:
+            raise ValueError(f"draw must be one of {DRAWS}, got {draw!r}.")
+        self.blocks, self.p, self.eps, self.draw = list(blocks), p, eps, draw
         # One count per block: EoMT prepends its queries to the tokens of its last blocks.
         self.num_prefix = [num_prefix] * len(self.blocks) if isinstance(num_prefix, int) else list(num_prefix)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -128,6 +140,7 @@ class DSUHooks:
         self.handles: list = []
         self.records: dict[int, dict[str, torch.Tensor]] = {}
         self._draws: dict[int, Optional[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._step_pair: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # draw="scalar": this step's eps
         # (offset, global batch) of this rank; set once per batch by the estimator to spare a collective per block.
         self.batch_slice: Optional[tuple[int, int]] = None
 
@@ -146,10 +159,12 @@ class DSUHooks:
     def new_draws(self) -> None:
         """Start a new step: the next call of each block draws a fresh coin and fresh eps."""
         self._draws.clear()
+        self._step_pair = None
 
     def step_shift(self) -> Optional[tuple[float, float]]:
         """``(mean|eps_mu| + mean|eps_sigma|, mean eps_mu + mean eps_sigma)`` over this step's applied draws
-        (global batch, all perturbed blocks), or ``None`` when no block was perturbed."""
+        (global batch, all perturbed blocks), or ``None`` when no block was perturbed. With ``draw="scalar"``
+        this is ``(|eps_mu| + |eps_sigma|, eps_mu + eps_sigma)`` of the step's one pair, exactly."""
         used = [d for d in self._draws.values() if d is not None]
         if not used:
             return None
@@ -165,8 +180,14 @@ class DSUHooks:
             _, total = self._slice(local_b)
             apply = bool(torch.rand((), generator=self.generator) < self.p)
             # Always draw, so the generator advances identically whatever the coin says.
-            eps_mu = torch.randn(total, c, generator=self.generator)
-            eps_sigma = torch.randn(total, c, generator=self.generator)
+            if self.draw == "scalar":
+                if self._step_pair is None:  # at the step's first block: one (eps_mu, eps_sigma) for all
+                    self._step_pair = (torch.randn((), generator=self.generator),
+                                       torch.randn((), generator=self.generator))
+                eps_mu, eps_sigma = (e.expand(total, c) for e in self._step_pair)
+            else:
+                eps_mu = torch.randn(total, c, generator=self.generator)
+                eps_sigma = torch.randn(total, c, generator=self.generator)
             self._draws[idx] = (eps_mu, eps_sigma) if apply else None
         return self._draws[idx]
 

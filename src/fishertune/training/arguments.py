@@ -8,10 +8,11 @@ from typing import Any, Optional
 from transformers import TrainingArguments
 
 from ..fisher.registry import CriterionNames, criteria_help, get_criterion
-from ..tuner.config import BUDGET_BASES
+from ..tuner.config import BUDGET_BASES, FisherTuneConfig
 from .estimation_args import EstimationArguments
 from .methods import BASELINE_METHODS, METHODS, get_method, resolve_method
 from .nonfinite import POLICIES as NONFINITE_POLICIES
+from .optimizer import SPARSE_DECAY
 
 
 #: TrainingArguments fields that change the optimisation or the data a run trains on: a resumed run must agree on
@@ -86,6 +87,13 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             What `delta_min`/`delta_max` are shares of: `"targeted"` (the Eq. 3 entries) or `"backbone"` (all
             backbone parameters, as the paper counts its 15.21M = 5% of ViT-L's 304M). None: the
             FisherTuneConfig's ("targeted").
+        sparse_weight_decay (`str`, *optional*, defaults to `"delta"`):
+            What `weight_decay` acts on for the sparse deltas: `"delta"` (decays delta, pulling W0 + delta towards
+            the pretrained W0, as the decay of LoRA's or an adapter's parameters does) or `"weight"` (decays
+            W0 + delta, exactly as AdamW moves that entry in full fine-tuning). See docs/METHOD.md.
+        delta_max_count, delta_min_count (`int`, *optional*):
+            A fixed budget in entries instead of shares (the paper's 15.21M on any backbone: 15210000); see
+            `FisherTuneConfig.delta_max_count`. Exclusive with `delta_min`, `delta_max` and `budget_base`.
         backbone_learning_rate (`float`, *optional*):
             Learning rate of the backbone's tuned parameters (sparse deltas, LoRA, full). None: `learning_rate`;
             0 means 0 (they keep their values). Negative rates are refused.
@@ -147,6 +155,10 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
         default=None, metadata={"help": "delta shares of 'targeted' entries (default) or of all 'backbone' parameters.",
                                 "choices": list(BUDGET_BASES)},
     )
+    delta_max_count: Optional[int] = field(
+        default=None, metadata={"help": "Fixed number of entries trained at the end (paper: 15210000), instead of shares."})
+    delta_min_count: Optional[int] = field(
+        default=None, metadata={"help": "Entries active when tuning starts with delta_max_count (default: a fifth)."})
     backbone_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Backbone lr (None: learning_rate; 0: the backbone's tuned parameters stay put)."})
     decoder_learning_rate: Optional[float] = field(
@@ -178,6 +190,10 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     # Rein's recipe (see the NOTE in the docstring).
     learning_rate: float = field(default=1e-4, metadata={"help": "Initial AdamW learning rate (Rein: 1e-4)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (Rein: 0.05; never on norms etc.)."})
+    sparse_weight_decay: str = field(
+        default="delta", metadata={"help": "What weight decay acts on for FisherTune's sparse entries: 'delta' (a pull "
+                                           "to the pretrained W0, as on LoRA/adapter parameters) or 'weight' (W0 + "
+                                           "delta, as AdamW in full fine-tuning).", "choices": list(SPARSE_DECAY)})
     lr_scheduler_type: str = field(default="polynomial", metadata={"help": "LR schedule (Rein: poly, power 0.9)."})
     lr_scheduler_kwargs: dict | str | None = field(
         default_factory=lambda: {"power": 0.9, "lr_end": 0.0},
@@ -219,6 +235,10 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             raise ValueError(
                 f"Need 0 <= delta_min <= delta_max <= 1, got {self.delta_min}, {self.delta_max} (paper: 0.01, 0.05)."
             )
+        if self.delta_max_count is not None or self.delta_min_count is not None:
+            budget = ("delta_min", "delta_max", "budget_base", "delta_max_count", "delta_min_count")
+            # the adapter's own validation: counts are whole entries and exclude the shares
+            FisherTuneConfig(**{k: getattr(self, k) for k in budget if getattr(self, k) is not None})
         if self.tuning_phase_steps is not None and self.warmup_phase_steps is not None:
             total = self.warmup_phase_steps + self.tuning_phase_steps
             if self.max_steps is None or self.max_steps <= 0:

@@ -12,14 +12,23 @@ The sparse deltas (`fishertune_values`) hold exactly the allocated entries, so t
 state is allocated-sized. Only the active prefix of each is updated: the inactive tail gets no
 decay, no moment update and no step count, and each entry counts its own Adam steps, so an entry
 activated late by Eq. 16 starts with the bias correction of a fresh Adam instead of a jump.
+
+What the decay of a sparse delta acts on (`sparse_weight_decay`): ``"delta"`` (default) decays the delta,
+``delta <- delta (1 - lr wd)``, a pull of the tuned weight W0 + delta towards the pretrained W0 (L2-SP-like,
+as the decay of LoRA's or an adapter's parameters acts); ``"weight"`` decays the tuned weight itself, as AdamW
+does in full fine-tuning, ``delta <- delta - lr wd (W0 + delta)``, so that an active entry moves exactly as
+AdamW would move that entry of a dense weight.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
+
+from ..tuner import FisherTuneLayer
 
 # Learned tokens and lookup tables, whatever their module (HF ViTs, CLIP, Mask2Former, EoMT). The
 # patch projection ("patch_embeddings.projection") is a conv weight and keeps its decay.
@@ -31,6 +40,8 @@ _NO_DECAY_KEYS = (
     "rein_tokens.scale", "vpt_prompts.prompt_embeddings",
 )
 SPARSE_KEY = "fishertune_values"
+#: What weight decay acts on for the sparse deltas (see the module docstring).
+SPARSE_DECAY = ("delta", "weight")
 #: Attribute prefixes of the `fishertune.baselines` methods' modules. Their parameters are backbone-side
 #: (backbone lr) even where one sits in the head (Rein's token-query link on Mask2Former's queries).
 BASELINE_PREFIXES = ("rein_", "vpt_", "adaptformer_", "vqt_")
@@ -86,6 +97,22 @@ def build_param_groups(
     return groups
 
 
+def sparse_prefix_hooks(model: nn.Module) -> tuple[dict, dict]:
+    """``(active_counts, base_values)`` of every FisherTune delta of ``model`` for `FisherTuneAdamW`: its active
+    prefix length, and a function ``n -> W0`` at the delta's first ``n`` entries (the pretrained values)."""
+    counts, bases = {}, {}
+    for module in model.modules():
+        if isinstance(module, FisherTuneLayer):
+            for adapter, values in module.fishertune_values.items():
+                counts[values] = functools.partial(module.fishertune_active.get, adapter, 0)
+                bases[values] = functools.partial(_base_prefix, module, adapter)
+    return counts, bases
+
+
+def _base_prefix(layer, adapter: str, n: int) -> torch.Tensor:
+    return layer.get_base_layer().weight.detach().reshape(-1)[layer.fishertune_indices[adapter][:n].long()]
+
+
 class FisherTuneAdamW(torch.optim.AdamW):
     """`torch.optim.AdamW`; groups with `sparse_prefix=True` update only each parameter's active prefix.
 
@@ -94,13 +121,27 @@ class FisherTuneAdamW(torch.optim.AdamW):
         active_counts: `{parameter: callable returning its active prefix length}` for the sparse
             groups (read at every step, so Eq. 16 changes need no optimizer call). A sparse
             parameter without an entry is treated as fully active.
+        sparse_weight_decay (`str`, defaults to `"delta"`): what the decay of the sparse groups acts on,
+            `"delta"` or `"weight"` (W0 + delta; needs `base_values`), see the module docstring.
+        base_values: `{parameter: callable n -> the pretrained W0 at its first n entries}`
+            (`sparse_prefix_hooks`), for `sparse_weight_decay="weight"`.
         **kwargs: `torch.optim.AdamW` arguments (`lr`, `betas`, `eps`, `weight_decay`).
     """
 
     def __init__(self, params: Iterable, active_counts: Mapping[nn.Parameter, Callable[[], int]] | None = None,
-                 **kwargs) -> None:
+                 sparse_weight_decay: str = "delta",
+                 base_values: Mapping[nn.Parameter, Callable[[int], torch.Tensor]] | None = None, **kwargs) -> None:
         super().__init__(params, **kwargs)
+        if sparse_weight_decay not in SPARSE_DECAY:
+            raise ValueError(f"sparse_weight_decay must be one of {SPARSE_DECAY}, got {sparse_weight_decay!r}.")
         self.active_counts = dict(active_counts or {})
+        self.sparse_weight_decay, self.base_values = sparse_weight_decay, dict(base_values or {})
+        if sparse_weight_decay == "weight":
+            missing = [i for g in self.param_groups if g.get("sparse_prefix") for i, p in enumerate(g["params"])
+                       if p not in self.base_values]
+            if missing:
+                raise ValueError("sparse_weight_decay='weight' decays W0 + delta and needs the pretrained W0 of "
+                                 "every sparse delta: pass base_values=sparse_prefix_hooks(model)[1].")
         for group in self.param_groups:
             if group.get("sparse_prefix") and (group["amsgrad"] or group["maximize"]):
                 raise ValueError("The sparse FisherTune group supports plain AdamW only (no amsgrad/maximize).")
@@ -148,7 +189,10 @@ class FisherTuneAdamW(torch.optim.AdamW):
         x, g = p[:n], p.grad[:n].to(p.dtype)
         m, v, t = state["exp_avg"][:n], state["exp_avg_sq"][:n], state["entry_step"][:n]
         t.add_(1)
-        x.mul_(1 - lr * wd)
+        if self.sparse_weight_decay == "weight" and wd:  # decoupled decay of the tuned weight W0 + delta
+            x.sub_((lr * wd) * (self.base_values[p](n).to(x) + x))
+        else:  # of the delta: a pull towards W0
+            x.mul_(1 - lr * wd)
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         bc1 = 1 - beta1 ** t.float()

@@ -90,11 +90,12 @@ def _prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mo
                     f"args.budget_base={args.budget_base!r} but the FisherTuneConfig of the model says "
                     f"{config.budget_base!r}; leave args.budget_base unset (None) or make them agree."
                 )
-            for name in ("delta_min", "delta_max"):
+            for name in ("delta_min", "delta_max", "delta_max_count", "delta_min_count"):
                 value = getattr(args, name)
-                if value is not None and abs(value - getattr(config, name)) > 1e-12:
+                saved = getattr(config, name)
+                if value is not None and (saved is None or abs(value - saved) > 1e-12):
                     raise ValueError(
-                        f"args.{name}={value} but the FisherTuneConfig of the model says {getattr(config, name)}; "
+                        f"args.{name}={value} but the FisherTuneConfig of the model says {saved}; "
                         f"leave args.{name} unset (None) or make them agree."
                     )
         return model
@@ -114,7 +115,8 @@ def _prepare_model(model: nn.Module, args: FisherTuneTrainingArguments) -> nn.Mo
             target_modules=target_regex(model), modules_to_save=decoder,
         )
         return get_peft_model(model, config)
-    deltas = {k: getattr(args, k) for k in ("delta_min", "delta_max", "budget_base") if getattr(args, k) is not None}
+    deltas = {k: getattr(args, k) for k in ("delta_min", "delta_max", "budget_base", "delta_max_count", "delta_min_count")
+              if getattr(args, k) is not None}
     # Algorithm 1 selects from its estimated scores after the warm-up; a data-free selection at injection would be
     # a global top-k over every targeted entry (277M for ViT-L) thrown away at the end of phase 2.
     return get_peft_model(model, FisherTuneConfig(modules_to_save=decoder, init_criterion=None, **deltas))

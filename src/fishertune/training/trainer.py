@@ -28,7 +28,6 @@ and raise naming the file (`fishertune.training.bad_files`).
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from typing import Optional
@@ -40,13 +39,12 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from ..data.keyed import BadSampleError
-from ..tuner import FisherTuneLayer
 from . import bad_files, checkpoints, estimation
 from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .methods import get_method
 from .nonfinite import NonFiniteGuard
-from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups
+from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups, sparse_prefix_hooks
 from .setup import backbone_parameters, is_fishertune, prepare_model
 from ..outputs import SCORES_NAME
 from .state import check_allowed_names, check_compatible, describe_changes, model_fingerprint, read_state, write_state
@@ -165,14 +163,11 @@ class FisherTuneTrainer(Trainer):
             backbone_lr=args.learning_rate if args.backbone_learning_rate is None else args.backbone_learning_rate,
             weight_decay=args.weight_decay,
         )
-        counts = {}
-        for module in model.modules():
-            if isinstance(module, FisherTuneLayer):
-                for adapter, values in module.fishertune_values.items():
-                    counts[values] = functools.partial(module.fishertune_active.get, adapter, 0)
+        counts, bases = sparse_prefix_hooks(model)
         self.optimizer = FisherTuneAdamW(
             groups, active_counts=counts, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon, weight_decay=args.weight_decay,
+            eps=args.adam_epsilon, weight_decay=args.weight_decay, sparse_weight_decay=args.sparse_weight_decay,
+            base_values=bases,
         )
         self._late_params = [p for g in groups for p in g["params"] if id(p) not in self._ddp_synced]
         return self.optimizer

@@ -198,7 +198,8 @@ class FisherTuneModel(BaseTuner):
         """Entries that `fraction` of the config's budget base stands for (see `FisherTuneConfig.budget_base`)."""
         config = self.peft_config[adapter_name]
         backbone = getattr(self, "_fishertune_backbone_params", {}).get(adapter_name)
-        return budget_entries(fraction, config.budget_base, self.num_targeted(), backbone, config.delta_max)
+        return budget_entries(fraction, config.budget_base, self.num_targeted(), backbone, config.delta_max,
+                              config.delta_max_count)
 
     def num_targeted(self) -> int:
         """N: the number of targeted weight entries (the base of delta_min and delta_max)."""
