@@ -12,6 +12,7 @@ from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG_NAME  # adapter_c
 from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
 from peft.utils.constants import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from transformers.utils import CONFIG_NAME as MODEL_CONFIG_NAME  # config.json
+from transformers.utils import IMAGE_PROCESSOR_NAME as PREPROCESSOR_NAME  # preprocessor_config.json
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 #: A PEFT adapter's weights (safetensors first) and a transformers model's weights, sharded or not.
@@ -41,6 +42,8 @@ BASELINE_CONFIG_NAME = "baseline_config.json"
 METRICS_NAME = "metrics.json"
 CONFIG_NAME = "config.yaml"
 CARD_NAME = "README.md"
+#: Where a pushed checkpoint goes in the Hub repo (transformers' `hub_strategy="checkpoint"`).
+LAST_CHECKPOINT_DIR = "last-checkpoint"
 #: The base model an adapter loads onto (`AutoPeftModel.from_pretrained(output_dir)`).
 BASE_MODEL_DIR = "base_model"
 #: Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`).

@@ -127,8 +127,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     # Before any work: a wrong path or another run's checkpoints must cost nothing; config.yaml records the folder.
     targs.resume_from_checkpoint = resolve_resume(targs.resume_from_checkpoint, targs.output_dir,
                                                   overwrite=exp.overwrite_output_dir, is_main=targs.should_save)
-    push = targs.push_to_hub
-    targs.push_to_hub = False  # the Trainer would push checkpoints itself; the whole output folder goes up below
+    push = targs.push_to_hub  # the Trainer pushes checkpoints (hub_strategy); the run's own files go up below
     out = targs.output_dir
     os.makedirs(out, exist_ok=True)
     id2label = source_id2label(exp)

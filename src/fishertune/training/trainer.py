@@ -38,7 +38,7 @@ from transformers.utils import logging
 
 from ..data.keyed import BadSampleError
 from ..tuner import FisherTuneLayer
-from . import bad_files, estimation
+from . import bad_files, estimation, hub_push
 from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .methods import get_method
@@ -97,7 +97,8 @@ class FisherTuneTrainer(Trainer):
         # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
         self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
                                         check_grads=self.accelerator.scaler is None)
-        for cb in (WarmupPhaseCallback, EstimationCallback, TuningScheduleCallback, NonFiniteCallback):
+        for cb in (WarmupPhaseCallback, EstimationCallback, TuningScheduleCallback, NonFiniteCallback,
+                   hub_push.HubPushCallback):
             self.add_callback(cb(self))
 
     # -- phases -----------------------------------------------------------------------------------
@@ -253,6 +254,21 @@ class FisherTuneTrainer(Trainer):
                 logs["trainable_backbone_entries"] = float(sum(p.numel() for _, p in self._backbone_params()
                                                                if p.requires_grad))
         super().log(logs, start_time)
+
+    # -- Hub (fishertune.training.hub_push) -------------------------------------------------------
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+        """Upload the model, its image processor, a model card and (adapters) the base to `args.hub_model_id`
+        (the base to `<hub_model_id>-base`), so that the repo id alone loads it; nothing else of `output_dir`.
+        Runs to completion (`blocking` is accepted for transformers' signature). Returns the `CommitInfo`."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        return hub_push.push_to_hub(self, commit_message or "End of training", token=token, revision=revision,
+                                    private=private, model_name=kwargs.get("model_name"))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # transformers pushes from inside its checkpoint write, before the FisherTune state is in it (and with
+        # every file of output_dir): HubPushCallback.on_save pushes the complete checkpoint instead.
+        return
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _expected_state(self) -> dict:
