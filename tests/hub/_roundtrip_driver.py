@@ -6,6 +6,7 @@ cache, a registered class, the output folder) helps the load. Refuses to run unl
     python _roundtrip_driver.py recipe  WORK REPO TOKEN [train.py flags]  # push, save local logits, delete the folder
     python _roundtrip_driver.py library WORK REPO TOKEN STRATEGY         # FisherTuneTrainer on the tiny model
     python _roundtrip_driver.py load    WORK REPO HOW                    # HOW: auto_peft, auto_model, pipeline, snippet
+    python _roundtrip_driver.py strategies WORK PREFIX TOKEN STRATEGY... # one library run per hub_strategy
 
 Each writes WORK/<mode or HOW>.json (`{"traceback": ...}` on failure) and logits as WORK/<name>.pt.
 """
@@ -69,6 +70,20 @@ def library(work: str, repo: str, token: str, strategy: str) -> dict:
     return {"push_url": str(url)}
 
 
+def strategies(work: str, prefix: str, token: str, *names: str) -> dict:
+    """One tiny FisherTuneTrainer run per `hub_strategy` in `names`, each to `<prefix>-<strategy>`, then push_to_hub."""
+    sys.path.insert(0, TESTS)
+    from training._tiny import ensure_fisher, make_trainer
+
+    ensure_fisher()
+    for name in names:
+        trainer = make_trainer(os.path.join(work, name), push_to_hub=True, hub_model_id=f"{prefix}-{name}",
+                               hub_token=token, hub_strategy=name, save_strategy="steps", save_steps=4)  # fmt: skip
+        trainer.train()
+        trainer.push_to_hub()
+    return {}
+
+
 def card_snippet(repo: str) -> str:
     """The Python block under the card's "How to load" heading, as the pushed README shows it."""
     from huggingface_hub import hf_hub_download
@@ -126,7 +141,7 @@ if __name__ == "__main__":
     mode, work, *rest = sys.argv[1:]
     name = rest[1] if mode == "load" else mode
     try:
-        res = {"recipe": recipe, "library": library, "load": load}[mode](work, *rest)
+        res = {"recipe": recipe, "library": library, "load": load, "strategies": strategies}[mode](work, *rest)
     except BaseException:
         res = {"traceback": traceback.format_exc()}
     with open(os.path.join(work, f"{name}.json"), "w") as f:

@@ -148,3 +148,27 @@ def test_library_honours_hub_strategy_checkpoint(hub, library_run):
     assert "last-checkpoint/training_args.bin" not in files
     summaries = [c["summary"] for c in hub.repo(LIB).commits]
     assert summaries == ["Training in progress, step 4", "Training in progress, step 8", "End of training"]
+
+
+@pytest.mark.parametrize("strategy, commits, folders", [
+    ("end", ["End of training"], set()),
+    ("every_save", ["Training in progress, step 4", "Training in progress, step 8", "End of training"], set()),
+    ("all_checkpoints", ["Training in progress, step 4", "Training in progress, step 8", "End of training"],
+     {"checkpoint-4", "checkpoint-8"}),
+])  # fmt: skip
+def test_library_honours_every_hub_strategy(hub, strategy_runs, strategy, commits, folders):
+    repo = f"{LIB}-{strategy}"
+    assert [c["summary"] for c in hub.repo(repo).commits] == commits
+    files = hub.files(repo)
+    assert {p.split("/")[0] for p in files if "/" in p} == folders
+    for folder in folders:  # each checkpoint complete, FisherTune state included, and no pickled arguments
+        assert {f"{folder}/fishertune_trainer_state.json", f"{folder}/adapter_model.safetensors"} <= set(files)
+        assert f"{folder}/training_args.bin" not in files
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == repo + "-base"
+
+
+@pytest.fixture(scope="module")
+def strategy_runs(hub, tmp_path_factory):
+    work = tmp_path_factory.mktemp("strategies")
+    drive(hub, work, "strategies", LIB, TOKEN, "end", "every_save", "all_checkpoints")
+    return work
