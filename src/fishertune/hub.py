@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .outputs import ADAPTER_CONFIG_NAME as ADAPTER_CONFIG
-from .outputs import ADAPTER_WEIGHTS, BASE_MODEL_DIR, CARD_NAME, LAST_CHECKPOINT_DIR, MODEL_WEIGHTS, PREPROCESSOR_NAME
+from .outputs import ADAPTER_WEIGHTS, BACKBONE_REFERENCE, BASE_MODEL_DIR, CARD_NAME, LAST_CHECKPOINT_DIR
+from .outputs import MODEL_WEIGHTS, PREPROCESSOR_NAME
 from .outputs import MODEL_CONFIG_NAME as MODEL_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def push_output_folder(
                 f"the Hub. Save the base model into '{os.path.join(folder, BASE_MODEL_DIR)}' (save_pretrained) or "
                 "set base_model_name_or_path to the Hub id of the base."
             )
+        _check_base_reference(folder, base_files)
     elif base_files:  # a merged or whole model is complete by itself
         main_files += base_files
         base_files = []
@@ -200,6 +202,21 @@ def push_output_folder(
     base = {p[len(base_prefix):]: os.path.join(folder, p) for p in base_files}
     return push_files(repo_id, main, base, adapter_config, token=token, private=private,
                       commit_message=commit_message, revision=revision)
+
+
+def _check_base_reference(folder: str, base_files: list[str]) -> None:
+    """A base that names its backbone instead of holding its weights loads from the Hub only if that name does."""
+    path = os.path.join(folder, BASE_MODEL_DIR, BACKBONE_REFERENCE)
+    if f"{BASE_MODEL_DIR}/{BACKBONE_REFERENCE}" not in base_files or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        backbone = str(json.load(f).get("backbone", ""))
+    if os.path.isabs(backbone) or os.path.exists(backbone):
+        raise ValueError(
+            f"'{path}' builds the adapter's base on the local backbone folder '{backbone}', which nobody can load "
+            "from the Hub: push that backbone to the Hub and train with its repo id as `backbone`, or merge the "
+            "adapter (--merge true) to publish a whole model."
+        )
 
 
 def push_files(repo_id: str, files: dict, base_files: Optional[dict] = None, adapter_config: Optional[dict] = None,

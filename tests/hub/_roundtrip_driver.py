@@ -6,6 +6,7 @@ cache, a registered class, the output folder) helps the load. Refuses to run unl
     python _roundtrip_driver.py recipe  WORK REPO TOKEN [train.py flags]  # push, save local logits, delete the folder
     python _roundtrip_driver.py library WORK REPO TOKEN STRATEGY         # FisherTuneTrainer on the tiny model
     python _roundtrip_driver.py load    WORK REPO HOW                    # HOW: auto_peft, auto_model, pipeline, snippet
+    python _roundtrip_driver.py backbone WORK REPO TOKEN                 # a tiny DINOv2 on the Hub
     python _roundtrip_driver.py strategies WORK PREFIX TOKEN STRATEGY... # one library run per hub_strategy
 
 Each writes WORK/<mode or HOW>.json (`{"traceback": ...}` on failure) and logits as WORK/<name>.pt.
@@ -68,6 +69,24 @@ def library(work: str, repo: str, token: str, strategy: str) -> dict:
     torch.save({"x": x, "logits": logits(trainer.model.eval(), x)}, os.path.join(work, "local.pt"))
     shutil.rmtree(out)
     return {"push_url": str(url)}
+
+
+def backbone(work: str, repo: str, token: str) -> dict:
+    """A tiny pretrained DINOv2 on the (fake) Hub, as a user's `backbone:` Hub id would be."""
+    import torch
+    from huggingface_hub import HfApi
+    from transformers import Dinov2Config, Dinov2Model
+
+    from fishertune.experiment.arguments import BUILTIN_BACKBONES
+
+    torch.manual_seed(3)
+    folder = os.path.join(work, "backbone")
+    Dinov2Model(Dinov2Config(**BUILTIN_BACKBONES["vit-micro-test"])).save_pretrained(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo)
+    api.upload_folder(repo_id=repo, folder_path=folder)
+    shutil.rmtree(folder)
+    return {}
 
 
 def strategies(work: str, prefix: str, token: str, *names: str) -> dict:
@@ -141,7 +160,8 @@ if __name__ == "__main__":
     mode, work, *rest = sys.argv[1:]
     name = rest[1] if mode == "load" else mode
     try:
-        res = {"recipe": recipe, "library": library, "load": load, "strategies": strategies}[mode](work, *rest)
+        res = {"recipe": recipe, "library": library, "load": load, "strategies": strategies,
+               "backbone": backbone}[mode](work, *rest)
     except BaseException:
         res = {"traceback": traceback.format_exc()}
     with open(os.path.join(work, f"{name}.json"), "w") as f:

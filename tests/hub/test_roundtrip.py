@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOKEN = "hf_fake_token_for_tests"
 MICRO = ["--backbone", "config:vit-micro-test", "--targets", "synthetic:fog", "--val_split", ""]
 ADAPTER, MERGED, LIB = "fishertune-test/adapter", "fishertune-test/merged", "fishertune-test/lib"
+BACKBONE, ON_HUB_BACKBONE = "fishertune-test/tiny-dinov2", "fishertune-test/on-hub-backbone"
 
 
 def drive(hub: FakeHub, work, mode: str, *args: str) -> dict:
@@ -95,6 +96,20 @@ def test_recipe_adapter_loads_by_repo_id_with_auto_peft_model(hub, adapter_run):
     # `config:` backbone: the card's base_model is the pushed base, a Hub id (never '' nor a local path)
     assert _card(hub, ADAPTER)["base_model"] == ADAPTER + "-base"
     assert hub.unhandled == []
+
+
+def test_recipe_adapter_on_a_hub_backbone_loads_by_repo_id(hub, tmp_path_factory):
+    """A pretrained Hub backbone: the base repo holds the segmenter's config and the backbone's id, not its weights."""
+    work = tmp_path_factory.mktemp("hub_backbone")
+    drive(hub, work, "backbone", BACKBONE, TOKEN)
+    flags = [*MICRO[2:], "--backbone", BACKBONE]
+    drive(hub, work, "recipe", ON_HUB_BACKBONE, TOKEN, *flags)
+    base = hub.files(ON_HUB_BACKBONE + "-base")
+    assert json.loads(base["fishertune_backbone.json"]) == {"backbone": BACKBONE}
+    assert not {"model.safetensors", "pytorch_model.bin"} & set(base)
+    assert _card(hub, ON_HUB_BACKBONE)["base_model"] == BACKBONE  # the backbone's Hub id
+    drive(hub, work, "load", ON_HUB_BACKBONE, "auto_peft")
+    assert torch.equal(loaded_logits(work, "auto_peft"), local_logits(work))
 
 
 def test_recipe_adapter_card_snippet_runs_verbatim(hub, adapter_run):

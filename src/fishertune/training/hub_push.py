@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .. import hub
+from ..atomic import write_text
 from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, PREPROCESSOR_NAME
 
 
@@ -65,7 +66,7 @@ def write_card(trainer, repo_id: str, is_adapter: bool, model_name: Optional[str
             f"estimation {t2} batches, tuning {t3} steps).\n\n## How to load\n\n"
             f"```python\n{hub.load_snippet(repo_id, is_adapter)}\n```\n")  # fmt: skip
     path = os.path.join(trainer.args.output_dir, CARD_NAME)
-    ModelCard(text).save(path)
+    write_text(path, str(ModelCard(text)))
     return path
 
 
