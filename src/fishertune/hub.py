@@ -60,7 +60,7 @@ def load_snippet(repo_or_path: str, is_adapter: bool) -> str:
         lines += [
             "from peft import AutoPeftModel",
             "",
-            f'model = AutoPeftModel.from_pretrained("{repo_or_path}")  # its base: the adapter_config\'s base_model_name_or_path',
+            f'model = AutoPeftModel.from_pretrained("{repo_or_path}")  # on the base its adapter_config.json names',
             "merged = model.merge_and_unload()  # a plain segmenter again",
         ]
     else:

@@ -29,7 +29,8 @@ def test_auto_peft_model_loads_a_plain_save_pretrained_folder(tmp_path):
                          image_size=16, patch_size=4)  # fmt: skip
     LightSegmenter.from_backbone(cfg, num_labels=3).save_pretrained(tmp_path / "base")
     base = LightSegmenter.from_pretrained(str(tmp_path / "base"))  # its name_or_path is the folder
-    model = get_peft_model(base, fishertune.FisherTuneConfig(init_criterion="magnitude", modules_to_save=["decode_head"]))
+    config = fishertune.FisherTuneConfig(init_criterion="magnitude", modules_to_save=["decode_head"])
+    model = get_peft_model(base, config)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

@@ -19,10 +19,13 @@ from typing import Optional
 from peft import PeftModel
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 
 from .. import hub
 from ..atomic import write_text
 from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, PREPROCESSOR_NAME
+
+logger = logging.get_logger(__name__)
 
 
 def save_base(model: PeftModel, folder: str) -> None:
@@ -83,7 +86,8 @@ def _is_hub_id(name: str) -> bool:
 
 
 def push_to_hub(trainer, commit_message: str = "End of training", token: Optional[str] = None,
-                revision: Optional[str] = None, private: Optional[bool] = None, model_name: Optional[str] = None):  # fmt: skip
+                revision: Optional[str] = None, private: Optional[bool] = None,
+                model_name: Optional[str] = None):  # fmt: skip
     """`FisherTuneTrainer.push_to_hub`: save the model, its base and card into `output_dir`, upload those only."""
     args = trainer.args
     token = token if token is not None else args.hub_token
@@ -94,6 +98,10 @@ def push_to_hub(trainer, commit_message: str = "End of training", token: Optiona
     if not trainer.is_world_process_zero():
         return None
     out = args.output_dir
+    if trainer.processing_class is None:
+        logger.warning("FisherTuneTrainer has no processing_class: the repo will hold no preprocessor_config.json, "
+                       "and pipeline('image-segmentation', model=repo) needs one; pass processing_class="
+                       "fishertune.models.processor_for(mean, std) to the trainer.")
     base_dir = _base_dir(trainer)
     is_adapter = os.path.isfile(os.path.join(out, ADAPTER_CONFIG_NAME))
     write_card(trainer, trainer.hub_model_id, is_adapter, model_name)
