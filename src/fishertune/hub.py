@@ -239,9 +239,26 @@ def push_files(repo_id: str, files: dict, base_files: Optional[dict] = None, ada
         adapter_config = {**adapter_config, "base_model_name_or_path": base_repo}
     if adapter_config is not None:
         files[ADAPTER_CONFIG] = (json.dumps(adapter_config, indent=2, sort_keys=True) + "\n").encode()
+    ops = [_add(p, src) for p, src in files.items()] + _stale_model_files(api, repo, files, revision)
     logger.info("Uploading %d file(s) to %s: %s", len(files), repo, ", ".join(files))
-    return api.create_commit(repo, [_add(p, src) for p, src in files.items()], commit_message=commit_message,
-                             revision=revision)
+    return api.create_commit(repo, ops, commit_message=commit_message, revision=revision)
+
+
+def _stale_model_files(api, repo: str, files: dict, revision: Optional[str]) -> list:
+    """Deletions of the other kind of model at the repo root (an adapter pushed where a whole model was, or the
+    reverse): transformers' Auto classes would follow a stale `adapter_config.json` instead of the model."""
+    from huggingface_hub import CommitOperationDelete
+
+    adapter = (ADAPTER_CONFIG, *ADAPTER_WEIGHTS)
+    whole = (MODEL_CONFIG, *MODEL_WEIGHTS)
+    if ADAPTER_CONFIG in files:
+        other = whole
+    elif MODEL_CONFIG in files:
+        other = adapter
+    else:
+        return []
+    present = {s.rfilename for s in api.model_info(repo, revision=revision).siblings or []}
+    return [CommitOperationDelete(path_in_repo=p) for p in other if p in present]
 
 
 #: transformers' `TrainingArguments.hub_strategy` values, all honoured by :func:`push_checkpoint`.
@@ -252,13 +269,14 @@ MODEL_FILES = (ADAPTER_CONFIG, *ADAPTER_WEIGHTS, MODEL_CONFIG, *MODEL_WEIGHTS, P
 
 def push_checkpoint(checkpoint: str, repo_id: str, strategy: str, base_folder: Optional[str] = None,
                     token: str | None = None, private: bool = False, revision: Optional[str] = None,
-                    commit_message: Optional[str] = None):  # fmt: skip
+                    commit_message: Optional[str] = None, base_repo: Optional[str] = None):  # fmt: skip
     """Push a complete checkpoint as transformers' `hub_strategy` does, in one commit (or none for `"end"`).
 
     `every_save`: the checkpoint's model files (:data:`MODEL_FILES`) at the repo root, so that the repo loads as
     the latest checkpoint; `checkpoint`: also the whole checkpoint (less dotfiles and keys) in `last-checkpoint/`,
     from which `resume_from_checkpoint` can start; `all_checkpoints`: in `checkpoint-<step>/` instead. An adapter's
-    base comes from `base_folder` (pushed to `<repo_id>-base`, as by :func:`push_output_folder`).
+    base comes from `base_folder` (pushed to `<repo_id>-base`, as by :func:`push_output_folder`), or is the
+    repo `base_repo` an earlier push made.
 
     Returns:
         The `CommitInfo`, or None for `"end"`.
@@ -279,6 +297,8 @@ def push_checkpoint(checkpoint: str, repo_id: str, strategy: str, base_folder: O
             adapter_config = json.load(f)
         if base_folder is not None and _hub_base(adapter_config) is None:
             base = {p: os.path.join(base_folder, p) for p in select_files(base_folder)}
+        elif base_repo is not None:
+            adapter_config["base_model_name_or_path"] = base_repo
     step = os.path.basename(os.path.normpath(checkpoint)).rsplit("-", 1)[-1]
     return push_files(repo_id, files, base, adapter_config, token=token, private=private, revision=revision,
                       commit_message=commit_message or f"Training in progress, step {step}")

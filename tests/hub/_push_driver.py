@@ -17,6 +17,7 @@ REPO_A = "fishertune-test/run-a"
 REPO_B = "fishertune-test/run-b"
 REPO_C = "fishertune-test/run-c"
 REPO_D = "fishertune-test/run-d"
+REPO_E = "fishertune-test/run-e"
 
 
 def tiny_peft_model():
@@ -125,6 +126,14 @@ def main(work: str) -> dict:
             errors[bad] = None
         except ValueError as e:
             errors[bad] = {"folder": run_dir, "message": str(e)}
+
+    # the same repo gets an adapter, then a whole model: the adapter's files at the root must go
+    push_output_folder(run_dir, REPO_E, token=TOKEN, allow_patterns=["adapter_*", "README.md", "base_model/*"])
+    whole = os.path.join(work, "whole")
+    from transformers import ViTForImageClassification
+
+    ViTForImageClassification(peft_model.get_base_model().config).save_pretrained(whole)
+    result["url_e"] = str(push_output_folder(whole, REPO_E, token=TOKEN))
 
     # allow_patterns restricts the upload; a pattern matching nothing is an error before any request
     result["url_c"] = str(push_output_folder(run_dir, REPO_C, token=TOKEN,

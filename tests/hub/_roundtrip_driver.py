@@ -95,12 +95,15 @@ def strategies(work: str, prefix: str, token: str, *names: str) -> dict:
     from training._tiny import ensure_fisher, make_trainer
 
     ensure_fisher()
+    written = {}
     for name in names:
-        trainer = make_trainer(os.path.join(work, name), push_to_hub=True, hub_model_id=f"{prefix}-{name}",
+        out = os.path.join(work, name)
+        trainer = make_trainer(out, push_to_hub=True, hub_model_id=f"{prefix}-{name}",
                                hub_token=token, hub_strategy=name, save_strategy="steps", save_steps=4)  # fmt: skip
         trainer.train()
+        written[name] = sorted(os.listdir(out))  # what training left in output_dir (checkpoint pushes add nothing)
         trainer.push_to_hub()
-    return {}
+    return {"written": written}
 
 
 def card_snippet(repo: str) -> str:

@@ -22,7 +22,7 @@ from .fake_hub import FakeHub
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKEN = "hf_fake_token_for_tests"  # same as _push_driver.TOKEN
 REPO_A, REPO_B, REPO_C = "fishertune-test/run-a", "fishertune-test/run-b", "fishertune-test/run-c"
-REPO_D = "fishertune-test/run-d"
+REPO_D, REPO_E = "fishertune-test/run-d", "fishertune-test/run-e"
 BASE_FILES = {"config.json", "model.safetensors", "README.md"}
 RUN_FILES = {
     "adapter_config.json",
@@ -162,6 +162,13 @@ def test_push_output_folder_errors_name_the_folder(pushed):
     assert "'missing.json', which is not a file" in errors["missing.json"]["message"]
     # they failed before touching the Hub
     assert ("model", "fishertune-test/never") not in hub.repos
+
+
+def test_a_whole_model_pushed_over_an_adapter_removes_the_adapter(pushed):
+    """Else transformers' Auto classes would follow the stale root adapter_config.json instead of the model."""
+    hub, _ = pushed
+    assert set(hub.files(REPO_E)) == {"config.json", "model.safetensors", "README.md"}
+    assert hub.repo(REPO_E).commits[-1]["deleted"] == ["adapter_config.json", "adapter_model.safetensors"]
 
 
 def test_dotfiles_and_keys_are_never_uploaded(pushed):

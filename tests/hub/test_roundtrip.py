@@ -180,10 +180,11 @@ def test_library_honours_every_hub_strategy(hub, strategy_runs, strategy, commit
         assert {f"{folder}/fishertune_trainer_state.json", f"{folder}/adapter_model.safetensors"} <= set(files)
         assert f"{folder}/training_args.bin" not in files
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == repo + "-base"
+    assert strategy_runs[1][strategy] == ["checkpoint-4", "checkpoint-8"]  # no base_model/ written while training
 
 
 @pytest.fixture(scope="module")
 def strategy_runs(hub, tmp_path_factory):
     work = tmp_path_factory.mktemp("strategies")
-    drive(hub, work, "strategies", LIB, TOKEN, "end", "every_save", "all_checkpoints")
-    return work
+    result = drive(hub, work, "strategies", LIB, TOKEN, "end", "every_save", "all_checkpoints")
+    return work, result["written"]

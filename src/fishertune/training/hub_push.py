@@ -7,13 +7,16 @@ pushed to `<repo_id>-base`, so that `AutoPeftModel.from_pretrained(repo_id)` loa
 else of `output_dir` goes up (no `training_args.bin`, which pickles the token; no dotfiles).
 
 Checkpoints are pushed by `HubPushCallback.on_save`, after the checkpoint is complete (the FisherTune state
-included), never from inside transformers' checkpoint write; synchronously, as one commit each.
+included), never from inside transformers' checkpoint write; synchronously, as one commit each, without
+writing into `output_dir`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
+import tempfile
 from typing import Optional
 
 from peft import PeftModel
@@ -23,7 +26,7 @@ from transformers.utils import logging
 
 from .. import hub
 from ..atomic import write_text
-from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, PREPROCESSOR_NAME
+from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, MODEL_CONFIG_NAME, PREPROCESSOR_NAME
 
 logger = logging.get_logger(__name__)
 
@@ -45,7 +48,7 @@ def _base_dir(trainer) -> Optional[str]:
     if not isinstance(model, PeftModel):
         return None
     folder = os.path.join(trainer.args.output_dir, BASE_MODEL_DIR)
-    if not os.path.isfile(os.path.join(folder, "config.json")):
+    if not os.path.isfile(os.path.join(folder, MODEL_CONFIG_NAME)):
         save_base(model, folder)
         if trainer.processing_class is not None:
             trainer.processing_class.save_pretrained(folder)
@@ -115,19 +118,36 @@ def push_to_hub(trainer, commit_message: str = "End of training", token: Optiona
 
 
 class HubPushCallback(TrainerCallback):
-    """Pushes each complete checkpoint as `args.hub_strategy` says (`fishertune.hub.push_checkpoint`)."""
+    """Pushes each complete checkpoint as `args.hub_strategy` says (`fishertune.hub.push_checkpoint`).
+
+    An adapter's base is `output_dir/base_model/` when the run wrote one (the recipes do); otherwise it is saved
+    to a temporary folder and pushed once (it does not change while training), leaving `output_dir` as it was.
+    """
 
     def __init__(self, trainer):
         self.trainer = trainer
+        self.base_repo = None
 
     def on_save(self, args, state, control, **kwargs):
         trainer = self.trainer
-        if not args.push_to_hub or not trainer.is_world_process_zero() or hub.HUB_STRATEGIES[0] == str(
-                getattr(args.hub_strategy, "value", args.hub_strategy)):  # fmt: skip
+        strategy = str(getattr(args.hub_strategy, "value", args.hub_strategy))
+        if not args.push_to_hub or not trainer.is_world_process_zero() or strategy == "end":
             return
         checkpoint = os.path.join(trainer._get_output_dir(trial=None), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if not os.path.isdir(checkpoint):
             return
-        hub.push_checkpoint(checkpoint, trainer.hub_model_id, args.hub_strategy, base_folder=_base_dir(trainer),
-                            token=args.hub_token, private=bool(args.hub_private_repo), revision=args.hub_revision)
-
+        push = functools.partial(hub.push_checkpoint, checkpoint, trainer.hub_model_id, strategy, token=args.hub_token,
+                                 private=bool(args.hub_private_repo), revision=args.hub_revision)  # fmt: skip
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        base_dir = os.path.join(args.output_dir, BASE_MODEL_DIR)
+        if not isinstance(model, PeftModel) or os.path.isfile(os.path.join(base_dir, MODEL_CONFIG_NAME)):
+            push(base_folder=base_dir if isinstance(model, PeftModel) else None)
+        elif self.base_repo is not None:
+            push(base_repo=self.base_repo)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_base(model, tmp)
+                if trainer.processing_class is not None:
+                    trainer.processing_class.save_pretrained(tmp)
+                push(base_folder=tmp)
+            self.base_repo = hub.base_repo_id(trainer.hub_model_id)
