@@ -180,7 +180,8 @@ def test_library_honours_every_hub_strategy(hub, strategy_runs, strategy, commit
         assert {f"{folder}/fishertune_trainer_state.json", f"{folder}/adapter_model.safetensors"} <= set(files)
         assert f"{folder}/training_args.bin" not in files
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == repo + "-base"
-    assert strategy_runs[1][strategy] == ["checkpoint-4", "checkpoint-8"]  # no base_model/ written while training
+    written = strategy_runs[1][strategy]  # what training left in output_dir: checkpoint pushes write nothing there
+    assert {"checkpoint-4", "checkpoint-8"} <= set(written) and "base_model" not in written
 
 
 @pytest.fixture(scope="module")
