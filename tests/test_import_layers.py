@@ -7,8 +7,10 @@ Layering, lowest first:
   baselines, so that a segmenter can be built without them).
 - `baselines`: the other PEFT methods, on `backbones`, `tuner`, `fisher` and `models`.
 - `data`, `evaluation` (on `data`): no tuner, Fisher, training or experiment.
-- `training`: everything above except `experiment` and `hub`.
-- the package root (`fishertune/__init__.py`), then `hub` and `experiment` (which pushes through `hub`) on top.
+- `hub`: uploading a run to the Hub (huggingface_hub only); below `training`, whose `push_to_hub` and
+  checkpoint pushes go through it, so that the trainer and the recipes upload by the same rules.
+- `training`: everything above except `experiment`.
+- the package root (`fishertune/__init__.py`), then `experiment` (which pushes through `hub`) on top.
 - `outputs`: the names of the files the package writes; a leaf (it imports nothing of fishertune) that every
   layer may import, so that writers and readers in different layers share one name.
 - `atomic`: writing a file or folder through a temporary name and a rename; a leaf every layer may use.
@@ -41,10 +43,10 @@ ALLOWED: dict[str, set[str]] = {
     "baselines": {"backbones", "tuner", "fisher", "models"},
     "data": set(),
     "evaluation": {"data"},
-    "training": set(_BELOW_TRAINING),
+    "training": _BELOW_TRAINING | {"hub"},
     ROOT: _BELOW_TRAINING | {"training"},
     "experiment": _BELOW_TRAINING | {"training", "hub", ROOT},
-    "hub": _BELOW_TRAINING | {"training", ROOT},
+    "hub": set(),
 }
 _LEAVES = {"outputs", "atomic"}
 for _layer_name in set(ALLOWED) - _LEAVES:

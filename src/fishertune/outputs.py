@@ -44,6 +44,8 @@ BASELINE_CONFIG_NAME = "baseline_config.json"
 METRICS_NAME = "metrics.json"
 CONFIG_NAME = "config.yaml"
 CARD_NAME = "README.md"
+#: Where a pushed checkpoint goes in the Hub repo (transformers' `hub_strategy="checkpoint"`).
+LAST_CHECKPOINT_DIR = "last-checkpoint"
 #: The base model an adapter loads onto (`AutoPeftModel.from_pretrained(output_dir)`).
 BASE_MODEL_DIR = "base_model"
 #: Rein / VPT / AdaptFormer / VQT parameters alone (`fishertune.baselines.load_method_state`).

@@ -65,7 +65,7 @@ def test_model_card_has_the_real_numbers(demo_run):
     selection = json.loads((out / "fishertune_selection.json").read_text())
     assert f"{int(selection['allocated_entries']):,} deltas" in card
     assert "warm-up 2 steps, estimation 2 batches, tuning 4 steps" in card
-    assert 'subfolder="base_model"' in card and "@inproceedings{zhao2025fishertune" in card
+    assert f'AutoPeftModel.from_pretrained("{os.path.abspath(out)}")' in card and "@inproceedings{zhao2025fishertune" in card
     assert "n/a" not in card and "http" not in card  # no invented links
 
 

@@ -26,7 +26,7 @@ def _context(backbone: str, **extra) -> dict:
         "targeted": "304,200,000", "delta_min": 0.01, "delta_max": 0.05, "merged": False, "t1": 4000, "t2": 100,
         "t3": 36000, "source": "gtav:train", "targets": "cityscapes:val, bdd100k:val",
         "datasets": ["bdd100k", "cityscapes", "gtav"], "seed": 0, "results": RESULTS, "mean": None,
-        "sensitivity_map": None, "is_adapter": True, "base_in_repo": False, "repo_or_path": "me/run",
+        "sensitivity_map": None, "is_adapter": True, "repo_or_path": "me/run",
         **extra,
     }  # fmt: skip
 
@@ -54,7 +54,7 @@ def test_card_parses_back_with_base_model_and_model_index(tmp_path, backbone, ba
     }
     text = str(card)
     assert not re.search(r"https?://", text)  # no links at all: none can be invented
-    assert 'PeftModel.from_pretrained(base, "me/run")' in text and f'build_model("mask2former", "{backbone}"' in text
+    assert 'model = AutoPeftModel.from_pretrained("me/run")' in text
 
 
 def test_merged_run_card_loads_with_transformers_and_the_pipeline(tmp_path):

@@ -50,16 +50,23 @@ def _local_files(folder: str) -> dict[str, bytes]:
 
 
 def test_uploaded_files_are_the_output_folder(pushed):
+    """The run's files go to the repo, its base_model/ to "<repo>-base"; adapter_config.json names that repo."""
     hub, result = pushed
     remote, local = hub.files(REPO_ID), _local_files(result["output_dir"])
+    base = {k[len("base_model/"):]: v for k, v in local.items() if k.startswith("base_model/")}
+    local = {k: v for k, v in local.items() if not k.startswith("base_model/")}
     assert set(remote) == set(local)
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "metrics.json", "config.yaml",
-            "fishertune_scores.safetensors", "fishertune_sensitivity.png",
-            "base_model/config.json", "base_model/model.safetensors"} <= set(remote)  # fmt: skip
-    assert all(remote[name] == data for name, data in local.items())
+            "fishertune_scores.safetensors", "fishertune_sensitivity.png"} <= set(remote)  # fmt: skip
+    assert all(remote[name] == data for name, data in local.items() if name != "adapter_config.json")
+    assert {"config.json", "model.safetensors"} <= set(base)
+    assert all(hub.files(REPO_ID + "-base")[name] == data for name, data in base.items())
+    config = json.loads(remote["adapter_config.json"])
+    assert config["base_model_name_or_path"] == REPO_ID + "-base"
     assert json.loads(remote["metrics.json"]) == result["metrics"]
-    assert json.loads(remote["adapter_config.json"])["peft_type"].lower() == "fishertune"
+    assert config["peft_type"].lower() == "fishertune"
     assert hub.repo(REPO_ID).private is True and len(hub.repo(REPO_ID).commits) == 1
+    assert hub.repo(REPO_ID + "-base").private is True
     assert result["push_url"] == f"{hub.endpoint}/{REPO_ID}/commit/{hub.repo(REPO_ID).commits[0]['oid']}"
 
 
@@ -67,8 +74,8 @@ def test_card_points_at_the_repo_and_no_secret_is_uploaded(pushed):
     hub, _ = pushed
     files = hub.files(REPO_ID)
     card = files["README.md"].decode()
-    assert f'AutoModelForSemanticSegmentation.from_pretrained("{REPO_ID}", subfolder="base_model")' in card
-    assert f'PeftModel.from_pretrained(base, "{REPO_ID}")' in card
+    assert f'model = AutoPeftModel.from_pretrained("{REPO_ID}")' in card
+    assert yaml.safe_load(card.split("---")[1])["base_model"] == REPO_ID + "-base"
     assert all(TOKEN.encode() not in data for data in files.values())
     config = yaml.safe_load(files["config.yaml"])
     assert config["push_to_hub"] is True and config["hub_model_id"] == REPO_ID

@@ -16,6 +16,8 @@ TOKEN = "hf_fake_token_for_tests"
 REPO_A = "fishertune-test/run-a"
 REPO_B = "fishertune-test/run-b"
 REPO_C = "fishertune-test/run-c"
+REPO_D = "fishertune-test/run-d"
+REPO_E = "fishertune-test/run-e"
 
 
 def tiny_peft_model():
@@ -59,6 +61,24 @@ def make_run_folder(peft_model, run_dir: str) -> None:
     for ckpt in ("checkpoints/step_10", "checkpoint-20"):
         os.makedirs(os.path.join(run_dir, ckpt))
         peft_model.save_pretrained(os.path.join(run_dir, ckpt))
+    # the adapter's base (PEFT records none for a model built from a config): pushed to "<repo>-base"
+    from fishertune.training.hub_push import save_base
+
+    save_base(peft_model, os.path.join(run_dir, "base_model"))
+    plant_secrets(run_dir)
+
+
+#: What a user's folder may hold besides the run: never uploaded, whatever `files=` says.
+SECRETS = (".env", ".netrc", ".ssh/id_rsa", ".ssh/config", "server.pem", "deploy.key", "id_ed25519",
+           ".git/config", "sub/.hidden/notes.txt", "base_model/.env")
+
+
+def plant_secrets(folder: str) -> None:
+    for rel in SECRETS:
+        path = os.path.join(folder, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"SECRET {rel}\n")
 
 
 def main(work: str) -> dict:
@@ -91,12 +111,33 @@ def main(work: str) -> dict:
     # (a) the run output folder through push_output_folder
     run_dir = os.path.join(work, "run_a")
     make_run_folder(peft_model, run_dir)
-    result["url_a"] = push_output_folder(run_dir, REPO_A, token=TOKEN, private=True)
-    result["url_a_again"] = push_output_folder(run_dir, REPO_A, token=TOKEN, private=True)  # unchanged -> no-op
+    result["url_a"] = str(push_output_folder(run_dir, REPO_A, token=TOKEN, private=True))
+    # unchanged -> no-op
+    result["url_a_again"] = str(push_output_folder(run_dir, REPO_A, token=TOKEN, private=True))
     result["run_dir"] = run_dir
 
+    # files= lists what goes up (a run manifest's files): secrets in it are still left out
+    listed = ["adapter_config.json", "adapter_model.safetensors", "README.md", "base_model/config.json",
+              "base_model/model.safetensors", *SECRETS]
+    result["url_d"] = str(push_output_folder(run_dir, REPO_D, token=TOKEN, files=listed))
+    for bad in ("../outside.txt", "missing.json"):
+        try:
+            push_output_folder(run_dir, "fishertune-test/never", token=TOKEN, files=[bad])
+            errors[bad] = None
+        except ValueError as e:
+            errors[bad] = {"folder": run_dir, "message": str(e)}
+
+    # the same repo gets an adapter, then a whole model: the adapter's files at the root must go
+    push_output_folder(run_dir, REPO_E, token=TOKEN, allow_patterns=["adapter_*", "README.md", "base_model/*"])
+    whole = os.path.join(work, "whole")
+    from transformers import ViTForImageClassification
+
+    ViTForImageClassification(peft_model.get_base_model().config).save_pretrained(whole)
+    result["url_e"] = str(push_output_folder(whole, REPO_E, token=TOKEN))
+
     # allow_patterns restricts the upload; a pattern matching nothing is an error before any request
-    result["url_c"] = push_output_folder(run_dir, REPO_C, token=TOKEN, allow_patterns=["adapter_*", "README.md"])
+    result["url_c"] = str(push_output_folder(run_dir, REPO_C, token=TOKEN,
+                                         allow_patterns=["adapter_*", "README.md", "base_model/*"]))
     try:
         push_output_folder(run_dir, "fishertune-test/never", token=TOKEN, allow_patterns=["*.nothing"])
         errors["no_match"] = None

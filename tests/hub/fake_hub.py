@@ -6,7 +6,8 @@ huggingface_hub 2.4 when Xet is disabled (``HF_HUB_DISABLE_XET=1``):
 
 ============================================================  =========================================
 ``POST /api/repos/create``                                    create_repo (409 when it exists)
-``GET  /api/{type}s/{repo_id}[/revision/{rev}]``              repo_info (exist_ok fallback, no-op commit)
+``GET  /api/{type}s/{repo_id}[/revision/{rev}]``              repo_info (exist_ok fallback, no-op commit,
+                                                              transformers' resolve_revision)
 ``GET  /api/whoami-v2``                                       whoami
 ``POST /api/validate-yaml``                                   create_commit validates README.md metadata
 ``POST /api/{type}s/{repo_id}/preupload/{rev}``               upload mode per file ("regular" / "lfs")
@@ -14,7 +15,9 @@ huggingface_hub 2.4 when Xet is disabled (``HF_HUB_DISABLE_XET=1``):
 ``PUT  /_lfs/upload/{oid}``                                   LFS object upload (href handed out above)
 ``POST /_lfs/verify/{oid}``                                   LFS verify action
 ``POST /api/{type}s/{repo_id}/commit/{rev}``                  ndjson commit (inline base64 + lfsFile)
-``HEAD|GET /{prefix}{repo_id}/resolve/{rev}/{path}``          file download (ModelCard.load probes README)
+``HEAD|GET /{prefix}{repo_id}/resolve/{rev}/{path}``          file download and metadata (hf_hub_download,
+                                                              from_pretrained, ModelCard.load); rev: "main"
+                                                              or any commit oid (its snapshot)
 ============================================================  =========================================
 
 Everything else answers 404 and is recorded in ``FakeHub.unhandled`` so that tests can assert that
@@ -64,10 +67,20 @@ class Repo:
     files: dict[str, bytes] = field(default_factory=dict)
     lfs_paths: set[str] = field(default_factory=set)
     commits: list[dict[str, Any]] = field(default_factory=list)
+    #: commit oid -> (files, lfs paths) as of that commit, so that `revision=<oid>` reads that state
+    snapshots: dict[str, tuple[dict[str, bytes], set[str]]] = field(default_factory=dict)
 
     @property
     def sha(self) -> str:
         return self.commits[-1]["oid"] if self.commits else "0" * 40
+
+    def at(self, revision: str | None) -> tuple[str, dict[str, bytes], set[str]] | None:
+        """(sha, files, lfs paths) at `revision` ("main", None or a commit oid); None for an unknown one."""
+        if revision in (None, "main", self.sha):
+            return self.sha, self.files, self.lfs_paths
+        if revision in self.snapshots:
+            return (revision, *self.snapshots[revision])
+        return None
 
 
 class FakeHub:
@@ -281,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
         if m := re.fullmatch(rf"/api/(models|datasets|spaces)/({_REPO})/commit/([^/]+)", path):
             return method == "POST" and self._commit(_PLURALS[m[1]], m[2], m[3], body)
         if m := re.fullmatch(rf"/api/(models|datasets|spaces)/({_REPO})(?:/revision/([^/]+))?", path):
-            return method == "GET" and self._repo_info(_PLURALS[m[1]], m[2])
+            return method == "GET" and self._repo_info(_PLURALS[m[1]], m[2], m[3])
         if m := re.fullmatch(rf"/(datasets/|spaces/)?({_REPO})\.git/info/lfs/objects/batch", path):
             repo_type = {"datasets/": "dataset", "spaces/": "space"}.get(m[1] or "", "model")
             return method == "POST" and self._lfs_batch(repo_type, m[2], json.loads(body or b"{}"))
@@ -291,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
             return method == "POST" and self._lfs_verify(m[1], json.loads(body or b"{}"))
         if m := re.fullmatch(rf"/(datasets/|spaces/)?({_REPO})/resolve/([^/]+)/(.+)", path):
             repo_type = {"datasets/": "dataset", "spaces/": "space"}.get(m[1] or "", "model")
-            return method in ("GET", "HEAD") and self._resolve(repo_type, m[2], m[4], head=method == "HEAD")
+            return method in ("GET", "HEAD") and self._resolve(repo_type, m[2], m[3], m[4], head=method == "HEAD")
         return False
 
     def _get_repo(self, repo_type: str, repo_id: str, head: bool = False) -> Repo | None:
@@ -322,12 +335,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"url": fake._url(repo), "name": repo_id, "id": repo_id})
         return True
 
-    def _repo_info(self, repo_type: str, repo_id: str) -> bool:
+    def _repo_info(self, repo_type: str, repo_id: str, revision: str | None = None) -> bool:
         repo = self._get_repo(repo_type, repo_id)
         if repo is not None:
             with self.fake.lock:
-                siblings = [{"rfilename": p} for p in sorted(repo.files)]
-                sha = repo.sha
+                state = repo.at(revision)
+            if state is None:
+                self._error(404, f"Invalid rev id: {revision}", code="RevisionNotFound")
+                return True
+            sha, files, _ = state
+            siblings = [{"rfilename": p} for p in sorted(files)]
             self._send(200, {"id": repo_id, "_id": repo_id, "sha": sha, "private": repo.private, "siblings": siblings})
         return True
 
@@ -437,6 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     repo.lfs_paths.discard(p)
             oid = hashlib.sha1(repo.sha.encode() + body).hexdigest()
+            repo.snapshots[oid] = (dict(repo.files), set(repo.lfs_paths))
             repo.commits.append(
                 {
                     "oid": oid,
@@ -458,17 +476,34 @@ class _Handler(BaseHTTPRequestHandler):
         )
         return True
 
-    def _resolve(self, repo_type: str, repo_id: str, filename: str, head: bool) -> bool:
+    def _resolve(self, repo_type: str, repo_id: str, revision: str, filename: str, head: bool) -> bool:
         repo = self._get_repo(repo_type, repo_id, head=head)
         if repo is None:
             return True
         with self.fake.lock:
-            data = repo.files.get(filename)
-            sha = repo.sha
-            is_lfs = filename in repo.lfs_paths
+            state = repo.at(revision)
+        if state is None:
+            self._error(404, f"Invalid rev id: {revision}", code="RevisionNotFound", head=head)
+            return True
+        sha, files, lfs_paths = state
+        data = files.get(filename)
+        is_lfs = filename in lfs_paths
         if data is None:
             self._error(404, "Entry not found", code="EntryNotFound", head=head)
             return True
         etag = hashlib.sha256(data).hexdigest() if is_lfs else git_blob_sha1(data)
         self._send(200, raw=data, headers={"X-Repo-Commit": sha, "ETag": f'"{etag}"'}, head=head)
         return True
+
+
+def client_env(hub: FakeHub, hf_home: str, **extra: str) -> dict[str, str]:
+    """The environment of a fresh client process that talks to `hub` only: no HF_* or proxy variable of the
+    caller (no token, no offline mode), its own empty `hf_home` (nothing cached), Xet and telemetry off."""
+    import os
+
+    drop = ("HF_", "HUGGING_FACE_", "TRANSFORMERS_OFFLINE", "http_proxy", "https_proxy", "all_proxy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and not k.upper().endswith("_PROXY")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_XET="1", HF_HOME=hf_home, HF_HUB_DISABLE_TELEMETRY="1",
+               HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_ETAG_TIMEOUT="10", NO_PROXY="127.0.0.1,localhost",
+               no_proxy="127.0.0.1,localhost", **extra)  # fmt: skip
+    return env

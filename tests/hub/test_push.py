@@ -22,6 +22,8 @@ from .fake_hub import FakeHub
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKEN = "hf_fake_token_for_tests"  # same as _push_driver.TOKEN
 REPO_A, REPO_B, REPO_C = "fishertune-test/run-a", "fishertune-test/run-b", "fishertune-test/run-c"
+REPO_D, REPO_E = "fishertune-test/run-d", "fishertune-test/run-e"
+BASE_FILES = {"config.json", "model.safetensors", "README.md"}
 RUN_FILES = {
     "adapter_config.json",
     "adapter_model.safetensors",
@@ -104,7 +106,19 @@ def test_push_output_folder_uploads_run_files(pushed):
     assert os.path.isdir(os.path.join(run_dir, "checkpoint-20"))
     for name, data in files.items():
         with open(os.path.join(run_dir, name), "rb") as f:
-            assert data == f.read(), name
+            local = f.read()
+        if name == "adapter_config.json":  # the one file that differs: it names the pushed base
+            remote_config, local_config = json.loads(data), json.loads(local)
+            assert remote_config.pop("base_model_name_or_path") == REPO_A + "-base"
+            local_config.pop("base_model_name_or_path")
+            assert remote_config == local_config
+        else:
+            assert data == local, name
+    # the base went to its own repo, at its root
+    assert set(hub.files(REPO_A + "-base")) == BASE_FILES
+    for name in ("config.json", "model.safetensors"):
+        with open(os.path.join(run_dir, "base_model", name), "rb") as f:
+            assert hub.files(REPO_A + "-base")[name] == f.read(), name
     _assert_same_tensors(files["adapter_model.safetensors"], os.path.join(run_dir, "adapter_model.safetensors"))
     _assert_same_tensors(files["fishertune_scores.safetensors"], os.path.join(run_dir, "fishertune_scores.safetensors"))
     assert json.loads(files["metrics.json"]) == {"cityscapes": {"mIoU": 42.0, "aAcc": 90.0}}
@@ -123,7 +137,7 @@ def test_push_output_folder_again_is_a_noop(pushed):
     hub, result = pushed
     # create_repo answered 409 (exists) and was tolerated; nothing changed => no second commit
     creates = hub.calls("POST", r"^/api/repos/create$")
-    assert [r["status"] for r in creates][:2] == [200, 409]
+    assert [r["status"] for r in creates][:4] == [200, 200, 409, 409]  # run-a, run-a-base, then both again
     assert len(hub.repo(REPO_A).commits) == 1
     assert result["url_a_again"] == result["url_a"]
 
@@ -139,13 +153,33 @@ def test_push_output_folder_allow_patterns(pushed):
 def test_push_output_folder_errors_name_the_folder(pushed):
     hub, result = pushed
     errors = result["errors"]
-    for case in ("no_adapter", "missing", "no_match"):
+    for case in ("no_adapter", "missing", "no_match", "../outside.txt", "missing.json"):
         assert errors[case] is not None, f"{case}: no ValueError"
         assert errors[case]["folder"] in errors[case]["message"], errors[case]
     assert "adapter_config.json" in errors["no_adapter"]["message"]
     assert "*.nothing" in errors["no_match"]["message"]
+    assert "'../outside.txt', which is not a path inside" in errors["../outside.txt"]["message"]
+    assert "'missing.json', which is not a file" in errors["missing.json"]["message"]
     # they failed before touching the Hub
     assert ("model", "fishertune-test/never") not in hub.repos
+
+
+def test_a_whole_model_pushed_over_an_adapter_removes_the_adapter(pushed):
+    """Else transformers' Auto classes would follow the stale root adapter_config.json instead of the model."""
+    hub, _ = pushed
+    assert set(hub.files(REPO_E)) == {"config.json", "model.safetensors", "README.md"}
+    assert hub.repo(REPO_E).commits[-1]["deleted"] == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_dotfiles_and_keys_are_never_uploaded(pushed):
+    """The run folder holds .env, .netrc, .ssh/id_rsa, *.pem, ... and `files=` even lists them: none goes up."""
+    hub, _ = pushed
+    assert set(hub.files(REPO_D)) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert set(hub.files(REPO_D + "-base")) == BASE_FILES
+    for (_, repo_id), repo in hub.repos.items():
+        for path, data in repo.files.items():
+            assert not data.startswith(b"SECRET"), (repo_id, path)
+            assert not any(part.startswith(".") for part in path.split("/")), (repo_id, path)
 
 
 def test_peft_model_push_to_hub(pushed):

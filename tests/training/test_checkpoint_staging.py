@@ -69,15 +69,17 @@ def test_changed_setting_is_refused_or_allowed_by_name(tmp_path, caplog):
 
 
 def test_checkpoint_push_sees_the_final_complete_folder(tmp_path, monkeypatch):
-    """transformers uploads a checkpoint in the background (`run_as_future`): it must get the renamed folder."""
+    """A checkpoint is pushed (`hub_strategy`) under its final name, complete: never the staging folder."""
     from transformers import Trainer
 
+    import fishertune.hub
     from fishertune.training.checkpoints import missing_parts
 
     pushed = []
-    monkeypatch.setattr(Trainer, "init_hf_repo", lambda self, token=None: None)
-    monkeypatch.setattr(Trainer, "_push_from_checkpoint",
-                        lambda self, folder: pushed.append((folder, missing_parts(folder))))
+    monkeypatch.setattr(Trainer, "init_hf_repo",
+                        lambda self, token=None: setattr(self, "hub_model_id", self.args.hub_model_id))
+    monkeypatch.setattr(fishertune.hub, "push_checkpoint",
+                        lambda folder, *a, **k: pushed.append((folder, missing_parts(folder))))
     trainer = make_trainer(tmp_path, max_steps=4, push_to_hub=True, hub_model_id="user/r", **SAVE)
     monkeypatch.setattr(trainer, "push_to_hub", lambda *a, **k: None)
     trainer.train()

@@ -15,7 +15,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import atomic
 from ..backbones.eva02 import TIMM_PREFIX
-from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, PLOT_NAME, SELECTION_NAME
+from ..hub import base_repo_id, load_snippet
+from ..outputs import ADAPTER_CONFIG_NAME, CARD_NAME, PLOT_NAME, SELECTION_NAME
 from .arguments import BUILTIN_PREFIX
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "model_card_template.md")
@@ -80,6 +81,9 @@ def render_model_card(context: Mapping[str, Any], template_path: str = TEMPLATE)
         eval_results=eval_results(results, ctx["mean"]),
     )
     ctx["results"] = [(n, _Obj(m)) for n, m in results.items()]
+    if ctx.get("repo_or_path"):  # the lines `fishertune.hub` documents, the same in every card
+        ctx.setdefault("load_snippet", load_snippet(ctx["repo_or_path"], bool(ctx.get("is_adapter"))))
+        ctx.setdefault("output_folder", ctx["repo_or_path"])
     with open(template_path, encoding="utf-8") as f:
         template = f.read()
     return ModelCard.from_template(data, template_str=template, **ctx)
@@ -131,7 +135,6 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     import json
 
     from .. import __version__
-    from ..models import backbone_reference
     from ..fisher import get_criterion
     from ..training.methods import get_method
     from .build import source_id2label
@@ -150,12 +153,15 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     fraction = float(selection.get("allocated_fraction", 0.0))
     t1, t2, t3 = phase_lengths
     plot = PLOT_NAME
-    base_dir = os.path.join(model_dir, BASE_MODEL_DIR)
+    repo_or_path = repo_id or os.path.abspath(out)
+    base_model_id = hub_base_model_id(exp.backbone)
+    if base_model_id is None and is_adapter and repo_id:  # the adapter's base goes to its own repo with the push
+        base_model_id = base_repo_id(repo_id)
     return {
         "title": exp.card_title or f"{criterion} on {exp.backbone} ({exp.head}), {exp.dataset} -> {', '.join(exp.targets)}",
         "version": __version__,
         "base_model": exp.backbone,
-        "base_model_id": hub_base_model_id(exp.backbone),
+        "base_model_id": base_model_id,
         "head": exp.head,
         "head_name": exp.head,
         "num_labels": len(source_id2label(exp)),
@@ -180,10 +186,8 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
         "mean": metrics.get("mean", {}).get("mIoU"),
         "sensitivity_map": plot if os.path.isfile(os.path.join(out, plot)) else None,
         "is_adapter": is_adapter,
-        # base_model/ with weights (a random-init built-in backbone), or only the config naming the backbone
-        "base_in_repo": os.path.isdir(base_dir) and backbone_reference(base_dir) is None,
-        "base_reference": backbone_reference(base_dir) is not None,
-        "repo_or_path": repo_id or os.path.abspath(out),
+        "repo_or_path": repo_or_path,
+        "output_folder": "<output folder>" if repo_id else repo_or_path,
     }  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 - `save_image_processor`: `preprocessor_config.json` next to the model (and in `base_model/`), so that
   `AutoImageProcessor.from_pretrained(folder)` and `pipeline("image-segmentation", model=folder)` work.
 - `finalize_adapter_config`: the adapter names its base model and an auto class of transformers, so that
-  `AutoPeftModel.from_pretrained(folder)` builds the base and loads the adapter without extra arguments.
+  `AutoPeftModel.from_pretrained(folder)` builds the base and loads the adapter without extra arguments
+  (the local `base_model/`; `fishertune.hub` uploads a copy that names the pushed base repo instead).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from typing import Optional
 
 from .. import data as ftdata
+from ..atomic import write_json
 from ..outputs import ADAPTER_CONFIG_NAME as ADAPTER_CONFIG
 from ..models import processor_for
 from .arguments import ExperimentArguments
@@ -51,5 +53,4 @@ def finalize_adapter_config(out: str, base_model_name_or_path: Optional[str]) ->
         config = json.load(f)
     config["base_model_name_or_path"] = base_model_name_or_path
     config["auto_mapping"] = dict(AUTO_MAPPING)
-    with open(path, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
+    write_json(path, config, sort_keys=True)

@@ -149,8 +149,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     replace_earlier = plan.require_fresh(targs.resume_from_checkpoint, exp.overwrite_output_dir)
     if targs.should_save:
         check_writable(out)
-    push = targs.push_to_hub
-    targs.push_to_hub = False  # the Trainer would push checkpoints itself; the run's files go up below
+    push = targs.push_to_hub  # the Trainer pushes checkpoints (hub_strategy); the run's own files go up below
     id2label = source_id2label(exp)
     train_ds = build_train_dataset(exp, seed=targs.seed if targs.data_seed is None else targs.data_seed)
     targets, source_val = build_eval_datasets(exp), build_source_val(exp)

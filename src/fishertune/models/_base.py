@@ -39,13 +39,41 @@ def save_backbone_reference(model: PreTrainedModel, folder: str | os.PathLike, b
         json.dump({"backbone": backbone}, f, indent=2)
 
 
-def backbone_reference(folder) -> Optional[str]:
-    """The backbone a weightless `base_model/` folder names, or None (not a local folder, or it has weights)."""
-    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
+#: The `from_pretrained` arguments that say where a Hub repo's files are.
+_HUB_KWARGS = ("revision", "subfolder", "token", "cache_dir", "local_files_only", "force_download", "proxies")
+
+
+def backbone_reference(folder, **kwargs) -> Optional[str]:
+    """The backbone a weightless base folder names, or None (no reference, or the folder has weights).
+
+    `folder` is a local folder or a Hub repo id; `kwargs` are `from_pretrained`'s (its `subfolder`, `revision`,
+    `token`, ... say where the repo's files are; the others are ignored).
+    """
+    if not isinstance(folder, (str, os.PathLike)):
         return None
-    path = os.path.join(folder, BACKBONE_REFERENCE)
-    if not os.path.isfile(path) or any(os.path.exists(os.path.join(folder, w)) for w in MODEL_WEIGHTS):
-        return None
+    if os.path.isdir(folder):
+        folder = os.path.join(folder, kwargs.get("subfolder") or "")
+        path = os.path.join(folder, BACKBONE_REFERENCE)
+        if not os.path.isfile(path) or any(os.path.exists(os.path.join(folder, w)) for w in MODEL_WEIGHTS):
+            return None
+    else:  # a Hub repo (a pushed base): the same two files, looked up where from_pretrained would look
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+        from transformers.utils import cached_file
+
+        try:
+            validate_repo_id(str(folder))
+        except HFValidationError:
+            return None
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
+        hub["subfolder"] = hub.get("subfolder") or ""
+
+        def find(name):
+            return cached_file(str(folder), name, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False, **hub)  # fmt: skip
+
+        path = find(BACKBONE_REFERENCE)
+        if path is None or any(find(w) is not None for w in MODEL_WEIGHTS):
+            return None
     with open(path) as f:
         return json.load(f)["backbone"]
 
@@ -54,7 +82,8 @@ def from_backbone_reference(cls, folder, backbone: str, kwargs: dict):
     """`cls.from_pretrained(folder, **kwargs)` for a folder that names its backbone (see `BACKBONE_REFERENCE`)."""
     config = kwargs.get("config")
     if not isinstance(config, PreTrainedConfig):
-        config = cls.config_class.from_pretrained(folder)
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
+        config = cls.config_class.from_pretrained(folder, **hub)
     model = cls(config)
     cls._load_backbone_weights(model, backbone)
     model.config.name_or_path = str(folder)  # as from_pretrained records where a model came from
@@ -95,9 +124,10 @@ class BackboneSegmenterMixin:
         transformers builds the model on the meta device and fills only what the checkpoint holds (and
         what HF modules' `_init_weights` know); timm's EVA02 keeps RoPE tables in non-persistent
         buffers, which `Eva02Backbone.init_non_persistent_buffers` restores. A folder that holds a config
-        and `BACKBONE_REFERENCE` but no weights is built from the config, with the named backbone's weights.
+        and `BACKBONE_REFERENCE` but no weights (a local one, or a Hub repo such as a pushed adapter's base) is
+        built from the config, with the named backbone's weights.
         """
-        reference = backbone_reference(args[0]) if args else None
+        reference = backbone_reference(args[0], **kwargs) if args else None
         if reference is not None:
             return from_backbone_reference(cls, args[0], reference, kwargs)
         loaded = super().from_pretrained(*args, **kwargs)

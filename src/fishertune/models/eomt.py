@@ -173,7 +173,7 @@ class EomtSegmenter(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a folder with a config and `BACKBONE_REFERENCE` but no weights is
         built from the config with the named DINOv2's (or EoMT's) weights, as `from_backbone` converts them."""
-        reference = backbone_reference(args[0]) if args else None
+        reference = backbone_reference(args[0], **kwargs) if args else None
         if reference is not None:
             return from_backbone_reference(cls, args[0], reference, kwargs)
         return super().from_pretrained(*args, **kwargs)

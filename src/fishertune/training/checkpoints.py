@@ -137,25 +137,25 @@ def _best_checkpoint(trainer: "FisherTuneTrainer", run_dir: str, previous: Optio
 def save_staged(trainer: "FisherTuneTrainer", save: Callable[[], None], write_state: Callable[[str], None],
                 trial=None) -> str:  # fmt: skip
     """Run transformers' checkpoint save (`save()`) and `write_state(folder)` in a staging folder, rename it to
-    `checkpoint-<step>`, then rotate and push; return the final folder."""
+    `checkpoint-<step>`, then rotate; return the final folder (`training.hub_push.HubPushCallback.on_save`
+    pushes it afterwards, complete)."""
     args, state = trainer.args, trainer.state
     run_dir = trainer._get_output_dir(trial=trial)
     name = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
     final = os.path.join(run_dir, name)
     distributed = _distributed(trainer)
     previous_best = state.best_model_checkpoint
-    pushes = []
     with (staged_dir(final) if args.should_save else contextlib.nullcontext()) as staging:
         if distributed:
             box = [staging]
             dist.broadcast_object_list(box, src=0)  # every rank writes its RNG state into the main process's folder
             staging = box[0]
         inner = os.path.join(staging, name)
-        trainer._checkpoint_staging, trainer._deferred_pushes = staging, pushes
+        trainer._checkpoint_staging = staging
         try:
             save()
         finally:
-            trainer._checkpoint_staging, trainer._deferred_pushes = None, None
+            trainer._checkpoint_staging = None
         state.best_model_checkpoint = _best_checkpoint(trainer, run_dir, previous_best)
         if args.should_save:
             state.save_to_json(os.path.join(inner, TRAINER_STATE_NAME))  # with the final best_model_checkpoint
@@ -169,8 +169,6 @@ def save_staged(trainer: "FisherTuneTrainer", save: Callable[[], None], write_st
             os.rmdir(inner)
     if distributed:
         dist.barrier()  # the final folder exists for every rank
-    if pushes:
-        trainer.push_checkpoint(final)
     if args.should_save:
         rotate_checkpoints(output_dir=run_dir, save_total_limit=args.save_total_limit,
                            best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)

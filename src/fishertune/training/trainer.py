@@ -39,7 +39,7 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from ..data.keyed import BadSampleError
-from . import bad_files, checkpoints, estimation
+from . import bad_files, checkpoints, estimation, hub_push
 from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .methods import get_method
@@ -101,12 +101,13 @@ class FisherTuneTrainer(Trainer):
         self.run_settings = dict(run_settings or {})
         check_allowed_names(args.allow_changed_settings, self._expected_state())
         self._changed_settings = {}  # allowed differences from the checkpoint resumed
-        self._checkpoint_staging = self._deferred_pushes = None  # set while a checkpoint is staged
+        self._checkpoint_staging = None  # set while a checkpoint is staged
         checkpoints.check_supported(args)
         # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
         self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
                                         check_grads=self.accelerator.scaler is None)
-        for cb in (WarmupPhaseCallback, EstimationCallback, TuningScheduleCallback, NonFiniteCallback):
+        for cb in (WarmupPhaseCallback, EstimationCallback, TuningScheduleCallback, NonFiniteCallback,
+                   hub_push.HubPushCallback):
             self.add_callback(cb(self))
 
     # -- phases -----------------------------------------------------------------------------------
@@ -262,6 +263,21 @@ class FisherTuneTrainer(Trainer):
                                                                if p.requires_grad))
         super().log(logs, start_time)
 
+    # -- Hub (fishertune.training.hub_push) -------------------------------------------------------
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+        """Upload the model, its image processor, a model card and (adapters) the base to `args.hub_model_id`
+        (the base to `<hub_model_id>-base`), so that the repo id alone loads it; nothing else of `output_dir`.
+        Runs to completion (`blocking` is accepted for transformers' signature). Returns the `CommitInfo`."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        return hub_push.push_to_hub(self, commit_message or "End of training", token=token, revision=revision,
+                                    private=private, model_name=kwargs.get("model_name"))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # transformers pushes from inside its checkpoint write, before the FisherTune state is in it (and with
+        # every file of output_dir): HubPushCallback.on_save pushes the complete checkpoint instead.
+        return
+
     # -- checkpoints ------------------------------------------------------------------------------
     def _expected_state(self) -> dict:
         return {"model_fingerprint": self._fingerprint, "options": self.args.fishertune_options(),
@@ -276,16 +292,6 @@ class FisherTuneTrainer(Trainer):
 
     def _get_output_dir(self, trial) -> str:
         return self._checkpoint_staging or super()._get_output_dir(trial)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        if self._deferred_pushes is not None:  # a staged folder: pushed under its final name once renamed
-            self._deferred_pushes.append(checkpoint_folder)
-            return
-        super()._push_from_checkpoint(checkpoint_folder)
-
-    def push_checkpoint(self, checkpoint_folder: str) -> None:
-        """Push a complete checkpoint as transformers does (`hub_strategy`)."""
-        super()._push_from_checkpoint(checkpoint_folder)
 
     def _save_checkpoint(self, model, trial) -> None:
         checkpoints.save_staged(self, lambda: super(FisherTuneTrainer, self)._save_checkpoint(model, trial),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
@@ -27,6 +28,27 @@ def saved_adapter_keys(path: str) -> Optional[list[str]]:
         return None
     with safe_open(file, framework="pt") as f:  # reads the header only
         return list(f.keys())
+
+
+def transformers_auto_mapping(mapping: Optional[dict]) -> Optional[dict]:
+    """The `auto_mapping` PEFT records, naming a transformers Auto class when the base's own class is registered
+    with one: `AutoPeftModel` imports only from its allowlist (transformers, ...), so a segmenter of this package
+    (registered with `AutoModelForSemanticSegmentation` on `import fishertune`) must be named through it."""
+    if not mapping or str(mapping.get("parent_library", "")).split(".")[0] == "transformers":
+        return mapping
+    try:
+        cls = getattr(importlib.import_module(mapping["parent_library"]), mapping["base_model_class"])
+    except (ImportError, AttributeError, KeyError):
+        return mapping
+    import transformers
+
+    for auto in ("AutoModelForSemanticSegmentation", "AutoModel"):
+        try:
+            if getattr(transformers, auto)._model_mapping[cls.config_class] is cls:
+                return {"base_model_class": auto, "parent_library": "transformers"}
+        except (KeyError, AttributeError):
+            continue
+    return mapping
 
 
 @dataclass
@@ -221,6 +243,10 @@ class FisherTuneConfig(PeftConfig):
                 f"{self.budget_base!r}): leave those unset, or drop delta_max_count/delta_min_count."
             )
         self.delta_min_count, (self.delta_min, self.delta_max), self.budget_base = k_min, shares, COUNT_BASE
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        kwargs["auto_mapping_dict"] = transformers_auto_mapping(kwargs.get("auto_mapping_dict"))
+        super().save_pretrained(save_directory, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
