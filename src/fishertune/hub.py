@@ -210,12 +210,16 @@ def _check_base_reference(folder: str, base_files: list[str]) -> None:
     if f"{BASE_MODEL_DIR}/{BACKBONE_REFERENCE}" not in base_files or not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
-        backbone = str(json.load(f).get("backbone", ""))
+        check_pushable_backbone(str(json.load(f).get("backbone", "")), where=f"'{path}' builds the adapter's base")
+
+
+def check_pushable_backbone(backbone: str, where: str = "The adapter's base is built") -> None:
+    """Refuse an adapter base that names a local backbone folder: nobody could load it from the Hub."""
     if os.path.isabs(backbone) or os.path.exists(backbone):
         raise ValueError(
-            f"'{path}' builds the adapter's base on the local backbone folder '{backbone}', which nobody can load "
-            "from the Hub: push that backbone to the Hub and train with its repo id as `backbone`, or merge the "
-            "adapter (--merge true) to publish a whole model."
+            f"{where} on the local backbone folder '{backbone}', which nobody can load from the Hub: push that "
+            "backbone to the Hub and train with its repo id as `backbone`, or merge the adapter (--merge true) to "
+            "publish a whole model."
         )
 
 

@@ -150,6 +150,11 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     if targs.should_save:
         check_writable(out)
     push = targs.push_to_hub  # the Trainer pushes checkpoints (hub_strategy); the run's own files go up below
+    plain_model = get_method(targs.method).saved_as == "whole"  # saved whole, backbone included
+    if push and not exp.merge and not plain_model and not exp.backbone.startswith(BUILTIN_PREFIX):
+        from ..hub import check_pushable_backbone
+
+        check_pushable_backbone(exp.backbone, where="--push_to_hub: the adapter's base would be built")  # at start
     id2label = source_id2label(exp)
     train_ds = build_train_dataset(exp, seed=targs.seed if targs.data_seed is None else targs.data_seed)
     targets, source_val = build_eval_datasets(exp), build_source_val(exp)
@@ -163,7 +168,6 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
         atomic.remove_stale_temporaries(out)  # a killed run's unfinished outputs
         # The outputs are written here and moved into `out` once complete (`manifest.publish`).
         stage = tempfile.mkdtemp(prefix=atomic.TMP_PREFIX, suffix="-outputs", dir=out)
-    plain_model = get_method(targs.method).saved_as == "whole"  # saved whole, backbone included
     if not exp.merge and not plain_model and stage is not None:  # an adapter: base_model/ is its base
         if exp.backbone.startswith(BUILTIN_PREFIX):
             # A random-init backbone exists nowhere else: the adapter is loadable only with these exact weights.
