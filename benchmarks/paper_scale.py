@@ -52,6 +52,14 @@ MB = 2**20
 LABELS = {"full": "full fine-tuning", "rein": "Rein (default config)"}
 
 
+def budget_text(cfg: dict) -> str:
+    """The config's budget: a fixed count of entries (the paper's 15.21M; a reduced model tunes the share it is of
+    DINOv2-L's targeted entries) or delta_max as a share."""
+    if cfg.get("delta_max_count"):
+        return f"{cfg['delta_max_count']:,} entries of DINOv2-L's, the same share on a reduced model"
+    return f"delta_max {cfg['delta_max']}"
+
+
 def run_worker(args, method: str) -> dict:
     cmd = [sys.executable, str(HERE / "paper_scale_worker.py"), "--method", method, "--config", str(args.config),
            "--model", args.model, "--layers", str(args.layers), "--image-size", *map(str, args.image_size),
@@ -147,7 +155,7 @@ def notes(rows: dict, cfg: dict, d: dict) -> list[str]:
         f"{d['est_batch_s']:.4g} s per batch), scoring {est['scores_s']:.4g} s, selection, scores file, sensitivity "
         f"plot and optimizer rebuild {rest:.4g} s; fixed part (not per batch) {d['est_fixed_s']:.4g} s.",
         f"Selected {ft['allocated']:,} of {est['trainable']:,} targeted entries "
-        f"({ft['allocated'] / est['trainable']:.2%}; delta_max {cfg['delta_max']}); active at the last tuning step: "
+        f"({ft['allocated'] / est['trainable']:.2%}; budget {budget_text(cfg)}); active at the last tuning step: "
         f"fraction {ft['active_fraction']:.4g}.",
     ]
 

@@ -63,7 +63,8 @@ def config_phases(path: str) -> dict:
     t1, t2, t3 = targs.phase_lengths(targs.max_steps)
     return dict(t1=t1, t2=t2, t3=t3, max_steps=targs.max_steps, batch=targs.per_device_train_batch_size,
                 crop=list(exp.crop_size), criterion=targs.criterion, estimator=targs.estimator,
-                delta_min=targs.delta_min, delta_max=targs.delta_max)  # fmt: skip
+                delta_min=targs.delta_min, delta_max=targs.delta_max, delta_min_count=targs.delta_min_count,
+                delta_max_count=targs.delta_max_count)  # fmt: skip
 
 
 class SyntheticCityscapes:
@@ -112,6 +113,19 @@ def build_model(exp, model: str, layers: int, rein: bool = False):
         apply_method(seg.requires_grad_(True), ReinConfig(token_length=seg.config.num_queries,
                                                           query_dims=seg.config.hidden_dim))
     return seg
+
+
+def scale_count_budget(targs, model: str, layers: int) -> None:
+    """A fixed-count budget (the paper's 15.21M entries) on a reduced model becomes the share it is of DINOv2-L's
+    targeted entries (q, k, v, fc1, fc2: 11 h^2 per block, 24 blocks), so fewer blocks tune the same share."""
+    full = MODELS["vit-l14"]
+    if targs.delta_max_count is None or (model == "vit-l14" and layers in (0, full["num_hidden_layers"])):
+        return
+    targeted = 11 * full["hidden_size"] ** 2 * full["num_hidden_layers"]
+    low = targs.delta_min_count if targs.delta_min_count is not None else targs.delta_max_count // 5
+    targs.delta_max, targs.delta_min = targs.delta_max_count / targeted, low / targeted
+    targs.delta_max_count = targs.delta_min_count = None
+    targs.budget_base = "targeted"
 
 
 class Memory:
@@ -220,6 +234,7 @@ def measure(args) -> dict:
 
     mem, t0 = Memory(cuda), time.perf_counter()
     model = build_model(exp, args.model, args.layers, rein=args.method == "rein")
+    scale_count_budget(targs, args.model, args.layers)
     mc = model.config
     # "criterion": the sparse run's criterion, or the baseline's method (the key predates `method`)
     out = {"method": args.method, "criterion": targs.criterion if targs.method == "sparse" else targs.method,
