@@ -2,7 +2,7 @@
 
 `FisherTuneState` is to Algorithm 1 what transformers' `TrainerState` is to the training loop: one object the
 trainer owns, that the callbacks read, and whose `to_dict()` is the checkpoint's `fishertune_trainer_state.json`
-(`from_dict` reads it back, also from checkpoints written before the object existed: the JSON keys are the same).
+(`from_dict` reads it back; the JSON keys are fixed, so that every checkpoint the package wrote resumes).
 
 The selection itself (indices, ranks, values) lives in the adapter weights the Trainer saves
 anyway; this adds what the adapter does not say: whether tuning has started, the active fraction,
