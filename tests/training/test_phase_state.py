@@ -37,3 +37,23 @@ def test_restore_updates_the_object_the_callbacks_hold():
     state.restore({**OLD_PAYLOAD, "in_tuning": False, "phase": 1, "estimation_pending": True})
     assert held.estimation_pending and not held.in_tuning and held.global_step == 5
     assert held.estimation_timing is None and held.scores is None
+
+
+def test_the_phase_callbacks_need_no_trainer():
+    """The callbacks decide from (args, state) and the phase state, and call the function they were given."""
+    from types import SimpleNamespace
+
+    from fishertune.training.callbacks import EstimationCallback, TuningScheduleCallback
+
+    phase, started, scheduled = FisherTuneState(), [], []
+    args = SimpleNamespace(phase_lengths=lambda max_steps: (3, 2, max_steps - 3))
+    estimation = EstimationCallback(phase, lambda: started.append(True))
+    schedule = TuningScheduleCallback(phase, scheduled.append)
+    for step in (1, 2, 3):
+        estimation.on_step_end(args, SimpleNamespace(global_step=step, max_steps=8), None)
+        schedule.on_step_begin(args, SimpleNamespace(global_step=step, max_steps=8), None)
+    assert started == [True] and scheduled == []  # at the end of step T1 = 3; the schedule waits for in_tuning
+    phase.in_tuning = True
+    estimation.on_step_end(args, SimpleNamespace(global_step=4, max_steps=8), None)
+    schedule.on_step_begin(args, SimpleNamespace(global_step=4, max_steps=8), None)
+    assert started == [True] and scheduled == [4]
