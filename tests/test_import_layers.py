@@ -17,6 +17,12 @@ Layering, lowest first:
 
 Every import counts, also those inside functions: a lazy import hides an upward edge from the import-time cycle
 but not from the layering. To add an edge, change `ALLOWED` here in the same commit, with the reason.
+
+No cycle between modules either (two files importing each other, directly or through others): the same edges, file
+to file, counting every import (inside functions and under `TYPE_CHECKING` too: an import that only serves an
+annotation still ties the two files together for a reader). `from package import name` is an edge to the module
+`package/name.py` when there is one, else to `package/__init__.py`; importing a module does not count as importing
+its parent packages (Python runs their `__init__` first, but that is not a dependency the file chose).
 """
 
 from __future__ import annotations
@@ -94,6 +100,41 @@ def imported_layers(path: Path) -> dict[str, int]:
     return found
 
 
+def _is_module(parts: list[str]) -> bool:
+    path = SRC.joinpath(*parts[1:])
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imported_modules(path: Path) -> dict[str, int]:
+    """`module -> first line` of every fishertune module (dotted; a package is its `__init__`) the file imports."""
+    _, package = _module_parts(path)
+    found: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        targets: list[list[str]] = []
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            full = base + (node.module.split(".") if node.module else [])
+            if full[:1] != ["fishertune"]:
+                continue
+            targets = [[*full, a.name] if _is_module([*full, a.name]) else full for a in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [a.name.split(".") for a in node.names if a.name.split(".")[0] == "fishertune"]
+        for target in targets:
+            found.setdefault(".".join(target), node.lineno)
+    return found
+
+
+def module_graph(root: Path = SRC) -> dict[str, dict[str, str]]:
+    """`module -> {imported module: "file:line" of the import}`, without self-edges."""
+    graph: dict[str, dict[str, str]] = defaultdict(dict)
+    for path in sorted(root.rglob("*.py")):
+        source = ".".join(_module_parts(path)[0])
+        for target, line in imported_modules(path).items():
+            if target != source:
+                graph[source][target] = f"{path.relative_to(SRC.parent)}:{line}"
+    return graph
+
+
 def layer_graph() -> dict[str, dict[str, str]]:
     """`layer -> {imported layer: "file:line" of one such import}`, without self-edges."""
     graph: dict[str, dict[str, str]] = defaultdict(dict)
@@ -143,6 +184,20 @@ def test_imports_only_go_down():
 def test_no_cycle_between_layers():
     cycle = find_cycle(layer_graph())
     assert cycle is None, f"import cycle between fishertune's subpackages: {' -> '.join(cycle)}"
+
+
+def test_no_cycle_between_modules():
+    graph = module_graph()
+    cycle = find_cycle(graph)
+    where = [graph[a][b] for a, b in zip(cycle, cycle[1:])] if cycle else []
+    assert cycle is None, f"import cycle between fishertune's modules: {' -> '.join(cycle)} ({', '.join(where)})"
+
+
+def test_the_module_graph_sees_imports_in_functions_and_for_annotations():
+    graph = module_graph()
+    assert "fishertune.fisher.passes" in graph["fishertune.fisher.registry"]  # under TYPE_CHECKING
+    assert "fishertune.fisher" in graph["fishertune.training.estimation"]  # `from .. import fisher` in a function
+    assert "fishertune.training.bad_files" in graph["fishertune.training.trainer"]  # `from . import bad_files`
 
 
 def test_the_allowed_table_itself_has_no_cycle():

@@ -8,14 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
-import sys
 
 import psutil
 import pytest
 import torch
 import yaml
+
+from _toolkit import launch_command, launch_env
 
 from . import _bad_file_two_proc
 from ._helpers import REPO, records_dir
@@ -27,18 +27,9 @@ BAD = 3
 TIMEOUT_S = int(os.environ.get("FISHERTUNE_DDP_TEST_TIMEOUT_S", 240))  # a launch that hangs fails
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch_two(config: str, out, image: str, step: int, *extra: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), _bad_file_two_proc.__file__, config, str(out), image, str(step),
-           "--", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = launch_command(_bad_file_two_proc.__file__, config, out, image, step, "--", *extra)
+    env = launch_env()
     log = open(os.path.join(out.parent, f"launch_{out.name}_{step}.log"), "w+")  # not a pipe: orphans keep pipes open
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
+from _toolkit import launch
+
 from . import _recipe_two_proc
-from ._helpers import REPO, records_dir
+from ._helpers import records_dir
 from .test_recipe_resume import TINY, _adapter, _assert_bitwise
 
 GLOO_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo CPU run; a GPU machine would use NCCL")
@@ -26,21 +25,9 @@ pytestmark = GLOO_ONLY
 TINY_DDP = {**TINY, "per_device_train_batch_size": 2}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch_two(config: str, out, *opts: str, extra: tuple[str, ...] = ()) -> list[dict]:
     """recipes/train.py in 2 gloo processes (see tests/training/test_multiprocess.py); each rank's record."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), _recipe_two_proc.__file__, config, str(out), *opts,
-           "--", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    launch(_recipe_two_proc.__file__, config, out, *opts, "--", *extra, timeout=300)
     return [json.load(open(os.path.join(records_dir(out), f"rank{r}.json"))) for r in (0, 1)]
 
 

@@ -1,8 +1,6 @@
 """Same seed, same data -> identical scores and masks across runs and across 1 vs 2 processes."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +8,7 @@ import torch
 from fishertune.fisher import load_scores
 from fishertune.tuner import global_topk
 
+from _toolkit import launch, launch_env
 from dist_worker import run
 
 HERE = Path(__file__).parent
@@ -24,12 +23,8 @@ def test_runs_and_processes_agree(tmp_path):
     for key in first:
         for n in first[key]:
             assert torch.equal(first[key][n], second[key][n]), (key, n)  # bitwise across runs
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-           str(HERE / "dist_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = launch_env(PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    launch(HERE / "dist_worker.py", tmp_path, timeout=240, env=env)
     for key, ref in first.items():
         if key == "reparam":
             # Its antithetic difference of two batch-summed weight gradients cancels to ~1e-7 of the gradient

@@ -2,35 +2,18 @@
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from fishertune.training.state import STATE_NAME
 
+from _toolkit import launch
+
 from . import _two_proc
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def _launch_two(out, *extra: str) -> None:
-    # `--multi_gpu` on a machine without GPUs: torchrun starts 2 processes and accelerate picks gloo on the CPU
-    # (`--cpu` / a MULTI_CPU config would start one process and expect mpirun).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), _two_proc.__file__, str(out), "2", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    launch(_two_proc.__file__, out, "2", *extra, timeout=240)
 
 
 GLOO_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="the gloo CPU run; a GPU machine would use NCCL")

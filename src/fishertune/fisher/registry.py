@@ -23,10 +23,12 @@ from .criteria import domain_sensitivity, dr_fim, magnitude_scores, random_score
 from .variational import variational_delta
 
 if TYPE_CHECKING:
-    from .config import EstimationConfig
     from .passes import EstimationStats
 
 Scores = dict[str, torch.Tensor]
+#: An `EstimationConfig` (`config.py` imports this registry to validate `criterion`: annotated by this name, not
+#: imported, so that the two modules do not import each other).
+Config = Any
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,8 @@ class Criterion:
     help: str
     needs_data: bool
     needs_dsu: bool = False
-    scores: Optional[Callable[[Mapping[str, torch.Tensor], "EstimationConfig"], Scores]] = None
-    from_stats: Optional[Callable[["EstimationStats", "EstimationConfig"], Scores]] = None
+    scores: Optional[Callable[[Mapping[str, torch.Tensor], Config], Scores]] = None
+    from_stats: Optional[Callable[["EstimationStats", Config], Scores]] = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name or ""):
@@ -119,7 +121,7 @@ def criteria_help() -> str:
     return "; ".join(f"{c.name}: {c.help}" for c in _REGISTRY.values())
 
 
-def shift_statistics(stats: "EstimationStats", config: "EstimationConfig") -> tuple[Scores, float]:
+def shift_statistics(stats: "EstimationStats", config: Config) -> tuple[Scores, float]:
     """(dF, w) from the statistics: Eq. 5 (diagonal) or the ratio of Eq. 15 (variational), eps relative to F's
     scale (`EstimationConfig.delta_eps`), and Eq. 7's weight w in the configured reading."""
     fisher = stats.fisher
@@ -139,7 +141,7 @@ def shift_statistics(stats: "EstimationStats", config: "EstimationConfig") -> tu
     return {n: domain_sensitivity(fisher[n], stats.fisher_shift[n], eps + stats.floor) for n in fisher}, weight
 
 
-def _dr_fim(stats: "EstimationStats", config: "EstimationConfig") -> Scores:
+def _dr_fim(stats: "EstimationStats", config: Config) -> Scores:
     delta, weight = shift_statistics(stats, config)
     return dr_fim(stats.fisher, delta, weight, config.exchange, config.exchange_quantile, stats.gamma)
 

@@ -3,23 +3,21 @@
 A `BadSampleError` from the training data (phase 1 or 3, at the batch fetch, or phase 2, in the estimator's loader)
 is agreed over ranks, so every rank stops at the same batch; all save one checkpoint of the last completed step (at
 phase 2: step T1, marked `estimation_pending`, so that a resumed run estimates again) and raise naming the file.
-`FisherTuneTrainer` delegates here: `fetch_batches` (its `get_batch_samples`), `AgreedLoader` (phase 2's loader) and
-`stop_in_estimation` (a bad file in phase 2).
+Nothing here knows the trainer: `fetch_agreed` (in its `get_batch_samples`) and `AgreedLoader` (phase 2's loader)
+return or raise the agreed error, `FisherTuneTrainer` saves the checkpoint, `wait_for_all` holds every rank until
+its files are in, and `stopped` is the error the trainer raises.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.keyed import BadSampleError
-
-if TYPE_CHECKING:
-    from .trainer import FisherTuneTrainer
 
 
 class AgreedLoader:
@@ -73,40 +71,25 @@ def agree(err, world_size: int):
     return BadSampleError(f"Process {rank} stopped the run: {first}")
 
 
-def stop(trainer: "FisherTuneTrainer", err, during: str):
-    """Save a checkpoint of the last completed step (even with save_strategy='no': the run ends here, and its
-    steps are work a rerun would repeat), wait for every rank's files, then raise naming the file."""
-    step = trainer.state.global_step
+def fetch_agreed(fetch: Callable[[], object], world_size: int) -> tuple[object, Optional[BadSampleError]]:
+    """`(fetch(), None)`, or `(None, error)` when a rank met a bad file in its fetch (agreed over ranks by `agree`):
+    every rank stops at the same step, or none does."""
+    try:
+        return fetch(), agree(None, world_size)
+    except BadSampleError as err:
+        return None, agree(err, world_size)
+
+
+def wait_for_all(world_size: int) -> None:
+    """Every rank's checkpoint files are in before any raises (a launcher kills the others as soon as one exits)."""
+    if _distributed(world_size):
+        dist.barrier()
+
+
+def stopped(err: BadSampleError, step: int, output_dir: str, during: str = "") -> BadSampleError:
+    """The error that ends the run: the file, when (`during`, e.g. " in phase 2 ...") and the checkpoint of the last
+    completed step `step` (none before the first step)."""
     if not step:
-        raise BadSampleError(f"{err} The run stopped{during} before its first step; nothing to save.") from err
-    trainer._save_checkpoint(trainer.model_wrapped, trial=None)
-    if _distributed(trainer.args.world_size):
-        dist.barrier()  # a launcher kills the other processes as soon as one exits with the error
-    ckpt = os.path.join(trainer.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-    raise BadSampleError(f"{err} The run stopped{during} after step {step}, saved as {ckpt}.") from err
-
-
-def fetch_batches(trainer: "FisherTuneTrainer", fetch, *args):
-    """`Trainer.get_batch_samples` (`fetch(*args)`) with a bad file agreed over ranks: every rank stops at the same
-    step, or none does."""
-    err = None
-    try:
-        batches = fetch(*args)
-    except BadSampleError as e:
-        err = e
-    err = agree(err, trainer.args.world_size)
-    if err is None:
-        return batches
-    # The batches are fetched before the step: the model is at the end of the last step, a consistent point.
-    stop(trainer, err, "")
-
-
-def stop_in_estimation(trainer: "FisherTuneTrainer", err) -> None:
-    """A bad file in phase 2 (raised on every rank at the same batch by `AgreedLoader`): the checkpoint of step T1
-    says phase 2 must run on resume."""
-    trainer.model.zero_grad(set_to_none=True)
-    trainer._estimation_pending = True
-    try:
-        stop(trainer, err, " in phase 2 (estimation; it runs again when resumed)")
-    finally:
-        trainer._estimation_pending = False
+        return BadSampleError(f"{err} The run stopped{during} before its first step; nothing to save.")
+    ckpt = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+    return BadSampleError(f"{err} The run stopped{during} after step {step}, saved as {ckpt}.")

@@ -1,10 +1,11 @@
 """Checkpoints that are complete or absent, and finding the newest complete one.
 
 Saving (`FisherTuneTrainer._save_checkpoint` calls `save_staged`). transformers' own `_save_checkpoint` writes into
-`<output_dir>/.fishertune-tmp-<id>-checkpoint-<step>/checkpoint-<step>` (the trainer's `_get_output_dir` names the
-staging folder while it runs), the FisherTune state and scores are added, and the folder is renamed to
-`checkpoint-<step>` (`fishertune.atomic.staged_dir`). Only then are older checkpoints rotated (`save_total_limit`)
-and the checkpoint pushed (`push_to_hub`): a crash or an error at any point leaves the earlier checkpoints as they
+`<output_dir>/.fishertune-tmp-<id>-checkpoint-<step>/checkpoint-<step>` (`save(staging)`: the trainer's
+`_get_output_dir` names the staging folder while it runs), the FisherTune state and
+scores are added (`write_state(folder)`), and the folder is renamed to
+`checkpoint-<step>` (`fishertune.atomic.staged_dir`). Only then are older checkpoints rotated (`save_total_limit`),
+and `HubPushCallback.on_save` pushes the checkpoint (`hub_strategy`): a crash or an error at any point leaves the earlier checkpoints as they
 were and, at worst, a temporary folder that the next `train()` removes. `best_model_checkpoint` always names the
 final folder, in the trainer's state and in the `trainer_state.json` saved with the checkpoint.
 
@@ -26,7 +27,7 @@ import os
 import re
 import time
 import warnings
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
@@ -36,9 +37,6 @@ from transformers.utils import logging
 
 from ..atomic import remove_stale_temporaries, staged_dir
 from ..outputs import ADAPTER_WEIGHTS, MODEL_WEIGHTS, STATE_NAME, TRAINER_STATE_NAME
-
-if TYPE_CHECKING:
-    from .trainer import FisherTuneTrainer
 
 logger = logging.get_logger(__name__)
 
@@ -114,8 +112,8 @@ def check_supported(args) -> None:
         )
 
 
-def _distributed(trainer: "FisherTuneTrainer") -> bool:
-    return trainer.args.parallel_mode == ParallelMode.DISTRIBUTED and dist.is_available() and dist.is_initialized()
+def _distributed(args) -> bool:
+    return args.parallel_mode == ParallelMode.DISTRIBUTED and dist.is_available() and dist.is_initialized()
 
 
 def _pause_for_tests(staging: str, step: int) -> None:
@@ -124,9 +122,8 @@ def _pause_for_tests(staging: str, step: int) -> None:
         time.sleep(600)
 
 
-def _best_checkpoint(trainer: "FisherTuneTrainer", run_dir: str, previous: Optional[str]) -> Optional[str]:
+def _best_checkpoint(args, state, run_dir: str, previous: Optional[str]) -> Optional[str]:
     """transformers' choice of `best_model_checkpoint`, made against the final folders instead of the staging one."""
-    state, args = trainer.state, trainer.args
     saving = args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
     if not saving or not state.best_global_step:
         return previous
@@ -134,16 +131,14 @@ def _best_checkpoint(trainer: "FisherTuneTrainer", run_dir: str, previous: Optio
     return best if state.best_global_step == state.global_step or os.path.exists(best) else previous
 
 
-def save_staged(trainer: "FisherTuneTrainer", save: Callable[[], None], write_state: Callable[[str], None],
-                trial=None) -> str:  # fmt: skip
-    """Run transformers' checkpoint save (`save()`) and `write_state(folder)` in a staging folder, rename it to
-    `checkpoint-<step>`, then rotate; return the final folder (`training.hub_push.HubPushCallback.on_save`
-    pushes it afterwards, complete)."""
-    args, state = trainer.args, trainer.state
-    run_dir = trainer._get_output_dir(trial=trial)
+def save_staged(args, state, run_dir: str, save: Callable[[str], None], write_state: Callable[[str], None]) -> str:
+    """Run transformers' checkpoint save (`save(staging folder)`) and `write_state(folder)` in a staging folder of
+    `run_dir`, rename it to `checkpoint-<step>`, then rotate; return the final folder
+    (`training.hub_push.HubPushCallback.on_save` pushes it afterwards, complete). `args`, `state`: the trainer's
+    arguments and `TrainerState`."""
     name = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
     final = os.path.join(run_dir, name)
-    distributed = _distributed(trainer)
+    distributed = _distributed(args)
     previous_best = state.best_model_checkpoint
     with (staged_dir(final) if args.should_save else contextlib.nullcontext()) as staging:
         if distributed:
@@ -151,12 +146,8 @@ def save_staged(trainer: "FisherTuneTrainer", save: Callable[[], None], write_st
             dist.broadcast_object_list(box, src=0)  # every rank writes its RNG state into the main process's folder
             staging = box[0]
         inner = os.path.join(staging, name)
-        trainer._checkpoint_staging = staging
-        try:
-            save()
-        finally:
-            trainer._checkpoint_staging = None
-        state.best_model_checkpoint = _best_checkpoint(trainer, run_dir, previous_best)
+        save(staging)
+        state.best_model_checkpoint = _best_checkpoint(args, state, run_dir, previous_best)
         if args.should_save:
             state.save_to_json(os.path.join(inner, TRAINER_STATE_NAME))  # with the final best_model_checkpoint
             _pause_for_tests(staging, state.global_step)
@@ -175,35 +166,21 @@ def save_staged(trainer: "FisherTuneTrainer", save: Callable[[], None], write_st
     return final
 
 
-def fishertune_state(trainer: "FisherTuneTrainer") -> dict:
-    """What the FisherTune state file of a checkpoint holds: the settings compared on resume, phase, schedule."""
-    return {
-        **trainer._expected_state(), "global_step": trainer.state.global_step, "in_tuning": trainer.in_tuning,
-        "phase": 3 if trainer.in_tuning else 1, "phase_lengths": list(trainer.phase_lengths),
-        "active_fraction": trainer.active_fraction, "selected": trainer.scores is not None,
-        "num_allocated": trainer.model.num_allocated() if trainer.sparse else None,
-        "num_active": trainer.model.num_active() if trainer.sparse else None,
-        "nonfinite_skipped_steps": trainer.nonfinite.skipped,
-        # saved at the end of step T1 before the selection (a bad file stopped phase 2): resuming runs it
-        "estimation_pending": trainer._estimation_pending,
-        "bad_file_skips": trainer.bad_file_skips,
-    }
-
-
-def load_optimizer_and_scheduler(trainer: "FisherTuneTrainer", load: Callable[[str], None], checkpoint) -> None:
-    """`load(checkpoint)` (transformers' optimizer and scheduler load), then, after an allowed change of settings,
-    this run's learning rates and AdamW settings over the loaded ones (which are the checkpoint's)."""
+def optimizer_settings(optimizer) -> list[dict]:
+    """The learning rates and AdamW settings of each group of `optimizer` (empty for None)."""
     keys = ("initial_lr", "weight_decay", "betas", "eps")
-    optimizer = trainer.optimizer
-    fresh = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups] if optimizer is not None else []
-    load(checkpoint)
-    if checkpoint is None or not trainer._changed_settings or not fresh:
+    return [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups] if optimizer is not None else []
+
+
+def reapply_settings(optimizer, scheduler, settings: list[dict]) -> None:
+    """After an allowed change of settings: this run's learning rates and AdamW settings (`optimizer_settings` taken
+    before the checkpoint's optimizer and scheduler were loaded) over the loaded ones (which are the checkpoint's)."""
+    if not settings:
         return
-    for group, values in zip(trainer.optimizer.param_groups, fresh):
+    for group, values in zip(optimizer.param_groups, settings):
         group.update(values)
-    scheduler = trainer.lr_scheduler
-    if isinstance(scheduler, LambdaLR) and all("initial_lr" in v for v in fresh):
-        scheduler.base_lrs = [v["initial_lr"] for v in fresh]
+    if isinstance(scheduler, LambdaLR) and all("initial_lr" in v for v in settings):
+        scheduler.base_lrs = [v["initial_lr"] for v in settings]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scheduler.last_epoch -= 1

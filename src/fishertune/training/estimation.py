@@ -1,13 +1,15 @@
-"""Phase 2 of Algorithm 1 in the trainer: estimate the scores over T2 batches, select, write the files, log.
+"""Phase 2 of Algorithm 1 in the trainer: estimate the scores over T2 batches, select, write the files.
 
-`FisherTuneTrainer.start_tuning` calls `estimate_and_select` at the end of phase 1 (method "sparse").
+`FisherTuneTrainer.start_tuning` calls `estimate_and_select` at the end of phase 1 (method "sparse") and keeps and
+logs the `EstimationResult` it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -18,10 +20,25 @@ from ..outputs import PLOT_NAME, SCORES_NAME, SELECTION_NAME, STATISTICS_NAME
 from ..tuner import FisherTuneLayer
 from . import bad_files
 
-if TYPE_CHECKING:
-    from .trainer import FisherTuneTrainer
-
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class EstimationResult:
+    """What phase 2 produced: the scores (broadcast from rank 0), the selection's summary (allocated entries and
+    shares per target kind), the number of batches T2 and the `fishertune.fisher.EstimationTiming`."""
+
+    scores: dict
+    summary: dict
+    batches: int
+    timing: Any
+
+    def log_entry(self) -> dict[str, float]:
+        """The phase-2 log entry (`phase` 2, the batches, the summary, the estimation's seconds when it read data)."""
+        seconds = {} if self.timing.total_s is None else {"estimation_seconds": self.timing.total_s}
+        if self.timing.seconds_per_batch is not None:
+            seconds["estimation_seconds_per_batch"] = self.timing.seconds_per_batch
+        return {"phase": 2.0, "estimation_batches": float(self.batches), **self.summary, **seconds}
 
 
 @contextlib.contextmanager
@@ -33,24 +50,22 @@ def _restore_epoch(dataset, epoch):
             dataset.set_epoch(epoch)
 
 
-def estimate_and_select(trainer: "FisherTuneTrainer") -> None:
-    """Estimate (with a private RNG stream), broadcast the scores from rank 0, select, save the scores, selection
-    and plot, keep `trainer.scores` and `trainer.estimation_timing`, and log the phase-2 entry."""
+def estimate_and_select(model, args, make_loader: Callable[[], Any], dataset, batches: int) -> EstimationResult:
+    """Estimate over `batches` batches of `make_loader()` (with a private RNG stream), broadcast the scores from rank
+    0, select them in `model`, save the scores, selection and plot (`args.should_save`), and return the result.
+    `dataset` is the training dataset, whose epoch the new loader must not change."""
     from .. import fisher
 
-    args, model = trainer.args, trainer.model
-    _, t2, _ = trainer.phase_lengths
-    config = args.estimation_config(t2)
+    config = args.estimation_config(batches)
     devices = [torch.cuda.current_device()] if args.device.type == "cuda" else []
     # A private RNG stream: the estimation (data order, DSU draws, sampled labels) is the same whenever it
     # runs, and training after it draws the same numbers as a run resumed from a later checkpoint.
     # A fresh loader may reset the dataset's epoch (accelerate does when its sampler has none); the
     # training loader's must survive it.
-    epoch = getattr(trainer.train_dataset, "epoch", None)
-    with torch.random.fork_rng(devices=devices), _restore_epoch(trainer.train_dataset, epoch):
+    epoch = getattr(dataset, "epoch", None)
+    with torch.random.fork_rng(devices=devices), _restore_epoch(dataset, epoch):
         torch.manual_seed(args.seed)
-        loader = bad_files.AgreedLoader(trainer.get_train_dataloader(),
-                                        lambda err: bad_files.agree(err, args.world_size))
+        loader = bad_files.AgreedLoader(make_loader(), lambda err: bad_files.agree(err, args.world_size))
         weights = model.fishertune_target_weights()
         timing = fisher.EstimationTiming()
         if args.save_estimation_statistics and fisher.get_criterion(config.criterion).needs_data:
@@ -66,14 +81,13 @@ def estimate_and_select(trainer: "FisherTuneTrainer") -> None:
         else:
             scores = fisher.estimate_scores(model, loader, weights, config,
                                             disable_tqdm=args.disable_tqdm, timing=timing)
-    trainer.estimation_timing = timing
     # The Trainer zeroed the gradients before this callback; none may leak into the first tuning step.
     model.zero_grad(set_to_none=True)
     scores = _broadcast(scores, args.device)
     counts = model.select(scores)
-    trainer.scores = scores
     summary = _selection_summary(counts, model.num_targeted())
     # The loader may hold fewer batches than T2 asks for: the record says how many the scores come from.
+    t2 = batches
     used = timing.num_batches if fisher.get_criterion(config.criterion).needs_data else t2
     if used < t2:
         logger.warning(f"estimation_batches={t2} asks for more batches than the training data holds: the scores "
@@ -82,13 +96,7 @@ def estimate_and_select(trainer: "FisherTuneTrainer") -> None:
     summary["estimation_batches"] = float(used)
     if args.should_save:
         _write_selection(fisher, model, scores, counts, summary, args)
-    # Logging resets the Trainer's should_log flag, which the step's own loss log still needs.
-    should_log = trainer.control.should_log
-    seconds = {} if timing.total_s is None else {"estimation_seconds": timing.total_s}  # data-free: no passes
-    if timing.seconds_per_batch is not None:
-        seconds["estimation_seconds_per_batch"] = timing.seconds_per_batch
-    trainer.log({"phase": 2.0, **summary, **seconds})
-    trainer.control.should_log = should_log
+    return EstimationResult(scores=scores, summary=summary, batches=batches, timing=timing)
 
 
 def _broadcast(scores: dict, device) -> dict:

@@ -23,9 +23,11 @@ AdamW would move that entry of a dense weight.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..tuner import FisherTuneLayer
@@ -199,3 +201,53 @@ class FisherTuneAdamW(torch.optim.AdamW):
         bc2 = 1 - beta2 ** t.float()
         denom = (v.float() / bc2).sqrt_().add_(eps)
         x.sub_((lr * m.float() / bc1 / denom).to(p.dtype))
+
+
+def average_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Average the gradients of `params` over processes (parameters DDP's reducer does not hold: those that appear
+    or unfreeze after the model was wrapped). The same graph on every rank gives the same list of gradients."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)  # gloo has no AVG: sum then divide
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def build_optimizer(model: nn.Module, backbone_ids: set[int], args) -> "FisherTuneAdamW":
+    """The `FisherTuneAdamW` over `model`'s trainable parameters in Rein's groups (`build_param_groups`; `backbone_ids`:
+    the ids of the backbone's parameters), with the training arguments' learning rates and AdamW settings."""
+    groups = build_param_groups(
+        model, backbone_ids,
+        decoder_lr=args.learning_rate if args.decoder_learning_rate is None else args.decoder_learning_rate,
+        backbone_lr=args.learning_rate if args.backbone_learning_rate is None else args.backbone_learning_rate,
+        weight_decay=args.weight_decay,
+    )  # fmt: skip
+    counts, bases = sparse_prefix_hooks(model)
+    return FisherTuneAdamW(groups, active_counts=counts, lr=args.learning_rate,
+                           betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                           weight_decay=args.weight_decay, sparse_weight_decay=args.sparse_weight_decay,
+                           base_values=bases)  # fmt: skip
+
+
+def carry_moments(old, new: torch.optim.Optimizer) -> None:
+    """Give `new` the optimizer state `old` (None, or an optimizer, possibly accelerate-wrapped) holds for the same
+    parameters."""
+    old_state = getattr(old, "optimizer", old).state if old is not None else {}
+    for group in new.param_groups:
+        for p in group["params"]:
+            if p in old_state:
+                new.state[p] = old_state[p]
+
+
+def fast_forward(scheduler, step: int) -> None:
+    """Set a fresh `LambdaLR` scheduler to `step` of its curve (other schedulers are left as they are)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler.last_epoch = step - 1
+            scheduler.step()

@@ -1,40 +1,41 @@
 """FisherTuneTrainer: Algorithm 1 (warm-up, estimation, tuning) on top of `transformers.Trainer`.
 
-Optimizer rebuild. The sparse deltas only exist once the selection is made (end of phase 2), so
-phase 1 runs with an optimizer over the decoder alone. `start_tuning` then builds a new optimizer
-from the phase-3 trainable set (same group layout as any phase-3 build), carries the decoder's
-AdamW state over from the old one, and creates a new LR scheduler fast-forwarded to the current
-step: the LR curve of the run is one schedule over `max_steps`, whatever the phase.
+Phase state. The phase of Algorithm 1, the active fraction, the scores and the counters a resume continues live in
+one `FisherTuneState` (`trainer.fishertune_state`; `in_tuning`, `scores`, `active_fraction`, `estimation_timing` read
+it). The callbacks read it, with `(args, state, control)`, and call the trainer's public methods; phase 2 is a
+function (`estimation.estimate_and_select`) whose result the trainer keeps and logs.
 
-Resume. `_save_checkpoint` adds the phase, active fraction, scores, a fingerprint of the model and the settings
-that change the model, data or optimisation (FisherTune options, `RESUME_SETTINGS`, `run_settings`) to each
-checkpoint (the selection is in the adapter weights), staged and renamed so that a checkpoint is complete or
-absent (`fishertune.training.checkpoints`). On `train(resume_from_checkpoint=...)` (`True`: the newest complete
-checkpoint), `_load_from_checkpoint` refuses a changed setting that `allow_changed_settings` does not name,
-restores the phase and loads the adapter (which re-allocates the selection) before the Trainer creates the
-optimizer, so the optimizer has the checkpoint's groups when its state is loaded; an allowed change of a learning
-rate or of AdamW's settings is applied over the loaded optimizer state.
+Optimizer rebuild. The sparse deltas only exist once the selection is made (end of phase 2), so phase 1 runs with an
+optimizer over the decoder alone. `start_tuning` then builds a new optimizer from the phase-3 trainable set (same
+group layout as any phase-3 build), carries the decoder's AdamW state over from the old one, and creates a new LR
+scheduler fast-forwarded to the current step: the LR curve of the run is one schedule over `max_steps`.
 
-Multi-process. Parameters that appear or unfreeze after the model was wrapped in DDP (the deltas,
-a LoRA or backbone unfrozen after warm-up) are not in DDP's reducer; `training_step` averages
-their gradients over processes at each optimizer step. Deltas are always excluded from DDP, so a
-resumed run syncs them the same way. The scores are broadcast from rank 0 before selection.
+Resume. `_save_checkpoint` adds the state's dict (phase, active fraction, whether scores exist, a fingerprint of the
+model and the settings that change the model, data or optimisation: FisherTune options, `RESUME_SETTINGS`,
+`run_settings`) and the scores to each checkpoint (the selection is in the adapter weights), staged and renamed so
+that a checkpoint is complete or absent (`fishertune.training.checkpoints`). On `train(resume_from_checkpoint=...)`
+(`True`: the newest complete checkpoint), `_load_from_checkpoint` refuses a changed setting that
+`allow_changed_settings` does not name, restores the state and loads the adapter (which re-allocates the selection)
+before the Trainer creates the optimizer, so the optimizer has the checkpoint's groups when its state is loaded; an
+allowed change of a learning rate or of AdamW's settings is applied over the loaded optimizer state.
+
+Multi-process. Parameters that appear or unfreeze after the model was wrapped in DDP (the deltas, a LoRA or backbone
+unfrozen after warm-up) are not in DDP's reducer; `training_step` averages their gradients over processes at each
+optimizer step. Deltas are always excluded from DDP, so a resumed run syncs them the same way. The scores are
+broadcast from rank 0 before selection.
 
 Bad files. A `BadSampleError` from the training data (phase 1 or 3, at the batch fetch, or phase 2, in the
-estimator's loader) is agreed over ranks, so every rank stops at the same batch; all save one checkpoint of the
-last completed step (at phase 2: step T1, marked `estimation_pending`, so that a resumed run estimates again)
-and raise naming the file (`fishertune.training.bad_files`).
+estimator's loader) is agreed over ranks, so every rank stops at the same batch; all save one checkpoint of the last
+completed step (at phase 2: step T1, marked `estimation_pending`, so that a resumed run estimates again) and raise
+naming the file (the agreement and the error: `fishertune.training.bad_files`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import warnings
 from typing import Optional
 
-import torch
-import torch.distributed as dist
-from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 from transformers.utils import logging
 
@@ -44,10 +45,11 @@ from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .methods import get_method
 from .nonfinite import NonFiniteGuard
-from .optimizer import SPARSE_KEY, FisherTuneAdamW, build_param_groups, sparse_prefix_hooks
+from .optimizer import SPARSE_KEY, average_gradients, build_optimizer, carry_moments, fast_forward
 from .setup import backbone_parameters, is_fishertune, prepare_model
 from ..outputs import SCORES_NAME
-from .state import check_allowed_names, check_compatible, describe_changes, model_fingerprint, read_state, write_state
+from .state import (FisherTuneState, check_allowed_names, check_compatible, describe_changes, model_fingerprint,
+                    read_state, write_state)
 
 logger = logging.get_logger(__name__)
 
@@ -85,19 +87,12 @@ class FisherTuneTrainer(Trainer):
         self.sparse = get_method(args.method).is_sparse  # FisherTune: phase 2 selects the entries tuned in phase 3
         if self.sparse and not is_fishertune(self.model):
             raise ValueError(f"method={args.method!r} needs a FisherTune PeftModel.")
-        self.in_tuning = False
-        self.scores = None
-        self.active_fraction = None
-        # Phase 2's `fishertune.fisher.EstimationTiming` (batch arrivals, passes, scoring) once it ran; its
-        # totals are logged with the phase-2 entry as estimation_seconds / estimation_seconds_per_batch.
-        self.estimation_timing = None
+        self.fishertune_state = FisherTuneState()  # the callbacks hold it: updated in place, never replaced
         self._fingerprint = model_fingerprint(self.model)
         # What the method tunes in the backbone (sparse deltas are added by name once they exist).
         self._tuned_names = {n for n, p in backbone_parameters(self.model) if p.requires_grad}
         self._ddp_synced = None
         self._late_params = []
-        self._estimation_pending = False
-        self._bad_file_skips_before = 0  # in the runs this one resumed
         self.run_settings = dict(run_settings or {})
         check_allowed_names(args.allow_changed_settings, self._expected_state())
         self._changed_settings = {}  # allowed differences from the checkpoint resumed
@@ -106,9 +101,33 @@ class FisherTuneTrainer(Trainer):
         # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
         self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
                                         check_grads=self.accelerator.scaler is None)
-        for cb in (WarmupPhaseCallback, EstimationCallback, TuningScheduleCallback, NonFiniteCallback,
-                   hub_push.HubPushCallback):
-            self.add_callback(cb(self))
+        phase = self.fishertune_state
+        for cb in (WarmupPhaseCallback(phase), EstimationCallback(phase, self.start_tuning),
+                   TuningScheduleCallback(phase, self.apply_schedule), NonFiniteCallback(phase, self.nonfinite),
+                   hub_push.HubPushCallback(self)):
+            self.add_callback(cb)
+
+    # -- the phase state, read through ------------------------------------------------------------
+    @property
+    def in_tuning(self) -> bool:
+        """Phase 3 has started."""
+        return self.fishertune_state.in_tuning
+
+    @property
+    def scores(self) -> Optional[dict]:
+        """Phase 2's scores per targeted layer (None before phase 2, or for a method without one)."""
+        return self.fishertune_state.scores
+
+    @property
+    def active_fraction(self) -> Optional[float]:
+        """The active share p(t) of Eq. 16 set for the current tuning step."""
+        return self.fishertune_state.active_fraction
+
+    @property
+    def estimation_timing(self):
+        """Phase 2's `fishertune.fisher.EstimationTiming` (batch arrivals, passes, scoring) once it ran in this
+        process; its totals are logged with the phase-2 entry as estimation_seconds / estimation_seconds_per_batch."""
+        return self.fishertune_state.estimation_timing
 
     # -- phases -----------------------------------------------------------------------------------
     @property
@@ -129,11 +148,18 @@ class FisherTuneTrainer(Trainer):
     def start_tuning(self) -> None:
         """End of phase 1: estimate and select (method "sparse"), unfreeze, rebuild the optimizer."""
         if self.sparse:
-            try:
-                estimation.estimate_and_select(self)  # phase 2: scores, selection, files, its log entry
+            try:  # phase 2: scores, selection, files
+                result = estimation.estimate_and_select(self.model, self.args, self.get_train_dataloader,
+                                                        self.train_dataset, self.phase_lengths[1])
             except BadSampleError as err:  # raised on every rank at the same batch (bad_files.AgreedLoader)
-                bad_files.stop_in_estimation(self, err)
-        self.in_tuning = True
+                self.model.zero_grad(set_to_none=True)
+                self._stop_on_bad_file(err, " in phase 2 (estimation; it runs again when resumed)", pending=True)
+            self.fishertune_state.scores, self.fishertune_state.estimation_timing = result.scores, result.timing
+            # Logging resets the Trainer's should_log flag, which the step's own loss log still needs.
+            should_log = self.control.should_log
+            self.log(result.log_entry())
+            self.control.should_log = should_log
+        self.fishertune_state.in_tuning = True
         self._rebuild_optimizer()
         self.apply_schedule(self.state.global_step)
         logger.info(f"FisherTune phase 3: tuning from step {self.state.global_step} to {self.state.max_steps}.")
@@ -143,7 +169,7 @@ class FisherTuneTrainer(Trainer):
         if not self.sparse:
             return
         t1, _, t3 = self.phase_lengths
-        self.active_fraction = self.model.set_schedule_step(global_step - t1, max(t3 - 1, 0))
+        self.fishertune_state.active_fraction = self.model.set_schedule_step(global_step - t1, max(t3 - 1, 0))
 
     # -- optimizer and scheduler ------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -156,44 +182,23 @@ class FisherTuneTrainer(Trainer):
             if sparse:
                 model._ddp_params_and_buffers_to_ignore = sparse
             self._ddp_synced = {id(p) for n, p in model.named_parameters() if p.requires_grad and SPARSE_KEY not in n}
-        args = self.args
-        groups = build_param_groups(
-            model,
-            {id(p) for _, p in self._backbone_params()},
-            decoder_lr=args.learning_rate if args.decoder_learning_rate is None else args.decoder_learning_rate,
-            backbone_lr=args.learning_rate if args.backbone_learning_rate is None else args.backbone_learning_rate,
-            weight_decay=args.weight_decay,
-        )
-        counts, bases = sparse_prefix_hooks(model)
-        self.optimizer = FisherTuneAdamW(
-            groups, active_counts=counts, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon, weight_decay=args.weight_decay, sparse_weight_decay=args.sparse_weight_decay,
-            base_values=bases,
-        )
-        self._late_params = [p for g in groups for p in g["params"] if id(p) not in self._ddp_synced]
+        self.optimizer = build_optimizer(model, {id(p) for _, p in self._backbone_params()}, self.args)
+        self._late_params = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in self._ddp_synced]
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         fresh = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         step = self.state.global_step if self.state is not None else 0
-        if fresh and step > 0 and isinstance(scheduler, LambdaLR):
-            # A scheduler rebuilt mid-run continues the run's single LR curve at the current step.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                scheduler.last_epoch = step - 1
-                scheduler.step()
+        if fresh and step > 0:  # a scheduler rebuilt mid-run continues the run's single LR curve at the current step
+            fast_forward(scheduler, step)
         return scheduler
 
     def _rebuild_optimizer(self) -> None:
         old = self.optimizer
-        old_state = getattr(old, "optimizer", old).state if old is not None else {}
         self.optimizer, self.lr_scheduler = None, None
         new = self.create_optimizer()
-        for group in new.param_groups:
-            for p in group["params"]:
-                if p in old_state:  # the decoder keeps its AdamW moments across the phase change
-                    new.state[p] = old_state[p]
+        carry_moments(old, new)  # the decoder keeps its AdamW moments across the phase change
         if old in self.accelerator._optimizers:
             self.accelerator._optimizers.remove(old)
         self.optimizer = self.accelerator.prepare_optimizer(new)
@@ -208,12 +213,30 @@ class FisherTuneTrainer(Trainer):
         return super()._run_epoch(model, epoch, *args, **kwargs)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        return bad_files.fetch_batches(self, super().get_batch_samples, epoch_iterator, num_batches, device)
+        fetch = functools.partial(super().get_batch_samples, epoch_iterator, num_batches, device)
+        batches, err = bad_files.fetch_agreed(fetch, self.args.world_size)
+        if err is not None:  # fetched before the step: the model is at the end of the last step, a consistent point
+            self._stop_on_bad_file(err)
+        return batches
+
+    def _stop_on_bad_file(self, err: BadSampleError, during: str = "", pending: bool = False):
+        """Save a checkpoint of the last completed step (even with save_strategy='no': the run ends here, and its
+        steps are work a rerun would repeat; `pending`: phase 2 runs again on resume), wait for every rank's files,
+        then raise naming the file."""
+        step = self.state.global_step
+        if step:
+            self.fishertune_state.estimation_pending = pending
+            try:
+                self._save_checkpoint(self.model_wrapped, trial=None)
+            finally:
+                self.fishertune_state.estimation_pending = False
+            bad_files.wait_for_all(self.args.world_size)
+        raise bad_files.stopped(err, step, self.args.output_dir, during) from err
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._late_params and self.args.world_size > 1 and self.accelerator.sync_gradients:
-            self._average_late_gradients()
+            average_gradients(self._late_params)
         self.nonfinite.after_backward(self.model, loss, self.state.global_step + 1, self.current_phase)
         return loss
 
@@ -221,25 +244,12 @@ class FisherTuneTrainer(Trainer):
     def bad_file_skips(self) -> int:
         """Unreadable training samples replaced so far (bad_file_policy='skip'), over the loader's workers and the
         runs this one resumed (per process; logged and saved as `bad_file_skips`)."""
-        return self._bad_file_skips_before + int(getattr(self.train_dataset, "skip_count", 0))
+        return self.fishertune_state.bad_file_skips_resumed + int(getattr(self.train_dataset, "skip_count", 0))
 
     @property
     def current_phase(self) -> int:
         """1 (warm-up) or 3 (tuning): the phase of the step being taken."""
-        return 3 if self.in_tuning else 1
-
-    def _average_late_gradients(self) -> None:
-        # gloo has no AVG: sum then divide. The same graph on every rank gives the same list of grads.
-        grads = [p.grad for p in self._late_params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
+        return self.fishertune_state.phase
 
     # -- logging ----------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time=None) -> None:
@@ -294,12 +304,26 @@ class FisherTuneTrainer(Trainer):
         return self._checkpoint_staging or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
-        checkpoints.save_staged(self, lambda: super(FisherTuneTrainer, self)._save_checkpoint(model, trial),
-                                self._write_fishertune_state, trial)
+        def save(staging: str) -> None:
+            self._checkpoint_staging = staging
+            try:
+                super(FisherTuneTrainer, self)._save_checkpoint(model, trial)
+            finally:
+                self._checkpoint_staging = None
+
+        checkpoints.save_staged(self.args, self.state, self._get_output_dir(trial=trial), save,
+                                self._write_fishertune_state)
 
     def _write_fishertune_state(self, ckpt: str) -> None:
-        scores_file = os.path.join(self.args.output_dir, SCORES_NAME) if self.scores is not None else None
-        write_state(ckpt, checkpoints.fishertune_state(self), scores_file)
+        ft = self.fishertune_state  # the counts and counters as of this save
+        for key, value in self._expected_state().items():
+            setattr(ft, key, value)
+        ft.global_step, ft.phase_lengths = self.state.global_step, list(self.phase_lengths)
+        ft.num_allocated = self.model.num_allocated() if self.sparse else None
+        ft.num_active = self.model.num_active() if self.sparse else None
+        ft.nonfinite_skipped_steps, ft.bad_file_skips = self.nonfinite.skipped, self.bad_file_skips
+        scores_file = os.path.join(self.args.output_dir, SCORES_NAME) if ft.selected else None
+        write_state(ckpt, ft.to_dict(), scores_file)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         saved = read_state(resume_from_checkpoint)
@@ -309,16 +333,16 @@ class FisherTuneTrainer(Trainer):
             logger.warning(f"Resuming from {resume_from_checkpoint} with changed settings (allow_changed_settings): "
                            f"{describe_changes(self._changed_settings)}; the run uses the new values.")
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self.in_tuning = bool(saved["in_tuning"])
-        self.active_fraction = saved.get("active_fraction")
-        self.nonfinite.skipped = int(saved.get("nonfinite_skipped_steps", 0))  # the bound holds for the whole run
-        self._bad_file_skips_before = int(saved.get("bad_file_skips", 0))
-        if saved.get("estimation_pending"):  # EstimationCallback.on_train_begin runs phase 2 at this step (T1)
+        ft = self.fishertune_state
+        ft.restore(saved)
+        self.nonfinite.skipped = ft.nonfinite_skipped_steps  # the bound holds for the whole run
+        if ft.estimation_pending:  # EstimationCallback.on_train_begin runs phase 2 at this step (T1)
             logger.info(f"{resume_from_checkpoint} was saved before phase 2 finished: the estimation runs again.")
+            ft.estimation_pending = False
         if saved.get("selected"):
             from .. import fisher
 
-            self.scores = fisher.load_scores(os.path.join(resume_from_checkpoint, SCORES_NAME))
+            ft.scores = fisher.load_scores(os.path.join(resume_from_checkpoint, SCORES_NAME))
             if self.model.num_allocated() != saved["num_allocated"]:
                 raise ValueError(
                     f"{resume_from_checkpoint} selected {saved['num_allocated']} entries but "
@@ -328,4 +352,7 @@ class FisherTuneTrainer(Trainer):
         self.optimizer, self.lr_scheduler = None, None  # built by the Trainer for the restored phase
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
-        checkpoints.load_optimizer_and_scheduler(self, super()._load_optimizer_and_scheduler, checkpoint)
+        # After an allowed change of settings, this run's learning rates and AdamW settings go over the loaded ones.
+        fresh = checkpoints.optimizer_settings(self.optimizer) if checkpoint and self._changed_settings else []
+        super()._load_optimizer_and_scheduler(checkpoint)
+        checkpoints.reapply_settings(self.optimizer, self.lr_scheduler, fresh)
