@@ -96,7 +96,7 @@ def test_saved_method_reloads(tmp_path, criterion):
 
 def test_preinstalled_method_is_kept_and_mismatch_fails(tmp_path):
     model = tiny_model()
-    baselines_api.apply_method(model, baselines_api.METHODS["vpt"][0](num_tokens=3))
+    baselines_api.apply_method(model, baselines_api.METHODS["vpt"].config_cls(num_tokens=3))
     trainer = make_trainer(tmp_path, model=model, method="vpt", max_steps=2, warmup_phase_steps=None)
     assert trainer.model.backbone.vpt_prompts.prompt_embeddings.shape[1] == 3
     with pytest.raises(ValueError, match="already holds"):

@@ -57,6 +57,8 @@ class ConfigFields:
         out = []
         for f in self.config_fields():
             metadata = dict(f.metadata)
+            # argparse formats help texts with `%`: a literal percent sign is doubled
+            metadata["help"] = metadata.get("help", "").replace("%", "%%")
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             hint = hints[f.name]
             args = [a for a in typing.get_args(hint) if a is not type(None)]
