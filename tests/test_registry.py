@@ -21,8 +21,11 @@ def test_register_get_names_and_live_choices():
     assert reg.get("a") == _Entry("a") and reg.names() == ("a",) and "a" in choices and "b" not in choices
     reg.register(_Entry("b"))  # registered after the choices were taken: they include it
     assert list(choices) == ["a", "b"] and len(reg) == 2 and "b" in choices
-    with pytest.raises(ValueError, match=r"thing='c' is not registered; use one of a, b, or register it with "
-                                         r"register_thing\(\.\.\.\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"thing='c' is not registered; use one of a, b, or register it with "
+        r"register_thing\(\.\.\.\)",
+    ):
         reg.get("c")
     with pytest.raises(ValueError, match="registered already; pass replace=True"):
         reg.register(_Entry("a"))

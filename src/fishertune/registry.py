@@ -44,8 +44,10 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise ValueError(f"{self.what}={name!r} is not registered; use one of {', '.join(self._entries)}, or "
-                             f"register it with {self.how_to_add}.") from None
+            raise ValueError(
+                f"{self.what}={name!r} is not registered; use one of {', '.join(self._entries)}, or "
+                f"register it with {self.how_to_add}."
+            ) from None
 
     def names(self) -> tuple[str, ...]:
         """The registered names, in registration order."""

@@ -3,8 +3,7 @@ delta_max on the base the arguments name, so a recipe can ask for the paper's sh
 
 import pytest
 
-from fishertune.training import FisherTuneTrainingArguments
-from fishertune.training import prepare_model
+from fishertune.training import FisherTuneTrainingArguments, prepare_model
 from fishertune.training.setup import backbone_module
 
 from ._tiny import tiny_model

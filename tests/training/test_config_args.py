@@ -15,8 +15,14 @@ from fishertune.tuner import FisherTuneConfig
 
 BASE = ["--use_cpu", "True", "--max_steps", "10"]
 #: argument -> a valid value other than the config's default
-VALUES = {"delta_min": 0.02, "delta_max": 0.1, "budget_base": "backbone", "lora_r": 4, "lora_alpha": 16,
-          "lora_dropout": 0.1}
+VALUES = {
+    "delta_min": 0.02,
+    "delta_max": 0.1,
+    "budget_base": "backbone",
+    "lora_r": 4,
+    "lora_alpha": 16,
+    "lora_dropout": 0.1,
+}
 
 
 def test_the_generated_arguments_are_the_configs_fields():
@@ -35,11 +41,14 @@ def test_the_generated_arguments_are_the_configs_fields():
 @pytest.mark.parametrize("name", sorted(VALUES))
 def test_a_flag_and_a_yaml_key_reach_the_config(tmp_path, name):
     value = VALUES[name]
-    (cli, _) = parse_args((FisherTuneTrainingArguments,), BASE + ["--output_dir", str(tmp_path), f"--{name}", str(value)])
+    (cli, _) = parse_args(
+        (FisherTuneTrainingArguments,), BASE + ["--output_dir", str(tmp_path), f"--{name}", str(value)]
+    )
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({name: value}))
-    (from_yaml, _) = parse_args((FisherTuneTrainingArguments,), BASE + ["--output_dir", str(tmp_path), "--config",
-                                                                         str(recipe)])
+    (from_yaml, _) = parse_args(
+        (FisherTuneTrainingArguments,), BASE + ["--output_dir", str(tmp_path), "--config", str(recipe)]
+    )
     for targs in (cli, from_yaml):
         if name in TUNER_FIELDS:
             assert getattr(targs.tuner_config(), name) == value

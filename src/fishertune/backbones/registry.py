@@ -22,7 +22,6 @@ from ..registry import Registry
 from .auto import build_auto_model, cls_and_registers, default_tap_kwargs, load_auto_model
 
 
-
 @dataclass(frozen=True)
 class BackboneFamily:
     r"""One ViT backbone family (a transformers model type, or a wrapper such as timm's EVA02).

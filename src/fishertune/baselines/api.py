@@ -23,6 +23,7 @@ from .vpt import VPTConfig, apply_vpt, vpt_num_parameters
 from .vqt import VQTConfig, apply_vqt, vqt_num_parameters
 from .vqt_heads import vqt_head
 
+
 @dataclass(frozen=True)
 class Baseline:
     """One baseline method.

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 import torch
 
 
-
 def domain_sensitivity(fisher: torch.Tensor, fisher_shift: torch.Tensor, eps: float) -> torch.Tensor:
     """Eq. 5: dF = |F(x) - F(x')| / (min(F(x), F(x')) + eps).
 

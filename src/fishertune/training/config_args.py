@@ -68,8 +68,10 @@ class ConfigFields:
                 metadata["help"] = f"{metadata.get('help', '')}{self.note}"
                 field = dataclasses.field(default=default, metadata=metadata)
             else:
-                metadata["help"] = f"{metadata.get('help', '')}{self.note} (None: {self.config.__name__}'s " \
-                                   f"default, {default!r})".lstrip()
+                metadata["help"] = (
+                    f"{metadata.get('help', '')}{self.note} (None: {self.config.__name__}'s "
+                    f"default, {default!r})".lstrip()
+                )
                 hint = hint if type(None) in typing.get_args(hint) else Optional[hint]
                 field = dataclasses.field(default=None, metadata=metadata)
             out.append((self.rename.get(f.name, f.name), hint, field))
@@ -82,14 +84,21 @@ class ConfigFields:
 
 
 #: Every EstimationConfig field but `num_batches` and `seed` (see the module docstring).
-ESTIMATION = ConfigFields(EstimationConfig, exclude=("num_batches", "seed"),
-                          keep_default=("criterion", "estimator", "fisher_type"))
+ESTIMATION = ConfigFields(
+    EstimationConfig, exclude=("num_batches", "seed"), keep_default=("criterion", "estimator", "fisher_type")
+)
 #: FisherTune's budget (the rest of FisherTuneConfig is set by `training.methods` from the model).
-TUNER = ConfigFields(FisherTuneConfig, names=("delta_min", "delta_max", "budget_base", "delta_max_count",
-                                              "delta_min_count"))
+TUNER = ConfigFields(
+    FisherTuneConfig, names=("delta_min", "delta_max", "budget_base", "delta_max_count", "delta_min_count")
+)
 #: LoRA's rank, scale and dropout for `method="lora"` (PEFT's own defaults and help).
-LORA = ConfigFields(LoraConfig, names=("r", "lora_alpha", "lora_dropout"), rename={"r": "lora_r"},
-                    keep_default=("r", "lora_alpha", "lora_dropout"), note=" (method='lora')")
+LORA = ConfigFields(
+    LoraConfig,
+    names=("r", "lora_alpha", "lora_dropout"),
+    rename={"r": "lora_r"},
+    keep_default=("r", "lora_alpha", "lora_dropout"),
+    note=" (method='lora')",
+)
 SOURCES = (ESTIMATION, TUNER, LORA)
 
 
@@ -112,11 +121,17 @@ class _ConfigArgumentsMixin:
 
 
 ConfigArguments = dataclasses.make_dataclass(
-    "ConfigArguments", [f for source in SOURCES for f in source.generate()], bases=(_ConfigArgumentsMixin,),
-    namespace={"__module__": __name__, "__doc__": (
-        "The settings of `fishertune.fisher.EstimationConfig` (but num_batches and seed), `FisherTuneConfig`'s budget "
-        "and `peft.LoraConfig`'s r (`lora_r`), lora_alpha and lora_dropout as training arguments (see the module "
-        "docstring); each field's help and choices are its config's, documented in its `Args:`.")},
+    "ConfigArguments",
+    [f for source in SOURCES for f in source.generate()],
+    bases=(_ConfigArgumentsMixin,),
+    namespace={
+        "__module__": __name__,
+        "__doc__": (
+            "The settings of `fishertune.fisher.EstimationConfig` (but num_batches and seed), `FisherTuneConfig`'s "
+            "budget and `peft.LoraConfig`'s r (`lora_r`), lora_alpha and lora_dropout as training arguments (see the "
+            "module docstring); each field's help and choices are its config's, documented in its `Args:`."
+        ),
+    },
 )
 #: The generated argument names, per config.
 ESTIMATION_FIELDS, TUNER_FIELDS, LORA_FIELDS = (source.argument_names() for source in SOURCES)

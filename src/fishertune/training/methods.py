@@ -77,8 +77,9 @@ class Baseline(Method):
             state = None
         if state is not None:
             if state["config"].method != self.name:
-                raise ValueError(f"method={self.name!r} but the model already holds the "
-                                 f"{state['config'].method!r} baseline.")
+                raise ValueError(
+                    f"method={self.name!r} but the model already holds the {state['config'].method!r} baseline."
+                )
             return model  # e.g. a model built and installed by the caller with its own config
         model.requires_grad_(True)  # the decoder (and the method's parameters) train; apply freezes the backbone
         return baselines.apply_method(model, baselines.METHODS.get(self.name).config_cls())
@@ -142,8 +143,10 @@ class Sparse(_Adapter):
         for name, value in args.tuner_settings().items():
             saved = getattr(config, name)
             if getattr(wanted, name) != saved:
-                raise ValueError(f"args.{name}={value!r} but the FisherTuneConfig of the model says {saved!r}; "
-                                 f"leave args.{name} unset (None) or make them agree.")
+                raise ValueError(
+                    f"args.{name}={value!r} but the FisherTuneConfig of the model says {saved!r}; "
+                    f"leave args.{name} unset (None) or make them agree."
+                )
 
     def _config(self, model, args, decoder):
         # Algorithm 1 selects from its estimated scores after the warm-up; a data-free selection at injection would
