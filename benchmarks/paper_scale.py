@@ -7,7 +7,7 @@ Substituted (see `paper_scale_worker.py`): a random-init DINOv2-L/14 built from 
 24 blocks, 16 heads, MLP ratio 4, patch 14, position table for 518 px = 37x37, interpolated to the
 crop's 36x36 grid), synthetic GTAV-like batches (19 classes, 255 ignored), and the step counts:
 ``--warmup-steps`` (T1), ``--estimation-batches`` (T2) and ``--tuning-steps`` (T3) instead of 4000 / 200 /
-36000. Reference rows: full fine-tuning and Rein (the trainer's `criterion="full"` / `"rein"`, default
+36000. Reference rows: full fine-tuning and Rein (the trainer's `method="full"` / `"rein"`, default
 configs) for ``--tuning-steps`` steps. Each method runs in a fresh subprocess.
 
 Reported per phase (raw numbers in the ``.json`` beside ``--out``; every derived number from them):

@@ -281,7 +281,7 @@ def test_a_fused_qkv_leaf_registered_later_is_split_into_q_k_v():
     """random_q/k/v read the fused leaf names from the registry when they run, not at import."""
     import dataclasses
 
-    from fishertune.fisher.criteria import qkv_group_mask
+    from fishertune.tuner.data_free import qkv_group_mask
 
     fused = dataclasses.replace(TOY, name="toy_fused", model_types=("toy_fused",), fused_qkv="attn.wqkv")
     shape = (6, 4)

@@ -15,7 +15,7 @@ from fishertune.fisher import (
     save_scores,
     sensitivity_table,
 )
-from fishertune.fisher.criteria import qkv_group_mask
+from fishertune.tuner.data_free import qkv_group_mask
 
 from fisher_helpers import image_batches, tiny_dinov2
 

@@ -80,11 +80,12 @@ def test_vqt_trains_its_queries_and_head_link(tmp_path):
 
 @pytest.mark.parametrize("criterion", ["vpt", "vqt"])
 def test_saved_method_reloads(tmp_path, criterion):
-    from fishertune.experiment.run import BASELINE_DIR, save_model
+    from fishertune.experiment.run import save_model
+    from fishertune.outputs import BASELINE_DIR
 
     trainer, _ = _train(tmp_path / "train", criterion)
     out = str(tmp_path / "out")
-    save_model(trainer.model, exp=None, out=out)
+    save_model(trainer.model, criterion, out)
     assert os.path.isfile(os.path.join(out, "config.json"))
     fresh = tiny_model()
     baselines_api.load_method_state(fresh, os.path.join(out, BASELINE_DIR))
@@ -95,7 +96,7 @@ def test_saved_method_reloads(tmp_path, criterion):
 
 def test_preinstalled_method_is_kept_and_mismatch_fails(tmp_path):
     model = tiny_model()
-    baselines_api.apply_method(model, baselines_api.METHODS["vpt"][0](num_tokens=3))
+    baselines_api.apply_method(model, baselines_api.METHODS["vpt"].config_cls(num_tokens=3))
     trainer = make_trainer(tmp_path, model=model, method="vpt", max_steps=2, warmup_phase_steps=None)
     assert trainer.model.backbone.vpt_prompts.prompt_embeddings.shape[1] == 3
     with pytest.raises(ValueError, match="already holds"):
@@ -104,7 +105,7 @@ def test_preinstalled_method_is_kept_and_mismatch_fails(tmp_path):
 
 def test_rejects_peft_model(tmp_path):
     from fishertune.training import FisherTuneTrainingArguments
-    from fishertune.training.setup import prepare_model
+    from fishertune.training import prepare_model
     from fishertune.tuner import target_regex
     from peft import LoraConfig, get_peft_model
 

@@ -14,7 +14,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 import fishertune
 from fishertune.experiment import parse_experiment_args
-from fishertune.training.setup import prepare_model
+from fishertune.training import prepare_model
 from fishertune.tuner.budget import num_backbone_params
 
 from .conftest import tiny_vit

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from ..registry import Registry
 from .auto import build_auto_model, cls_and_registers, default_tap_kwargs, load_auto_model
-
-_FAMILIES: dict[str, BackboneFamily] = {}
 
 
 @dataclass(frozen=True)
@@ -91,58 +90,60 @@ class BackboneFamily:
 _HOW_TO_REGISTER = (
     "fishertune.backbones.register_family(BackboneFamily(name=..., target_pattern=..., block_paths=...))"
 )
+#: The registered families by name (`register_family` also keeps their `model_types` apart).
+FAMILIES: Registry[BackboneFamily] = Registry("backbone family", _HOW_TO_REGISTER)
 
 
 def _unknown_message(what: str) -> str:
     return (
-        f"{what} is not a registered ViT backbone family (registered: {sorted(_FAMILIES)}); "
+        f"{what} is not a registered ViT backbone family (registered: {sorted(FAMILIES)}); "
         f"add one with {_HOW_TO_REGISTER}."
     )
 
 
 def register_family(family: BackboneFamily, replace: bool = False) -> BackboneFamily:
     """Add ``family`` to the registry; ``replace=True`` overwrites a family of the same name or model type."""
-    taken = {t: f.name for f in _FAMILIES.values() for t in f.all_model_types if f.name != family.name}
+    taken = {t: f.name for f in FAMILIES.values() for t in f.all_model_types if f.name != family.name}
     clash = sorted(t for t in family.all_model_types if t in taken)
-    if not replace and (family.name in _FAMILIES or clash):
+    if not replace and (family.name in FAMILIES or clash):
         raise ValueError(
             f"Backbone family {family.name!r} clashes with the registered "
-            f"{sorted({family.name} & set(_FAMILIES)) or [taken[t] for t in clash]}; pass replace=True to override."
+            f"{sorted({family.name} & set(FAMILIES)) or [taken[t] for t in clash]}; pass replace=True to override."
         )
     for name in {taken[t] for t in clash}:
-        _FAMILIES.pop(name, None)
-    _FAMILIES[family.name] = family
-    return family
+        FAMILIES.unregister(name)
+    return FAMILIES.register(family, replace=True)
 
 
 def unregister_family(name: str) -> BackboneFamily:
     """Remove and return the family ``name`` (for tests and plugins that register temporarily)."""
-    if name not in _FAMILIES:
+    if name not in FAMILIES:
         raise ValueError(_unknown_message(repr(name)))
-    return _FAMILIES.pop(name)
+    return FAMILIES.unregister(name)
 
 
 @contextmanager
 def registered(family: BackboneFamily) -> Iterator[BackboneFamily]:
     """Register ``family`` for the duration of a ``with`` block (restores whatever it replaced)."""
-    previous = _FAMILIES.get(family.name)
+    previous = FAMILIES.get(family.name) if family.name in FAMILIES else None
     register_family(family, replace=previous is not None)
     try:
         yield family
     finally:
-        _FAMILIES.pop(family.name, None)
+        if family.name in FAMILIES:
+            FAMILIES.unregister(family.name)
         if previous is not None:
-            _FAMILIES[previous.name] = previous
+            FAMILIES.register(previous)
 
 
 def families() -> dict[str, BackboneFamily]:
     """A copy of the registry, ``name -> BackboneFamily``, in registration order."""
-    return dict(_FAMILIES)
+    return dict(FAMILIES.items())
 
 
 def get_family(model_type: str) -> BackboneFamily:
     """The family answering to ``model_type`` (its name or one of its ``model_types``)."""
-    for family in _FAMILIES.values():
+    for family in FAMILIES.values():
         if model_type in family.all_model_types:
             return family
     raise ValueError(_unknown_message(f"model_type={model_type!r}"))
@@ -153,16 +154,16 @@ def family_of(obj: nn.Module | PreTrainedConfig | str | os.PathLike | None) -> B
     (``"timm:eva02_..."``); ``None`` when it has none (a path string, a decoder module, an unknown type)."""
     if isinstance(obj, (str, os.PathLike)):
         spec = str(obj)
-        return next((f for f in _FAMILIES.values() if f.spec_prefix and spec.startswith(f.spec_prefix)), None)
+        return next((f for f in FAMILIES.values() if f.spec_prefix and spec.startswith(f.spec_prefix)), None)
     if isinstance(obj, nn.Module):
-        for family in _FAMILIES.values():
+        for family in FAMILIES.values():
             if family.module_classes and isinstance(obj, family.module_classes):
                 return family
         obj = getattr(obj, "config", None)
     model_type = getattr(obj, "model_type", None)
     if not isinstance(model_type, str):
         return None
-    return next((f for f in _FAMILIES.values() if model_type in f.all_model_types), None)
+    return next((f for f in FAMILIES.values() if model_type in f.all_model_types), None)
 
 
 def find_backbone(model: nn.Module) -> tuple[str, BackboneFamily]:
@@ -178,7 +179,7 @@ def find_backbone(model: nn.Module) -> tuple[str, BackboneFamily]:
         if family is not None and any(family.matches_target(sub) for sub, _ in module.named_modules() if sub):
             return name, family
     raise ValueError(
-        f"no registered ViT backbone found in {type(model).__name__} (registered: {sorted(_FAMILIES)}; "
+        f"no registered ViT backbone found in {type(model).__name__} (registered: {sorted(FAMILIES)}; "
         f"add one with {_HOW_TO_REGISTER})"
     )
 
@@ -194,7 +195,7 @@ def locate(model: nn.Module) -> tuple[str, BackboneFamily, nn.Module]:
 def fused_qkv_leaves() -> tuple[str, ...]:
     """Module names (last name component, e.g. ``"qkv"``) of the fused q/k/v linears of the registered families
     (rows ordered q, k, v), read when called: a family registered later counts too."""
-    return tuple(sorted({f.fused_qkv.split(".")[-1] for f in _FAMILIES.values() if f.fused_qkv}))
+    return tuple(sorted({f.fused_qkv.split(".")[-1] for f in FAMILIES.values() if f.fused_qkv}))
 
 
 def backbone_blocks(backbone: nn.Module, family: BackboneFamily | None = None) -> nn.ModuleList:

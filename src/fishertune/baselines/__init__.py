@@ -9,6 +9,7 @@ only those parameters (safetensors + JSON). EVA02, a backbone family, is in `fis
 from .adaptformer import AdaptFormerConfig, adaptformer_num_parameters, apply_adaptformer
 from .api import (
     METHODS,
+    Baseline,
     apply_method,
     count_trainable,
     load_method_state,
@@ -23,6 +24,7 @@ from .vqt import VQTConfig, apply_vqt, vqt_features, vqt_num_parameters
 
 __all__ = [
     "METHODS",
+    "Baseline",
     "AdaptFormerConfig",
     "DSUHandle",
     "ReinConfig",

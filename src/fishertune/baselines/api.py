@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,6 +14,7 @@ from torch import nn
 
 from ..outputs import BASELINE_CONFIG_NAME as CONFIG_NAME
 from ..outputs import BASELINE_WEIGHTS_NAME as WEIGHTS_NAME
+from ..registry import Registry
 from ..tuner.presets import target_regex
 from ._common import BaselineConfig, backbone_info, installed_state, resolve_backbone
 from .adaptformer import AdaptFormerConfig, adaptformer_num_parameters, apply_adaptformer
@@ -20,20 +23,40 @@ from .vpt import VPTConfig, apply_vpt, vpt_num_parameters
 from .vqt import VQTConfig, apply_vqt, vqt_num_parameters
 from .vqt_heads import vqt_head
 
-#: method name -> (config class, apply function, parameter-count formula).
-METHODS = {
-    "rein": (ReinConfig, apply_rein, rein_num_parameters),
-    "vpt": (VPTConfig, apply_vpt, vpt_num_parameters),
-    "adaptformer": (AdaptFormerConfig, apply_adaptformer, adaptformer_num_parameters),
-    "vqt": (VQTConfig, apply_vqt, vqt_num_parameters),
-}
+
+@dataclass(frozen=True)
+class Baseline:
+    """One baseline method.
+
+    Args:
+        config_cls (`type[BaselineConfig]`): its config (`config_cls.method` is its name, `card_line` its card line).
+        apply (`Callable[[nn.Module, BaselineConfig], nn.Module]`): installs it on a model's frozen backbone.
+        num_parameters (`Callable[..., int]`): its trainable parameters for a width and depth (`parameter_table`).
+    """
+
+    config_cls: type[BaselineConfig]
+    apply: Callable[[nn.Module, BaselineConfig], nn.Module]
+    num_parameters: Callable[..., int]
+
+    @property
+    def name(self) -> str:
+        return self.config_cls.method
+
+
+#: The baselines by name; `training.methods` offers each as `method: <name>`.
+METHODS: Registry[Baseline] = Registry("baseline", "fishertune.baselines.METHODS.register(Baseline(...))")
+for _baseline in (
+    Baseline(ReinConfig, apply_rein, rein_num_parameters),
+    Baseline(VPTConfig, apply_vpt, vpt_num_parameters),
+    Baseline(AdaptFormerConfig, apply_adaptformer, adaptformer_num_parameters),
+    Baseline(VQTConfig, apply_vqt, vqt_num_parameters),
+):
+    METHODS.register(_baseline)
 
 
 def apply_method(model: nn.Module, config: BaselineConfig) -> nn.Module:
     """Install the baseline described by `config` (dispatch on its `method`)."""
-    if config.method not in METHODS:
-        raise ValueError(f"Unknown baseline {config.method!r}; known: {sorted(METHODS)}.")
-    return METHODS[config.method][1](model, config)
+    return METHODS.get(config.method).apply(model, config)
 
 
 def count_trainable(model: nn.Module) -> int:
@@ -85,8 +108,8 @@ def load_method_state(model: nn.Module, save_directory: str | os.PathLike) -> nn
         meta = json.load(f)
     method = meta["method"]
     if method not in METHODS:
-        raise ValueError(f"{save_directory} holds an unknown baseline {method!r}.")
-    config = METHODS[method][0].from_dict(meta["config"])
+        raise ValueError(f"{save_directory} holds an unknown baseline {method!r} (registered: {', '.join(METHODS)}).")
+    config = METHODS.get(method).config_cls.from_dict(meta["config"])
     try:
         backbone, state = installed_state(model)
     except ValueError:
@@ -143,12 +166,12 @@ def parameter_table(model: nn.Module, fishertune_fraction: float = 0.05, lora_ra
         ("lora", sum(lora_rank * (m.in_features + m.out_features) for m in linears), f"r={lora_rank} on q/k/v/FFN"),
     ]
     head = vqt_head(model)
-    for name, (config_cls, _, formula) in METHODS.items():
+    for name, baseline in METHODS.items():
+        formula, config = baseline.num_parameters, baseline.config_cls()
         if name == "vqt" and head is not None:  # its head link is vqt_-prefixed: trained and saved with it
-            count = formula(dim, depth, config_cls(), head=head[2])
-            rows.append((name, count, f"default config + {head[2]['kind']} link"))
+            rows.append((name, formula(dim, depth, config, head=head[2]), f"default config + {head[2]['kind']} link"))
         else:
-            rows.append((name, formula(dim, depth, config_cls()), "default config"))
+            rows.append((name, formula(dim, depth, config), "default config"))
     return [
         {"method": name, "trainable": count, "percent_of_backbone": 100.0 * count / total, "note": note}
         for name, count, note in rows

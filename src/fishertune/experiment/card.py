@@ -96,7 +96,7 @@ class _Obj(dict):
 def _baseline_lines() -> dict[str, str]:
     from ..training.methods import METHODS
 
-    return {name: m.card_line for name, m in METHODS.items() if m.card_line}
+    return {m.name: m.card_line for m in METHODS.values() if m.card_line}
 
 
 #: One line per baseline method for the card's introduction (from `fishertune.training.methods.METHODS`).
@@ -120,12 +120,12 @@ def hub_base_model_id(backbone: str) -> Optional[str]:
 
 
 def _budget_lines(targs) -> dict:
-    """The card's delta_min / delta_max: shares, or entry counts for a fixed-count budget (`delta_max_count`)."""
-    if targs.delta_max_count is not None:
-        low = targs.delta_min_count if targs.delta_min_count is not None else targs.delta_max_count // 5
-        return {"delta_min": f"{low:,} entries", "delta_max": f"{targs.delta_max_count:,} entries"}
-    return {"delta_min": targs.delta_min if targs.delta_min is not None else 0.01,
-            "delta_max": targs.delta_max if targs.delta_max is not None else 0.05}
+    """The card's delta_min / delta_max as the run's `FisherTuneConfig` resolves them (its defaults included):
+    shares, or entry counts for a fixed-count budget (`delta_max_count`)."""
+    config = targs.tuner_config()
+    if config.delta_max_count is not None:
+        return {"delta_min": f"{config.delta_min_count:,} entries", "delta_max": f"{config.delta_max_count:,} entries"}
+    return {"delta_min": config.delta_min, "delta_max": config.delta_max}
 
 
 def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths, repo_id: str | None = None,

@@ -25,14 +25,12 @@ import uuid
 from typing import Any, Optional
 
 import yaml
-from peft import PeftModel
 
 from .. import atomic
-from ..baselines import api as baselines_api
 from ..data import collate_fn
 from ..evaluation import evaluate_model
 from ..models import save_backbone_reference
-from ..outputs import BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME, RUN_MANIFEST_NAME
+from ..outputs import BASE_MODEL_DIR, CONFIG_NAME, METRICS_NAME, RUN_MANIFEST_NAME
 from ..training import FisherTuneTrainer, FisherTuneTrainingArguments
 from ..training.methods import get_method
 from .arguments import BUILTIN_PREFIX, ExperimentArguments
@@ -105,23 +103,10 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def save_model(model, exp: ExperimentArguments, out: str):
-    """Save the adapter, or the merged / full model; return the model as saved (what gets evaluated)."""
-    if isinstance(model, PeftModel):
-        if exp.merge:
-            model = model.merge_and_unload()
-            model.save_pretrained(out)
-            return model
-        model.save_pretrained(out)
-        return model
-    model.save_pretrained(out)  # full / frozen / rein / vpt / adaptformer / vqt baselines: the whole model
-    try:
-        baselines_api.installed_state(model)
-    except ValueError:
-        return model
-    # Rein / VPT / AdaptFormer / VQT: also their own parameters, loadable with `load_method_state` onto the backbone.
-    baselines_api.save_method_state(model, os.path.join(out, BASELINE_DIR))
-    return model
+def save_model(model, method: str, out: str, merge: bool = False):
+    """Save the model as `method` saves it (`training.methods`: the adapter, or merged with `merge`, or the whole
+    model, plus a baseline's own parameters); return the model as saved (what gets evaluated)."""
+    return get_method(method).save(model, out, merge=merge)
 
 
 def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
@@ -186,7 +171,7 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     train_seconds = time.perf_counter() - start
     model = trainer.model
     if stage is not None:
-        model = save_model(model, exp, stage)
+        model = save_model(model, targs.method, stage, merge=exp.merge)
     metrics = evaluate_all(model, exp, targets, source_val, disable_tqdm=targs.disable_tqdm)
     result = {"metrics": metrics, "output_dir": out, "train_seconds": train_seconds, "push_url": None}
     if stage is None:  # other ranks of a multi-process run stop here

@@ -4,7 +4,7 @@
 - likelihood.py   Eq. 4   per-pixel predictive distribution, label sampling, per-sample NLL
 - diagonal.py     Eq. 9   diagonal Fisher from per-sample squared gradients
 - variational.py  Eq. 10-15 variational precision, Fisher and DR-FIM
-- criteria.py     Eq. 5, 7 (with its exchange rates) and the score of every built-in criterion
+- criteria.py     Eq. 5, 7 (with its exchange rates); the data-free scores are `fishertune.tuner.data_free`'s
 - registry.py     the criteria by name (`Criterion`, `register_criterion`, `get_criterion`, `criterion_names()`)
 - passes.py       the clean and DSU-perturbed estimation passes over T2 batches
 - estimate.py     `estimate_scores`; config.py `EstimationConfig`; io.py; plots.py (Fig. 6)
@@ -16,9 +16,7 @@ from .criteria import (
     EXCHANGES,
     domain_sensitivity,
     dr_fim,
-    magnitude_scores,
     percentile_ranks,
-    random_scores,
     relative_eps,
 )
 from .diagonal import diagonal_fisher
@@ -51,10 +49,8 @@ __all__ = [
     "kl_divergence",
     "load_scores",
     "load_statistics",
-    "magnitude_scores",
     "percentile_ranks",
     "plot_sensitivity_map",
-    "random_scores",
     "register_criterion",
     "relative_eps",
     "save_scores",

@@ -7,7 +7,7 @@ from typing import Optional
 
 from .criteria import EXCHANGES
 from .perturb import DRAWS
-from .registry import CriterionNames, get_criterion
+from .registry import CRITERIA
 
 _DEFAULT_PRIOR_FLOOR = 1e-3
 
@@ -107,7 +107,7 @@ class EstimationConfig:
     criterion: str = field(
         default="dr_fim",
         metadata={"help": "Selection criterion, a name of fishertune.fisher.criterion_names() (dr_fim: Eq. 7/15).",
-                  "choices": CriterionNames()},
+                  "choices": CRITERIA},
     )
     estimator: str = field(
         default="variational",
@@ -157,7 +157,7 @@ class EstimationConfig:
     seed: int = field(default=0, metadata={"help": "Seed of every random draw of the estimation."})
 
     def __post_init__(self) -> None:
-        get_criterion(self.criterion)  # raises naming the registered criteria
+        CRITERIA.get(self.criterion)  # raises naming the registered criteria and how to add one
         for f in fields(self):
             options = f.metadata.get("choices")
             if options is not None and getattr(self, f.name) not in options:

@@ -1,7 +1,8 @@
 """Eq. 5 and 7, and every selection criterion -> ``{name: per-entry score shaped like the weight}``.
 
 Higher is more important everywhere; the tuner ranks all entries of all layers globally. Which criterion
-uses which of these is in `registry.py` (`get_criterion`).
+uses which of these is in `registry.py` (`get_criterion`); the data-free scores (magnitude, random) are the
+tuner's (`fishertune.tuner.data_free`), which also makes its selection at injection from them.
 """
 
 from __future__ import annotations
@@ -10,14 +11,6 @@ import math
 from collections.abc import Mapping
 
 import torch
-
-from ..backbones import fused_qkv_leaves
-
-_GROUP_LEAVES = {
-    "q": ("q_proj", "query", "q", "q_lin"),
-    "k": ("k_proj", "key", "k", "k_lin"),
-    "v": ("v_proj", "value", "v", "v_lin"),
-}
 
 
 def domain_sensitivity(fisher: torch.Tensor, fisher_shift: torch.Tensor, eps: float) -> torch.Tensor:
@@ -124,44 +117,3 @@ def dr_fim(
         return {n: pf[n] + weight * pd[n] for n in fisher}
     rate = exchange_rate(fisher, exchange, quantile, gamma)
     return {n: fisher[n] + (rate * weight) * delta[n] for n in fisher}
-
-
-def qkv_group_mask(name: str, shape: torch.Size, group: str) -> torch.Tensor:
-    """Bool mask of the entries of weight ``name`` that belong to attention group ``group`` (q, k or v).
-
-    Separate projections match by leaf name (``q_proj``/``query``...); a fused qkv weight (SAM's
-    ``attn.qkv``, rows ordered q, k, v) contributes its third of the rows.
-    """
-    leaf = name.split(".")[-1]
-    mask = torch.zeros(tuple(shape), dtype=torch.bool)
-    if leaf in _GROUP_LEAVES[group]:
-        mask[:] = True
-    elif leaf in fused_qkv_leaves():
-        rows = shape[0] // 3
-        i = "qkv".index(group)
-        mask[i * rows : (i + 1) * rows] = True
-    return mask
-
-
-def random_scores(weights: Mapping[str, torch.Tensor], seed: int, group: str | None = None) -> dict[str, torch.Tensor]:
-    """``random``: U(0, 1) per entry. ``random_q/k/v``: in-group entries get 1 + U(0, 1), all others U(0, 1),
-    so every in-group entry outranks every other one and the budget is spent inside the group."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, w in weights.items():
-        s = torch.rand(tuple(w.shape), generator=gen)
-        if group is not None:
-            s = s + qkv_group_mask(name, w.shape, group).float()
-        out[name] = s
-    if group is not None and not any(bool((s >= 1).any()) for s in out.values()):
-        raise ValueError(
-            f"criterion random_{group}: no targeted weight is a {group} projection (looked for leaf names "
-            f"{_GROUP_LEAVES[group]} and fused {fused_qkv_leaves()}); target the attention projections."
-        )
-    return out
-
-
-def magnitude_scores(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``magnitude``: |W| per entry."""
-    return {n: w.detach().abs().float().cpu() for n, w in weights.items()}
-

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ..tuner import FisherTuneLayer
 from .dist import all_reduce_sum_
 from .likelihood import sample_labels  # noqa: F401  (Eq. 4 lives with the likelihood; re-exported here)
 
@@ -32,10 +32,11 @@ _CHUNK_ELEMENTS = 1 << 25  # cap of the transient [chunk, out, in] fp32 product 
 
 
 def linear_owners(model: nn.Module, weights: Mapping[str, nn.Parameter]) -> dict[str, nn.Module]:
-    """The module whose forward produces each weight's output: the FisherTune wrapper if any, else the nn.Linear."""
+    """The module whose forward produces each weight's output: the PEFT tuner layer wrapping it (FisherTune's) if
+    any, else the nn.Linear."""
     by_id: dict[int, nn.Module] = {}
     for mod in model.modules():
-        if isinstance(mod, FisherTuneLayer):
+        if isinstance(mod, BaseTunerLayer):
             by_id[id(mod.get_base_layer().weight)] = mod
     for mod in model.modules():
         if isinstance(mod, nn.Linear) and id(mod.weight) not in by_id:

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from ..backbones import fused_qkv_leaves
-from .criteria import _GROUP_LEAVES
+from ..tuner.data_free import QKV_LEAVES
 
 GROUPS = ("Q", "K", "V", "FFN")
 
@@ -49,7 +49,7 @@ def sensitivity_table(
             r = s.shape[0] // 3
             parts = [(g, slice(g * r, (g + 1) * r)) for g in range(3)]
         else:
-            g = next((i for i, k in enumerate("qkv") if leaf in _GROUP_LEAVES[k]), 3)
+            g = next((i for i, k in enumerate("qkv") if leaf in QKV_LEAVES[k]), 3)
             parts = [(g, slice(None))]
         for g, rows in parts:
             acc = cells.setdefault((g, blk), [0.0, 0.0, 0.0])

@@ -13,13 +13,15 @@ criterion registered here works end to end through `FisherTuneTrainer` with no o
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
-from .criteria import domain_sensitivity, dr_fim, magnitude_scores, random_scores, relative_eps
+from ..registry import Registry
+from ..tuner.data_free import magnitude_scores, random_scores
+from .criteria import domain_sensitivity, dr_fim, relative_eps
 from .variational import variational_delta
 
 if TYPE_CHECKING:
@@ -65,60 +67,29 @@ class Criterion:
             raise ValueError(f"Criterion {self.name!r}: needs_dsu=True needs needs_data=True (F' is measured).")
 
 
-_REGISTRY: dict[str, Criterion] = {}
+#: The registered criteria by name; iterating gives the names, read when called (so it is also the arguments' live
+#: `choices`, criteria registered after import included).
+CRITERIA: Registry[Criterion] = Registry("criterion", "fishertune.fisher.register_criterion(Criterion(...))")
 
 
 def register_criterion(criterion: Criterion, *, replace: bool = False) -> Criterion:
     """Add `criterion` under its name (an existing name only with `replace=True`); returns it."""
-    if criterion.name in _REGISTRY and not replace:
-        raise ValueError(f"A criterion named {criterion.name!r} is registered already; pass replace=True to replace it.")
-    _REGISTRY[criterion.name] = criterion
-    return criterion
+    return CRITERIA.register(criterion, replace=replace)
 
 
 def unregister_criterion(name: str) -> Criterion:
     """Remove and return the criterion `name` (e.g. a test's own)."""
-    return _REGISTRY.pop(get_criterion(name).name)
+    return CRITERIA.unregister(name)
 
 
 def get_criterion(name: str) -> Criterion:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"criterion={name!r} is not registered; use one of {', '.join(criterion_names())}, or register it with "
-            "fishertune.fisher.register_criterion(Criterion(...))."
-        ) from None
+    """The criterion `name`; an unknown name is an error listing the registered ones."""
+    return CRITERIA.get(name)
 
 
 def criterion_names() -> tuple[str, ...]:
     """The registered criterion names, in registration order."""
-    return tuple(_REGISTRY)
-
-
-class CriterionNames(Sequence):
-    """A live view of `criterion_names()` (plus `extra` names): argparse `choices` that include criteria registered
-    after the arguments' class was defined."""
-
-    def __init__(self, extra: Sequence[str] = ()):
-        self.extra = tuple(extra)
-
-    def _names(self) -> tuple[str, ...]:
-        return criterion_names() + tuple(n for n in self.extra if n not in _REGISTRY)
-
-    def __getitem__(self, i):
-        return self._names()[i]
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __repr__(self) -> str:
-        return repr(list(self._names()))
-
-
-def criteria_help() -> str:
-    """`name: help` of every registered criterion, for help texts."""
-    return "; ".join(f"{c.name}: {c.help}" for c in _REGISTRY.values())
+    return CRITERIA.names()
 
 
 def shift_statistics(stats: "EstimationStats", config: Config) -> tuple[Scores, float]:

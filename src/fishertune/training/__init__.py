@@ -1,22 +1,23 @@
 """Training: FisherTune's Algorithm 1 (warm-up, estimation, tuning) and its baselines on `transformers.Trainer`."""
 
 from .arguments import FisherTuneTrainingArguments
-from .estimation_args import ESTIMATION_FIELDS, EstimationArguments
-from .methods import BASELINE_METHODS, METHODS, Method, get_method
+from .config_args import ESTIMATION_FIELDS, LORA_FIELDS, TUNER_FIELDS, ConfigArguments
+from .methods import BASELINE_METHODS, METHODS, Method, get_method, prepare_model
 from .callbacks import EstimationCallback, TuningScheduleCallback, WarmupPhaseCallback
 from .optimizer import FisherTuneAdamW, build_param_groups, no_weight_decay
-from .setup import prepare_model
 from .trainer import FisherTuneTrainer
 
 __all__ = [
     "BASELINE_METHODS",
     "ESTIMATION_FIELDS",
-    "EstimationArguments",
+    "ConfigArguments",
     "EstimationCallback",
     "FisherTuneAdamW",
     "FisherTuneTrainer",
     "FisherTuneTrainingArguments",
+    "LORA_FIELDS",
     "METHODS",
+    "TUNER_FIELDS",
     "Method",
     "TuningScheduleCallback",
     "WarmupPhaseCallback",

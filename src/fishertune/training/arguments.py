@@ -7,10 +7,8 @@ from typing import Any, Optional
 
 from transformers import TrainingArguments
 
-from ..fisher.registry import CriterionNames, criteria_help, get_criterion
-from ..tuner.config import BUDGET_BASES, FisherTuneConfig
-from .estimation_args import EstimationArguments
-from .methods import BASELINE_METHODS, METHODS, get_method, resolve_method
+from .config_args import ESTIMATION_FIELDS, LORA_FIELDS, TUNER_FIELDS, ConfigArguments
+from .methods import BASELINE_METHODS, METHODS, get_method
 from .nonfinite import POLICIES as NONFINITE_POLICIES
 from .optimizer import SPARSE_DECAY
 
@@ -25,6 +23,9 @@ RESUME_SETTINGS = (
 )  # fmt: skip
 
 
+CONFIG_FIELDS = frozenset(ESTIMATION_FIELDS + TUNER_FIELDS + LORA_FIELDS)
+
+
 def _default_num_batches() -> int:
     from fishertune.fisher import EstimationConfig
 
@@ -32,7 +33,7 @@ def _default_num_batches() -> int:
 
 
 @dataclass
-class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
+class FisherTuneTrainingArguments(ConfigArguments, TrainingArguments):
     """[`~transformers.TrainingArguments`] for [`FisherTuneTrainer`]: Algorithm 1 of FisherTune.
 
     Training runs `max_steps = T1 + T3` optimizer steps: T1 warm-up steps (backbone frozen, decoder
@@ -55,17 +56,20 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             `"vqt"` (`fishertune.baselines` with default configs: backbone frozen, the method's parameters and
             the decoder trained; VQT's queries feed the head through its link). Baselines: no estimation, no
             warm-up unless `warmup_phase_steps`.
-        criterion (`str`, *optional*, defaults to `"dr_fim"`):
-            The selection criterion of `method="sparse"`, a name of the `fishertune.fisher` registry
-            (`criterion_names()`): `"dr_fim"` (Eq. 7/15), `"fim"` (Fisher only, Child-Tuning-D style),
-            `"delta_fim"` (Eq. 5 only), `"magnitude"`, `"random"`, `"random_q"`/`"random_k"`/`"random_v"`, or one
-            added with `register_criterion`. Deprecated: a method name here (`criterion="full"`) still works as
-            `method="full"`, with a FutureWarning.
-        estimator, fisher_type, fisher_unit, delta_eps, exchange, ..., shift_weight_reading (*optional*):
-            Every field of `fishertune.fisher.EstimationConfig` but criterion, num_batches and seed, generated
-            from it (`EstimationArguments`, `ESTIMATION_FIELDS`): documented in its `Args:`. `estimator`
-            (`"variational"`, Eq. 10-15) and `fisher_type` (`"true"`, Eq. 4) keep its default; the others
-            default to None, which keeps its default (e.g. `variational_gradient="expected"`, `dsu_p=0.5`).
+        criterion, estimator, fisher_type, fisher_unit, delta_eps, exchange, ..., shift_weight_reading (*optional*):
+            Every field of `fishertune.fisher.EstimationConfig` but num_batches and seed, generated from it
+            (`training.config_args`, `ESTIMATION_FIELDS`) and documented in its `Args:`. `criterion` (`"dr_fim"`,
+            the selection of `method="sparse"`, a name of `fishertune.fisher.criterion_names()`), `estimator`
+            (`"variational"`) and `fisher_type` (`"true"`) keep its default; the others default to None, which keeps
+            its default (e.g. `variational_gradient="expected"`, `dsu_p=0.5`).
+        delta_min, delta_max, budget_base, delta_max_count, delta_min_count (*optional*):
+            FisherTune's budget, the fields of `fishertune.tuner.FisherTuneConfig` of that name (`TUNER_FIELDS`,
+            documented in its `Args:`): the shares active at the start and at the end of tuning (Eq. 16; 0.01 and
+            0.05), what they are shares of (`"targeted"` or `"backbone"`), or a fixed number of entries instead.
+            None keeps the config's default.
+        lora_r, lora_alpha, lora_dropout (*optional*, defaults to 8, 8 and 0.0):
+            `peft.LoraConfig`'s `r`, `lora_alpha` and `lora_dropout` for `method="lora"` when the trainer builds
+            the adapter (`LORA_FIELDS`).
         warmup_phase_steps (`int`, *optional*):
             T1, decoder-only warm-up steps. Overrides `warmup_phase_ratio` when set.
         warmup_phase_ratio (`float`, *optional*, defaults to 0.1):
@@ -79,29 +83,15 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
         tuning_phase_steps (`int`, *optional*):
             T3. Defaults to `max_steps - T1` (so its fraction form is `1 - warmup_phase_ratio`); with
             `max_steps` unset and both T1 and T3 given, `max_steps = T1 + T3`.
-        delta_min (`float`, *optional*):
-            Share of targeted entries active when tuning starts (Eq. 16). None: the FisherTuneConfig's (0.01).
-        delta_max (`float`, *optional*):
-            Share selected and active at the end (paper: 0.05). None: the FisherTuneConfig's (0.05).
-        budget_base (`str`, *optional*):
-            What `delta_min`/`delta_max` are shares of: `"targeted"` (the Eq. 3 entries) or `"backbone"` (all
-            backbone parameters, as the paper counts its 15.21M = 5% of ViT-L's 304M). None: the
-            FisherTuneConfig's ("targeted").
         sparse_weight_decay (`str`, *optional*, defaults to `"delta"`):
             What `weight_decay` acts on for the sparse deltas: `"delta"` (decays delta, pulling W0 + delta towards
             the pretrained W0, as the decay of LoRA's or an adapter's parameters does) or `"weight"` (decays
             W0 + delta, exactly as AdamW moves that entry in full fine-tuning). See docs/METHOD.md.
-        delta_max_count, delta_min_count (`int`, *optional*):
-            A fixed budget in entries instead of shares (the paper's 15.21M on any backbone: 15210000); see
-            `FisherTuneConfig.delta_max_count`. Exclusive with `delta_min`, `delta_max` and `budget_base`.
         backbone_learning_rate (`float`, *optional*):
             Learning rate of the backbone's tuned parameters (sparse deltas, LoRA, full). None: `learning_rate`;
             0 means 0 (they keep their values). Negative rates are refused.
         decoder_learning_rate (`float`, *optional*):
             Learning rate of the decoder. None: `learning_rate`; 0 means 0. Negative rates are refused.
-        lora_r (`int`, *optional*, defaults to 8), lora_alpha (`int`, *optional*, defaults to 8),
-        lora_dropout (`float`, *optional*, defaults to 0.0):
-            LoRA rank, scale and dropout for `method="lora"` when the trainer builds the adapter.
         save_sensitivity_plot (`bool`, *optional*, defaults to `True`):
             Write the Fig. 6-style sensitivity map next to the scores after estimation.
         save_estimation_statistics (`bool`, *optional*, defaults to `False`):
@@ -127,13 +117,6 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
         metadata={"help": "Training method: sparse (FisherTune: `criterion` selects the entries) or a baseline: "
                           + ", ".join(BASELINE_METHODS) + ".", "choices": list(METHODS)},
     )
-    criterion: str = field(
-        default="dr_fim",
-        # A live list: criteria registered after import are accepted too; the method names are the deprecated spelling.
-        metadata={"help": "Selection criterion of method=sparse (fishertune.fisher.register_criterion adds one): "
-                          + criteria_help() + ".",
-                  "choices": CriterionNames(extra=BASELINE_METHODS)},
-    )
     warmup_phase_steps: Optional[int] = field(
         default=None, metadata={"help": "T1: decoder-only warm-up steps; overrides warmup_phase_ratio."}
     )
@@ -149,23 +132,10 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     tuning_phase_steps: Optional[int] = field(
         default=None, metadata={"help": "T3: tuning steps; default max_steps - T1."}
     )
-    delta_min: Optional[float] = field(default=None, metadata={"help": "Active share at the start of tuning (Eq. 16)."})
-    delta_max: Optional[float] = field(default=None, metadata={"help": "Selected share, active at the end (paper: 0.05)."})
-    budget_base: Optional[str] = field(
-        default=None, metadata={"help": "delta shares of 'targeted' entries (default) or of all 'backbone' parameters.",
-                                "choices": list(BUDGET_BASES)},
-    )
-    delta_max_count: Optional[int] = field(
-        default=None, metadata={"help": "Fixed number of entries trained at the end (paper: 15210000), instead of shares."})
-    delta_min_count: Optional[int] = field(
-        default=None, metadata={"help": "Entries active when tuning starts with delta_max_count (default: a fifth)."})
     backbone_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Backbone lr (None: learning_rate; 0: the backbone's tuned parameters stay put)."})
     decoder_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Decoder lr (None: learning_rate; 0: the decoder stays put)."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank for method='lora'."})
-    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha for method='lora'."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout for method='lora'."})
     save_sensitivity_plot: bool = field(default=True, metadata={"help": "Plot the sensitivity map after estimation."})
     nonfinite_policy: str = field(
         default="error",
@@ -202,12 +172,7 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep columns the collator turns into inputs."})
 
     def __post_init__(self) -> None:
-        default_criterion = next(f.default for f in fields(self) if f.name == "criterion")
-        self.method, self.criterion = resolve_method(self.method, self.criterion, default_criterion)
-        try:  # EstimationConfig's check, before any training work
-            get_criterion(self.criterion)
-        except ValueError as err:
-            raise ValueError(f"criterion must be one of the registered criteria: {err}") from None
+        get_method(self.method)
         for name in ("backbone_learning_rate", "decoder_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value >= 0:  # NaN too: it would train by nothing or by gradient ascent
@@ -218,9 +183,13 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
         self.allow_changed_settings = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
         if self.nonfinite_max_skips < 0:
             raise ValueError(f"nonfinite_max_skips must be >= 0, got {self.nonfinite_max_skips}.")
-        for f in fields(self):  # every field with choices (EstimationConfig's too), checked before any training work
+        # The settings' own validation, before any training work: each config checks its fields (and their choices).
+        self.estimation_config(num_batches=1)
+        self.tuner_config()
+        self.lora_config()
+        for f in fields(self):  # this class's own fields with choices (the configs' are checked by the configs)
             options, value = f.metadata.get("choices"), getattr(self, f.name)
-            if options is not None and value is not None and value not in options:
+            if f.name not in CONFIG_FIELDS and options is not None and value is not None and value not in options:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(repr, options))}, got {value!r} "
                                  f"({f.metadata.get('help', '')})")
         for name in ("warmup_phase_steps", "estimation_batches", "tuning_phase_steps"):
@@ -231,14 +200,6 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1] (a fraction of max_steps), got {value}.")
-        if self.delta_min is not None and self.delta_max is not None and not 0 <= self.delta_min <= self.delta_max <= 1:
-            raise ValueError(
-                f"Need 0 <= delta_min <= delta_max <= 1, got {self.delta_min}, {self.delta_max} (paper: 0.01, 0.05)."
-            )
-        if self.delta_max_count is not None or self.delta_min_count is not None:
-            budget = ("delta_min", "delta_max", "budget_base", "delta_max_count", "delta_min_count")
-            # the adapter's own validation: counts are whole entries and exclude the shares
-            FisherTuneConfig(**{k: getattr(self, k) for k in budget if getattr(self, k) is not None})
         if self.tuning_phase_steps is not None and self.warmup_phase_steps is not None:
             total = self.warmup_phase_steps + self.tuning_phase_steps
             if self.max_steps is None or self.max_steps <= 0:
@@ -256,7 +217,7 @@ class FisherTuneTrainingArguments(EstimationArguments, TrainingArguments):
         super().__post_init__()
 
     def reentrant_checkpointing(self) -> bool:
-        """Whether activation checkpointing is on with ``use_reentrant=True`` (then `training.setup.prepare_model`
+        """Whether activation checkpointing is on with ``use_reentrant=True`` (then `training.methods.prepare_model`
         makes the backbone's input require grad, as transformers does for its PEFT models: a reentrant checkpoint
         only back-propagates into blocks whose input requires grad, and the frozen patch embedding's does not)."""
         ckpt_kwargs = getattr(self, "activation_checkpointing_kwargs", None) or self.gradient_checkpointing_kwargs or {}

@@ -108,7 +108,6 @@ def push_to_hub(trainer, commit_message: str = "End of training", token: Optiona
     base_dir = _base_dir(trainer)
     is_adapter = os.path.isfile(os.path.join(out, ADAPTER_CONFIG_NAME))
     write_card(trainer, trainer.hub_model_id, is_adapter, model_name)
-    trainer._finish_current_push()
     names = (ADAPTER_CONFIG_NAME, *hub.MODEL_FILES, IMAGE_PROCESSOR_NAME, CARD_NAME)
     files = [n for n in dict.fromkeys(names) if os.path.isfile(os.path.join(out, n))]
     if is_adapter and base_dir is not None:
@@ -133,7 +132,7 @@ class HubPushCallback(TrainerCallback):
         strategy = str(getattr(args.hub_strategy, "value", args.hub_strategy))
         if not args.push_to_hub or not trainer.is_world_process_zero() or strategy == "end":
             return
-        checkpoint = os.path.join(trainer._get_output_dir(trial=None), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if not os.path.isdir(checkpoint):
             return
         push = functools.partial(hub.push_checkpoint, checkpoint, trainer.hub_model_id, strategy, token=args.hub_token,

@@ -148,10 +148,7 @@ def read_state(checkpoint_dir: str) -> Optional[dict]:
 def differences(saved: dict, expected: dict) -> dict[str, tuple[Any, Any]]:
     """`{setting: (checkpoint's value, this run's)}` over FisherTune's options and the run settings (the latter only
     where the checkpoint records them: older checkpoints did not)."""
-    from .methods import upgrade_options
-
-    # A checkpoint from before `method` existed says criterion="full" etc.: read it as method="full".
-    pairs = [(upgrade_options(saved.get("options", {})), _jsonable(expected.get("options", {})))]
+    pairs = [(saved.get("options", {}), _jsonable(expected.get("options", {})))]
     if "settings" in saved:
         pairs.append((saved["settings"], _jsonable(expected.get("settings", {}))))
     changed = {}

@@ -43,10 +43,10 @@ from ..data.keyed import BadSampleError
 from . import bad_files, checkpoints, estimation, hub_push
 from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
-from .methods import get_method
+from .methods import get_method, prepare_model
 from .nonfinite import NonFiniteGuard
 from .optimizer import SPARSE_KEY, average_gradients, build_optimizer, carry_moments, fast_forward
-from .setup import backbone_parameters, is_fishertune, prepare_model
+from .setup import backbone_parameters, is_fishertune
 from ..outputs import SCORES_NAME
 from .state import (FisherTuneState, check_allowed_names, check_compatible, describe_changes, model_fingerprint,
                     read_state, write_state)
@@ -58,7 +58,7 @@ class FisherTuneTrainer(Trainer):
     """[`~transformers.Trainer`] running FisherTune's Algorithm 1, or a baseline, by `args.method`.
 
     Pass the plain segmentation model (with `backbone` and `decoder_modules`); the trainer wraps it
-    as the method needs (see `fishertune.training.setup.prepare_model`). A FisherTune or other
+    as the method needs (see `fishertune.training.methods.prepare_model`). A FisherTune or other
     PeftModel is accepted as is. The optimizer is always built here (AdamW with Rein's groups), so
     `optimizers` and `optimizer_cls_and_kwargs` are not accepted. `run_settings` (a JSON-able dict, e.g. the
     dataset, split, backbone and head of a recipe run) is saved with each checkpoint and compared on resume like

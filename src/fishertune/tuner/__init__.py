@@ -3,6 +3,7 @@
 from peft.utils import register_peft_method
 
 from .config import FisherTuneConfig
+from .data_free import magnitude_scores, random_scores
 from .layer import FisherTuneLayer, Linear
 from .model import FisherTuneModel
 from .presets import block_patterns, target_regex
@@ -18,6 +19,8 @@ __all__ = [
     "active_fraction",
     "block_patterns",
     "global_topk",
+    "magnitude_scores",
+    "random_scores",
     "target_regex",
 ]
 

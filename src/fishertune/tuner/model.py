@@ -14,6 +14,7 @@ from peft.utils.integrations import init_empty_weights
 from torch import nn
 
 from .config import FisherTuneConfig
+from .data_free import magnitude_scores, random_scores
 from .layer import FisherTuneLayer, Linear
 from .mixed_batch import adapter_names_hooks
 from .budget import budget_entries, num_backbone_params
@@ -112,9 +113,8 @@ class FisherTuneModel(BaseTuner):
     def _init_scores(self, config: FisherTuneConfig, adapter_name: str) -> dict[str, torch.Tensor]:
         weights = self.fishertune_target_weights()
         if config.init_criterion == "magnitude":
-            return {n: w.detach().abs().float().cpu() for n, w in weights.items()}
-        gen = torch.Generator().manual_seed(config.seed)
-        return {n: torch.rand(w.shape, generator=gen) for n, w in weights.items()}
+            return magnitude_scores(weights)
+        return random_scores(weights, config.seed)
 
     # -- selection and schedule -----------------------------------------------------------------
     def _tuner_layers(self) -> dict[str, FisherTuneLayer]:
