@@ -29,6 +29,12 @@ def test_example_card_is_a_hub_card_with_its_files(card):
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", loaded.text):
         assert (card.parent / image).is_file(), image
     assert "/tmp/" not in loaded.text and "/work/" not in loaded.text  # names a Hub repository, not a local path
+    # the loading code is the package's current one for that repository (a stale card would show lines that fail)
+    from fishertune.hub import load_snippet
+
+    repo = re.search(r'from_pretrained\("([^"]+)"\)', loaded.text).group(1)
+    assert load_snippet(repo, is_adapter=True) in loaded.text or load_snippet(repo, is_adapter=False) in loaded.text
+    assert loaded.data.base_model, "base_model: a Hub id, never empty"
 
 
 @pytest.fixture(scope="module")
@@ -46,4 +52,4 @@ def test_render_gives_the_runs_own_card_back(quick_run, tmp_path):
     assert (tmp_path / "local.md").read_text() == (quick_run / "README.md").read_text()
     render([str(quick_run), str(tmp_path / "hub.md"), "--repo_id", "someone/run"])
     hub = (tmp_path / "hub.md").read_text()
-    assert 'PeftModel.from_pretrained(base, "someone/run")' in hub and str(quick_run) not in hub
+    assert 'AutoPeftModel.from_pretrained("someone/run")' in hub and str(quick_run) not in hub

@@ -27,7 +27,7 @@ STATE = "fishertune_trainer_state.json"
 
 
 def _temporaries(out) -> list[str]:
-    return glob.glob(os.path.join(out, TMP_PREFIX + "*"))
+    return glob.glob(os.path.join(out, TMP_PREFIX + "*-checkpoint-*"))  # a checkpoint's staging folder
 
 
 def _run_until(config: str, out, ready, pause_at: int | None = None) -> None:

@@ -65,7 +65,7 @@ def test_two_process_resume_is_bitwise(uninterrupted, tmp_path, step):
     ckpt = run / f"checkpoint-{step}"
     # staged by rank 0 with every rank's RNG state in it, then renamed: no staging folder is left
     assert {"rng_state_0.pth", "rng_state_1.pth", "fishertune_trainer_state.json"} <= set(os.listdir(ckpt))
-    assert not [n for n in os.listdir(run) if n.startswith(".fishertune-tmp-")]
+    assert not [n for n in os.listdir(run) if n.startswith(".fishertune-tmp-") and "-checkpoint-" in n]
     # the checkpoint the interrupted run wrote is the uninterrupted run's
     _assert_bitwise(_adapter(ckpt), _adapter(full / f"checkpoint-{step}"))
 
