@@ -1,4 +1,4 @@
-"""FisherTune's step cost on several real selections, as paired ratios with 95% intervals, methods interleaved step by step.
+"""FisherTune's step cost on several real selections: paired ratios with 95% intervals, methods interleaved per step.
 
 All models live in ONE process and take turns one training step at a time: a round is one step of every method
 (in an order rotated by one each round, so no method always runs first or after the same neighbour), and
@@ -49,6 +49,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import tuner_speed_worker as W  # noqa: E402
+
 from _common import device_line, script_command, write_report  # noqa: E402
 
 DISPATCHES = ("calibrate", "auto", "dense")
@@ -150,8 +151,9 @@ def interleave(args, selections: dict[str, str], deltas: list[float]) -> dict:
         print(f"round {rnd + 1}/{args.warmup + args.rounds} ({time.time() - t0:.0f} s, load "
               f"{os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)  # fmt: skip
     sparse_grad.set_sparse_grad_mode("auto")
-    return {"times": times, "paths": paths, "trainable": {n: m[2] for n, m in methods.items()},
-            "load_before": list(load_before), "load_after": list(os.getloadavg()), "seconds": time.time() - t0}  # fmt: skip
+    trainable = {n: m[2] for n, m in methods.items()}
+    return {"times": times, "paths": paths, "trainable": trainable, "load_before": list(load_before),
+            "load_after": list(os.getloadavg()), "seconds": time.time() - t0}  # fmt: skip
 
 
 def ran_paths(before: dict, after: dict, model) -> dict[str, int]:
@@ -223,8 +225,9 @@ def report(args, raw: dict, selections: dict[str, str], deltas: list[float]) -> 
         for sel in selections:
             f_, l_ = get[(sel, 0.05, "full", "calibrate")], get[(sel, 0.05, "lora", "calibrate")]
             met = f_["ci_high"] <= GOAL["full"] and l_["ci_high"] <= GOAL["lora"]
-            lines.append(f"\nGoal at 5% ({sel}): upper ends {f_['ci_high']:.2f}x full (goal <= {GOAL['full']}) and "
-                         f"{l_['ci_high']:.2f}x LoRA (goal <= {GOAL['lora']}): {'met' if met else 'NOT met'}.")  # fmt: skip
+            verdict = "met" if met else "NOT met"
+            lines.append(f"\nGoal at 5% ({sel}): upper ends {f_['ci_high']:.3f}x full (goal <= {GOAL['full']}) "
+                         f"and {l_['ci_high']:.3f}x LoRA (goal <= {GOAL['lora']}): {verdict}.")  # fmt: skip
     losers = [r for r in rows if r["vs"] == "dense" and r["ci_low"] > 1.0]
     lines.append(f"\nCalibrated dispatch intervals wholly above 1.0x dense: {len(losers)}"
                  + "".join(f"; {r['selection']} {r['budget'] * 100:g}%" for r in losers) + ".")  # fmt: skip
@@ -235,7 +238,7 @@ def report(args, raw: dict, selections: dict[str, str], deltas: list[float]) -> 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--selection", action="append", default=[], metavar="NAME=PATH",
-                   help="a run's fishertune_scores.safetensors (repeatable); 'uniform' (magnitude) is always run")  # fmt: skip
+                   help="a run's fishertune_scores.safetensors (repeatable); 'uniform' is always run")  # fmt: skip
     p.add_argument("--delta-max", default="0.05,0.01", help="comma-separated budgets")
     p.add_argument("--model", choices=sorted(W.MODELS), default="vit-ti14")
     p.add_argument("--layers", type=int, default=0, help="blocks (0: the model's own; fewer for smoke tests)")

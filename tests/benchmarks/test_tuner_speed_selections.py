@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_tuner_speed import _blocky_scores, worker_globals  # noqa: F401 (fixture)
 
 from _benchmark_modules import load_benchmark
-from test_tuner_speed import _blocky_scores, worker_globals  # noqa: F401 (fixture)
 
 tss = load_benchmark("tuner_speed_selections")
 
