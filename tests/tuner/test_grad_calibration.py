@@ -134,3 +134,16 @@ def test_the_env_variable_accepts_calibrate():
     env = dict(os.environ, FISHERTUNE_SPARSE_GRAD="calibrate")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "calibrate"
+
+
+def test_the_sampled_path_differs_from_dense_in_the_last_bits():
+    """Why "calibrate" is opt-in: a timing-dependent choice between these would change a resumed run's bits."""
+    from fishertune.tuner.sparse_grad import SelectionPattern, sampled_values_grad
+
+    torch.manual_seed(0)
+    go, x = torch.randn(2056, 64), torch.randn(2056, 64)
+    idx = torch.randperm(64 * 64)[:200]
+    dense = (go.t() @ x).reshape(-1).index_select(0, idx)
+    sampled = sampled_values_grad(go, x, SelectionPattern(idx, 64, 64), 200)
+    torch.testing.assert_close(sampled, dense, rtol=1e-4, atol=1e-3)
+    assert not torch.equal(sampled, dense)
