@@ -1,0 +1,59 @@
+"""Micro-batched phase 2 (`EstimationConfig.micro_batch_size`) equals the whole batch.
+
+"Same result" means: the same per-sample label draws (Eq. 4), the same DSU coins and eps (Eq. 6, drawn for
+the whole batch and sliced) and the same DSU batch statistics Sigma_mu, Sigma_sigma (the whole batch's, recorded
+by a no-grad forward), so the statistics differ only by float rounding: the fp32 forward of a smaller batch
+(different kernels) and the order of the fp64 sums. Measured: <= 3e-6 relative on F and F'. Scores are compared
+under `exchange="quantile"`, which is continuous in F and dF; the default rank exchange turns such rounding
+into swaps of near-tied neighbours (differences below one rank step, 1/N)."""
+
+import pytest
+import torch
+
+from fishertune.fisher import EstimationConfig, estimate_statistics, scores_from_stats
+
+from fisher_helpers import image_batches, tiny_dinov2
+
+_RTOL = 1e-5
+
+
+def _stats(estimator, micro, **kw):
+    model = tiny_dinov2(layers=2)
+    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(("query", "value", "fc1", "fc2"))}
+    cfg = EstimationConfig(criterion="dr_fim", estimator=estimator, num_batches=2, dsu_p=1.0, micro_batch_size=micro,
+                           exchange="quantile", **kw)
+    stats = estimate_statistics(model, image_batches(2, b=5), weights, cfg, disable_tqdm=True)
+    return stats, scores_from_stats(stats, cfg)
+
+
+def _close(a, b):
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=_RTOL, atol=_RTOL * float(b[n].abs().max()))
+
+
+@pytest.mark.parametrize("estimator,micro,draw", [("diagonal", 1, "channel"), ("variational", 2, "channel"),
+                                                  ("variational", 3, "scalar")])
+def test_micro_batched_equals_whole_batch(estimator, micro, draw):
+    (whole, whole_scores), (parts, part_scores) = _stats(estimator, None, dsu_draw=draw), _stats(estimator, micro,
+                                                                                                 dsu_draw=draw)
+    assert whole.batch_weights == parts.batch_weights  # the same DSU draws, bit for bit
+    _close(parts.fisher, whole.fisher)
+    _close(parts.fisher_shift, whole.fisher_shift)
+    _close(part_scores, whole_scores)
+    for n in whole_scores:  # and the same ranking
+        assert torch.equal(part_scores[n].flatten().argsort()[-5:].sort().values,
+                           whole_scores[n].flatten().argsort()[-5:].sort().values)
+
+
+def test_micro_batched_per_batch_reading_and_empirical():
+    kw = dict(shift_weight_reading="per_batch", fisher_type="empirical")
+    (whole, whole_scores), (parts, part_scores) = _stats("diagonal", None, **kw), _stats("diagonal", 2, **kw)
+    _close(parts.weighted_delta, whole.weighted_delta)
+    _close(part_scores, whole_scores)
+
+
+def test_micro_batch_size_is_validated():
+    with pytest.raises(ValueError, match="micro_batch_size must be >= 1"):
+        EstimationConfig(micro_batch_size=0)
+    with pytest.raises(ValueError, match="variational_gradient='expected'"):
+        EstimationConfig(micro_batch_size=2, variational_gradient="reparam")
