@@ -110,6 +110,10 @@ class EstimationConfig:
             Dtype of the running sums of per-sample squares (Eq. 9): `float64` (8 B per targeted entry; scores
             independent of how samples are split over ranks and micro-batches) or `float32` (4 B; measured against
             float64 in benchmarks/fisher_precision.py: see benchmarks/README.md).
+        memory_check (`str`, defaults to `"refuse"`):
+            Before the passes, phase 2's memory is estimated (`fishertune.fisher.memory`) and logged. `refuse`
+            raises a `MemoryError` naming `micro_batch_size` when the device has less available; `warn` logs it
+            and runs; `off` runs without comparing.
         seed (`int`, defaults to 0):
             Seeds the random criteria, label sampling, DSU draws and the variational noise. Same seed and data
             give identical scores on every rank and run.
@@ -172,6 +176,10 @@ class EstimationConfig:
     accumulator_dtype: str = field(
         default="float64", metadata={"help": "Dtype of the sums of per-sample squares: 'float64' or 'float32'.",
                                      "choices": ["float64", "float32"]}
+    )
+    memory_check: str = field(
+        default="refuse", metadata={"help": "When phase 2's estimated memory exceeds what is available: 'refuse', "
+                                            "'warn' or 'off'.", "choices": ["refuse", "warn", "off"]}
     )
     seed: int = field(default=0, metadata={"help": "Seed of every random draw of the estimation."})
 

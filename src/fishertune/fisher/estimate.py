@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .config import EstimationConfig
 from .likelihood import LogProbFn, default_log_prob_fn
+from .memory import check_phase2_memory
 from .passes import EstimationStats, run_diagonal, run_variational
 from .perturb import DSUHooks, find_blocks
 from .registry import get_criterion
@@ -196,10 +197,15 @@ def estimate_statistics(
     limit = config.num_batches
     if hasattr(dataloader, "__len__"):
         limit = min(limit, len(dataloader))
-    batches = _batches(dataloader, config.num_batches, device, timing)
+    source = iter(dataloader)
+    first = next(source, None)
+    if first is None:
+        raise ValueError("The estimation data loader yielded no batch; phase 2 needs at least one.")
+    batches = _batches(itertools.chain([first], source), config.num_batches, device, timing)
     batches = tqdm(batches, total=limit, desc=f"Estimating {config.criterion} ({config.estimator})", unit="batch",
                    disable=_hide_progress(disable_tqdm), leave=False)
     with batches, _estimation_mode(model, weights), (dsu if dsu is not None else nullcontext()):
+        check_phase2_memory(model, weights, config, _to_device(first, device), log_prob_fn, dsu is not None)
         if config.estimator == "diagonal":
             stats = run_diagonal(model, batches, weights, config, log_prob_fn, dsu, gens, scale, per_batch_delta)
         else:
