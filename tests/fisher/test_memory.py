@@ -11,7 +11,7 @@ from fisher_helpers import image_batches, tiny_dinov2
 
 def _setup():
     model = tiny_dinov2()
-    return model, {n: m.weight for n, m in model.named_modules() if n.endswith(("query", "fc2"))}
+    return model, {n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "fc2"))}
 
 
 def _run(caplog, **kw):

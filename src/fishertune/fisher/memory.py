@@ -35,7 +35,7 @@ from .passes import micro_batches
 logger = logging.getLogger(__name__)
 
 _SCORE_BYTES = 36  # per entry at the scoring's peak (docs/ARCHITECTURE.md, phase 2)
-_BACKWARD_FACTOR = 1.5  # saved activations -> peak of a forward/backward (calibrated in benchmarks/phase2_memory.py)
+_BACKWARD_FACTOR = 1.25  # saved activations -> peak of a forward/backward (calibrated in benchmarks/phase2_memory.py)
 _GIB = 2.0**30
 
 
