@@ -25,7 +25,7 @@ def test_estimate_is_logged_before_the_passes(caplog):
     _run(caplog, micro_batch_size=2)
     (line,) = [r.getMessage() for r in caplog.records if "phase 2 needs about" in r.getMessage()]
     entries = sum(w.numel() for w in _setup()[1].values())
-    assert f"28 B x {entries:,} targeted entries" in line  # variational with DSU: 2 fits, an fp64 sum, its F
+    assert f"24 B x {entries:,} targeted entries" in line  # variational with DSU: 2 fits and an fp64 sum
     assert "2 samples per pass" in line and "available on cpu" in line
 
 
@@ -47,6 +47,6 @@ def test_activations_scale_with_the_micro_batch_and_entries_with_the_dtype():
                                             memory.default_log_prob_fn, True) for mb in (None, 1, 3)}
     assert est[None].samples_per_pass == 4 and est[1].samples_per_pass == 1 and est[3].samples_per_pass == 3
     assert est[None].activations_per_sample == est[1].activations_per_sample > 0
-    assert est[None].bytes_per_entry == 28  # two precision fits, an fp64 sum, its fp32 F
+    assert est[None].bytes_per_entry == 24  # two precision fits and a batch's fp64 sum
     f32 = EstimationConfig(accumulator_dtype="float32", estimator="diagonal")
-    assert memory.pass_bytes_per_entry(f32, True) == 12 and memory.pass_bytes_per_entry(f32, False) == 8
+    assert memory.pass_bytes_per_entry(f32, True) == 8 and memory.pass_bytes_per_entry(f32, False) == 4

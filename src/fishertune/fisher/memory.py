@@ -2,19 +2,20 @@
 
 Model (bytes beyond what the model itself already holds):
 
-    passes  = N * b_pass + m * a + t                  scoring = N * b_score
+    passes  = N * b_pass + m * a + t + r              scoring = N * b_score + r
     peak    = max(passes, scoring)
 
 N targeted entries; b_pass the state kept per entry during the passes: the variational estimator's precision
-fits (fp32 log-variance and running mean of s, 8 B per fit: clean and, with DSU, perturbed) plus one sum of
-per-sample squares (`accumulator_dtype`: 8 or 4 B) plus the 4 B fp32 F it is turned into; the diagonal
-estimator's sums (one per pass kind) plus that F. b_score = 36 B: F, F' and the two precisions (4 B each), dF
+fits (fp32 log-variance and running sum of s, 8 B per fit: clean and, with DSU, perturbed) plus one batch's sum of
+per-sample squares (`accumulator_dtype`: 8 or 4 B; each tensor is released as its fp32 F is made); the diagonal
+estimator's sums, one per pass kind (the default `shift_weight_reading="mean"`). b_score = 36 B: F, F' and the two precisions (4 B each), dF
 and the percentile ranks at the scoring's peak (measured at ViT-L width). a: the activations autograd saves
 for the backward of ONE sample, measured by a forward of one sample of the first batch under
-`torch.autograd.graph.saved_tensors_hooks` (so it is exact for the model at hand, whatever its head), times
-`_BACKWARD_FACTOR` for the gradients alive during the backward; m: samples per forward/backward
-(`micro_batch_size`, else the batch). t: the transient [chunk, out, in] fp32 products of the per-sample squares.
-Checked against measured peaks in benchmarks/phase2_memory.py (benchmarks/README.md).
+`torch.autograd.graph.saved_tensors_hooks` (so it is exact for the model at hand, whatever its head); m: samples
+per forward/backward (`micro_batch_size`, else the batch); t: the transient [chunk, out, in] fp32 products of the
+per-sample squares; r: a constant working set of the runtime (allocator, autograd engine, the no-grad forward that
+records DSU's statistics for micro-batches). Checked against measured peaks at three sizes in
+benchmarks/phase2_memory.py (benchmarks/README.md: within 0.96-1.2x of the measured peak on CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .passes import micro_batches
 logger = logging.getLogger(__name__)
 
 _SCORE_BYTES = 36  # per entry at the scoring's peak (docs/ARCHITECTURE.md, phase 2)
-_BACKWARD_FACTOR = 1.25  # saved activations -> peak of a forward/backward (calibrated in benchmarks/phase2_memory.py)
+_RUNTIME_BYTES = 48 * 2**20  # r of the module docstring, fitted in benchmarks/phase2_memory.py
 _GIB = 2.0**30
 
 
@@ -56,11 +57,11 @@ class Phase2Memory:
     @property
     def passes(self) -> int:
         return (self.entries * self.bytes_per_entry + self.samples_per_pass * self.activations_per_sample
-                + self.transient)
+                + self.transient + _RUNTIME_BYTES)
 
     @property
     def scoring(self) -> int:
-        return self.entries * _SCORE_BYTES
+        return self.entries * _SCORE_BYTES + _RUNTIME_BYTES
 
     @property
     def total(self) -> int:
@@ -76,9 +77,9 @@ class Phase2Memory:
 def pass_bytes_per_entry(config: EstimationConfig, perturbed: bool) -> int:
     """b_pass of the module docstring: the state the passes keep per targeted entry."""
     acc = 8 if config.accumulator_dtype == "float64" else 4
-    if config.estimator == "variational":
-        return 8 * (2 if perturbed else 1) + acc + 4
-    return acc * (2 if perturbed else 1) + 4
+    if config.estimator == "variational":  # a batch's sum is released as its fp32 F is made: never both whole
+        return 8 * (2 if perturbed else 1) + max(acc, 4)
+    return acc * (2 if perturbed else 1)
 
 
 def saved_activation_bytes(model: nn.Module, sample: Mapping, config: EstimationConfig,
@@ -110,7 +111,7 @@ def estimate_phase2_bytes(model: nn.Module, weights: Mapping[str, nn.Parameter],
     transient = 2 * 4 * min(m * largest, max(_CHUNK_ELEMENTS, largest))  # the product and its square, fp32
     return Phase2Memory(entries=sum(w.numel() for w in weights.values()),
                         bytes_per_entry=pass_bytes_per_entry(config, perturbed),
-                        activations_per_sample=int(per_sample * _BACKWARD_FACTOR), samples_per_pass=m,
+                        activations_per_sample=per_sample, samples_per_pass=m,
                         transient=transient)
 
 
