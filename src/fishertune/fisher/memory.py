@@ -15,7 +15,7 @@ for the backward of ONE sample, measured by a forward of one sample of the first
 per forward/backward (`micro_batch_size`, else the batch); t: the transient [chunk, out, in] fp32 products of the
 per-sample squares; r: a constant working set of the runtime (allocator, autograd engine, the no-grad forward that
 records DSU's statistics for micro-batches). Checked against measured peaks at three sizes in
-benchmarks/phase2_memory.py (benchmarks/README.md: within 0.96-1.2x of the measured peak on CPU).
+benchmarks/phase2_memory.py (results/phase2_memory.md: 0.93-1.12x of the measured peak on CPU; not yet on CUDA).
 """
 
 from __future__ import annotations
