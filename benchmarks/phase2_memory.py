@@ -38,7 +38,8 @@ def worker(hidden: int, layers: int, image: int, batch: int, micro) -> dict:
     cfg = T.Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
                          intermediate_size=4 * hidden, image_size=image, patch_size=16, num_labels=19)
     model = T.Dinov2ForImageClassification(cfg).eval()
-    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj", "fc1", "fc2"))}
+    targets = ("q_proj", "k_proj", "v_proj", "fc1", "fc2")
+    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(targets)}
     g = torch.Generator().manual_seed(1)
     batches = [{"pixel_values": torch.randn(batch, 3, image, image, generator=g),
                 "labels": torch.randint(0, 19, (batch,), generator=g)} for _ in range(2)]

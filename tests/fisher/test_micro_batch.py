@@ -65,3 +65,18 @@ def test_micro_batch_size_is_validated():
         EstimationConfig(micro_batch_size=0)
     with pytest.raises(ValueError, match="variational_gradient='expected'"):
         EstimationConfig(micro_batch_size=2, variational_gradient="reparam")
+
+
+def test_float32_accumulator_holds_float32_sums_and_stays_close():
+    from fishertune.fisher.diagonal import GradSquareAccumulator, linear_owners
+
+    model = tiny_dinov2()
+    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "fc2"))}
+    acc = GradSquareAccumulator(linear_owners(model, weights), weights, torch.float32)
+    assert all(t.dtype == torch.float32 for t in acc.sums.values())  # 4 B per entry, not 8
+    out = {}
+    for dtype in ("float64", "float32"):
+        cfg = EstimationConfig(criterion="fim", estimator="diagonal", num_batches=2, accumulator_dtype=dtype)
+        out[dtype] = estimate_statistics(model, image_batches(2), weights, cfg, disable_tqdm=True).fisher
+    _close(out["float32"], out["float64"])
+    assert any(not torch.equal(out["float32"][n], out["float64"][n]) for n in out["float64"])  # the option acts

@@ -8,7 +8,8 @@ Model (bytes beyond what the model itself already holds):
 N targeted entries; b_pass the state kept per entry during the passes: the variational estimator's precision
 fits (fp32 log-variance and running sum of s, 8 B per fit: clean and, with DSU, perturbed) plus one batch's sum of
 per-sample squares (`accumulator_dtype`: 8 or 4 B; each tensor is released as its fp32 F is made); the diagonal
-estimator's sums, one per pass kind (the default `shift_weight_reading="mean"`). b_score = 36 B: F, F' and the two precisions (4 B each), dF
+estimator's sums, one per pass kind (the default `shift_weight_reading="mean"`).
+b_score = 36 B: F, F' and the two precisions (4 B each), dF
 and the percentile ranks at the scoring's peak (measured at ViT-L width). a: the activations autograd saves
 for the backward of ONE sample, measured by a forward of one sample of the first batch under
 `torch.autograd.graph.saved_tensors_hooks` (so it is exact for the model at hand, whatever its head); m: samples
@@ -149,7 +150,8 @@ def check_phase2_memory(model: nn.Module, weights: Mapping[str, nn.Parameter], c
     if free is None or estimate.total <= free or config.memory_check == "off":
         return estimate
     one = max(estimate.passes - (estimate.samples_per_pass - 1) * estimate.activations_per_sample, estimate.scoring)
-    hint = (f"Lower `micro_batch_size` (now {config.micro_batch_size}; at 1 phase 2 needs about {_size(one)})" if estimate.samples_per_pass > 1 else "`micro_batch_size` is already 1")
+    hint = (f"Lower `micro_batch_size` (now {config.micro_batch_size}; at 1 phase 2 needs about "
+            f"{_size(one)})" if estimate.samples_per_pass > 1 else "`micro_batch_size` is already 1")
     if config.accumulator_dtype == "float64":
         hint += ", set `accumulator_dtype: float32` (4 B less per entry)"
     message = (f"{estimate.describe()}, but {device} has {_size(free)} available. {hint}, or target fewer "
