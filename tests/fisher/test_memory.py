@@ -21,8 +21,13 @@ def _run(caplog, **kw):
         return estimate_scores(model, image_batches(1, b=4), weights, cfg, disable_tqdm=True)
 
 
-def test_estimate_is_logged_before_the_passes(caplog):
-    _run(caplog, micro_batch_size=2)
+def test_estimate_is_logged_and_printed_before_the_passes(caplog, capsys):
+    model, weights = _setup()
+    cfg = EstimationConfig(criterion="dr_fim", num_batches=1, micro_batch_size=2)
+    with caplog.at_level(logging.INFO, logger="fishertune.fisher.memory"):
+        estimate_scores(model, image_batches(1, b=4), weights, cfg, disable_tqdm=False)
+    printed = capsys.readouterr()
+    assert "phase 2 needs about" in printed.out + printed.err  # above the progress bar, as a user sees it
     (line,) = [r.getMessage() for r in caplog.records if "phase 2 needs about" in r.getMessage()]
     entries = sum(w.numel() for w in _setup()[1].values())
     assert f"24 B x {entries:,} targeted entries" in line  # variational with DSU: 2 fits and an fp64 sum

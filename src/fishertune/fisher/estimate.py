@@ -210,7 +210,8 @@ def estimate_statistics(
     batches = tqdm(batches, total=limit, desc=f"Estimating {config.criterion} ({config.estimator})", unit="batch",
                    disable=_hide_progress(disable_tqdm), leave=False)
     with batches, _estimation_mode(model, weights), (dsu if dsu is not None else nullcontext()):
-        check_phase2_memory(model, weights, config, first, log_prob_fn, dsu is not None)
+        check_phase2_memory(model, weights, config, first, log_prob_fn, dsu is not None,
+                            show=None if _hide_progress(disable_tqdm) else tqdm.write)  # printed above the bar
         del first  # the generator holds it until the passes take it
         if config.estimator == "diagonal":
             stats = run_diagonal(model, batches, weights, config, log_prob_fn, dsu, gens, scale, per_batch_delta)

@@ -22,7 +22,7 @@ benchmarks/phase2_memory.py (results/phase2_memory.md: 0.93-1.12x of the measure
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Optional
 
@@ -139,14 +139,18 @@ def available_bytes(device: torch.device) -> Optional[int]:
 
 
 def check_phase2_memory(model: nn.Module, weights: Mapping[str, nn.Parameter], config: EstimationConfig,
-                        sample_batch: Mapping, log_prob_fn: LogProbFn, perturbed: bool) -> Phase2Memory:
-    """Log phase 2's estimated memory and, with ``config.memory_check="refuse"``, raise `MemoryError` naming
-    ``micro_batch_size`` when the device has less available."""
+                        sample_batch: Mapping, log_prob_fn: LogProbFn, perturbed: bool,
+                        show: Optional[Callable[[str], None]] = None) -> Phase2Memory:
+    """Log phase 2's estimated memory (and pass the line to ``show``, e.g. to print it) and, with
+    ``config.memory_check="refuse"``, raise `MemoryError` naming ``micro_batch_size`` when the device has less
+    available. Each process checks its own device."""
     estimate = estimate_phase2_bytes(model, weights, config, sample_batch, log_prob_fn, perturbed)
     device = next(iter(weights.values())).device
     free = available_bytes(device)
-    logger.info("Estimation: %s; available on %s: %s.", estimate.describe(), device,
-                "unknown" if free is None else _size(free))
+    line = f"Estimation: {estimate.describe()}; available on {device}: {'unknown' if free is None else _size(free)}."
+    logger.info(line)
+    if show is not None:
+        show(line)
     if free is None or estimate.total <= free or config.memory_check == "off":
         return estimate
     one = max(estimate.passes - (estimate.samples_per_pass - 1) * estimate.activations_per_sample, estimate.scoring)
