@@ -53,6 +53,9 @@ Measurement (each method in FRESH subprocesses, so nothing leaks between methods
   gets the wall time of its forward / backward / optimizer phases and the top ``--profile-rows`` ops by
   self CPU time (self CUDA time on CUDA). ``--profile-only`` skips the tables and prints only that.
 
+Step ratios here are one draw (the lowest of a few per-process medians); `tuner_speed_selections.py` gives them
+as medians with 95% intervals from methods interleaved step by step in one process.
+
 The worker (one method, one measurement) is `tuner_speed_worker.py`. Raw numbers of every row go to
 the ``.json`` beside ``--out``; every ratio in the tables is computed from them.
 

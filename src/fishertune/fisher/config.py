@@ -98,6 +98,22 @@ class EstimationConfig:
             over batches (needs the diagonal estimator or `variational_gradient="expected"`). Default `mean`:
             a one-batch dF is the ratio of two one-batch Fisher estimates, much noisier than the ratio of
             T2-batch ones.
+        micro_batch_size (`int`, *optional*):
+            Samples per forward/backward of the passes: each batch is processed in micro-batches of this size, so
+            the activations held scale with it, not with the batch. Per-sample squares are summed, label draws and
+            DSU draws are made for the whole batch and sliced, and with DSU a no-grad forward of the whole batch
+            first records the batch statistics of Eq. 6 (Sigma_mu, Sigma_sigma) that every micro-batch then uses:
+            the statistics equal the whole batch's up to float rounding (tests/fisher/test_micro_batch.py).
+            `None` (default): the whole batch at once. Needs `variational_gradient="expected"` with the
+            variational estimator. Lower it when phase 2 is refused for memory.
+        accumulator_dtype (`str`, defaults to `"float64"`):
+            Dtype of the running sums of per-sample squares (Eq. 9): `float64` (8 B per targeted entry; scores
+            independent of how samples are split over ranks and micro-batches) or `float32` (4 B; measured against
+            float64 in benchmarks/fisher_precision.py: see benchmarks/README.md).
+        memory_check (`str`, defaults to `"refuse"`):
+            Before the passes, phase 2's memory is estimated (`fishertune.fisher.memory`) and logged. `refuse`
+            raises a `MemoryError` naming `micro_batch_size` when the device has less available; `warn` logs it
+            and runs; `off` runs without comparing.
         seed (`int`, defaults to 0):
             Seeds the random criteria, label sampling, DSU draws and the variational noise. Same seed and data
             give identical scores on every rank and run.
@@ -154,6 +170,17 @@ class EstimationConfig:
         default="mean", metadata={"help": "'mean' (dF of all batches x mean weight) or 'per_batch'.",
                                   "choices": ["mean", "per_batch"]}
     )
+    micro_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Samples per forward/backward of phase 2 (None: the whole batch); lower it "
+                                        "when phase 2 is refused for memory."})
+    accumulator_dtype: str = field(
+        default="float64", metadata={"help": "Dtype of the sums of per-sample squares: 'float64' or 'float32'.",
+                                     "choices": ["float64", "float32"]}
+    )
+    memory_check: str = field(
+        default="refuse", metadata={"help": "When phase 2's estimated memory exceeds what is available: 'refuse', "
+                                            "'warn' or 'off'.", "choices": ["refuse", "warn", "off"]}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of every random draw of the estimation."})
 
     def __post_init__(self) -> None:
@@ -165,6 +192,12 @@ class EstimationConfig:
                                  f"{', '.join(map(repr, options))}.")
         if self.num_batches < 1:
             raise ValueError(f"num_batches must be >= 1 (T2 estimation batches), got {self.num_batches}.")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or None (the whole batch), got {self.micro_batch_size}.")
+        if (self.micro_batch_size is not None and self.estimator == "variational"
+                and self.variational_gradient == "reparam"):
+            raise ValueError("micro_batch_size needs per-sample passes: use variational_gradient='expected' (default) "
+                             "or the diagonal estimator, or micro_batch_size=None.")
         if self.variational_steps_per_batch < 1:
             raise ValueError(f"variational_steps_per_batch must be >= 1, got {self.variational_steps_per_batch}.")
         if self.gamma is not None and self.prior_floor != _DEFAULT_PRIOR_FLOOR:

@@ -50,8 +50,9 @@ def linear_owners(model: nn.Module, weights: Mapping[str, nn.Parameter]) -> dict
     return {n: by_id[id(w)] for n, w in weights.items()}
 
 
-def per_sample_grad_squares(x: torch.Tensor, g: torch.Tensor, batch_size: int, scale: float = 1.0) -> torch.Tensor:
-    """``sum_i (g_i^T x_i / scale)^2`` [out, in], fp64, for layer inputs ``x`` [..., in] and output grads ``g`` [..., out].
+def per_sample_grad_squares(x: torch.Tensor, g: torch.Tensor, batch_size: int, scale: float = 1.0,
+                            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``sum_i (g_i^T x_i / scale)^2`` [out, in] in ``dtype`` (fp64 by default), for layer inputs ``x`` [..., in] and output grads ``g`` [..., out].
 
     The leading dimension may be a multiple of the batch (SAM's windows are batch-major), so rows
     are regrouped per sample. Products and squares are fp32 under any autocast dtype: bf16/fp16
@@ -65,14 +66,14 @@ def per_sample_grad_squares(x: torch.Tensor, g: torch.Tensor, batch_size: int, s
         raise ValueError(f"Layer input has leading size {x.shape[0]}, not a multiple of the batch size {batch_size}.")
     xs = x.reshape(batch_size, -1, x.shape[-1])
     gs = g.reshape(batch_size, -1, g.shape[-1])
-    out = torch.zeros(g.shape[-1], x.shape[-1], dtype=torch.float64, device=x.device)
+    out = torch.zeros(g.shape[-1], x.shape[-1], dtype=dtype, device=x.device)
     chunk = max(1, _CHUNK_ELEMENTS // out.numel())
     with torch.autocast(x.device.type, enabled=False):
         for s in range(0, batch_size, chunk):
             per = torch.bmm(gs[s : s + chunk].float().transpose(1, 2), xs[s : s + chunk].float())
             if scale != 1.0:
                 per = per / scale
-            out += per.square().sum(0, dtype=torch.float64)
+            out += per.square().sum(0, dtype=dtype)
     return out
 
 
@@ -112,15 +113,17 @@ class GradSquareAccumulator:
     all-reduces sums and the sample count over ranks and returns F in fp32. fp64 (not fp32) sums
     are what makes the scores independent of the number of processes: an fp32 sum's rounding
     depends on how the samples are split over ranks, and Eq. 5's |F - F'| / min(F, F') amplifies
-    that rounding where F ~ F' (1 vs 2 processes then differed by up to 1e-2 relative).
+    that rounding where F ~ F' (1 vs 2 processes then differed by up to 1e-2 relative). ``dtype=torch.float32``
+    halves the memory (`EstimationConfig.accumulator_dtype`) at that cost.
     The squares of a layer are formed during the backward, as soon as its output gradient exists
     (`_GradTap`); a layer called several times per forward waits for all its calls (its per-sample
     gradient is the sum over calls).
     """
 
-    def __init__(self, owners: Mapping[str, nn.Module], weights: Mapping[str, nn.Parameter]) -> None:
-        self.owners = dict(owners)
-        self.sums = {n: torch.zeros(w.shape, dtype=torch.float64, device=w.device) for n, w in weights.items()}
+    def __init__(self, owners: Mapping[str, nn.Module], weights: Mapping[str, nn.Parameter],
+                 dtype: torch.dtype = torch.float64) -> None:
+        self.owners, self.dtype = dict(owners), dtype
+        self.sums = {n: torch.zeros(w.shape, dtype=dtype, device=w.device) for n, w in weights.items()}
         self.count = torch.zeros((), dtype=torch.float64)
         self._reset()
 
@@ -167,7 +170,7 @@ class GradSquareAccumulator:
         b = self._batch
         x = torch.cat([p[0].reshape(b, -1, p[0].shape[-1]) for p in pairs], dim=1)
         g = torch.cat([p[1].reshape(b, -1, p[1].shape[-1]) for p in pairs], dim=1)
-        self.sums[name] += per_sample_grad_squares(x, g, b, self._scale)
+        self.sums[name] += per_sample_grad_squares(x, g, b, self._scale, self.dtype)
 
     def accumulate(self, loss_sum: torch.Tensor, batch_size: int, num_counted: int, scale: float = 1.0) -> None:
         """Add the per-sample squares of ``d loss_sum / d W`` (``loss_sum = sum_i L_i * scale``)."""

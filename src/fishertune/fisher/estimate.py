@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .config import EstimationConfig
 from .likelihood import LogProbFn, default_log_prob_fn
+from .memory import check_phase2_memory
 from .passes import EstimationStats, run_diagonal, run_variational
 from .perturb import DSUHooks, find_blocks
 from .registry import get_criterion
@@ -48,8 +49,10 @@ def _to_device(batch: Mapping, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _batches(dataloader, num_batches: int, device: torch.device, timing: Optional[EstimationTiming]):
-    for batch in itertools.islice(dataloader, num_batches):
+def _batches(first: dict, source, num_batches: int, device: torch.device, timing: Optional[EstimationTiming]):
+    """``first`` (already on the device: the memory check read it), then the rest of ``source``."""
+    yield first
+    for batch in itertools.islice(source, num_batches - 1):
         if timing is not None:
             timing.arrived()  # as the loader hands it over, before the copy to the device
         yield _to_device(batch, device)
@@ -196,10 +199,20 @@ def estimate_statistics(
     limit = config.num_batches
     if hasattr(dataloader, "__len__"):
         limit = min(limit, len(dataloader))
-    batches = _batches(dataloader, config.num_batches, device, timing)
+    source = iter(dataloader)
+    first = next(source, None)
+    if first is None:
+        raise ValueError("The estimation data loader yielded no batch; phase 2 needs at least one.")
+    if timing is not None:
+        timing.arrived()
+    first = _to_device(first, device)
+    batches = _batches(first, source, config.num_batches, device, timing)
     batches = tqdm(batches, total=limit, desc=f"Estimating {config.criterion} ({config.estimator})", unit="batch",
                    disable=_hide_progress(disable_tqdm), leave=False)
     with batches, _estimation_mode(model, weights), (dsu if dsu is not None else nullcontext()):
+        check_phase2_memory(model, weights, config, first, log_prob_fn, dsu is not None,
+                            show=None if _hide_progress(disable_tqdm) else tqdm.write)  # printed above the bar
+        del first  # the generator holds it until the passes take it
         if config.estimator == "diagonal":
             stats = run_diagonal(model, batches, weights, config, log_prob_fn, dsu, gens, scale, per_batch_delta)
         else:

@@ -81,25 +81,61 @@ def _loss_for_squares(nll: torch.Tensor, n_valid: torch.Tensor, unit: str, scale
     return (nll * fisher_sample_weights(n_valid, unit, power=0.5).to(nll.device)).sum() * scale
 
 
+def micro_batches(batch: Mapping, size: Optional[int]):
+    """``(start, part)`` for consecutive slices of ``size`` samples of ``batch`` (the whole batch if None)."""
+    b = batch["pixel_values"].shape[0]
+    size = b if size is None else size
+    for start in range(0, b, size):
+        yield start, {k: v[start : start + size] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == b else v
+                      for k, v in batch.items()}
+
+
+def _record_dsu_stds(model, batch, dsu) -> None:
+    """A no-grad forward of the whole batch that keeps each perturbed block's Sigma_mu, Sigma_sigma (Eq. 6): the
+    micro-batches then perturb with the whole batch's statistics. It holds no graph, so its memory is an
+    inference forward's, far below a pass's saved activations."""
+    dsu.stds_mode = "record"
+    try:
+        with torch.no_grad():
+            model(pixel_values=batch["pixel_values"])
+    finally:
+        dsu.stds_mode = "replay"
+
+
 def fisher_pass(model, batch, acc, cfg, log_prob_fn, gens, label_state, dsu=None, scale=1.0):
-    """One forward/backward of ``batch`` into the accumulator ``acc`` (perturbed by ``dsu`` if given).
+    """One forward/backward of ``batch`` into the accumulator ``acc`` (perturbed by ``dsu`` if given), in
+    micro-batches of ``cfg.micro_batch_size``: each draws the labels and DSU noise of the whole batch and keeps
+    its own slice, so the sum of per-sample squares is the whole batch's (up to float rounding).
 
     Returns the step's DSU shift summary (None if unperturbed)."""
     b = batch["pixel_values"].shape[0]
     offset, total = global_slice(b)
-    gens["labels"].set_state(label_state)
+    parts = list(micro_batches(batch, cfg.micro_batch_size))
     if dsu is not None:
         dsu.new_draws()
         dsu.batch_slice, dsu.enabled = (offset, total), True
     try:
-        with acc.capture():
-            nll, n_valid, _ = batch_nll(model, batch, log_prob_fn, cfg.fisher_type, gens["labels"], offset, total,
-                                        forward=model)
-        acc.accumulate(_loss_for_squares(nll, n_valid, cfg.fisher_unit, scale), b, int((n_valid > 0).sum()), scale)
+        if dsu is not None and len(parts) > 1:
+            _record_dsu_stds(model, batch, dsu)
+        for start, part in parts:
+            m = part["pixel_values"].shape[0]
+            gens["labels"].set_state(label_state)  # the whole batch's uniforms, sliced at this part's offset
+            if dsu is not None:
+                dsu.batch_slice = (offset + start, total)
+            with acc.capture():
+                nll, n_valid, _ = batch_nll(model, part, log_prob_fn, cfg.fisher_type, gens["labels"], offset + start,
+                                            total, forward=model)
+            acc.accumulate(_loss_for_squares(nll, n_valid, cfg.fisher_unit, scale), m, int((n_valid > 0).sum()), scale)
+            del nll, n_valid
     finally:
         if dsu is not None:
-            dsu.enabled = False
+            dsu.enabled, dsu.stds_mode = False, "live"
     return dsu.step_shift() if dsu is not None else None
+
+
+def accumulator(owners, weights, cfg) -> GradSquareAccumulator:
+    """The running sums of per-sample squares in ``cfg.accumulator_dtype``."""
+    return GradSquareAccumulator(owners, weights, getattr(torch, cfg.accumulator_dtype))
 
 
 class _Running:
@@ -122,9 +158,9 @@ def run_diagonal(model, batches, weights, cfg, log_prob_fn, dsu, gens, scale, pe
     sum_t w_t dF_t (always with ``shift_weight_reading="per_batch"``)."""
     owners = linear_owners(model, weights)
     per_batch = dsu is not None and (per_batch or cfg.shift_weight_reading == "per_batch")
-    accs = {False: GradSquareAccumulator(owners, weights)}
+    accs = {False: accumulator(owners, weights, cfg)}
     if dsu is not None:
-        accs[True] = GradSquareAccumulator(owners, weights)
+        accs[True] = accumulator(owners, weights, cfg)
     w = ShiftWeight(cfg.shift_weight)
     running = {False: _Running(), True: _Running()}
     weighted = PerBatchDelta(cfg.delta_eps)
@@ -132,7 +168,7 @@ def run_diagonal(model, batches, weights, cfg, log_prob_fn, dsu, gens, scale, pe
         label_state = gens["labels"].get_state()
         step_fisher, step_w = {}, None
         for perturbed in accs:
-            acc = GradSquareAccumulator(owners, weights) if per_batch else accs[perturbed]
+            acc = accumulator(owners, weights, cfg) if per_batch else accs[perturbed]
             shift = fisher_pass(model, batch, acc, cfg, log_prob_fn, gens, label_state, dsu if perturbed else None, scale)
             if perturbed:
                 step_w = w.add(shift)
@@ -211,7 +247,7 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
         label_state = gens["labels"].get_state()
         if fits[False].gamma is None:
             # gamma from the data: the floor gamma/tau^2 is prior_floor times the first clean batch's mean Fisher.
-            first = GradSquareAccumulator(owners, weights)
+            first = accumulator(owners, weights, cfg)
             fisher_pass(model, batch, first, cfg, log_prob_fn, gens, label_state, None, scale)
             gamma = max(cfg.prior_floor * cfg.tau**2 * mean_value(first.finalize()), torch.finfo(torch.float32).tiny)
             del first  # its fp64 sums (8 B per targeted entry) are not needed again
@@ -244,7 +280,7 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
                             dsu.enabled = False
                     shift = dsu.step_shift() if perturbed else None
                 else:  # the batch's Eq. 9 Fisher, all-reduced so every rank takes the same step
-                    acc = GradSquareAccumulator(owners, weights)
+                    acc = accumulator(owners, weights, cfg)
                     shift = fisher_pass(model, batch, acc, cfg, log_prob_fn, gens, label_state,
                                         dsu if perturbed else None, scale)
                     fisher_t[perturbed] = acc.finalize()

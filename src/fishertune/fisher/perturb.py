@@ -54,6 +54,7 @@ def dsu_transform(
     eps: float = 1e-6,
     *,
     differentiable_local: bool = False,
+    stds: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 6 on patch tokens ``x`` [B, N, C]: ``x' = beta * (x - mu) / sigma + alpha``.
 
@@ -69,9 +70,16 @@ def dsu_transform(
       this process's batch in ``x``'s dtype, with gradients flowing through it. The expression is
       then evaluated in that code's order, ``(x - mu) / sigma * beta + alpha``, so that both uses
       keep their results bit for bit. Needs at least two samples (the variance is NaN otherwise).
+
+    ``stds``: ``(Sigma_mu, Sigma_sigma)`` given by the caller instead (the whole batch's, for a micro-batch;
+    see `DSUHooks.stds_mode`).
     """
     mu, sigma = token_statistics(x, eps)
-    if differentiable_local:
+    if stds is not None:
+        alpha = mu + eps_mu * stds[0]
+        beta = sigma + eps_sigma * stds[1]
+        x_new = beta[:, None] * (x - mu[:, None]) / sigma[:, None] + alpha[:, None]
+    elif differentiable_local:
         alpha = mu + eps_mu * (mu.var(0) + eps).sqrt()
         beta = sigma + eps_sigma * (sigma.var(0) + eps).sqrt()
         x_new = (x - mu[:, None]) / sigma[:, None] * beta[:, None] + alpha[:, None]
@@ -143,6 +151,10 @@ class DSUHooks:
         self._step_pair: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # draw="scalar": this step's eps
         # (offset, global batch) of this rank; set once per batch by the estimator to spare a collective per block.
         self.batch_slice: Optional[tuple[int, int]] = None
+        # Sigma_mu/Sigma_sigma of Eq. 6: "live" (from the batch in the forward), "record" (live, and kept per block)
+        # or "replay" (the kept ones): a micro-batch then perturbs with its whole batch's statistics.
+        self.stds_mode = "live"
+        self._stds: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __enter__(self) -> "DSUHooks":
         for i, block in enumerate(self.blocks):
@@ -160,6 +172,7 @@ class DSUHooks:
         """Start a new step: the next call of each block draws a fresh coin and fresh eps."""
         self._draws.clear()
         self._step_pair = None
+        self._stds.clear()
 
     def step_shift(self) -> Optional[tuple[float, float]]:
         """``(mean|eps_mu| + mean|eps_sigma|, mean eps_mu + mean eps_sigma)`` over this step's applied draws
@@ -204,7 +217,15 @@ class DSUHooks:
             eps_mu, eps_sigma = (d[offset : offset + b].to(h.device) for d in draws)
             tokens, put_back = split_patch_tokens(h, self.num_prefix[idx])
             with torch.autocast(h.device.type, enabled=False):
-                x_new, alpha, beta = dsu_transform(tokens.float(), eps_mu, eps_sigma, self.eps)
+                x = tokens.float()
+                if self.stds_mode == "replay":
+                    stds = self._stds[idx]
+                else:
+                    mu, sigma = token_statistics(x, self.eps)
+                    stds = (batch_std(mu, self.eps), batch_std(sigma, self.eps))
+                    if self.stds_mode == "record":
+                        self._stds[idx] = stds
+                x_new, alpha, beta = dsu_transform(x, eps_mu, eps_sigma, self.eps, stds=stds)
             if self.record:
                 self.records[idx] = {"x": tokens.detach().float(), "x_new": x_new.detach(), "alpha": alpha.detach(),
                                      "beta": beta.detach(), "eps_mu": eps_mu, "eps_sigma": eps_sigma}

@@ -28,7 +28,10 @@ the smallest crossover). `sampled_addmm` has no bfloat16/float16 kernel on CPU, 
 between the compact and the dense GEMM only. The rule has no CUDA constants, so CUDA stays on the dense path
 unless a mode is forced.
 `set_sparse_grad_mode` / ``$FISHERTUNE_SPARSE_GRAD`` ("auto", "dense", "compact", "sampled") force a path;
-"sampled" still falls back to dense where the kernel does not exist. Re-measure on the hardware you train on.
+"sampled" still falls back to dense where the kernel does not exist. "calibrate" replaces the constants by timing
+every path on the real tensors at the first backward passes of each layer shape and selection footprint and
+keeping the fastest (`grad_calibration`; opt-in because the choice depends on timings and the paths may differ in
+the last bits, so resumes are bitwise-reproducible only under "auto" or a forced path).
 """
 
 from __future__ import annotations
@@ -39,13 +42,15 @@ from typing import Callable, Optional
 
 import torch
 
+from . import grad_calibration
+
 #: The fit of `benchmarks/grad_path_crossover.py --path sampled` (CPU, fp32, one thread).
 SAMPLED_CPU_A = 0.0213
 SAMPLED_CPU_B = 1.879
 #: The smallest crossover of `benchmarks/grad_path_crossover.py --path compact` (CPU, fp32, one thread).
 COMPACT_CPU_MAX = 0.56
 PATHS = ("dense", "compact", "sampled")
-_MODES = ("auto",) + PATHS
+_MODES = ("auto", "calibrate") + PATHS
 _SAMPLED_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64)}
 _sparse_grad_mode = os.environ.get("FISHERTUNE_SPARSE_GRAD", "auto")
 if _sparse_grad_mode not in _MODES:
@@ -60,7 +65,8 @@ def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 def set_sparse_grad_mode(mode: str) -> str:
-    """Choose how dL/d(values) is computed: "auto" (the measured rule) or a forced path. Returns the old mode."""
+    """Choose how dL/d(values) is computed: "auto" (the measured rule), "calibrate" (timed per layer key, see
+    `grad_calibration`) or a forced path. Returns the old mode."""
     global _sparse_grad_mode
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
@@ -84,7 +90,7 @@ def _sampled_crossover(out_features: int, in_features: int) -> float:
 def use_sampled_grad(device_type: str, dtype: torch.dtype, out_features: int, in_features: int, nnz: int) -> bool:
     """Whether the sampled product beats the dense GEMM here: forced, or (auto, CPU) below the measured density
     crossover."""
-    if _sparse_grad_mode in ("dense", "compact") or not sampled_supported(device_type, dtype):
+    if _sparse_grad_mode in ("dense", "compact", "calibrate") or not sampled_supported(device_type, dtype):
         return False
     if _sparse_grad_mode == "sampled":
         return True
@@ -106,6 +112,9 @@ def values_grad_path(
     """
     if _sparse_grad_mode == "dense":
         return "dense"
+    if _sparse_grad_mode == "calibrate":  # "calibrate" until the key's fastest path is known
+        key = grad_calibration.calibration_key(device_type, dtype, out_features, in_features, nnz, block())
+        return grad_calibration.chosen_path(key) or "calibrate"
     sampled = use_sampled_grad(device_type, dtype, out_features, in_features, nnz)
     if _sparse_grad_mode != "auto" or device_type != "cpu":
         if sampled:
@@ -239,6 +248,25 @@ def compact_values_grad(grad_out2, x2, pattern: SelectionPattern, n: int) -> tor
 _PATH_FNS = {"sampled": sampled_values_grad, "compact": compact_values_grad}
 
 
+def calibrating_values_grad(grad_out2, x2, pattern: SelectionPattern, idx: torch.Tensor) -> torch.Tensor:
+    """One timed run of every path that can serve this backward (`grad_calibration.time_paths`); returns the
+    dense path's result, so a calibrating step computes what a forced-dense step does."""
+    n, weight = idx.numel(), pattern.out_features * pattern.in_features
+    block = pattern.block_size(n)
+    fns = {"dense": lambda: (grad_out2.t() @ x2).reshape(-1).index_select(0, idx)}
+    if block < weight:
+        fns["compact"] = lambda: compact_values_grad(grad_out2, x2, pattern, n)
+    if sampled_supported(grad_out2.device.type, grad_out2.dtype):
+        fns["sampled"] = lambda: sampled_values_grad(grad_out2, x2, pattern, n)
+    key = grad_calibration.calibration_key(
+        grad_out2.device.type, grad_out2.dtype, pattern.out_features, pattern.in_features, n, block
+    )
+    calls = dict(pattern.calls)  # timing runs are not the layer's path (the counts say what training ran)
+    results = grad_calibration.time_paths(key, fns, grad_out2.device)
+    pattern.calls.update(calls)
+    return results["dense"]
+
+
 class SparseDeltaLinear(torch.autograd.Function):
     """``y = x (W + scatter(idx, v))^T + b`` without keeping a dense weight copy for backward.
 
@@ -259,7 +287,7 @@ class SparseDeltaLinear(torch.autograd.Function):
         need_x, need_w, need_b, need_v = ctx.needs_input_grad[:4]
         ctx.x_dtype, ctx.dtype, ctx.w_dtype, ctx.v_dtype = x.dtype, dtype, weight.dtype, values.dtype
         ctx.b_dtype = None if bias is None else bias.dtype
-        use_pattern = need_v and not need_w and path in _PATH_FNS and pattern is not None
+        use_pattern = need_v and not need_w and (path in _PATH_FNS or path == "calibrate") and pattern is not None
         ctx.pattern, ctx.path = (pattern, path) if use_pattern else (None, "dense")
         ctx.save_for_backward(
             xc if (need_w or need_v) else None,
@@ -286,6 +314,8 @@ class SparseDeltaLinear(torch.autograd.Function):
             x2 = xc.reshape(-1, xc.shape[-1])
             if ctx.path in _PATH_FNS:
                 gv = _PATH_FNS[ctx.path](go2, x2, ctx.pattern, idx.numel()).to(ctx.v_dtype)
+            elif ctx.path == "calibrate":
+                gv = calibrating_values_grad(go2, x2, ctx.pattern, idx).to(ctx.v_dtype)
             else:
                 dense = go2.t() @ x2
                 if need_v:
