@@ -77,6 +77,7 @@ def _shim_pkg_resources() -> bool:
         return False
     except ImportError:
         pass
+
     def resource_filename(package_or_requirement: str, resource_name: str) -> str:
         # pkg_resources' semantics for an importable name: relative to the package folder, or to
         # the folder of a plain module (imagecorruptions passes its `corruptions` module's __name__).
@@ -224,7 +225,11 @@ def corrupted_targets(root, corruptions=DEFAULT_CORRUPTIONS, severity: int = DEF
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"), help="CamVid folder (images/, labels/, splits.json)")
+    parser.add_argument(
+        "--root",
+        default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"),
+        help="CamVid folder (images/, labels/, splits.json)",
+    )
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
     parser.add_argument("--corruptions", nargs="+", default=list(DEFAULT_CORRUPTIONS))
     parser.add_argument("--severity", type=int, default=DEFAULT_SEVERITY)

@@ -47,6 +47,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import paper_scale_worker as W  # noqa: E402
+
 from _common import CONFIG, parse_size  # noqa: E402
 
 #: Cityscapes label ids drawn into the labels: the 19 evaluated classes (GTAV_EVAL_IDS) and 0 (unlabeled -> 255).
@@ -151,23 +152,43 @@ def workers_needed(batch: int, steps_per_s: float, per_worker_ips: float) -> int
 
 def markdown(raw: dict) -> str:
     t, e, m = raw["train"], raw["eval"], raw["machine"]
-    lines = [f"# Data path at the paper's size ({m['cpu']}, {m['threads']} torch threads, torch {m['torch']})", "",
-             f"Training: {t['samples']} generated GTAV-shaped pairs ({raw['image_size'][1]}x{raw['image_size'][0]} "
-             f"PNG, mean {raw['png_bytes'] / 2**20:.2f} MiB) read by the `gtav` loader with the config's augmentation "
-             f"(crops {t['crop'][0]}x{t['crop'][1]}); indexing the tree took {t['index_s']:.2f} s.", "",
-             "| reader | images/s |", "|---|---|",
-             f"| one process (per worker: median {t['per_worker_s'] * 1000:.0f} ms per sample) | {t['per_worker_ips']:.2f} |"]
-    lines += [f"| DataLoader, {w} worker(s), batch {raw['batch']} | {ips:.2f} |" for w, ips in t["loader_ips"].items()
-              if ips == ips]  # NaN: a single batch, nothing timed after the first
-    lines += ["", f"Workers a GPU needs at batch {raw['batch']} (ceil(batch x steps/s / {t['per_worker_ips']:.2f})):", "",
-              "| GPU steps/s | images/s | workers |", "|---|---|---|"]
-    lines += [f"| {r:g} | {raw['batch'] * r:g} | {workers_needed(raw['batch'], r, t['per_worker_ips'])} |"
-              for r in raw["step_rates"]]
-    lines += ["", f"Evaluation: one {e['image'][0]}x{e['image'][1]} Cityscapes-shaped image, resized by the cityscapes "
-              f"evaluation transform to {e['resized'][0]}x{e['resized'][1]}, slide windows {e['window']} stride "
-              f"{e['stride']}, {raw['model']} + the config's head:", "",
-              "| windows per image | s per window | s per image |", "|---|---|---|",
-              f"| {e['windows']} | {e['per_window_s']:.3f} | {e['image_s']:.2f} |"]
+    lines = [
+        f"# Data path at the paper's size ({m['cpu']}, {m['threads']} torch threads, torch {m['torch']})",
+        "",
+        f"Training: {t['samples']} generated GTAV-shaped pairs ({raw['image_size'][1]}x{raw['image_size'][0]} "
+        f"PNG, mean {raw['png_bytes'] / 2**20:.2f} MiB) read by the `gtav` loader with the config's augmentation "
+        f"(crops {t['crop'][0]}x{t['crop'][1]}); indexing the tree took {t['index_s']:.2f} s.",
+        "",
+        "| reader | images/s |",
+        "|---|---|",
+        f"| one process (per worker: median {t['per_worker_s'] * 1000:.0f} ms per sample) | {t['per_worker_ips']:.2f} |",
+    ]
+    lines += [
+        f"| DataLoader, {w} worker(s), batch {raw['batch']} | {ips:.2f} |"
+        for w, ips in t["loader_ips"].items()
+        if ips == ips
+    ]  # NaN: a single batch, nothing timed after the first
+    lines += [
+        "",
+        f"Workers a GPU needs at batch {raw['batch']} (ceil(batch x steps/s / {t['per_worker_ips']:.2f})):",
+        "",
+        "| GPU steps/s | images/s | workers |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {r:g} | {raw['batch'] * r:g} | {workers_needed(raw['batch'], r, t['per_worker_ips'])} |"
+        for r in raw["step_rates"]
+    ]
+    lines += [
+        "",
+        f"Evaluation: one {e['image'][0]}x{e['image'][1]} Cityscapes-shaped image, resized by the cityscapes "
+        f"evaluation transform to {e['resized'][0]}x{e['resized'][1]}, slide windows {e['window']} stride "
+        f"{e['stride']}, {raw['model']} + the config's head:",
+        "",
+        "| windows per image | s per window | s per image |",
+        "|---|---|---|",
+        f"| {e['windows']} | {e['per_window_s']:.3f} | {e['image_s']:.2f} |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -201,7 +222,9 @@ def main(argv=None) -> None:
            "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                        "torch": torch.__version__, "cpu_count": os.cpu_count()}}  # fmt: skip
     try:
-        raw["machine"]["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        raw["machine"]["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     out = Path(args.out)

@@ -53,12 +53,28 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from dg_camvid_eval import FINAL_MODEL, rescore, save_final_model, score_all  # noqa: E402
 from dg_camvid_recipe import (  # noqa: E402,F401
-    ALL_METHODS, DEFAULT_BACKBONE, DEFAULT_CORRUPTIONS, DEFAULT_ROOT, DEFAULT_STRIDE, DEFAULT_WINDOW, METHODS, VARIANTS,
-    experiment_args, recipe_from_args,
+    ALL_METHODS,
+    DEFAULT_BACKBONE,
+    DEFAULT_CORRUPTIONS,
+    DEFAULT_ROOT,
+    DEFAULT_STRIDE,
+    DEFAULT_WINDOW,
+    METHODS,
+    VARIANTS,
+    experiment_args,
+    recipe_from_args,
 )
-from dg_camvid_report import CLEAN_TARGETS, DISPLAY_ORDER, LABELS, SHORT, aggregate, markdown, recipe_tag, row_label, runs_dir, write_json  # noqa: E402,F401
+from dg_camvid_report import (  # noqa: E402
+    SHORT,
+    aggregate,
+    markdown,
+    runs_dir,
+    write_json,
+)  # noqa: E402,F401
 
 RESULTS = HERE / "results"
+
+
 # -- one run (in a subprocess) ------------------------------------------------------------------
 def build_trainer(recipe: dict, method: str, seed: int, work_dir: Path, callbacks=None):
     """The recipe's FisherTuneTrainer for `method` (model, data, arguments); returns (trainer, args, mean, std)."""
@@ -87,7 +103,9 @@ def build_trainer(recipe: dict, method: str, seed: int, work_dir: Path, callback
     kwargs.update(opts)
     kwargs.update(extra)  # --extra overrides anything above (e.g. backbone_learning_rate, gamma, dsu_blocks)
     args = FisherTuneTrainingArguments(**kwargs)
-    trainer = FisherTuneTrainer(model=model, args=args, train_dataset=train, data_collator=collate_fn, callbacks=callbacks)
+    trainer = FisherTuneTrainer(
+        model=model, args=args, train_dataset=train, data_collator=collate_fn, callbacks=callbacks
+    )
     return trainer, args, mean, std
 
 
@@ -144,7 +162,7 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine()}  # fmt: skip
     try:
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        info["cpu"] = next(s.split(":", 1)[1].strip() for s in open("/proc/cpuinfo") if s.startswith("model name"))
     except (OSError, StopIteration):
         pass
     if torch.cuda.is_available():
@@ -215,34 +233,70 @@ def _rescore_grid(args, recipe: dict, out: Path, grid: list) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 seed, 120 steps, 16 estimation batches, every 3rd eval image")
+    p.add_argument(
+        "--quick", action="store_true", help="1 seed, 120 steps, 16 estimation batches, every 3rd eval image"
+    )
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 800, quick 120)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL_METHODS),
-                   help=f"default: the grid {list(METHODS)}; variants: {list(VARIANTS)}")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=list(ALL_METHODS),
+        help=f"default: the grid {list(METHODS)}; variants: {list(VARIANTS)}",
+    )
     p.add_argument("--estimation-batches", type=int, default=None, help="T2 (default 100, quick 16)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every k-th image (default 1, quick 3)")
     p.add_argument("--fisher-type", default="true", choices=["true", "empirical"])
-    p.add_argument("--also-every", type=int, default=None,
-                   help="also score each model on every k-th image (reported as metrics_every<k>; floor checks)")
-    p.add_argument("--also-scale", type=float, nargs="+", default=None, metavar="F",
-                   help="also score each model on images resized by F of 480x360 (metrics_scale<F>; floor checks)")
-    p.add_argument("--eval-window", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="sliding-window size (default 224 304, the training crop; 368 480: the whole padded image)")
-    p.add_argument("--eval-stride", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="default 149 203 for the default window (2x2 windows per image), else the window")
+    p.add_argument(
+        "--also-every",
+        type=int,
+        default=None,
+        help="also score each model on every k-th image (reported as metrics_every<k>; floor checks)",
+    )
+    p.add_argument(
+        "--also-scale",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="F",
+        help="also score each model on images resized by F of 480x360 (metrics_scale<F>; floor checks)",
+    )
+    p.add_argument(
+        "--eval-window",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="sliding-window size (default 224 304, the training crop; 368 480: the whole padded image)",
+    )
+    p.add_argument(
+        "--eval-stride",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="default 149 203 for the default window (2x2 windows per image), else the window",
+    )
     p.add_argument("--corruptions", nargs="+", default=list(DEFAULT_CORRUPTIONS))
     p.add_argument("--extra", type=json.loads, default=None, help="JSON dict of extra FisherTuneTrainingArguments")
-    p.add_argument("--head", default="light",
-                   help="segmentation head: light (the grid's) or mask2former (the paper's; ~100 queries, slower)")
+    p.add_argument(
+        "--head",
+        default="light",
+        help="segmentation head: light (the grid's) or mask2former (the paper's; ~100 queries, slower)",
+    )
     p.add_argument("--root", default=DEFAULT_ROOT)
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     p.add_argument("--workers", type=int, default=0, help="training DataLoader workers (GPU machines: 4-8)")
     p.add_argument("--aggregate-only", action="store_true")
-    p.add_argument("--rescore-from", metavar="TAG", default=None,
-                   help="score the saved models of runs/TAG (same training recipe) with this command's protocol")
+    p.add_argument(
+        "--rescore-from",
+        metavar="TAG",
+        default=None,
+        help="score the saved models of runs/TAG (same training recipe) with this command's protocol",
+    )
     p.add_argument("--stop-on-error", action="store_true")
     p.add_argument("--_run", help=argparse.SUPPRESS)
     p.add_argument("--_seed", type=int, help=argparse.SUPPRESS)

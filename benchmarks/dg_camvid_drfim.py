@@ -50,7 +50,6 @@ def jaccard(a: dict, b: dict) -> float:
 
 def describe(stats, config, fraction: float) -> dict:
     from dg_camvid_selection import top_mask
-
     from fishertune.fisher import relative_eps, scores_from_stats
     from fishertune.fisher.plots import sensitivity_table
 
@@ -61,7 +60,9 @@ def describe(stats, config, fraction: float) -> dict:
     if "precision" in stats.extra:  # the variational F' (Eq. 14) from its precision
         from fishertune.fisher import fisher_from_precision
 
-        shift = {n: fisher_from_precision(p, stats.gamma, config.tau) for n, p in stats.extra["precision_shift"].items()}
+        shift = {
+            n: fisher_from_precision(p, stats.gamma, config.tau) for n, p in stats.extra["precision_shift"].items()
+        }
     else:
         shift = stats.fisher_shift
     lo = torch.cat([torch.minimum(stats.fisher[n], shift[n]).reshape(-1).double() for n in stats.fisher])
@@ -77,7 +78,9 @@ def describe(stats, config, fraction: float) -> dict:
             rows.append({"exchange": label, "error": str(err)})
             continue
         masks.setdefault("dr_fim", m)
-        rows.append({"exchange": label, "jaccard_F": jaccard(m, masks["fim"]), "jaccard_dF": jaccard(m, masks["delta_fim"])})
+        rows.append(
+            {"exchange": label, "jaccard_F": jaccard(m, masks["fim"]), "jaccard_dF": jaccard(m, masks["delta_fim"])}
+        )
     maps = {}
     for crit in ("fim", "delta_fim", "dr_fim"):
         _, frac, _ = sensitivity_table(stats.fisher, masks[crit])
@@ -98,10 +101,17 @@ def markdown(results: dict, tag: str, fraction: float) -> str:
              "min(F,F') > eps + floor | J(F, dF) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for run, r in results.items():
         q = r["quantiles_F"]
-        lines.append(f"| {run} | {q['0.05']:.2e} / {q['0.5']:.2e} / {q['0.95']:.2e} / {q['0.999']:.2e} | {r['eps']:.2e} | "
-                     f"{r['floor']:.2e} | {r['weight']:.3f} | {r['share_min_dominates']:.1%} | {r['jaccard_F_dF']:.3f} |")
-    lines += ["", "Jaccard of the DRF mask with F's / with dF's:", "",
-              "| exchange | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+        lines.append(
+            f"| {run} | {q['0.05']:.2e} / {q['0.5']:.2e} / {q['0.95']:.2e} / {q['0.999']:.2e} | {r['eps']:.2e} | "
+            f"{r['floor']:.2e} | {r['weight']:.3f} | {r['share_min_dominates']:.1%} | {r['jaccard_F_dF']:.3f} |"
+        )
+    lines += [
+        "",
+        "Jaccard of the DRF mask with F's / with dF's:",
+        "",
+        "| exchange | " + " | ".join(results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
     for i, label in enumerate(EXCHANGES):
         cells = []
         for r in results.values():
@@ -123,9 +133,13 @@ def markdown(results: dict, tag: str, fraction: float) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tag", default="full_v2")
-    p.add_argument("--method", nargs="+", default=["dr_fim_var"],
-                   help="runs whose statistics to read; per seed the first that has them (runs of one seed share "
-                        "phase 1 and the estimation draws, so a dF run's statistics are the DRF run's)")
+    p.add_argument(
+        "--method",
+        nargs="+",
+        default=["dr_fim_var"],
+        help="runs whose statistics to read; per seed the first that has them (runs of one seed share "
+        "phase 1 and the estimation draws, so a dF run's statistics are the DRF run's)",
+    )
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = p.parse_args(argv)
 
@@ -147,8 +161,9 @@ def main(argv=None) -> None:
         opts = {"criterion": "dr_fim", "estimator": (run.get("options") or {}).get("estimator", "variational")}
         extra = {k: v for k, v in recipe.get("extra", {}).items() if k in EstimationConfig.__dataclass_fields__}
         label = f"seed {seed}" + ("" if method == args.method[0] else f" ({method} run)")
-        results[label] = describe(load_statistics(work / STATISTICS_NAME),
-                                  EstimationConfig(**opts, **extra), recipe["delta_max"])
+        results[label] = describe(
+            load_statistics(work / STATISTICS_NAME), EstimationConfig(**opts, **extra), recipe["delta_max"]
+        )
         print(f"{label}: done", flush=True)
     if not results:
         sys.exit(f"no statistics under {runs}/{{{','.join(args.method)}}}__seed*_work")

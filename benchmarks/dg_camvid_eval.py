@@ -26,10 +26,8 @@ FINAL_MODEL = "final_model.pt"
 def evaluation_sets(recipe: dict) -> dict:
     """`{"source_val", clean targets, "target_<corruption>"}` as `datasets.Dataset`s, every k-th image."""
     from camvid_corruptions import DEFAULT_CACHE, corrupted_targets
-
-    from fishertune.data import load_dataset
-
     from dg_camvid_report import CLEAN_TARGETS
+    from fishertune.data import load_dataset
 
     sets = {"source_val": load_dataset("camvid", recipe["root"], "source_val")}
     for name in CLEAN_TARGETS:

@@ -26,9 +26,30 @@ LABELS = {
     "dr_fim_wd_weight_var": "DRF 5% (variational), decay on W0 + delta", "childtune_d": "ChildTune-D 5% (empirical F, fixed mask)",
 }  # fmt: skip
 #: Row order of the tables and bars: baselines, then Table 4's criteria (random < F < dF < DRF) per estimator.
-DISPLAY_ORDER = ["frozen", "full", "lora", "rein", "vpt", "vpt_lr1e3", "adaptformer", "vqt", "random", "fim_var", "delta_fim_var",
-                 "dr_fim_var", "dr_fim_q99_var", "dr_fim_perbatch_var", "dr_fim_paperw_var", "dr_fim_wd_weight_var",
-                 "fim_diag", "delta_fim_diag", "dr_fim_diag", "dr_fim_q99_diag", "dr_fim_paperw_diag", "childtune_d"]
+DISPLAY_ORDER = [
+    "frozen",
+    "full",
+    "lora",
+    "rein",
+    "vpt",
+    "vpt_lr1e3",
+    "adaptformer",
+    "vqt",
+    "random",
+    "fim_var",
+    "delta_fim_var",
+    "dr_fim_var",
+    "dr_fim_q99_var",
+    "dr_fim_perbatch_var",
+    "dr_fim_paperw_var",
+    "dr_fim_wd_weight_var",
+    "fim_diag",
+    "delta_fim_diag",
+    "dr_fim_diag",
+    "dr_fim_q99_diag",
+    "dr_fim_paperw_diag",
+    "childtune_d",
+]
 CLEAN_TARGETS = ("target_day_new_route", "target_dusk")
 SHORT = {"source_val": "src val", "target_day_new_route": "Seq05VD", "target_dusk": "dusk", "target_fog": "fog",
          "target_frost": "frost", "target_snow": "snow", "target_motion_blur": "motion", "target_gaussian_noise": "noise",
@@ -110,7 +131,9 @@ def aggregate(recipe: dict, out_root: Path) -> dict | None:
         cols = {"source_val": [r["metrics"]["source_val"]["mIoU"] for r in rs]}
         for t in targets:
             cols[t] = [r["metrics"][t]["mIoU"] for r in rs]
-        cols["mean_clean_targets"] = [sum(r["metrics"][t]["mIoU"] for t in CLEAN_TARGETS) / len(CLEAN_TARGETS) for r in rs]
+        cols["mean_clean_targets"] = [
+            sum(r["metrics"][t]["mIoU"] for t in CLEAN_TARGETS) / len(CLEAN_TARGETS) for r in rs
+        ]
         if corr:
             cols["mean_corrupted"] = [sum(r["metrics"][t]["mIoU"] for t in corr) / len(corr) for r in rs]
         cols["mean_targets"] = [sum(r["metrics"][t]["mIoU"] for t in targets) / len(targets) for r in rs]
@@ -150,8 +173,11 @@ def _protocol_line(r: dict) -> str:
         images += f" (a gpu_pack.py copy holding 1 in {r['packed_eval_every']})"
     win = r.get("eval_window") or [368, 480]
     stride = r.get("eval_stride") or win
-    how = (f"sliding windows {win[0]}x{win[1]}, stride {stride[0]}x{stride[1]}" if stride != win
-           else f"windows {win[0]}x{win[1]} without overlap" + (" (the whole padded image)" if win == [368, 480] else ""))
+    how = (
+        f"sliding windows {win[0]}x{win[1]}, stride {stride[0]}x{stride[1]}"
+        if stride != win
+        else f"windows {win[0]}x{win[1]} without overlap" + (" (the whole padded image)" if win == [368, 480] else "")
+    )
     return f"Scored on {images}, {how}."
 
 
@@ -172,8 +198,11 @@ def markdown(summary: dict) -> str:
         f"mode `{r['mode']}`; mIoU (%), mean ± std over seeds (n per row). "
         "Targets are never used for training or selection.",
         _protocol_line(r),
-        *([f"Training-argument overrides of this recipe (`--extra`): `{json.dumps(r['extra'], sort_keys=True)}`."]
-          if r.get("extra") else []),
+        *(
+            [f"Training-argument overrides of this recipe (`--extra`): `{json.dumps(r['extra'], sort_keys=True)}`."]
+            if r.get("extra")
+            else []
+        ),
         "",
         "| method | n | " + " | ".join(head.get(c, SHORT.get(c, c)) for c in cols) + " |",
         "|---|---|" + "---|" * len(cols),
@@ -191,10 +220,13 @@ def _machines_line(summary: dict) -> str:
     threads: dict[tuple, set] = {}  # (device, CPUs, torch) -> thread counts its runs used
     for m in machines:
         threads.setdefault((m.get("gpu") or m.get("cpu"), m.get("cpu_count"), m.get("torch")), set()).add(
-            m.get("torch_threads"))
+            m.get("torch_threads")
+        )
     parts = [f"{device} ({cpus} CPUs, torch {torch}, {' or '.join(map(str, sorted(t - {None}) or ['?']))} threads per run)"
              for (device, cpus, torch), t in threads.items()]  # fmt: skip
-    return ("Machine: " if len(parts) == 1 else "Machines (runs of this table came from each): ") + "; ".join(parts) + "."
+    return (
+        ("Machine: " if len(parts) == 1 else "Machines (runs of this table came from each): ") + "; ".join(parts) + "."
+    )
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -67,7 +67,12 @@ def main():
     refs = [rng.integers(0, args.classes, shape).astype(np.uint8) for _ in range(args.maps)]
     for r in refs:
         r[rng.random(shape) < 0.1] = 255
-    preds = [np.where(rng.random(shape) < 0.8, np.minimum(r, args.classes - 1), rng.integers(0, args.classes, shape)).astype(np.uint8) for r in refs]
+    preds = [
+        np.where(rng.random(shape) < 0.8, np.minimum(r, args.classes - 1), rng.integers(0, args.classes, shape)).astype(
+            np.uint8
+        )
+        for r in refs
+    ]
     runners = {
         "fishertune SegmentationMetric.update": fishertune_metric,
         "numpy bincount (baseline)": numpy_bincount,

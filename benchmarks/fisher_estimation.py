@@ -33,7 +33,10 @@ MODES = [
     ("dr_fim / diagonal", dict(criterion="dr_fim", estimator="diagonal")),
     ("fim / variational", dict(criterion="fim", estimator="variational")),
     ("dr_fim / variational", dict(criterion="dr_fim", estimator="variational")),
-    ("dr_fim / variational (reparam)", dict(criterion="dr_fim", estimator="variational", variational_gradient="reparam")),
+    (
+        "dr_fim / variational (reparam)",
+        dict(criterion="dr_fim", estimator="variational", variational_gradient="reparam"),
+    ),
 ]
 
 
@@ -56,8 +59,9 @@ def child(mode_index: int, steps: int, batch: int, size: int) -> dict:
     class Seg(nn.Module):
         def __init__(self):
             super().__init__()
-            cfg = T.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=size,
-                                 patch_size=14)
+            cfg = T.Dinov2Config(
+                hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=size, patch_size=14
+            )
             self.backbone = T.Dinov2Model(cfg)
             self.head = nn.Linear(384, 19)
 
@@ -70,8 +74,13 @@ def child(mode_index: int, steps: int, batch: int, size: int) -> dict:
             return nn.functional.interpolate(outputs, size=size, mode="bilinear", align_corners=False)
 
     gen = torch.Generator().manual_seed(0)
-    data = [{"pixel_values": torch.randn(batch, 3, size, size, generator=gen),
-             "labels": torch.randint(0, 19, (batch, size, size), generator=gen)} for _ in range(steps + 1)]
+    data = [
+        {
+            "pixel_values": torch.randn(batch, 3, size, size, generator=gen),
+            "labels": torch.randint(0, 19, (batch, size, size), generator=gen),
+        }
+        for _ in range(steps + 1)
+    ]
     model = Seg()
     name, kwargs = MODES[mode_index]
     if kwargs is None:
@@ -79,8 +88,9 @@ def child(mode_index: int, steps: int, batch: int, size: int) -> dict:
         model.train()
 
         def step(b):
-            loss = nn.functional.cross_entropy(model.semantic_logits(model(b["pixel_values"]), (size, size)),
-                                               b["labels"], ignore_index=255)
+            loss = nn.functional.cross_entropy(
+                model.semantic_logits(model(b["pixel_values"]), (size, size)), b["labels"], ignore_index=255
+            )
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -107,7 +117,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed batches/steps per configuration")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--t2", type=int, default=T2_DEFAULT, help="estimation batches of phase 2 (EstimationConfig.num_batches)")
+    p.add_argument(
+        "--t2", type=int, default=T2_DEFAULT, help="estimation batches of phase 2 (EstimationConfig.num_batches)"
+    )
     p.add_argument("--t3", type=int, default=T3_DEFAULT, help="tuning steps of phase 3")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -116,19 +128,40 @@ def main() -> None:
         return
     rows = []
     for i in range(len(MODES)):
-        out = subprocess.run([sys.executable, __file__, "--child", str(i), "--steps", str(a.steps), "--batch",
-                              str(a.batch), "--size", str(a.size)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(i),
+                "--steps",
+                str(a.steps),
+                "--batch",
+                str(a.batch),
+                "--size",
+                str(a.size),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.split("RESULT ", 1)[1]))
     ft = rows[0]
-    print(f"DINOv2 ViT-S/14 (random init), {a.size}px, batch {a.batch}, CPU threads {os.cpu_count()}, "
-          f"{a.steps} timed steps; T2={a.t2}, T3={a.t3}")
-    print(f"| {'configuration':32s} | s/batch | time / FT step | peak RSS / FT | peak above base / FT | T2 cost / T3 time |")
+    print(
+        f"DINOv2 ViT-S/14 (random init), {a.size}px, batch {a.batch}, CPU threads {os.cpu_count()}, "
+        f"{a.steps} timed steps; T2={a.t2}, T3={a.t3}"
+    )
+    print(
+        f"| {'configuration':32s} | s/batch | time / FT step | peak RSS / FT | peak above base / FT | T2 cost / T3 time |"
+    )
     print(f"|{'-' * 34}|---------|----------------|---------------|----------------------|-------------------|")
     for r in rows:
         ratio = r["seconds"] / ft["seconds"]
         phase = "" if r is ft else f"{100 * a.t2 * ratio / a.t3:.2f}%"
-        print(f"| {r['name']:32s} | {r['seconds']:7.2f} | {ratio:14.2f} | {r['peak_kb'] / ft['peak_kb']:13.2f} | "
-              f"{r['above_kb'] / max(ft['above_kb'], 1):20.2f} | {phase:>17s} |")
+        print(
+            f"| {r['name']:32s} | {r['seconds']:7.2f} | {ratio:14.2f} | {r['peak_kb'] / ft['peak_kb']:13.2f} | "
+            f"{r['above_kb'] / max(ft['above_kb'], 1):20.2f} | {phase:>17s} |"
+        )
 
 
 if __name__ == "__main__":

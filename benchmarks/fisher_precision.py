@@ -42,28 +42,44 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = T.Dinov2Config(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768,
-                         image_size=112, patch_size=16, num_labels=19)
+    cfg = T.Dinov2Config(
+        hidden_size=192,
+        num_hidden_layers=6,
+        num_attention_heads=3,
+        intermediate_size=768,
+        image_size=112,
+        patch_size=16,
+        num_labels=19,
+    )
     model = T.Dinov2ForImageClassification(cfg).eval()
     targets = ("q_proj", "k_proj", "v_proj", "fc1", "fc2")
     weights = {n: m.weight for n, m in model.named_modules() if n.endswith(targets)}
     g = torch.Generator().manual_seed(1)
-    batches = [{"pixel_values": torch.randn(args.batch, 3, 112, 112, generator=g),
-                "labels": torch.randint(0, 19, (args.batch,), generator=g)} for _ in range(args.batches)]
+    batches = [
+        {
+            "pixel_values": torch.randn(args.batch, 3, 112, 112, generator=g),
+            "labels": torch.randint(0, 19, (args.batch,), generator=g),
+        }
+        for _ in range(args.batches)
+    ]
     print(f"{sum(w.numel() for w in weights.values()):,} targeted entries, T2 = {args.batches} batches of {args.batch}")
     print("| estimator | max rel. err. F | F' | DR-FIM score | Jaccard top 5% (DR-FIM) | Jaccard top 5% (F) |")
     print("|---|---|---|---|---|---|")
     for estimator in ("diagonal", "variational"):
         out = {}
         for dtype in ("float64", "float32"):
-            config = EstimationConfig(estimator=estimator, num_batches=args.batches, accumulator_dtype=dtype,
-                                      exchange="quantile")
+            config = EstimationConfig(
+                estimator=estimator, num_batches=args.batches, accumulator_dtype=dtype, exchange="quantile"
+            )
             stats = estimate_statistics(model, batches, weights, config, disable_tqdm=True)
             out[dtype] = stats, scores_from_stats(stats, config)
         (ref, ref_s), (f32, f32_s) = out["float64"], out["float32"]
-        print(f"| {estimator} | {_max_rel(f32.fisher, ref.fisher):.1e} | "
-              f"{_max_rel(f32.fisher_shift, ref.fisher_shift):.1e} | {_max_rel(f32_s, ref_s):.1e} | "
-              f"{_jaccard_top(f32_s, ref_s):.4f} | {_jaccard_top(f32.fisher, ref.fisher):.4f} |", flush=True)
+        print(
+            f"| {estimator} | {_max_rel(f32.fisher, ref.fisher):.1e} | "
+            f"{_max_rel(f32.fisher_shift, ref.fisher_shift):.1e} | {_max_rel(f32_s, ref_s):.1e} | "
+            f"{_jaccard_top(f32_s, ref_s):.4f} | {_jaccard_top(f32.fisher, ref.fisher):.4f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

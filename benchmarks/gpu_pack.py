@@ -73,10 +73,15 @@ def main(argv=None) -> None:
         p.error(f"--every must be >= 1, got {args.every}")
     info = pack(Path(args.camvid_root), Path(args.backbone), Path(args.out), args.every)
     out = Path(args.out).resolve()
-    where = (f'the device call carries it: carry=["{out.relative_to(HERE.parent)}"]' if out.is_relative_to(HERE.parent)
-             else "copy it into the checkout to carry it")
-    print(f"packed {info['images']} ({info['bytes'] / 2**20:.1f} MiB) into {args.out}; {where} (the whole travelling "
-          "tree must stay under 64 MiB)")
+    where = (
+        f'the device call carries it: carry=["{out.relative_to(HERE.parent)}"]'
+        if out.is_relative_to(HERE.parent)
+        else "copy it into the checkout to carry it"
+    )
+    print(
+        f"packed {info['images']} ({info['bytes'] / 2**20:.1f} MiB) into {args.out}; {where} (the whole travelling "
+        "tree must stay under 64 MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def build_model(exp, model: str, layers: int, rein: bool = False):
     from transformers import Dinov2Config
 
     from fishertune.data import id2label
-    from fishertune.models import build_model as build, default_taps
+    from fishertune.models import build_model as build
+    from fishertune.models import default_taps
 
     cfg = dict(MODELS[model])
     if layers:
@@ -110,8 +111,9 @@ def build_model(exp, model: str, layers: int, rein: bool = False):
         # head has fewer and narrower ones, so Rein is installed here as `prepare_model` would, sized to match.
         from fishertune.baselines import ReinConfig, apply_method
 
-        apply_method(seg.requires_grad_(True), ReinConfig(token_length=seg.config.num_queries,
-                                                          query_dims=seg.config.hidden_dim))
+        apply_method(
+            seg.requires_grad_(True), ReinConfig(token_length=seg.config.num_queries, query_dims=seg.config.hidden_dim)
+        )
     return seg
 
 
@@ -255,7 +257,9 @@ def measure(args) -> dict:
         tmp.cleanup()
     out.update(phases=meter.phases, hwm_reset=mem.hwm_reset, config=config_phases(args.config))
     if fishertune:
-        out["phases"]["estimation"].update(estimation_record(trainer), trainable=trainer.model.num_targeted(), batches=est)
+        out["phases"]["estimation"].update(
+            estimation_record(trainer), trainable=trainer.model.num_targeted(), batches=est
+        )
         out.update(allocated=trainer.model.num_allocated(), active_fraction=trainer.active_fraction)
     else:  # T1 = T2 = 0: a baseline's "phase 2" is only its optimizer build at step 0
         out["phases"].pop("estimation", None)

@@ -35,14 +35,26 @@ def worker(hidden: int, layers: int, image: int, batch: int, micro) -> dict:
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    cfg = T.Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                         intermediate_size=4 * hidden, image_size=image, patch_size=16, num_labels=19)
+    cfg = T.Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        intermediate_size=4 * hidden,
+        image_size=image,
+        patch_size=16,
+        num_labels=19,
+    )
     model = T.Dinov2ForImageClassification(cfg).eval()
     targets = ("q_proj", "k_proj", "v_proj", "fc1", "fc2")
     weights = {n: m.weight for n, m in model.named_modules() if n.endswith(targets)}
     g = torch.Generator().manual_seed(1)
-    batches = [{"pixel_values": torch.randn(batch, 3, image, image, generator=g),
-                "labels": torch.randint(0, 19, (batch,), generator=g)} for _ in range(2)]
+    batches = [
+        {
+            "pixel_values": torch.randn(batch, 3, image, image, generator=g),
+            "labels": torch.randint(0, 19, (batch,), generator=g),
+        }
+        for _ in range(2)
+    ]
     config = EstimationConfig(num_batches=2, micro_batch_size=micro, dsu_p=1.0)
     for p in model.parameters():  # the estimation's flags, so that the estimate saves what the passes save
         p.requires_grad_(False)
@@ -55,9 +67,13 @@ def worker(hidden: int, layers: int, image: int, batch: int, micro) -> dict:
         raise SystemExit("/proc/self/clear_refs is not writable: no peak to compare with")
     estimate_scores(model, batches, weights, config, disable_tqdm=True)
     peak = status_kib("VmHWM") - base
-    return {"entries": est.entries, "bytes_per_entry": est.bytes_per_entry,
-            "activations_mib": est.samples_per_pass * est.activations_per_sample / _MIB,
-            "estimate_mib": est.total / _MIB, "measured_mib": peak / 1024.0}
+    return {
+        "entries": est.entries,
+        "bytes_per_entry": est.bytes_per_entry,
+        "activations_mib": est.samples_per_pass * est.activations_per_sample / _MIB,
+        "estimate_mib": est.total / _MIB,
+        "measured_mib": peak / 1024.0,
+    }
 
 
 def main() -> None:
@@ -70,12 +86,22 @@ def main() -> None:
     print("| size | targeted entries | B/entry | activations (MiB) | estimate (MiB) | measured peak (MiB) | est/meas |")
     print("|---|---|---|---|---|---|---|")
     for name, size in SIZES.items():
-        out = subprocess.run([sys.executable, str(HERE / "phase2_memory.py"), "--worker", json.dumps(size)],
-                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, str(HERE / "phase2_memory.py"), "--worker", json.dumps(size)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         r = json.loads(out)
-        print(f"| {name} | {r['entries']:,} | {r['bytes_per_entry']} | {r['activations_mib']:.0f} | "
-              f"{r['estimate_mib']:.0f} | {r['measured_mib']:.0f} | {r['estimate_mib'] / r['measured_mib']:.2f} |",
-              flush=True)
+        print(
+            f"| {name} | {r['entries']:,} | {r['bytes_per_entry']} | {r['activations_mib']:.0f} | "
+            f"{r['estimate_mib']:.0f} | {r['measured_mib']:.0f} | {r['estimate_mib'] / r['measured_mib']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -86,6 +86,7 @@ def wrap(model, args):
         model.requires_grad_(True)
         return model
     import peft
+
     from fishertune.tuner import target_regex
 
     targets = target_regex(model)  # the Eq. 3 set of the DINOv2 backbone: its q/k/v and FFN linears
@@ -195,8 +196,12 @@ def fishertune_report(model, calls_before: dict[str, dict[str, int]], dtype) -> 
         if nnz:
             pattern = sparse_grad.SelectionPattern(m.fishertune_indices["default"], m.out_features, m.in_features)
             block = pattern.block_size(nnz)
-        rule = "none" if not nnz else sparse_grad.values_grad_path(
-            m.get_base_layer().weight.device.type, dtype, m.out_features, m.in_features, nnz, lambda: block
+        rule = (
+            "none"
+            if not nnz
+            else sparse_grad.values_grad_path(
+                m.get_base_layer().weight.device.type, dtype, m.out_features, m.in_features, nnz, lambda: block
+            )
         )
         layers.append(
             dict(
@@ -217,7 +222,9 @@ def fishertune_report(model, calls_before: dict[str, dict[str, int]], dtype) -> 
         "tuned_layers": len(tuned),
         **{f"{p}_layers": sum(ly["ran_path"] == p for ly in layers) for p in sparse_grad.PATHS},
         # the weight-gradient GEMM's work on the compact block, as a share of the dense GEMMs of the tuned layers
-        "block_share": sum(ly["block_fraction"] * ly["shape"][0] * ly["shape"][1] for ly in tuned) / weight if weight else 0.0,
+        "block_share": sum(ly["block_fraction"] * ly["shape"][0] * ly["shape"][1] for ly in tuned) / weight
+        if weight
+        else 0.0,
         "pattern_bytes": sum(m.selection_pattern_bytes() for m in model.modules() if isinstance(m, FisherTuneLayer)),
         "lowest_tuned_block": min((ly["block"] for ly in tuned), default=None),
     }

@@ -49,14 +49,19 @@ def variational(batches_clean, batches_shift, floor: float, tau: float = 1e-3, l
         precisions.append(fit.precision()["w"])
     fisher = {"w": fisher_from_precision(precisions[0], gamma, tau)}
     shift = {"w": fisher_from_precision(precisions[1], gamma, tau)}
-    return EstimationStats(fisher, shift, weight=0.2, floor=gamma / tau**2, gamma=gamma,
-                           extra={"precision": {"w": precisions[0]}, "precision_shift": {"w": precisions[1]}})
+    return EstimationStats(
+        fisher,
+        shift,
+        weight=0.2,
+        floor=gamma / tau**2,
+        gamma=gamma,
+        extra={"precision": {"w": precisions[0]}, "precision_shift": {"w": precisions[1]}},
+    )
 
 
 def main(argv=None) -> None:
     from dg_camvid_drfim import jaccard
     from dg_camvid_selection import top_mask
-
     from fishertune.fisher import EstimationConfig, scores_from_stats
     from fishertune.fisher.passes import EstimationStats
 
@@ -72,23 +77,31 @@ def main(argv=None) -> None:
     truth = EstimationStats({"w": true}, {"w": true_shift}, weight=0.2)
 
     def masks(stats, estimator):
-        return {c: top_mask(scores_from_stats(stats, EstimationConfig(criterion=c, estimator=estimator)), 0.05)
-                for c in ("fim", "dr_fim")}
+        return {
+            c: top_mask(scores_from_stats(stats, EstimationConfig(criterion=c, estimator=estimator)), 0.05)
+            for c in ("fim", "dr_fim")
+        }
 
     m_diag, m_true = masks(diag, "diagonal"), masks(truth, "diagonal")
     print(f"{args.entries} entries, {args.batches} batches of {args.batch_size}; top 5%, Jaccard")
-    print("| prior_floor | F: var vs diag | F: var vs truth | DRF: var vs diag | DRF: var vs truth | "
-          "entries at the floor |")
+    print(
+        "| prior_floor | F: var vs diag | F: var vs truth | DRF: var vs diag | DRF: var vs truth | "
+        "entries at the floor |"
+    )
     print("|---|---|---|---|---|---|")
-    print(f"| (diagonal) | 1 | {jaccard(m_diag['fim'], m_true['fim']):.3f} | 1 | "
-          f"{jaccard(m_diag['dr_fim'], m_true['dr_fim']):.3f} | - |")
+    print(
+        f"| (diagonal) | 1 | {jaccard(m_diag['fim'], m_true['fim']):.3f} | 1 | "
+        f"{jaccard(m_diag['dr_fim'], m_true['dr_fim']):.3f} | - |"
+    )
     for floor in args.floors:
         stats = variational(clean, shift, floor)
         m_var = masks(stats, "variational")
         floored = float((stats.fisher["w"] <= stats.floor).double().mean())
-        print(f"| {floor:g} | {jaccard(m_var['fim'], m_diag['fim']):.3f} | {jaccard(m_var['fim'], m_true['fim']):.3f} | "
-              f"{jaccard(m_var['dr_fim'], m_diag['dr_fim']):.3f} | {jaccard(m_var['dr_fim'], m_true['dr_fim']):.3f} | "
-              f"{floored:.1%} |")
+        print(
+            f"| {floor:g} | {jaccard(m_var['fim'], m_diag['fim']):.3f} | {jaccard(m_var['fim'], m_true['fim']):.3f} | "
+            f"{jaccard(m_var['dr_fim'], m_diag['dr_fim']):.3f} | {jaccard(m_var['dr_fim'], m_true['dr_fim']):.3f} | "
+            f"{floored:.1%} |"
+        )
 
 
 if __name__ == "__main__":

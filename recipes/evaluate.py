@@ -14,8 +14,17 @@ from fishertune.experiment import EvaluateArguments, evaluate_output, format_tab
 
 def main(argv=None):
     (args, _) = parse_args((EvaluateArguments,), argv, description=__doc__)
-    overrides = {k: getattr(args, k) for k in ("eval_mode", "eval_scale", "max_eval_samples", "label_space",
-                                              "label_mapping", "num_synthetic_eval_samples")}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "eval_mode",
+            "eval_scale",
+            "max_eval_samples",
+            "label_space",
+            "label_mapping",
+            "num_synthetic_eval_samples",
+        )
+    }
     if args.target_roots:
         overrides["target_roots"] = args.target_roots
     metrics = evaluate_output(args.model, targets=args.targets or None, device=args.device, **overrides)

@@ -1,7 +1,7 @@
 """Segment a folder of images with a trained output folder: colour masks, overlays, class legend (PNG).
 
-    python recipes/predict.py --model outputs/demo --images my_images/ --output_dir predictions/
-    python recipes/predict.py --model outputs/camvid --images frames/ --device cuda
+python recipes/predict.py --model outputs/demo --images my_images/ --output_dir predictions/
+python recipes/predict.py --model outputs/camvid --images frames/ --device cuda
 """
 
 import os

@@ -20,8 +20,9 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"
 
 
 def main(argv=None):
-    exp, targs, config_path = parse_experiment_args(argv, configs_dir=CONFIGS_DIR, default_config="demo",
-                                                    description=__doc__)
+    exp, targs, config_path = parse_experiment_args(
+        argv, configs_dir=CONFIGS_DIR, default_config="demo", description=__doc__
+    )
     return run_experiment(exp, targs, config_path=config_path)
 
 

@@ -154,7 +154,7 @@ def remove_stale_temporaries(folder: str, of: str = "*") -> list[str]:
         return []
     removed = []
     for name in sorted(os.listdir(folder)):
-        if is_temporary(name) and fnmatch.fnmatchcase(name[len(TMP_PREFIX):].partition("-")[2], of):
+        if is_temporary(name) and fnmatch.fnmatchcase(name[len(TMP_PREFIX) :].partition("-")[2], of):
             full = os.path.join(folder, name)
             shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
             removed.append(full)

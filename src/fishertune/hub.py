@@ -25,8 +25,15 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .outputs import ADAPTER_CONFIG_NAME as ADAPTER_CONFIG
-from .outputs import ADAPTER_WEIGHTS, BACKBONE_REFERENCE, BASE_MODEL_DIR, CARD_NAME, LAST_CHECKPOINT_DIR
-from .outputs import MODEL_WEIGHTS, IMAGE_PROCESSOR_NAME
+from .outputs import (
+    ADAPTER_WEIGHTS,
+    BACKBONE_REFERENCE,
+    BASE_MODEL_DIR,
+    CARD_NAME,
+    IMAGE_PROCESSOR_NAME,
+    LAST_CHECKPOINT_DIR,
+    MODEL_WEIGHTS,
+)
 from .outputs import MODEL_CONFIG_NAME as MODEL_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -36,8 +43,23 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_IGNORE_PATTERNS = ["checkpoints/*", "*/checkpoints/*", "checkpoint-*/*", "*/checkpoint-*/*"]
 #: Never uploaded, whatever the caller passes: a path with a component starting with "." (``.env``,
 #: ``.netrc``, ``.ssh/``, ``.git/``, ...) and file names that hold keys or credentials.
-SECRET_PATTERNS = ("*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "id_rsa*", "id_dsa*", "id_ecdsa*",
-                   "id_ed25519*", "_netrc", "credentials", "credentials.*", "*.kdbx", "training_args.bin")
+SECRET_PATTERNS = (
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "_netrc",
+    "credentials",
+    "credentials.*",
+    "*.kdbx",
+    "training_args.bin",
+)
 #: The repo an adapter's base goes to: `<repo_id>` + this.
 BASE_REPO_SUFFIX = "-base"
 
@@ -199,9 +221,17 @@ def push_output_folder(
         base_files = []
 
     main = {p: os.path.join(folder, p) for p in main_files}
-    base = {p[len(base_prefix):]: os.path.join(folder, p) for p in base_files}
-    return push_files(repo_id, main, base, adapter_config, token=token, private=private,
-                      commit_message=commit_message, revision=revision)
+    base = {p[len(base_prefix) :]: os.path.join(folder, p) for p in base_files}
+    return push_files(
+        repo_id,
+        main,
+        base,
+        adapter_config,
+        token=token,
+        private=private,
+        commit_message=commit_message,
+        revision=revision,
+    )
 
 
 def _check_base_reference(folder: str, base_files: list[str]) -> None:
@@ -238,8 +268,12 @@ def push_files(repo_id: str, files: dict, base_files: Optional[dict] = None, ada
         base = dict(base_files)
         base.setdefault(CARD_NAME, _base_card(repo).encode())
         logger.info("Uploading the adapter's base (%s) to %s", ", ".join(base), base_repo)
-        api.create_commit(base_repo, [_add(p, src) for p, src in base.items()],
-                          commit_message=f"{commit_message} (base model)", revision=revision)
+        api.create_commit(
+            base_repo,
+            [_add(p, src) for p, src in base.items()],
+            commit_message=f"{commit_message} (base model)",
+            revision=revision,
+        )
         adapter_config = {**adapter_config, "base_model_name_or_path": base_repo}
     if adapter_config is not None:
         files[ADAPTER_CONFIG] = (json.dumps(adapter_config, indent=2, sort_keys=True) + "\n").encode()
@@ -304,8 +338,16 @@ def push_checkpoint(checkpoint: str, repo_id: str, strategy: str, base_folder: O
         elif base_repo is not None:
             adapter_config["base_model_name_or_path"] = base_repo
     step = os.path.basename(os.path.normpath(checkpoint)).rsplit("-", 1)[-1]
-    return push_files(repo_id, files, base, adapter_config, token=token, private=private, revision=revision,
-                      commit_message=commit_message or f"Training in progress, step {step}")
+    return push_files(
+        repo_id,
+        files,
+        base,
+        adapter_config,
+        token=token,
+        private=private,
+        revision=revision,
+        commit_message=commit_message or f"Training in progress, step {step}",
+    )
 
 
 def _add(path_in_repo: str, data):
@@ -318,8 +360,10 @@ def _base_card(repo_id: str) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(library_name="transformers", pipeline_tag="image-segmentation", tags=["fishertune"])
-    text = (f"---\n{data.to_yaml()}\n---\n\n# Base model of [{repo_id}](../{repo_id})\n\nThe segmenter the FisherTune "
-            f"adapter `{repo_id}` was trained on; `AutoPeftModel.from_pretrained(\"{repo_id}\")` loads it from here.\n")
+    text = (
+        f"---\n{data.to_yaml()}\n---\n\n# Base model of [{repo_id}](../{repo_id})\n\nThe segmenter the FisherTune "
+        f'adapter `{repo_id}` was trained on; `AutoPeftModel.from_pretrained("{repo_id}")` loads it from here.\n'
+    )
     return str(ModelCard(text))
 
 

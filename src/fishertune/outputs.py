@@ -12,8 +12,13 @@ from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG_NAME  # adapter_c
 from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
 from peft.utils.constants import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from transformers.utils import CONFIG_NAME as MODEL_CONFIG_NAME  # config.json
-from transformers.utils import IMAGE_PROCESSOR_NAME  # preprocessor_config.json
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+from transformers.utils import (
+    IMAGE_PROCESSOR_NAME,  # preprocessor_config.json
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 
 #: A PEFT adapter's weights (safetensors first) and a transformers model's weights, sharded or not.
 ADAPTER_WEIGHTS = (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME)
@@ -58,8 +63,16 @@ RUN_MANIFEST_NAME = "fishertune_run.json"
 #: What a finished recipe run writes besides `TRAINING_OUTPUTS`, the manifest and `checkpoint-*` (the names an
 #: output folder of a version without a manifest may hold).
 RUN_OUTPUTS = (
-    ADAPTER_CONFIG_NAME, *ADAPTER_WEIGHTS, MODEL_CONFIG_NAME, *MODEL_WEIGHTS, BASE_MODEL_DIR, BASELINE_DIR,
-    IMAGE_PROCESSOR_NAME, METRICS_NAME, CONFIG_NAME, CARD_NAME,
+    ADAPTER_CONFIG_NAME,
+    *ADAPTER_WEIGHTS,
+    MODEL_CONFIG_NAME,
+    *MODEL_WEIGHTS,
+    BASE_MODEL_DIR,
+    BASELINE_DIR,
+    IMAGE_PROCESSOR_NAME,
+    METRICS_NAME,
+    CONFIG_NAME,
+    CARD_NAME,
 )
 
 # `recipes/predict.py` (`experiment.predict.predict_folder`): one PNG per image in each folder, and the legend.

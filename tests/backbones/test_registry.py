@@ -49,38 +49,59 @@ def _eva02_config():
 #: checks them against the built model, so a renaming upstream fails here and not silently in the presets.
 TINY = {
     "dinov2": (
-        lambda: T.Dinov2Config(**SHAPE, mlp_ratio=2), "encoder.layer",
-        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"], ["attention.o_proj"], 1,
+        lambda: T.Dinov2Config(**SHAPE, mlp_ratio=2),
+        "encoder.layer",
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+        ["attention.o_proj"],
+        1,
     ),
     "dinov2_with_registers": (
-        lambda: T.Dinov2WithRegistersConfig(**SHAPE, mlp_ratio=2, num_register_tokens=4), "encoder.layer",
-        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"], ["attention.o_proj"], 5,
+        lambda: T.Dinov2WithRegistersConfig(**SHAPE, mlp_ratio=2, num_register_tokens=4),
+        "encoder.layer",
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+        ["attention.o_proj"],
+        5,
     ),
     "dinov3_vit": (
-        lambda: CONFIG_MAPPING["dinov3_vit"](**SHAPE, intermediate_size=64, num_register_tokens=4), "model.layer",
+        lambda: CONFIG_MAPPING["dinov3_vit"](**SHAPE, intermediate_size=64, num_register_tokens=4),
+        "model.layer",
         ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.up_proj", "mlp.down_proj"],
-        ["attention.o_proj"], 5,
+        ["attention.o_proj"],
+        5,
     ),
     "vit": (
-        lambda: T.ViTConfig(**SHAPE, intermediate_size=64), "layers",
-        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"], ["attention.o_proj"], 1,
+        lambda: T.ViTConfig(**SHAPE, intermediate_size=64),
+        "layers",
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+        ["attention.o_proj"],
+        1,
     ),
     "vit_mae": (
-        lambda: T.ViTMAEConfig(**SHAPE, intermediate_size=64, mask_ratio=0.75), "layers",
-        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"], ["attention.o_proj"], 1,
+        lambda: T.ViTMAEConfig(**SHAPE, intermediate_size=64, mask_ratio=0.75),
+        "layers",
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+        ["attention.o_proj"],
+        1,
     ),
     "clip_vision_model": (
-        lambda: T.CLIPVisionConfig(**SHAPE, intermediate_size=64), "encoder.layers",
-        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.fc1", "mlp.fc2"], ["self_attn.out_proj"], 1,
+        lambda: T.CLIPVisionConfig(**SHAPE, intermediate_size=64),
+        "encoder.layers",
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.fc1", "mlp.fc2"],
+        ["self_attn.out_proj"],
+        1,
     ),
     "sam_vision_model": (
         lambda: T.SamVisionConfig(**SHAPE, mlp_dim=64, output_channels=16, global_attn_indexes=[1], window_size=2),
-        "vision_encoder.layers", ["attn.qkv", "mlp.lin1", "mlp.lin2"], ["attn.proj"], 0,
+        "vision_encoder.layers",
+        ["attn.qkv", "mlp.lin1", "mlp.lin2"],
+        ["attn.proj"],
+        0,
     ),
     "eomt": (
         lambda: T.EomtConfig(**SHAPE, intermediate_size=64, num_blocks=1, num_queries=3, num_register_tokens=2),
         "layers",
-        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"], ["attention.out_proj"],
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+        ["attention.out_proj"],
         [1 + 2, 1 + 2 + 3],  # CLS + registers; the queries join in front of the last num_blocks blocks
     ),
     "eva02": (_eva02_config, "eva.blocks", ["attn.qkv", "mlp.fc1", "mlp.fc2"], ["attn.proj"], 1),
@@ -188,7 +209,9 @@ def test_fused_qkv_families_and_clip_checkpoints_come_from_the_registry():
 
 def test_an_unknown_backbone_says_how_to_register_one():
     model = nn.Sequential(nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"^no registered ViT backbone found in Sequential \(registered: \[.*'dinov2'") as err:
+    with pytest.raises(
+        ValueError, match=r"^no registered ViT backbone found in Sequential \(registered: \[.*'dinov2'"
+    ) as err:
         find_backbone(model)
     assert "register_family" in str(err.value) and "target_modules" not in str(err.value)  # not every caller has one
     for where in (locate, find_blocks):
@@ -251,7 +274,9 @@ def test_adding_a_family_is_one_register_call():
         backbone = build_backbone(config)  # the family's builder, through the segmenters' entry point
         assert isinstance(backbone, ToyViT)
         model = get_peft_model(Segmenter(backbone, "trunk.blocks", ["attn.q", "mlp.fc1"]), FisherTuneConfig())
-        tuned = {n.removeprefix("base_model.model.") for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)}
+        tuned = {
+            n.removeprefix("base_model.model.") for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)
+        }
         leaves = ("attn.q", "attn.k", "attn.v", "mlp.fc1", "mlp.fc2")
         # not attn.out, the stem, nor the decoder's attn.q / mlp.fc1
         assert tuned == {f"backbone.trunk.blocks.{i}.{leaf}" for i in range(3) for leaf in leaves}

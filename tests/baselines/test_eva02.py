@@ -7,7 +7,7 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-from .conftest import EVA02_TINY  # noqa: E402
+from fishertune.backbones.eva02 import Eva02Backbone, eva02_pyramid_taps, eva02_target_regex  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
     AdaptFormerConfig,
     ReinConfig,
@@ -16,7 +16,8 @@ from fishertune.baselines import (  # noqa: E402
     count_trainable,
     parameter_table,
 )
-from fishertune.backbones.eva02 import Eva02Backbone, eva02_pyramid_taps, eva02_target_regex  # noqa: E402
+
+from .conftest import EVA02_TINY  # noqa: E402
 
 TINY = EVA02_TINY
 

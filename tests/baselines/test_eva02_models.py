@@ -13,13 +13,14 @@ from transformers import AutoModel
 timm = pytest.importorskip("timm")
 
 import fishertune  # noqa: E402
-from .conftest import EVA02_TINY, TINY_M2F  # noqa: E402
 from fishertune.backbones import Eva02Backbone, Eva02BackboneConfig, eva02_pyramid_taps  # noqa: E402
 from fishertune.fisher import DSUHooks, find_blocks  # noqa: E402
 from fishertune.models import REIN_SCALES, build_model, tapped_features  # noqa: E402
 from fishertune.models.backbone import resample  # noqa: E402
 from fishertune.training import FisherTuneTrainer, FisherTuneTrainingArguments  # noqa: E402
 from fishertune.tuner import FisherTuneLayer  # noqa: E402
+
+from .conftest import EVA02_TINY, TINY_M2F  # noqa: E402
 
 NAME = "eva02_base_patch14_224"  # separate q/k/v and SwiGLU, as EVA02-L
 TINY = {**EVA02_TINY, "depth": 6}  # the pyramid taps 4 of 6 blocks

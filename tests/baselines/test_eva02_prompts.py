@@ -11,7 +11,7 @@ timm = pytest.importorskip("timm")
 
 from timm.layers import apply_rot_embed_cat  # noqa: E402
 
-from .conftest import EVA02_TINY, TINY_M2F  # noqa: E402
+from fishertune.backbones import Eva02Backbone, eva02_pyramid_taps  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
     VPTConfig,
     VQTConfig,
@@ -21,8 +21,9 @@ from fishertune.baselines import (  # noqa: E402
     save_method_state,
     vqt_features,
 )
-from fishertune.backbones import Eva02Backbone, eva02_pyramid_taps  # noqa: E402
 from fishertune.models import build_model  # noqa: E402
+
+from .conftest import EVA02_TINY, TINY_M2F  # noqa: E402
 
 TINY = EVA02_TINY
 # eva02_base: separate q/k/v + SwiGLU (as EVA02-L); eva02_tiny: fused qkv + packed GluMlp; registers.

@@ -12,7 +12,8 @@ timm = pytest.importorskip("timm")
 from peft import PeftModel, get_peft_model  # noqa: E402
 
 import fishertune  # noqa: E402
-from .conftest import EVA02_TINY  # noqa: E402
+from fishertune.backbones import locate  # noqa: E402
+from fishertune.backbones.eva02 import Eva02Backbone, eva02_pyramid_taps, eva02_target_regex  # noqa: E402
 from fishertune.baselines import (  # noqa: E402
     AdaptFormerConfig,
     ReinConfig,
@@ -20,11 +21,11 @@ from fishertune.baselines import (  # noqa: E402
     load_method_state,
     save_method_state,
 )
-from fishertune.backbones.eva02 import Eva02Backbone, eva02_pyramid_taps, eva02_target_regex  # noqa: E402
 from fishertune.models import REIN_SCALES, tapped_features  # noqa: E402
 from fishertune.models.backbone import resample  # noqa: E402
-from fishertune.backbones import locate  # noqa: E402
 from fishertune.tuner import FisherTuneLayer, target_regex  # noqa: E402
+
+from .conftest import EVA02_TINY  # noqa: E402
 
 TINY = EVA02_TINY
 # EVA02-B/L: separate q/k/v and SwiGLU (fc1_g, fc1_x); EVA02-Ti/S: fused qkv and a packed GLU fc1.

@@ -58,7 +58,9 @@ def test_rein_links_tokens_to_mask2former_queries(tmp_path):
     fresh = _m2f()
     fresh.load_state_dict(model.state_dict(), strict=False)  # decoder weights come from the full checkpoint
     load_method_state(fresh, tmp_path)
-    torch.testing.assert_close(fresh(pixel_values=x).masks_queries_logits[-1], model(pixel_values=x).masks_queries_logits[-1], rtol=0, atol=0)
+    torch.testing.assert_close(
+        fresh(pixel_values=x).masks_queries_logits[-1], model(pixel_values=x).masks_queries_logits[-1], rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match="num_queries"):
         apply_rein(_m2f(), ReinConfig(token_length=5, lora_dim=2, query_dims=32))
 

@@ -58,7 +58,9 @@ def test_pixel_moving_refused(image, corruption):
 def test_dark_is_a_monotone_darkening(image):
     out = cc.darken(image)
     assert (out <= image).all() and out.mean() < 0.3 * image.mean()
-    assert np.all(np.diff(cc.darken(np.arange(256, dtype=np.uint8)[None, :, None].repeat(3, 2)).astype(int)[0, :, 0]) >= 0)
+    assert np.all(
+        np.diff(cc.darken(np.arange(256, dtype=np.uint8)[None, :, None].repeat(3, 2)).astype(int)[0, :, 0]) >= 0
+    )
 
 
 def test_shims_exercised(image):

@@ -18,8 +18,27 @@ dp = load_benchmark("data_path")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp") / "dp.md"
-    dp.main(["--images", "12", "--image-size", "105x191", "--eval-size", "128x256", "--model", "tiny",
-             "--threads", "1", "--max-workers", "1", "--step-rates", "1", "3.5", "--out", str(out)])
+    dp.main(
+        [
+            "--images",
+            "12",
+            "--image-size",
+            "105x191",
+            "--eval-size",
+            "128x256",
+            "--model",
+            "tiny",
+            "--threads",
+            "1",
+            "--max-workers",
+            "1",
+            "--step-rates",
+            "1",
+            "3.5",
+            "--out",
+            str(out),
+        ]
+    )
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
 
@@ -46,7 +65,9 @@ def test_training_numbers(run):
     rows = markdown_tables(md)[1]
     workers = {float(k): int(v[1]) for k, v in rows.items() if k}
     assert workers == {r: math.ceil(4 * r / t["per_worker_ips"]) for r in (1, 3.5)}
-    assert float(markdown_tables(md)[0]["DataLoader, 1 worker(s), batch 4"][0]) == pytest.approx(t["loader_ips"]["1"], abs=0.006)
+    assert float(markdown_tables(md)[0]["DataLoader, 1 worker(s), batch 4"][0]) == pytest.approx(
+        t["loader_ips"]["1"], abs=0.006
+    )
 
 
 def test_eval_windows_follow_the_config(run):

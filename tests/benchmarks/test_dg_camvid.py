@@ -41,7 +41,9 @@ def test_recipe_defaults_and_tags():
     v1 = {k: v for k, v in full.items() if k != "dr_fim_version"}
     assert dg.recipe_tag(v1) == "full"
     other = dict(full, default=False, extra={"gamma": 1e-12})
-    assert dg.recipe_tag(other).startswith("full_800steps_") and dg.recipe_tag(other) != dg.recipe_tag(dict(other, extra={}))
+    assert dg.recipe_tag(other).startswith("full_800steps_") and dg.recipe_tag(other) != dg.recipe_tag(
+        dict(other, extra={})
+    )
 
 
 def test_default_protocol_slides_training_crops_and_the_whole_image_protocol_keeps_its_results_folder():
@@ -87,7 +89,9 @@ def test_aggregate_mean_std_and_outputs(tmp_path):
     assert row["source_val"]["mean"] == pytest.approx(43.0) and row["source_val"]["std"] == pytest.approx(1.0)
     # mean over the 4 targets (day 43, dusk 44, fog 45, dark 46) + seed offset 1
     assert row["mean_targets"]["mean"] == pytest.approx(45.5)
-    assert row["mean_clean_targets"]["mean"] == pytest.approx(44.5) and row["mean_corrupted"]["mean"] == pytest.approx(46.5)
+    assert row["mean_clean_targets"]["mean"] == pytest.approx(44.5) and row["mean_corrupted"]["mean"] == pytest.approx(
+        46.5
+    )
     for ext in ("json", "md", "png"):  # the version-1 table keeps the bare name dg_camvid.*
         assert (tmp_path / f"dg_camvid_full_v2.{ext}").is_file()
     md = (tmp_path / "dg_camvid_full_v2.md").read_text()
@@ -102,7 +106,8 @@ def test_grid_methods_are_trainer_methods_or_criteria_with_labels():
     for name, opts in dg.ALL_METHODS.items():
         # baselines by method (no criterion), FisherTune's runs by a registered criterion (method left at sparse)
         assert (opts.get("method") in BASELINE_METHODS and "criterion" not in opts) or (
-            "method" not in opts and opts["criterion"] in criterion_names()), name
+            "method" not in opts and opts["criterion"] in criterion_names()
+        ), name
         assert name in dg.LABELS and name in dg.DISPLAY_ORDER, name
 
 
@@ -123,7 +128,10 @@ def test_tables_name_the_budget_overrides_and_protocol_the_recipe_ran_with(tmp_p
     summary["recipe"] = dict(recipe, extra={}, eval_every=3, eval_window=[368, 480], eval_stride=None)
     assert dg.row_label("random", summary["recipe"]) == "random 5%"
     md = dg.markdown(summary)
-    assert "--extra" not in md and "1 in 3 evaluation images, windows 368x480 without overlap (the whole padded image)" in md
+    assert (
+        "--extra" not in md
+        and "1 in 3 evaluation images, windows 368x480 without overlap (the whole padded image)" in md
+    )
 
 
 def test_table_names_every_machine_its_runs_came_from(tmp_path):
@@ -136,8 +144,10 @@ def test_table_names_every_machine_its_runs_came_from(tmp_path):
     run["machine"] = {"cpu": "Intel Xeon", "cpu_count": 2, "torch": "2.13.0+cpu", "torch_threads": 1}
     (out / "random__seed0.json").write_text(json.dumps(run))
     md = dg.markdown(dg.aggregate(recipe, tmp_path))
-    assert md.rstrip().endswith("Machines (runs of this table came from each): Intel Xeon (2 CPUs, torch 2.13.0+cpu, "
-                                "1 threads per run); x (2 CPUs, torch None, ? threads per run).")
+    assert md.rstrip().endswith(
+        "Machines (runs of this table came from each): Intel Xeon (2 CPUs, torch 2.13.0+cpu, "
+        "1 threads per run); x (2 CPUs, torch None, ? threads per run)."
+    )
     (out / "random__seed0.json").unlink()
     md = dg.markdown(dg.aggregate(recipe, tmp_path))
     assert md.rstrip().endswith("Machine: x (2 CPUs, torch None, ? threads per run).")

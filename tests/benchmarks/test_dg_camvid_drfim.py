@@ -1,15 +1,14 @@
 """benchmarks/dg_camvid_drfim.py re-scores saved statistics: its Jaccards equal a direct computation."""
 
 import json
+import sys
+from pathlib import Path
 
 import torch
 
 from fishertune.fisher import EstimationConfig, estimate_scores, estimate_statistics, save_statistics
 
 from _benchmark_modules import load_benchmark
-
-import sys
-from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fisher"))
 from fisher_helpers import image_batches, tiny_dinov2  # noqa: E402
@@ -20,20 +19,28 @@ selection = load_benchmark("dg_camvid_selection")
 
 def test_tables_from_saved_statistics(tmp_path):
     model = tiny_dinov2(layers=2)
-    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj", "fc1", "fc2"))}
+    weights = {
+        n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj", "fc1", "fc2"))
+    }
     data = image_batches(4, b=8)
     config = EstimationConfig(criterion="dr_fim", estimator="variational")
     runs = tmp_path / "runs" / "full_v2"
     work = runs / "dr_fim_var__seed0_work"
     work.mkdir(parents=True)
-    save_statistics(estimate_statistics(model, data, weights, config, per_batch_delta=True),
-                    work / "fishertune_statistics.safetensors")
+    save_statistics(
+        estimate_statistics(model, data, weights, config, per_batch_delta=True),
+        work / "fishertune_statistics.safetensors",
+    )
     (runs / "recipe.json").write_text(json.dumps({"delta_max": 0.05, "extra": {}}))
-    (runs / "dr_fim_var__seed0.json").write_text(json.dumps({"options": {"criterion": "dr_fim", "estimator": "variational"}}))
+    (runs / "dr_fim_var__seed0.json").write_text(
+        json.dumps({"options": {"criterion": "dr_fim", "estimator": "variational"}})
+    )
     drfim.main(["--out-dir", str(tmp_path)])
     result = json.loads((tmp_path / "dg_camvid_drfim_full_v2.json").read_text())["seed 0"]
-    masks = {c: selection.top_mask(estimate_scores(model, data, weights, EstimationConfig(criterion=c)), 0.05)
-             for c in ("fim", "delta_fim", "dr_fim")}  # the same passes again, through the public API
+    masks = {
+        c: selection.top_mask(estimate_scores(model, data, weights, EstimationConfig(criterion=c)), 0.05)
+        for c in ("fim", "delta_fim", "dr_fim")
+    }  # the same passes again, through the public API
     default = result["exchanges"][0]
     assert default["exchange"] == "rank (default)"
     assert default["jaccard_F"] == drfim.jaccard(masks["dr_fim"], masks["fim"])

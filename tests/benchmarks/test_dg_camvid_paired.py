@@ -31,7 +31,9 @@ def test_paired_differences_mean_and_t_by_hand(tmp_path):
     assert p["diffs"] == [1.0, 2.0, 3.0] and p["mean"] == 2.0 and p["t"] == pytest.approx(2 * math.sqrt(3))
     single = pd.paired(means["random"], means["frozen"])
     assert single["seeds"] == [0] and single["t"] is None
-    pd.main(["--tag", "tagx", "--out-dir", str(tmp_path), "--pairs", "random:dr_fim_var", "random:frozen", "lora:random"])
+    pd.main(
+        ["--tag", "tagx", "--out-dir", str(tmp_path), "--pairs", "random:dr_fim_var", "random:frozen", "lora:random"]
+    )
     md = (tmp_path / "dg_camvid_paired_tagx.md").read_text()
     assert "| random - dr_fim_var | 0 1 2 | +1.00, +2.00, +3.00 | +2.00 | 3.5 |" in md
     assert "| random - frozen | 0 | +11.00 | +11.00 | n/a |" in md and "| lora" not in md

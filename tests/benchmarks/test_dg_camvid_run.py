@@ -15,6 +15,7 @@ from _benchmark_modules import load_benchmark
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_trees import ids_grid, write_image, write_label  # noqa: E402
+
 from models.conftest import TINY_M2F  # noqa: E402
 
 dg = load_benchmark("dg_camvid")
@@ -116,7 +117,10 @@ def test_rescore_grid_fills_the_new_protocols_folder_and_aggregates(trained, cap
     assert "frozen seed 0: not in" in printed and "random seed 0: no saved model" in printed
     assert not (out / "random__seed0.json").exists()
     new = json.loads((out / "dr_fim_var__seed0.json").read_text())
-    assert new["rescored_from"].endswith(f"{runs.name}/dr_fim_var__seed0.json") and new["train_seconds"] == result["train_seconds"]
+    assert (
+        new["rescored_from"].endswith(f"{runs.name}/dr_fim_var__seed0.json")
+        and new["train_seconds"] == result["train_seconds"]
+    )
     summary = json.loads((runs.parents[1] / f"dg_camvid_{out.name}.json").read_text())
     assert summary["methods"]["dr_fim_var"]["mIoU"]["target_dark"]["mean"] == new["metrics"]["target_dark"]["mIoU"]
     assert not (out / "frozen__seed0.json").exists()

@@ -182,7 +182,8 @@ def test_budget_and_only(shim, camvid, tmp_path):
     res = _run(["--out-dir", str(tmp_path / "b"), "--only", "crossover"], shim[0])
     assert res.returncode == 0 and list(_summary_rows(res.stdout)) == ["crossover"]
     assert [c.split()[0] for c in shim[1].read_text().splitlines() if not c.startswith("-c")] == [
-        "benchmarks/grad_path_crossover.py"]
+        "benchmarks/grad_path_crossover.py"
+    ]
 
 
 def test_tiny_dry_run_writes_the_gpu_files(tmp_path):

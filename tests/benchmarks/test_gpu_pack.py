@@ -50,7 +50,10 @@ def test_pack_keeps_the_training_split_and_every_kth_evaluation_image(tree, tmp_
     assert json.loads((packed / gp.PACK_MARKER).read_text())["eval_every"] == 2
     copied = tmp_path / "p" / "backbone" / "vit"
     assert sorted(p.name for p in copied.iterdir()) == ["config.json", "model.safetensors"]
-    assert os.stat(copied / "model.safetensors").st_mode & 0o200 and (copied / "model.safetensors").read_bytes() == b"weights"
+    assert (
+        os.stat(copied / "model.safetensors").st_mode & 0o200
+        and (copied / "model.safetensors").read_bytes() == b"weights"
+    )
     # the packed split read whole is the full split read every 2nd image (what gpu_check.sh relies on)
     full = load_dataset("camvid", str(root), "source_val")
     whole = load_dataset("camvid", str(packed), "source_val")
@@ -65,8 +68,11 @@ def test_pack_keeps_the_training_split_and_every_kth_evaluation_image(tree, tmp_
                             corruptions=["fog"], extra=None, root=str(packed), backbone=str(backbone), workers=0)  # fmt: skip
     recipe = recipe_mod.recipe_from_args(ns)
     assert recipe["packed_eval_every"] == 2 and "packed_eval_every" not in recipe_mod.recipe_from_args(
-        argparse.Namespace(**{**vars(ns), "root": str(root)}))
-    assert rp._protocol_line(recipe).startswith("Scored on 1 in 2 evaluation images (a gpu_pack.py copy holding 1 in 2)")
+        argparse.Namespace(**{**vars(ns), "root": str(root)})
+    )
+    assert rp._protocol_line(recipe).startswith(
+        "Scored on 1 in 2 evaluation images (a gpu_pack.py copy holding 1 in 2)"
+    )
 
 
 def test_pack_names_what_is_missing(tree, tmp_path):

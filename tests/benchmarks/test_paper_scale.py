@@ -13,7 +13,8 @@ import math
 
 import pytest
 
-from _benchmark_modules import load_benchmark, markdown_tables as _tables
+from _benchmark_modules import load_benchmark
+from _benchmark_modules import markdown_tables as _tables
 
 ps = load_benchmark("paper_scale")
 TINY = ["--model", "tiny", "--image-size", "60x88", "--batch", "2", "--threads", "1", "--estimation-batches", "3"]
@@ -105,14 +106,20 @@ def test_extrapolations_by_hand(run):
     cells = {k: phase_t[k] for k in list(phase_t)[1:]}
     for (name, c), per, total_s in zip(cells.items(), (warm, per_batch, tune), (4000 * warm, est, 36000 * tune)):
         assert _num(c[1]) == pytest.approx(per, rel=1e-3), name
-        assert _num(c[6]) == pytest.approx(total_s, rel=1e-3) and _num(c[7]) == pytest.approx(100 * total_s / total, abs=0.06)
+        assert _num(c[6]) == pytest.approx(total_s, rel=1e-3) and _num(c[7]) == pytest.approx(
+            100 * total_s / total, abs=0.06
+        )
     assert _num(cells["all"][6]) == pytest.approx(total, rel=1e-3)
     assert _num(cells["2 estimation (dr_fim, variational)"][2]) == pytest.approx(first, rel=1e-3)
     assert f"{est / (36000 * tune):.2%} of phase 3's 36,000 steps" in md
     for m, label in (("full", "full fine-tuning"), ("rein", "Rein (default config)")):
         c = ref_t[label]
-        assert _num(c[1]) == pytest.approx(d[m]["step_s"], rel=1e-3) and _num(c[5]) == pytest.approx(40000 * d[m]["step_s"], rel=1e-3)
-        assert [_num(c[i]) for i in (2, 4, 6)] == [round(d[m][k], 2) for k in ("step_over_ft", "peak_over_ft", "run_over_ft")]
+        assert _num(c[1]) == pytest.approx(d[m]["step_s"], rel=1e-3) and _num(c[5]) == pytest.approx(
+            40000 * d[m]["step_s"], rel=1e-3
+        )
+        assert [_num(c[i]) for i in (2, 4, 6)] == [
+            round(d[m][k], 2) for k in ("step_over_ft", "peak_over_ft", "run_over_ft")
+        ]
         assert _num(c[0]) == rows[m]["phases"]["tuning"]["trainable"]
 
 
@@ -130,8 +137,17 @@ def test_two_batch_estimation_reading():
                              run_over_ft=600.0 / 747.0)  # fmt: skip
 
 
-@pytest.mark.parametrize("argv", [["--estimation-batches", "1"], ["--warmup-steps", "0"], ["--methods", "full,rein"],
-                                  ["--methods", "fishertune,lora"], ["--image-size", "0"], ["--config", "nope.yaml"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--estimation-batches", "1"],
+        ["--warmup-steps", "0"],
+        ["--methods", "full,rein"],
+        ["--methods", "fishertune,lora"],
+        ["--image-size", "0"],
+        ["--config", "nope.yaml"],
+    ],
+)
 def test_refused_arguments(argv, tmp_path):
     with pytest.raises(SystemExit) as err:
         ps.main(["--model", "tiny", "--out", str(tmp_path / "x.md"), *argv])

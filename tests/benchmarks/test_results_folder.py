@@ -29,6 +29,8 @@ def test_every_result_is_named_and_every_named_result_exists():
     # a .json or .png beside a named .md is that table's raw numbers or chart
     unnamed = [p.name for p in results if p.name not in NAMED and p.with_suffix(".md").name not in NAMED]
     assert not unnamed, f"results/ holds files benchmarks/README.md does not read (superseded? delete them): {unnamed}"
-    named_results = {n for n in NAMED if n.endswith((".md", ".json", ".png")) and n != "README.md" and "METHOD" not in n}
+    named_results = {
+        n for n in NAMED if n.endswith((".md", ".json", ".png")) and n != "README.md" and "METHOD" not in n
+    }
     absent = sorted(n for n in named_results if not (BENCH / "results" / n).is_file())
     assert not absent, f"benchmarks/README.md names results that do not exist: {absent}"

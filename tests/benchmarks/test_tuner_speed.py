@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from _benchmark_modules import load_benchmark, markdown_tables as _tables
+from _benchmark_modules import load_benchmark
+from _benchmark_modules import markdown_tables as _tables
 
 ts = load_benchmark("tuner_speed")
 W = ts.W
@@ -210,7 +211,9 @@ def test_worker_selects_by_saved_scores_and_runs_the_compact_gemm(tmp_path, work
     bad = tmp_path / "other.safetensors"
     _blocky_scores(bad, hidden=192, inter=768)  # a ViT-Ti scores file for a ViT-S model
     with pytest.raises(SystemExit, match=r"no score of shape \(384, 384\) for .*layer.0.attention.q_proj"):
-        W.measure(W.parser().parse_args(ts.worker_cmd(dict_args(args, scores=str(bad)), "fishertune", "mem", 28, 0.05)[2:]))
+        W.measure(
+            W.parser().parse_args(ts.worker_cmd(dict_args(args, scores=str(bad)), "fishertune", "mem", 28, 0.05)[2:])
+        )
 
 
 def dict_args(args, **kw):

@@ -43,7 +43,9 @@ def make_table3_trees(root: Path, raw: np.ndarray) -> dict[str, Path]:
         write_label(fz / "gt_labelIds" / r, raw)
     (fz / "lists_file_names").mkdir(parents=True)
     (fz / "lists_file_names" / "RGB_testv2_filenames.txt").write_text("".join(f"RGB/{r}\n" for r in rel))
-    (fz / "lists_file_names" / "gt_labelIds_testv2_filenames.txt").write_text("".join(f"gt_labelIds/{r}\n" for r in rel))
+    (fz / "lists_file_names" / "gt_labelIds_testv2_filenames.txt").write_text(
+        "".join(f"gt_labelIds/{r}\n" for r in rel)
+    )
     (fz / "lists_file_names" / "RGB_testv1_filenames.txt").write_text(f"RGB/{rel[0]}\n")
     (fz / "lists_file_names" / "gt_labelIds_testv1_filenames.txt").write_text(f"gt_labelIds/{rel[0]}\n")
     fd = roots["foggy_driving"]

@@ -63,7 +63,7 @@ def test_gtav(tmp_path):
 def test_bdd100k(tmp_path):
     names = ["0a0a0b1a-7c39d841", "7d2f7975-e0c1c5a7"]
     raw = [ids_grid([0, 5, 18, 255]), ids_grid([13, 10])]
-    imgs = [write_image(tmp_path / "images" / "10k" / "val" / f"{n}.jpg", seed=i) for i, n in enumerate(names)]
+    [write_image(tmp_path / "images" / "10k" / "val" / f"{n}.jpg", seed=i) for i, n in enumerate(names)]
     for n, r in zip(names, raw):
         write_label(tmp_path / "labels" / "sem_seg" / "masks" / "val" / f"{n}.png", r)
     _check(load_dataset("bdd100k", str(tmp_path), "val"), [None, None], raw)
@@ -74,7 +74,9 @@ def test_bdd100k(tmp_path):
 
 def test_mapillary(tmp_path):
     idx = MAPILLARY_CLASSES.index
-    raw = ids_grid([idx("construction--flat--road"), idx("nature--sky"), idx("void--unlabeled"), idx("human--rider--bicyclist")])
+    raw = ids_grid(
+        [idx("construction--flat--road"), idx("nature--sky"), idx("void--unlabeled"), idx("human--rider--bicyclist")]
+    )
     write_image(tmp_path / "validation" / "images" / "-0a1b2c3d4e5f6g7h8i.jpg")
     write_label(tmp_path / "validation" / "labels" / "-0a1b2c3d4e5f6g7h8i.png", raw, palette=True)
     _check(load_dataset("mapillary", str(tmp_path), "val"), [None], [_lut(raw, [13, 27, 65, 20], [0, 10, 255, 12])])
@@ -100,12 +102,19 @@ def test_camvid_fake_tree(tmp_path):
     for stem, r in raw.items():
         write_image(tmp_path / "images" / f"{stem}.jpg")
         write_label(tmp_path / "labels" / f"{stem}.png", r)
-    (tmp_path / "splits.json").write_text('{"target_dusk": ["test/0001TP_006690"], "source_train": ["train/0006R0_f00930"]}')
+    (tmp_path / "splits.json").write_text(
+        '{"target_dusk": ["test/0001TP_006690"], "source_train": ["train/0006R0_f00930"]}'
+    )
     ds = load_dataset("camvid", str(tmp_path), "source_train")
     _check(ds, [None], [_lut(raw["train/0006R0_f00930"], [0, 3, 11], [0, 3, 255])], n_classes=11)
     cs = load_dataset("camvid", str(tmp_path), "target_dusk", label_space="cityscapes")
     _check(cs, [None], [_lut(raw["test/0001TP_006690"], [8, 10, 4], [13, 18, 1])])
-    _check(load_dataset("camvid", str(tmp_path), "test"), [None], [_lut(raw["test/0001TP_006690"], [8, 10, 4], [8, 10, 4])], 11)
+    _check(
+        load_dataset("camvid", str(tmp_path), "test"),
+        [None],
+        [_lut(raw["test/0001TP_006690"], [8, 10, 4], [8, 10, 4])],
+        11,
+    )
     with pytest.raises(DatasetLayoutError, match="target_fog.*source_train"):
         load_dataset("camvid", str(tmp_path), "target_fog")
 

@@ -3,7 +3,14 @@ import time
 import numpy as np
 import pytest
 
-from fishertune.data import SYNTHETIC_DOMAINS, SyntheticDomain, generate_sample, get_id2label, load_dataset, make_synthetic_dataset
+from fishertune.data import (
+    SYNTHETIC_DOMAINS,
+    SyntheticDomain,
+    generate_sample,
+    get_id2label,
+    load_dataset,
+    make_synthetic_dataset,
+)
 
 
 def test_deterministic_and_seedable():

@@ -3,7 +3,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fishertune.data import collate_fn, eval_transforms, make_synthetic_dataset, normalization_from_processor, train_transforms
+from fishertune.data import (
+    collate_fn,
+    eval_transforms,
+    make_synthetic_dataset,
+    normalization_from_processor,
+    train_transforms,
+)
 from fishertune.data.transforms import fit_scale, random_crop
 
 PALETTE = np.array([[250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0]], np.uint8)
@@ -20,7 +26,9 @@ def blocky(h=64, w=96, seed=0):
 @pytest.mark.parametrize("seed", range(12))
 def test_train_transform_keeps_image_and_label_aligned(seed):
     image, label = blocky(seed=seed)
-    t = train_transforms(crop_size=(32, 40), scale_range=(40, 128), photometric=False, mean=(0, 0, 0), std=(1, 1, 1), seed=seed)
+    t = train_transforms(
+        crop_size=(32, 40), scale_range=(40, 128), photometric=False, mean=(0, 0, 0), std=(1, 1, 1), seed=seed
+    )
     out = t({"image": [image], "label": [label]})
     x, y = out["pixel_values"][0], out["labels"][0]
     assert x.dtype == torch.float32 and y.dtype == torch.long and x.shape[1:] == y.shape

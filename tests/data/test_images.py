@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fake_trees import write_label
 from PIL import Image
 
 from fishertune.data import eval_transforms, load_dataset
 from fishertune.data.images import ImageFormatError, open_rgb, to_rgb
-
-from fake_trees import write_label
 
 
 def _with_orientation(im: Image.Image, path, orientation: int, **kw) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fake_trees import ids_grid, make_table3_trees
 
-from fishertune.data import DATASET_NAMES, DatasetLayoutError, EVAL_SCALES, get_id2label, load_dataset
+from fishertune.data import DATASET_NAMES, EVAL_SCALES, DatasetLayoutError, get_id2label, load_dataset
 from fishertune.data.labels import CITYSCAPES_CLASSES
 from fishertune.experiment.config_io import load_yaml
 
@@ -49,9 +49,18 @@ def test_recipe_config_targets_the_four_datasets():
 
     config = load_yaml(str(CONFIGS / "cityscapes_to_adverse.yaml"))
     assert config["dataset"] == "cityscapes" and config["train_split"] == "train"
-    assert {t.split(":")[0] for t in config["targets"]} == {"foggy_zurich", "foggy_driving", "dark_zurich",
-                                                             "nighttime_driving"}
+    assert {t.split(":")[0] for t in config["targets"]} == {
+        "foggy_zurich",
+        "foggy_driving",
+        "dark_zurich",
+        "nighttime_driving",
+    }
     names = {f for f in ExperimentArguments.__dataclass_fields__}
     exp = ExperimentArguments(**{k: v for k, v in config.items() if k in names})  # validates targets and roots
-    assert set(exp.target_root_map()) == {"cityscapes", "foggy_zurich", "foggy_driving", "dark_zurich",
-                                          "nighttime_driving"}
+    assert set(exp.target_root_map()) == {
+        "cityscapes",
+        "foggy_zurich",
+        "foggy_driving",
+        "dark_zurich",
+        "nighttime_driving",
+    }

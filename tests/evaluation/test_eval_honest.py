@@ -53,10 +53,14 @@ def _camvid(root: Path) -> None:
 
 def test_target_with_other_classes_is_refused_naming_both(tmp_path):
     _camvid(tmp_path)
-    exp = ExperimentArguments(backbone="config:vit-micro-test", targets=["camvid:train"],
-                              target_roots=[f"camvid={tmp_path}"])
-    with pytest.raises(ValueError, match=r"'camvid:train' has the classes \['sky', 'building'.*model predicts "
-                                         r"\['road', 'building'.*--label_space cityscapes.*--label_mapping"):
+    exp = ExperimentArguments(
+        backbone="config:vit-micro-test", targets=["camvid:train"], target_roots=[f"camvid={tmp_path}"]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"'camvid:train' has the classes \['sky', 'building'.*model predicts "
+        r"\['road', 'building'.*--label_space cityscapes.*--label_mapping",
+    ):
         build_eval_datasets(exp)
     # the same classes: accepted
     build_eval_datasets(exp, id2label=dict(enumerate(CAMVID_CLASSES)))
@@ -64,13 +68,19 @@ def test_target_with_other_classes_is_refused_naming_both(tmp_path):
 
 def test_label_mapping_maps_target_classes_onto_the_models_by_name(tmp_path):
     _camvid(tmp_path)
-    exp = ExperimentArguments(backbone="config:vit-micro-test", targets=["camvid:train"],
-                              target_roots=[f"camvid={tmp_path}"], label_mapping=["tree=vegetation"])
+    exp = ExperimentArguments(
+        backbone="config:vit-micro-test",
+        targets=["camvid:train"],
+        target_roots=[f"camvid={tmp_path}"],
+        label_mapping=["tree=vegetation"],
+    )
     sample = build_eval_datasets(exp)["camvid:train"][0]
     model = {n: i for i, n in enumerate(SYNTHETIC_CLASSES)}
     raw = ids_grid([0, 3, 5, 8], 8, 8)
     # CamVid sky/road/tree/car -> the synthetic model's sky/road/vegetation/car ids
-    want = np.choose(np.searchsorted([0, 3, 5, 8], raw), [model["sky"], model["road"], model["vegetation"], model["car"]])
+    want = np.choose(
+        np.searchsorted([0, 3, 5, 8], raw), [model["sky"], model["road"], model["vegetation"], model["car"]]
+    )
     np.testing.assert_array_equal(sample["labels"].numpy(), want)
     with pytest.raises(ValueError, match="'target class=model class'"):
         ExperimentArguments(label_mapping=["tree"])

@@ -34,7 +34,9 @@ def test_slide_equals_whole_for_a_pointwise_model():
     model = Pointwise()
     x = torch.randn(2, 3, 37, 53)
     torch.testing.assert_close(slide_inference(model, x, 4, crop_size=16, stride=11), whole_inference(model, x))
-    torch.testing.assert_close(slide_inference(model, x, 4, crop_size=(20, 16), stride=(7, 16)), whole_inference(model, x))
+    torch.testing.assert_close(
+        slide_inference(model, x, 4, crop_size=(20, 16), stride=(7, 16)), whole_inference(model, x)
+    )
 
 
 def test_window_grid_and_averaging_by_hand():

@@ -24,7 +24,9 @@ def test_hand_computed_confusion_and_metrics():
     out = m.compute()
     assert out["per_class_iou"] == pytest.approx({"a": 1 / 2, "b": 1 / 3, "c": 1 / 2})
     assert out["mIoU"] == pytest.approx(4 / 9) and out["aAcc"] == pytest.approx(3 / 5)
-    assert out["per_class_acc"] == pytest.approx({"a": 1 / 2, "b": 1 / 2, "c": 1.0}) and out["mAcc"] == pytest.approx(2 / 3)
+    assert out["per_class_acc"] == pytest.approx({"a": 1 / 2, "b": 1 / 2, "c": 1.0}) and out["mAcc"] == pytest.approx(
+        2 / 3
+    )
     assert out["num_pixels"] == 5 and out["confusion_matrix"].tolist() == CM
 
 

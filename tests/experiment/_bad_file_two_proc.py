@@ -18,14 +18,15 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from tests.experiment._helpers import recipe_main, records_dir  # noqa: E402
+
 import fishertune.experiment.run as run_module  # noqa: E402
 from fishertune.data import BadSampleError  # noqa: E402
-from tests.experiment._helpers import recipe_main, records_dir  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
     config, out, image, step, rest = argv[0], argv[1], argv[2], int(argv[3]), argv[4:]
-    extra = rest[rest.index("--") + 1:] if "--" in rest else []
+    extra = rest[rest.index("--") + 1 :] if "--" in rest else []
     trainers = []
 
     class Corrupt(TrainerCallback):
@@ -57,8 +58,14 @@ def main(argv: list[str]) -> None:
     trainer = trainers[0]
     os.makedirs(records_dir(out), exist_ok=True)
     with open(os.path.join(records_dir(out), f"rank{trainer.args.process_index}.json"), "w") as f:
-        json.dump({"error": error, "global_step": trainer.state.global_step,
-                   "skipped": [str(w.message) for w in caught if "Skipped" in str(w.message)]}, f)
+        json.dump(
+            {
+                "error": error,
+                "global_step": trainer.state.global_step,
+                "skipped": [str(w.message) for w in caught if "Skipped" in str(w.message)],
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,22 @@ def main(work: str, repo_id: str, token: str) -> dict:
         raise SystemExit(f"refusing to run: ENDPOINT={constants.ENDPOINT}")
     out = os.path.join(work, "run")
     train = runpy.run_path(TRAIN, run_name="recipe_train")["main"]
-    result = train(["--quick", "true", "--output_dir", out, "--push_to_hub", "true", "--hub_model_id", repo_id,
-                    "--hub_token", token, "--hub_private_repo", "true"])
+    result = train(
+        [
+            "--quick",
+            "true",
+            "--output_dir",
+            out,
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            repo_id,
+            "--hub_token",
+            token,
+            "--hub_private_repo",
+            "true",
+        ]
+    )
     return {"output_dir": out, "push_url": result["push_url"], "metrics": result["metrics"]}
 
 

@@ -17,8 +17,9 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import fishertune.experiment.run as run_module  # noqa: E402
 from tests.experiment._helpers import recipe_main, records_dir  # noqa: E402
+
+import fishertune.experiment.run as run_module  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -27,8 +28,8 @@ class Interrupted(Exception):
 
 def main(argv: list[str]) -> None:
     config, out, rest = argv[0], argv[1], argv[2:]
-    extra = rest[rest.index("--") + 1:] if "--" in rest else []
-    opts = dict(a.split("=", 1) for a in (rest[:rest.index("--")] if "--" in rest else rest))
+    extra = rest[rest.index("--") + 1 :] if "--" in rest else []
+    opts = dict(a.split("=", 1) for a in (rest[: rest.index("--")] if "--" in rest else rest))
     interrupt = int(opts["interrupt"]) if "interrupt" in opts else None
     trainers, steps, epochs = [], [], []
 
@@ -63,9 +64,16 @@ def main(argv: list[str]) -> None:
     os.makedirs(records, exist_ok=True)
     torch.save(tensors, os.path.join(records, f"rank{rank}_adapter.pt"))
     with open(os.path.join(records, f"rank{rank}.json"), "w") as f:
-        json.dump({"global_step": trainer.state.global_step, "interrupted": interrupted, "steps": steps,
-                   "epochs": epochs,
-                   "world_size": trainer.args.world_size}, f)
+        json.dump(
+            {
+                "global_step": trainer.state.global_step,
+                "interrupted": interrupted,
+                "steps": steps,
+                "epochs": epochs,
+                "world_size": trainer.args.world_size,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

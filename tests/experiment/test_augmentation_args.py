@@ -44,7 +44,9 @@ def test_unkeyed_is_a_plain_dataset_drawing_from_torch():
     ds = build_train_dataset(args, seed=0)
     assert isinstance(ds, datasets.Dataset) and not isinstance(ds, KeyedTrainingDataset)
     t = ds.format["format_kwargs"]["transform"]
-    assert isinstance(t, SegmentationTransforms) and t.short_edges is None and (t.cat_max_ratio, t.flip_prob) == (1.0, 1.0)
+    assert (
+        isinstance(t, SegmentationTransforms) and t.short_edges is None and (t.cat_max_ratio, t.flip_prob) == (1.0, 1.0)
+    )
     torch.manual_seed(0)
     a = ds[0]
     torch.manual_seed(0)

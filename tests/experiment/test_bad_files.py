@@ -51,8 +51,9 @@ def tree(tmp_path):
 
 def _keyed(root, policy):
     ds = load_dataset("camvid", str(root), "train")
-    return KeyedTrainingDataset(ds, train_transforms(crop_size=(32, 32), scale_range=(32, 48)), seed=0,
-                                bad_file_policy=policy)
+    return KeyedTrainingDataset(
+        ds, train_transforms(crop_size=(32, 32), scale_range=(32, 48)), seed=0, bad_file_policy=policy
+    )
 
 
 def test_truncated_jpeg_is_named_or_skipped_and_counted(tree):
@@ -110,8 +111,18 @@ def test_recipe_stops_naming_the_file_saves_a_checkpoint_and_resumes_skipping(tr
     assert step >= 3 and (out / f"checkpoint-{step}" / "trainer_state.json").is_file()  # save_strategy 'no'
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        recipe_main("train")(["--config", config, "--output_dir", str(out), "--resume_from_checkpoint", "last",
-                              "--bad_file_policy", "skip"])
+        recipe_main("train")(
+            [
+                "--config",
+                config,
+                "--output_dir",
+                str(out),
+                "--resume_from_checkpoint",
+                "last",
+                "--bad_file_policy",
+                "skip",
+            ]
+        )
     assert any(paths[BAD] in str(w.message) and "Skipped" in str(w.message) for w in caught)
     assert os.path.isfile(out / "adapter_model.safetensors")
     assert yaml.safe_load((out / "config.yaml").read_text())["bad_file_policy"] == "skip"
@@ -174,8 +185,22 @@ def test_skipped_files_are_one_total_over_loader_workers(tree, tmp_path):
     root, paths = tree
     _truncate(paths[BAD])
     out = tmp_path / "run"
-    recipe_main("train")(["--config", _config(tmp_path, root), "--output_dir", str(out), "--bad_file_policy", "skip",
-                          "--dataloader_num_workers", "2", "--save_strategy", "steps", "--save_steps", "6"])
+    recipe_main("train")(
+        [
+            "--config",
+            _config(tmp_path, root),
+            "--output_dir",
+            str(out),
+            "--bad_file_policy",
+            "skip",
+            "--dataloader_num_workers",
+            "2",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "6",
+        ]
+    )
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     logged = [e["bad_file_skips"] for e in state["log_history"] if "bad_file_skips" in e]
     ours = json.loads((out / "checkpoint-6" / "fishertune_trainer_state.json").read_text())

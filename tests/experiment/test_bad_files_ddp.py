@@ -49,7 +49,8 @@ def _launch_two(config: str, out, image: str, step: int, *extra: str) -> list[di
 
 @pytest.mark.parametrize("corrupt_at,stopped_at,phase", [(3, 4, 3), (2, 2, 2)])  # T1 = 2
 def test_bad_file_on_one_rank_stops_both_after_one_checkpoint_and_resumes_skipping(
-        tmp_path, corrupt_at, stopped_at, phase):
+    tmp_path, corrupt_at, stopped_at, phase
+):
     paths = _camvid(tmp_path / "camvid", N)
     config = _config(tmp_path, tmp_path / "camvid")
     conf = yaml.safe_load(open(config))
@@ -70,7 +71,8 @@ def test_bad_file_on_one_rank_stops_both_after_one_checkpoint_and_resumes_skippi
     assert ("phase 2" in stopped[0]["error"]) == (phase == 2)
     assert [p for p in os.listdir(out) if p.startswith("checkpoint-")] == [ckpt.name]  # one, written once
     assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "fishertune_trainer_state.json"} <= set(
-        os.listdir(ckpt))
+        os.listdir(ckpt)
+    )
     state = json.loads((ckpt / "fishertune_trainer_state.json").read_text())
     assert state["estimation_pending"] == (phase == 2) and state["in_tuning"] == (phase == 3)
     assert not (out / "adapter_model.safetensors").exists()

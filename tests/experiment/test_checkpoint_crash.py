@@ -19,8 +19,15 @@ from fishertune.atomic import TMP_PREFIX
 from fishertune.training.checkpoints import PAUSE_ENV, PAUSED_MARKER
 
 from ._helpers import REPO
-from .test_recipe_resume import (  # noqa: F401  (uninterrupted: the module fixture of the same tiny run)
-    TINY, Interrupted, _adapter, _assert_bitwise, _count_steps, _interrupt_after, _train, uninterrupted,
+from .test_recipe_resume import (  # noqa: F401, F811  (uninterrupted: the module fixture of the same tiny run)
+    TINY,
+    Interrupted,
+    _adapter,
+    _assert_bitwise,
+    _count_steps,
+    _interrupt_after,
+    _train,
+    uninterrupted,
 )
 
 STATE = "fishertune_trainer_state.json"
@@ -41,8 +48,10 @@ def _run_until(config: str, out, ready, pause_at: int | None = None) -> None:
         deadline = time.monotonic() + 300
         while not ready():
             if proc.poll() is not None:
-                pytest.fail(f"the run ended (rc {proc.returncode}) before the kill point: "
-                            + proc.stderr.read().decode()[-3000:])
+                pytest.fail(
+                    f"the run ended (rc {proc.returncode}) before the kill point: "
+                    + proc.stderr.read().decode()[-3000:]
+                )
             assert time.monotonic() < deadline, "the kill point was never reached"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)

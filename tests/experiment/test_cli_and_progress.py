@@ -19,7 +19,7 @@ def test_train_help_starts_with_the_description_and_shows_the_library_defaults(c
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("Train FisherTune (or an ablation baseline), evaluate per target domain")
-    options = text[text.index("options:"):]
+    options = text[text.index("options:") :]
     assert options.split("\n")[2].lstrip().startswith("--config CONFIG")  # right after --help
     assert "demo, gtav_dinov2_large_mask2former" in " ".join(options.split())
     # the library's defaults, not the demo YAML's (max_steps 300, crop 64 96, output outputs/demo)
@@ -34,7 +34,9 @@ def test_config_accepts_the_equals_form(tmp_path):
     yaml_path.write_text("max_steps: 7\nbackbone: config:vit-micro-test\n")
     exp, targs, path = parse_experiment_args([f"--config={yaml_path}", "--output_dir", str(tmp_path)], CONFIGS_DIR)
     assert path == str(yaml_path) and targs.max_steps == 7 and exp.backbone == "config:vit-micro-test"
-    exp2, targs2, path2 = parse_experiment_args(["--config", str(yaml_path), "--output_dir", str(tmp_path)], CONFIGS_DIR)
+    exp2, targs2, path2 = parse_experiment_args(
+        ["--config", str(yaml_path), "--output_dir", str(tmp_path)], CONFIGS_DIR
+    )
     assert (exp2, targs2.max_steps, path2) == (exp, 7, path)
 
 
@@ -52,15 +54,19 @@ def test_trainer_progress_bar_is_on_in_every_recipe_but_the_demo():
 
 
 def test_evaluation_shows_a_bar_of_images_per_target(capfd):
-    from fishertune.data import SYNTHETIC_CLASSES, eval_transforms, make_synthetic_dataset
-    from fishertune.evaluation import evaluate_model
-    from fishertune.models import build_model
     from transformers import Dinov2Config
 
+    from fishertune.data import SYNTHETIC_CLASSES, eval_transforms, make_synthetic_dataset
+    from fishertune.evaluation import evaluate_model
     from fishertune.experiment.arguments import BUILTIN_BACKBONES
+    from fishertune.models import build_model
 
     model = build_model("light", Dinov2Config(**BUILTIN_BACKBONES["vit-micro-test"]), num_labels=len(SYNTHETIC_CLASSES))
-    ds = {"synthetic:fog": make_synthetic_dataset(3, domain="fog", size=(32, 32), seed=1).with_transform(eval_transforms())}
+    ds = {
+        "synthetic:fog": make_synthetic_dataset(3, domain="fog", size=(32, 32), seed=1).with_transform(
+            eval_transforms()
+        )
+    }
     evaluate_model(model, ds, mode="whole", num_classes=len(SYNTHETIC_CLASSES), disable_tqdm=False)
     err = capfd.readouterr().err
     assert "Evaluating synthetic:fog:   0%| " in err and "0/3 [" in err  # total: images of the target
@@ -94,8 +100,11 @@ def test_per_target_miou_reaches_the_trackers(tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     step, logs = seen[-1]
     assert step == 6  # the quick run's last step
-    assert logs == {f"eval_{d}/{k}": metrics[d][k] for d in ("synthetic:fog", "synthetic:dark", "mean")
-                    for k in ("mIoU", "aAcc", "mAcc")}
+    assert logs == {
+        f"eval_{d}/{k}": metrics[d][k]
+        for d in ("synthetic:fog", "synthetic:dark", "mean")
+        for k in ("mIoU", "aAcc", "mAcc")
+    }
 
 
 def test_tensorboard_writes_the_per_target_scalars(tmp_path):

@@ -54,8 +54,21 @@ def test_no_argument_is_the_demo():
 
 
 def test_cli_overrides_yaml():
-    exp, targs, _ = parse(["--config", "demo", "--max_steps", "7", "--targets", "synthetic:blur", "synthetic:fog",
-                           "--criterion", "random_q", "--merge", "true"])
+    exp, targs, _ = parse(
+        [
+            "--config",
+            "demo",
+            "--max_steps",
+            "7",
+            "--targets",
+            "synthetic:blur",
+            "synthetic:fog",
+            "--criterion",
+            "random_q",
+            "--merge",
+            "true",
+        ]
+    )
     assert targs.max_steps == 7 and targs.criterion == "random_q" and exp.merge is True
     assert exp.targets == ["synthetic:blur", "synthetic:fog"]
     assert targs.learning_rate == pytest.approx(3e-4)  # still the YAML's, not the dataclass default (1e-4)
@@ -92,8 +105,13 @@ def test_every_config_parses(path):
 
 def test_the_issue_configs_exist():
     names = {os.path.basename(p)[:-5] for p in ALL_CONFIGS}
-    assert {"demo", "camvid_vit_tiny", "gtav_dinov2_large_mask2former", "cityscapes_to_bdd",
-            "cityscapes_to_acdc"} <= names
+    assert {
+        "demo",
+        "camvid_vit_tiny",
+        "gtav_dinov2_large_mask2former",
+        "cityscapes_to_bdd",
+        "cityscapes_to_acdc",
+    } <= names
     assert {f"ablation_{a}" for a in ABLATIONS} <= names
 
 
@@ -145,10 +163,13 @@ def test_every_baseline_method_has_a_model_card_line():
 
 @pytest.mark.parametrize(
     "backbone, expected",
-    [("timm:eva02_large_patch14_224.mim_m38m", "timm/eva02_large_patch14_224.mim_m38m"),
-     ("facebook/dinov2-large", "facebook/dinov2-large"),
-     ("config:vit-small-demo", None),   # built-in random init: no Hub repo to name
-     ("../shared/models/vit-tiny", None), ("not a repo id!", None)],
+    [
+        ("timm:eva02_large_patch14_224.mim_m38m", "timm/eva02_large_patch14_224.mim_m38m"),
+        ("facebook/dinov2-large", "facebook/dinov2-large"),
+        ("config:vit-small-demo", None),  # built-in random init: no Hub repo to name
+        ("../shared/models/vit-tiny", None),
+        ("not a repo id!", None),
+    ],
 )
 def test_card_metadata_names_a_hub_repo(backbone, expected):
     from fishertune.experiment.card import hub_base_model_id

@@ -41,10 +41,18 @@ def test_output_folder(demo_run):
     assert set(metrics) == {*targets, "mean", "source:synthetic:source"}
     # metrics.json rounds to 4 decimals: the rounded mean and the mean of rounded values differ by up to 1e-4
     assert metrics["mean"]["mIoU"] == pytest.approx(np.mean([metrics[t]["mIoU"] for t in targets]), abs=1e-4)
-    assert all(0 <= m["mIoU"] <= 100 and set(m["per_class_iou"]) == set(SYNTHETIC_CLASSES) for m in metrics.values()
-               if "per_class_iou" in m)
+    assert all(
+        0 <= m["mIoU"] <= 100 and set(m["per_class_iou"]) == set(SYNTHETIC_CLASSES)
+        for m in metrics.values()
+        if "per_class_iou" in m
+    )
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["criterion"] == "dr_fim" and config["method"] == "sparse" and config["quick"] is True and config["max_steps"] == 6
+    assert (
+        config["criterion"] == "dr_fim"
+        and config["method"] == "sparse"
+        and config["quick"] is True
+        and config["max_steps"] == 6
+    )
     assert config["config_file"].endswith("demo.yaml") and "hub_token" not in config
     # the printed end of the run: a row per target domain, and the paths written
     assert "mean over targets" in printed and all(t in printed for t in targets)
@@ -65,7 +73,10 @@ def test_model_card_has_the_real_numbers(demo_run):
     selection = json.loads((out / "fishertune_selection.json").read_text())
     assert f"{int(selection['allocated_entries']):,} deltas" in card
     assert "warm-up 2 steps, estimation 2 batches, tuning 4 steps" in card
-    assert f'AutoPeftModel.from_pretrained("{os.path.abspath(out)}")' in card and "@inproceedings{zhao2025fishertune" in card
+    assert (
+        f'AutoPeftModel.from_pretrained("{os.path.abspath(out)}")' in card
+        and "@inproceedings{zhao2025fishertune" in card
+    )
     assert "n/a" not in card and "http" not in card  # no invented links
 
 
@@ -84,8 +95,12 @@ def test_model_card_is_a_valid_model_card_with_a_model_index(demo_run):
     got = {r.dataset_name: (r.dataset_type, r.dataset_split, r.metric_type, r.metric_value) for r in results}
     targets = ["synthetic:fog", "synthetic:noise", "synthetic:texture", "synthetic:dark"]
     expected = {t: ("synthetic", t.split(":")[1], "mean_iou", round(metrics[t]["mIoU"], 2)) for t in targets}
-    expected["source validation synthetic:source"] = ("synthetic", "source", "mean_iou",
-                                                      round(metrics["source:synthetic:source"]["mIoU"], 2))
+    expected["source validation synthetic:source"] = (
+        "synthetic",
+        "source",
+        "mean_iou",
+        round(metrics["source:synthetic:source"]["mIoU"], 2),
+    )
     expected["mean over target domains"] = ("targets", None, "mean_iou", round(metrics["mean"]["mIoU"], 2))
     assert got == expected and name.startswith("dr_fim on config:vit-small-demo")
 
@@ -113,8 +128,9 @@ def test_predict_recipe_writes_masks_overlays_and_legend(demo_run, tmp_path):
     for i, (domain, size) in enumerate(sizes.items()):
         Image.fromarray(generate_sample(i, domain, size, seed=5)[0]).save(images / f"{domain}.png")
     preds = tmp_path / "preds"
-    stems = recipe_main("predict")(["--model", str(out), "--images", str(images), "--output_dir", str(preds),
-                                    "--device", "cpu"])
+    stems = recipe_main("predict")(
+        ["--model", str(out), "--images", str(images), "--output_dir", str(preds), "--device", "cpu"]
+    )
     assert sorted(stems) == sorted(sizes)
     legend = json.loads((preds / "legend.json").read_text())
     assert [e["name"] for e in legend] == list(SYNTHETIC_CLASSES)

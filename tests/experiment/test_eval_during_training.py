@@ -12,9 +12,25 @@ TARGETS = ["synthetic:fog", "synthetic:noise", "synthetic:texture", "synthetic:d
 
 def test_eval_steps_best_metric_and_load_best_model_at_end(tmp_path):
     out = tmp_path / "run"
-    recipe_main("train")(quick_demo_argv(out, "--eval_strategy", "steps", "--eval_steps", "3", "--save_strategy",
-                                         "steps", "--save_steps", "3", "--metric_for_best_model", "mean_mIoU",
-                                         "--load_best_model_at_end", "true", "--greater_is_better", "false"))
+    recipe_main("train")(
+        quick_demo_argv(
+            out,
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "3",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "3",
+            "--metric_for_best_model",
+            "mean_mIoU",
+            "--load_best_model_at_end",
+            "true",
+            "--greater_is_better",
+            "false",
+        )
+    )
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     evals = [e for e in state["log_history"] if "eval_mean_mIoU" in e]
     assert [e["step"] for e in evals] == [3, 6]

@@ -63,7 +63,8 @@ def test_auto_image_processor_reproduces_the_eval_transform(runs):
         assert type(processor) is FisherTuneImageProcessor
     image = _image()
     ours = eval_transforms(scale=None, mean=IMAGENET_MEAN, std=IMAGENET_STD)(
-        {"image": [image], "label": [Image.fromarray(np.zeros((64, 96), np.uint8))]})["pixel_values"][0]
+        {"image": [image], "label": [Image.fromarray(np.zeros((64, 96), np.uint8))]}
+    )["pixel_values"][0]
     theirs = processor(images=[image], return_tensors="pt")["pixel_values"][0]
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)  # (x / 255 - m) / s against (x - 255 m) / (255 s)
 
@@ -140,10 +141,17 @@ def test_hub_backbone_normalization_comes_from_its_image_processor(tmp_path, mon
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # nothing leaves this machine
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    processor = {"image_processor_type": "ViTImageProcessor", "image_mean": [0.5, 0.5, 0.5],
-                 "image_std": [0.25, 0.5, 0.5], "do_normalize": True}
-    _cached_hub_repo(tmp_path / "hub", "someorg/vit-augreg", {"preprocessor_config.json": processor,
-                                                               "config.json": {"model_type": "vit"}})
+    processor = {
+        "image_processor_type": "ViTImageProcessor",
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.25, 0.5, 0.5],
+        "do_normalize": True,
+    }
+    _cached_hub_repo(
+        tmp_path / "hub",
+        "someorg/vit-augreg",
+        {"preprocessor_config.json": processor, "config.json": {"model_type": "vit"}},
+    )
     assert normalization("someorg/vit-augreg") == ((127.5, 127.5, 127.5), (63.75, 127.5, 127.5))
     # no processor to be had (offline, not cached): ImageNet's, with a warning that says why
     with caplog.at_level("WARNING"):
@@ -167,8 +175,11 @@ def pretrained_run(tmp_path_factory):
     torch.manual_seed(11)
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32,
                              patch_size=8)).save_pretrained(root / "dinov2-tiny")  # fmt: skip
-    recipe_main("train")(quick_demo_argv(root / "run", "--backbone", str(root / "dinov2-tiny"),
-                                         "--targets", "synthetic:fog", "--val_split", ""))
+    recipe_main("train")(
+        quick_demo_argv(
+            root / "run", "--backbone", str(root / "dinov2-tiny"), "--targets", "synthetic:fog", "--val_split", ""
+        )
+    )
     return root / "run", root / "dinov2-tiny"
 
 

@@ -31,9 +31,13 @@ def _context(backbone: str, **extra) -> dict:
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("backbone, base_model", [("facebook/dinov2-large", "facebook/dinov2-large"),
-                                                  ("timm:eva02_large_patch14_224.mim_m38m",
-                                                   "timm/eva02_large_patch14_224.mim_m38m")])
+@pytest.mark.parametrize(
+    "backbone, base_model",
+    [
+        ("facebook/dinov2-large", "facebook/dinov2-large"),
+        ("timm:eva02_large_patch14_224.mim_m38m", "timm/eva02_large_patch14_224.mim_m38m"),
+    ],
+)
 def test_card_parses_back_with_base_model_and_model_index(tmp_path, backbone, base_model):
     path = tmp_path / "README.md"
     render_model_card(_context(backbone)).save(path)

@@ -19,8 +19,24 @@ from fishertune.data import get_id2label, load_custom
 from ._helpers import REPO, recipe_main
 
 CLASSES = {"0": "ground", "1": "wall", "2": "sky"}
-QUICK = ["--quick", "true", "--backbone", "config:vit-micro-test", "--crop_size", "32", "32", "--scale_range", "32",
-         "48", "--per_device_train_batch_size", "2", "--eval_mode", "whole", "--logging_steps", "2"]
+QUICK = [
+    "--quick",
+    "true",
+    "--backbone",
+    "config:vit-micro-test",
+    "--crop_size",
+    "32",
+    "32",
+    "--scale_range",
+    "32",
+    "48",
+    "--per_device_train_batch_size",
+    "2",
+    "--eval_mode",
+    "whole",
+    "--logging_steps",
+    "2",
+]
 
 
 def _scene(i: int, h: int = 32, w: int = 40):
@@ -37,7 +53,8 @@ def _saved_dataset(folder, n=8):
     rows = [_scene(i) for i in range(n)]
     ds = datasets.Dataset.from_dict(
         {"image": [Image.fromarray(a) for a, _ in rows], "annotation": [Image.fromarray(b) for _, b in rows]},
-        features=datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()}))
+        features=datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()}),
+    )
     datasets.DatasetDict({"train": ds}).save_to_disk(str(folder))
     (folder / "id2label.json").write_text(json.dumps(CLASSES))
 
@@ -45,9 +62,23 @@ def _saved_dataset(folder, n=8):
 def test_save_to_disk_dataset_trains_and_evaluates_through_the_recipes(tmp_path):
     data, out = tmp_path / "my_data", tmp_path / "run"
     _saved_dataset(data)
-    argv = [sys.executable, os.path.join(REPO, "recipes", "train.py"), "--dataset_name", str(data),
-            "--label_column_name", "annotation", "--train_val_split", "0.25", "--val_split", "validation",
-            "--targets", f"{data}:validation", "--output_dir", str(out), *QUICK]
+    argv = [
+        sys.executable,
+        os.path.join(REPO, "recipes", "train.py"),
+        "--dataset_name",
+        str(data),
+        "--label_column_name",
+        "annotation",
+        "--train_val_split",
+        "0.25",
+        "--val_split",
+        "validation",
+        "--targets",
+        f"{data}:validation",
+        "--output_dir",
+        str(out),
+        *QUICK,
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -85,8 +116,23 @@ def test_masks_folder_with_reduced_labels_and_a_held_out_split(tmp_path):
     seen = sorted(np.unique(np.asarray(train[i]["label"])).tolist() for i in range(3))
     assert all(s == [0, 1, 2] for s in seen)  # raw 1..3 reduced to 0..2
     out = tmp_path / "run"
-    recipe_main("train")(["--dataset_name", str(root), "--do_reduce_labels", "true", "--train_val_split", "0.34",
-                          "--val_split", "", "--targets", f"{root}:validation", "--output_dir", str(out), *QUICK])
+    recipe_main("train")(
+        [
+            "--dataset_name",
+            str(root),
+            "--do_reduce_labels",
+            "true",
+            "--train_val_split",
+            "0.34",
+            "--val_split",
+            "",
+            "--targets",
+            f"{root}:validation",
+            "--output_dir",
+            str(out),
+            *QUICK,
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics[f"{root}:validation"]["num_pixels"] == 3 * 32 * 40
 
@@ -117,8 +163,9 @@ def test_hub_dataset_id_reads_its_config_and_the_repos_id2label(tmp_path, monkey
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    ds = load_custom("someone/streets", "validation", config_name="small", label_column="annotation",
-                     train_val_split=0.5)
+    ds = load_custom(
+        "someone/streets", "validation", config_name="small", label_column="annotation", train_val_split=0.5
+    )
     assert calls == [("someone/streets", "small"), ("someone/streets", "id2label.json", "dataset")]
     assert len(ds) == 2 and ds.column_names == ["image", "label"]
     assert get_id2label(ds) == {0: "ground", 1: "wall", 2: "sky"}

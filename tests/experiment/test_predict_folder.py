@@ -46,8 +46,10 @@ def test_unreadable_images_are_skipped_and_stems_stay_distinct(tiny_output, tmp_
     for sub in ("masks", "overlays", "labels"):
         assert sorted(f.name for f in (preds / sub).iterdir()) == ["a.png", "x.jpg.png", "x.png.png"]
     # each output is its own image's: the overlays blend different pictures
-    assert not np.array_equal(np.asarray(Image.open(preds / "overlays" / "x.jpg.png")),
-                              np.asarray(Image.open(preds / "overlays" / "x.png.png")))
+    assert not np.array_equal(
+        np.asarray(Image.open(preds / "overlays" / "x.jpg.png")),
+        np.asarray(Image.open(preds / "overlays" / "x.png.png")),
+    )
     assert (preds / "legend.png").is_file() and (preds / "legend.json").is_file()
     printed = capsys.readouterr().out
     assert "Predicted 3 image(s)" in printed and "Skipped 2 unreadable file(s)" in printed

@@ -53,7 +53,7 @@ def test_uploaded_files_are_the_output_folder(pushed):
     """The run's files go to the repo, its base_model/ to "<repo>-base"; adapter_config.json names that repo."""
     hub, result = pushed
     remote, local = hub.files(REPO_ID), _local_files(result["output_dir"])
-    base = {k[len("base_model/"):]: v for k, v in local.items() if k.startswith("base_model/")}
+    base = {k[len("base_model/") :]: v for k, v in local.items() if k.startswith("base_model/")}
     local = {k: v for k, v in local.items() if not k.startswith("base_model/")}
     assert set(remote) == set(local)
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "metrics.json", "config.yaml",

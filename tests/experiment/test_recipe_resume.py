@@ -118,8 +118,16 @@ def test_resume_in_a_fresh_process_is_bitwise(uninterrupted, tmp_path, monkeypat
         with pytest.raises(Interrupted):
             _train(config, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoint-4"
-    cmd = [sys.executable, os.path.join(REPO, "recipes", "train.py"), "--config", config,
-           "--output_dir", str(tmp_path / "run"), "--resume_from_checkpoint", str(ckpt)]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "recipes", "train.py"),
+        "--config",
+        config,
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--resume_from_checkpoint",
+        str(ckpt),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the logs of steps 5 and 6 only: the run went on from step 4, not from 0
@@ -146,7 +154,9 @@ def test_another_runs_checkpoints_are_not_overwritten(uninterrupted, tmp_path, m
     (old / "trainer_state.json").write_text("{}")
     monkeypatch.setattr(run_module, "build_train_dataset", lambda *a, **k: pytest.fail("built data before checking"))
     # an incomplete checkpoint only: nothing to resume, so starting over (deleting it) is the suggestion
-    with pytest.raises(FileExistsError, match=r"checkpoint-7 \(no fishertune_trainer_state.json.*--overwrite_output_dir"):
+    with pytest.raises(
+        FileExistsError, match=r"checkpoint-7 \(no fishertune_trainer_state.json.*--overwrite_output_dir"
+    ):
         _train(config, tmp_path / "run")
     other = tmp_path / "other" / "checkpoint-2"
     other.mkdir(parents=True)

@@ -65,8 +65,18 @@ def test_allowed_change_is_used_and_recorded(run_copy, monkeypatch, caplog):
                 rates[state.global_step] = logs["learning_rate"]
 
     _patch_trainer(monkeypatch, Rates())
-    _train(config, out, "--resume_from_checkpoint", "last", "--learning_rate", "0.01", "--seed", "7",
-           "--allow_changed_settings", "learning_rate,seed")
+    _train(
+        config,
+        out,
+        "--resume_from_checkpoint",
+        "last",
+        "--learning_rate",
+        "0.01",
+        "--seed",
+        "7",
+        "--allow_changed_settings",
+        "learning_rate,seed",
+    )
     assert "learning_rate: checkpoint 0.001, now 0.01; seed: checkpoint 3, now 7" in caplog.text
     # the polynomial schedule from 0.01 (the checkpoint's 0.001 would give at most 0.001)
     assert sorted(rates) == [5, 6] and all(rate > TINY["learning_rate"] for rate in rates.values()), rates

@@ -4,16 +4,16 @@ import sys
 
 import torch
 from accelerate import PartialState
+from fisher_helpers import image_batches, tiny_dinov2
 
 from fishertune.fisher import EstimationConfig, estimate_scores, save_scores
-
-from fisher_helpers import image_batches, tiny_dinov2
 
 CONFIGS = {
     "diag": EstimationConfig(criterion="dr_fim", estimator="diagonal", dsu_p=0.7),
     "var": EstimationConfig(criterion="dr_fim", estimator="variational"),
-    "reparam": EstimationConfig(criterion="dr_fim", estimator="variational", variational_gradient="reparam",
-                                gamma=1e-8, tau=1e-2, num_batches=3),
+    "reparam": EstimationConfig(
+        criterion="dr_fim", estimator="variational", variational_gradient="reparam", gamma=1e-8, tau=1e-2, num_batches=3
+    ),
 }
 
 

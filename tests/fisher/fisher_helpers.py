@@ -36,19 +36,36 @@ class PixelClassifier(nn.Module):
 
 def tiny_dinov2(num_labels: int = 3, layers: int = 2, registers: int = 0, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = T.Dinov2Config(hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32,
-                         image_size=16, patch_size=8, num_labels=num_labels)
+    cfg = T.Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=16,
+        patch_size=8,
+        num_labels=num_labels,
+    )
     if registers:
-        cfg = T.Dinov2WithRegistersConfig(hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
-                                          intermediate_size=32, image_size=16, patch_size=8, num_labels=num_labels,
-                                          num_register_tokens=registers)
+        cfg = T.Dinov2WithRegistersConfig(
+            hidden_size=16,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=16,
+            patch_size=8,
+            num_labels=num_labels,
+            num_register_tokens=registers,
+        )
         return T.Dinov2WithRegistersForImageClassification(cfg).eval()
     return T.Dinov2ForImageClassification(cfg).eval()
 
 
 def image_batches(n: int, b: int = 4, num_labels: int = 3, size: int = 16, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
-    return [{"pixel_values": torch.randn(b, 3, size, size, generator=g),
-             "labels": torch.randint(0, num_labels, (b,), generator=g)} for _ in range(n)]
-
-
+    return [
+        {
+            "pixel_values": torch.randn(b, 3, size, size, generator=g),
+            "labels": torch.randint(0, num_labels, (b,), generator=g),
+        }
+        for _ in range(n)
+    ]

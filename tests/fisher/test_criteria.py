@@ -1,11 +1,12 @@
 """Eq. 5, 7 and the criteria: a planted style-only pathway, random groups, artifacts."""
 
-import fishertune  # noqa: F401
 import pytest
 import torch
+from fisher_helpers import image_batches, tiny_dinov2
 from peft import get_peft_model
 from torch import nn
 
+import fishertune  # noqa: F401
 from fishertune import FisherTuneConfig
 from fishertune.fisher import (
     EstimationConfig,
@@ -16,8 +17,6 @@ from fishertune.fisher import (
     sensitivity_table,
 )
 from fishertune.tuner.data_free import qkv_group_mask
-
-from fisher_helpers import image_batches, tiny_dinov2
 
 
 class Echo(nn.Module):
@@ -69,11 +68,17 @@ def test_planted_style_weights(estimator):
     data = planted_batches()
     ranks = {}
     for crit in ("fim", "delta_fim", "dr_fim"):
-        s = estimate_scores(model, data, weights, EstimationConfig(criterion=crit, estimator=estimator, exchange="sum"),
-                            blocks=[model.block], num_prefix_tokens=1)
+        s = estimate_scores(
+            model,
+            data,
+            weights,
+            EstimationConfig(criterion=crit, estimator=estimator, exchange="sum"),
+            blocks=[model.block],
+            num_prefix_tokens=1,
+        )
         allv = torch.cat([s["task"].flatten(), s["style"].flatten()])
         rank = allv.argsort(descending=True).argsort()  # 0 = best
-        ranks[crit] = rank[s["task"].numel():].float().mean()  # mean rank of the style entries
+        ranks[crit] = rank[s["task"].numel() :].float().mean()  # mean rank of the style entries
         if crit == "fim":
             # fim ranks the task weights first (the variational F of a zero-Fisher entry is fp32 rounding of the prior)
             assert s["style"].max() < 1e-5 * s["task"].min()

@@ -51,8 +51,9 @@ def _dr_fim_norm(stats, config):
 
 @pytest.fixture
 def dr_fim_norm():
-    register_criterion(Criterion("dr_fim_norm", "F/mean(F) + w dF/mean(dF).", needs_data=True, needs_dsu=True,
-                                 from_stats=_dr_fim_norm))
+    register_criterion(
+        Criterion("dr_fim_norm", "F/mean(F) + w dF/mean(dF).", needs_data=True, needs_dsu=True, from_stats=_dr_fim_norm)
+    )
     yield "dr_fim_norm"
     unregister_criterion("dr_fim_norm")
     assert "dr_fim_norm" not in fisher.criterion_names()
@@ -63,12 +64,19 @@ def test_registered_criterion_runs_through_the_trainer(tmp_path, dr_fim_norm):
     from fishertune.training import FisherTuneTrainingArguments
 
     # a flag and a YAML value (argparse choices are the live registry)
-    (targs, _) = parse_args((FisherTuneTrainingArguments,), ["--output_dir", str(tmp_path), "--use_cpu", "True",
-                                                            "--criterion", dr_fim_norm])
+    (targs, _) = parse_args(
+        (FisherTuneTrainingArguments,), ["--output_dir", str(tmp_path), "--use_cpu", "True", "--criterion", dr_fim_norm]
+    )
     assert targs.criterion == dr_fim_norm and targs.method == "sparse"
 
-    trainer = make_trainer(tmp_path, criterion=dr_fim_norm, estimator="diagonal", fisher_type="true",
-                           save_estimation_statistics=True, save_sensitivity_plot=False)
+    trainer = make_trainer(
+        tmp_path,
+        criterion=dr_fim_norm,
+        estimator="diagonal",
+        fisher_type="true",
+        save_estimation_statistics=True,
+        save_sensitivity_plot=False,
+    )
     trainer.train()
     assert trainer.args.estimation_config(2).criterion == dr_fim_norm
     # the statistics carry F' (needs_dsu: DSU ran) and the scores are this criterion's

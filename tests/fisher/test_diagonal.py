@@ -1,29 +1,34 @@
 """Eq. 4, 9: the diagonal Fisher against closed forms and hand-computed per-sample gradients."""
 
-import fishertune  # noqa: F401  (registers the PEFT method)
 import pytest
 import torch
 import torch.nn.functional as F
+from fisher_helpers import PixelClassifier, SoftmaxRegression, image_batches, tiny_dinov2
 from peft import get_peft_model
 
+import fishertune  # noqa: F401  (registers the PEFT method)
 from fishertune import FisherTuneConfig
 from fishertune.fisher import EstimationConfig, estimate_scores
-
-from fisher_helpers import PixelClassifier, SoftmaxRegression, image_batches, tiny_dinov2
 
 DIAG = dict(criterion="fim", estimator="diagonal")
 
 
 def _batches(x, y, bs, repeats):
-    return [{"pixel_values": x[i : i + bs], "labels": y[i : i + bs]} for _ in range(repeats) for i in range(0, len(x), bs)]
+    return [
+        {"pixel_values": x[i : i + bs], "labels": y[i : i + bs]} for _ in range(repeats) for i in range(0, len(x), bs)
+    ]
 
 
 def test_true_fisher_converges_to_closed_form(softmax_data):
     x, y = softmax_data
     model = SoftmaxRegression()
     repeats = 60
-    est = estimate_scores(model, _batches(x, y, 64, repeats), {"fc": model.fc.weight},
-                          EstimationConfig(fisher_type="true", num_batches=10_000, **DIAG))["fc"]
+    est = estimate_scores(
+        model,
+        _batches(x, y, 64, repeats),
+        {"fc": model.fc.weight},
+        EstimationConfig(fisher_type="true", num_batches=10_000, **DIAG),
+    )["fc"]
     with torch.no_grad():
         p = torch.softmax(model(x), -1)  # [N, C]
     v = p * (1 - p)
@@ -31,26 +36,33 @@ def test_true_fisher_converges_to_closed_form(softmax_data):
     # Standard error of the one-draw-per-sample Monte Carlo mean: Var_y[(p_c - 1[y=c])^2] = v((1-p)^3 + p^3) - v^2.
     var_y = (v * ((1 - p) ** 3 + p**3) - v**2)[:, :, None] * x[:, None, :] ** 4
     se = (var_y.sum(0) * repeats).sqrt() / (repeats * len(x))
-    assert torch.all((est - exact).abs() <= 5 * se + 1e-7), ((est - exact) / se)
+    assert torch.all((est - exact).abs() <= 5 * se + 1e-7), (est - exact) / se
     # The bound is tight enough to fail: the empirical Fisher is a different quantity here.
-    emp = estimate_scores(model, _batches(x, y, 16, 1), {"fc": model.fc.weight},
-                          EstimationConfig(fisher_type="empirical", **DIAG))["fc"]
+    emp = estimate_scores(
+        model, _batches(x, y, 16, 1), {"fc": model.fc.weight}, EstimationConfig(fisher_type="empirical", **DIAG)
+    )["fc"]
     assert not torch.all((emp - exact).abs() <= 5 * se + 1e-7)
 
 
 def test_empirical_fisher_is_mean_of_squared_per_sample_grads(softmax_data):
     x, y = softmax_data
     model = SoftmaxRegression()
-    est = estimate_scores(model, _batches(x, y, 16, 1), {"fc": model.fc.weight},
-                          EstimationConfig(fisher_type="empirical", **DIAG))["fc"]
+    est = estimate_scores(
+        model, _batches(x, y, 16, 1), {"fc": model.fc.weight}, EstimationConfig(fisher_type="empirical", **DIAG)
+    )["fc"]
     ref = torch.zeros_like(model.fc.weight)
     for i in range(len(x)):
         g = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), model.fc.weight)[0]
         ref += g**2
     torch.testing.assert_close(est, ref / len(x), rtol=1e-5, atol=1e-9)
     # Not the square of the batch gradient (that would be ~B times smaller here).
-    gb = sum(torch.autograd.grad(F.cross_entropy(model(x[i : i + 16]), y[i : i + 16]), model.fc.weight)[0] ** 2
-             for i in range(0, 64, 16)) / 4
+    gb = (
+        sum(
+            torch.autograd.grad(F.cross_entropy(model(x[i : i + 16]), y[i : i + 16]), model.fc.weight)[0] ** 2
+            for i in range(0, 64, 16)
+        )
+        / 4
+    )
     assert not torch.allclose(est, gb, rtol=0.1)
 
 
@@ -64,8 +76,12 @@ def test_segmentation_per_pixel_mean_with_ignore(unit):
     y = torch.randint(0, 4, (3, 5, 6), generator=g)
     y[0, :2] = 255
     y[2] = 255  # a sample with no valid pixel is not counted
-    est = estimate_scores(model, [{"pixel_values": x, "labels": y}], {"proj": model.proj.weight},
-                          EstimationConfig(fisher_type="empirical", fisher_unit=unit, **DIAG))["proj"]
+    est = estimate_scores(
+        model,
+        [{"pixel_values": x, "labels": y}],
+        {"proj": model.proj.weight},
+        EstimationConfig(fisher_type="empirical", fisher_unit=unit, **DIAG),
+    )["proj"]
     ref = torch.zeros_like(model.proj.weight)
     for i, n_valid in ((0, 18), (1, 30)):
         loss = F.cross_entropy(model.semantic_logits(model(x[i : i + 1]), (5, 6)), y[i : i + 1], ignore_index=255)
@@ -81,8 +97,9 @@ def test_peft_model_with_active_entries_matches_merged_reference():
     batch = image_batches(1, b=3)[0]
     est = estimate_scores(peft_model, [batch], weights, EstimationConfig(fisher_type="empirical", **DIAG))
     # Reference: per-sample autograd on a merged copy (W + delta), one sample at a time.
-    merged = get_peft_model(tiny_dinov2(layers=1), FisherTuneConfig(init_criterion="random", init_weights=False,
-                                                                      delta_max=0.3)).merge_and_unload()
+    merged = get_peft_model(
+        tiny_dinov2(layers=1), FisherTuneConfig(init_criterion="random", init_weights=False, delta_max=0.3)
+    ).merge_and_unload()
     mw = {n: merged.get_submodule(n).weight.requires_grad_(True) for n in weights}
     ref = {n: torch.zeros_like(w) for n, w in mw.items()}
     for i in range(3):

@@ -4,12 +4,11 @@ import os
 from pathlib import Path
 
 import torch
-
-from fishertune.fisher import load_scores
-from fishertune.tuner import global_topk
+from dist_worker import run
 
 from _toolkit import launch, launch_env
-from dist_worker import run
+from fishertune.fisher import load_scores
+from fishertune.tuner import global_topk
 
 HERE = Path(__file__).parent
 

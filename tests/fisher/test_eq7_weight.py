@@ -5,12 +5,11 @@ import math
 
 import pytest
 import torch
+from fisher_helpers import image_batches, tiny_dinov2
 from torch import nn
 
 from fishertune.fisher import EstimationConfig, estimate_statistics, load_statistics, passes, save_statistics
 from fishertune.fisher.perturb import DSUHooks
-
-from fisher_helpers import image_batches, tiny_dinov2
 
 
 def _replay(seed: int, steps: int, blocks: int, p: float = 1.0):
@@ -32,8 +31,15 @@ def test_scalar_draw_perturbs_every_sample_channel_and_block_by_one_pair():
     torch.manual_seed(0)
     blocks = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6))
     x = torch.randn(4, 5, 6)
-    dsu = DSUHooks(list(blocks), num_prefix=1, p=1.0, eps=1e-6, generator=torch.Generator().manual_seed(7),
-                   record=True, draw="scalar")
+    dsu = DSUHooks(
+        list(blocks),
+        num_prefix=1,
+        p=1.0,
+        eps=1e-6,
+        generator=torch.Generator().manual_seed(7),
+        record=True,
+        draw="scalar",
+    )
     (a, b), (a2, b2) = _replay(7, 2, 2)
     with dsu, torch.no_grad():
         dsu.enabled = True
@@ -68,8 +74,15 @@ def test_each_batch_dF_gets_its_own_drawn_weight(monkeypatch, tmp_path):
     monkeypatch.setattr(passes.PerBatchDelta, "add", spy)
     model = tiny_dinov2(layers=2)
     weights = {n: p for n, p in model.named_parameters() if n.endswith("q_proj.weight") or n.endswith("fc1.weight")}
-    config = EstimationConfig(criterion="delta_fim", estimator="diagonal", num_batches=4, dsu_p=1.0,
-                              dsu_draw="scalar", shift_weight_reading="per_batch", seed=3)
+    config = EstimationConfig(
+        criterion="delta_fim",
+        estimator="diagonal",
+        num_batches=4,
+        dsu_p=1.0,
+        dsu_draw="scalar",
+        shift_weight_reading="per_batch",
+        seed=3,
+    )
     stats = estimate_statistics(model, image_batches(4), weights, config, disable_tqdm=True)
     hand = [math.exp(-(abs(a) + abs(b))) for a, b in _replay(config.seed + 1, 4, 2)]
     assert seen == pytest.approx(hand, rel=1e-6)
@@ -79,10 +92,16 @@ def test_each_batch_dF_gets_its_own_drawn_weight(monkeypatch, tmp_path):
     save_statistics(stats, tmp_path / "stats.safetensors")  # the record of the draws' weights is kept
     assert load_statistics(tmp_path / "stats.safetensors").batch_weights == pytest.approx(hand, rel=1e-6)
     # the printed sign: exp(-(eps_mu + eps_sigma)), which can exceed 1
-    literal = estimate_statistics(model, image_batches(4), weights,
-                                  EstimationConfig(**{**config.__dict__, "shift_weight": "literal"}), disable_tqdm=True)
-    assert literal.batch_weights == pytest.approx([math.exp(-(a + b)) for a, b in _replay(config.seed + 1, 4, 2)],
-                                                  rel=1e-6)
+    literal = estimate_statistics(
+        model,
+        image_batches(4),
+        weights,
+        EstimationConfig(**{**config.__dict__, "shift_weight": "literal"}),
+        disable_tqdm=True,
+    )
+    assert literal.batch_weights == pytest.approx(
+        [math.exp(-(a + b)) for a, b in _replay(config.seed + 1, 4, 2)], rel=1e-6
+    )
 
 
 def test_channel_draw_stays_the_default_and_draw_is_validated():

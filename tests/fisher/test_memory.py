@@ -3,10 +3,9 @@
 import logging
 
 import pytest
+from fisher_helpers import image_batches, tiny_dinov2
 
 from fishertune.fisher import EstimationConfig, estimate_scores, memory
-
-from fisher_helpers import image_batches, tiny_dinov2
 
 
 def _setup():
@@ -48,8 +47,12 @@ def test_refused_when_it_does_not_fit_naming_the_micro_batch(caplog, monkeypatch
 def test_activations_scale_with_the_micro_batch_and_entries_with_the_dtype():
     model, weights = _setup()
     batch = image_batches(1, b=4)[0]
-    est = {mb: memory.estimate_phase2_bytes(model, weights, EstimationConfig(micro_batch_size=mb), batch,
-                                            memory.default_log_prob_fn, True) for mb in (None, 1, 3)}
+    est = {
+        mb: memory.estimate_phase2_bytes(
+            model, weights, EstimationConfig(micro_batch_size=mb), batch, memory.default_log_prob_fn, True
+        )
+        for mb in (None, 1, 3)
+    }
     assert est[None].samples_per_pass == 4 and est[1].samples_per_pass == 1 and est[3].samples_per_pass == 3
     assert est[None].activations_per_sample == est[1].activations_per_sample > 0
     assert est[None].bytes_per_entry == 24  # two precision fits and a batch's fp64 sum

@@ -10,10 +10,9 @@ into swaps of near-tied neighbours (differences below one rank step, 1/N)."""
 
 import pytest
 import torch
+from fisher_helpers import image_batches, tiny_dinov2
 
 from fishertune.fisher import EstimationConfig, estimate_statistics, scores_from_stats
-
-from fisher_helpers import image_batches, tiny_dinov2
 
 _RTOL = 1e-5
 
@@ -21,8 +20,15 @@ _RTOL = 1e-5
 def _stats(estimator, micro, **kw):
     model = tiny_dinov2(layers=2)
     weights = {n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj", "fc1", "fc2"))}
-    cfg = EstimationConfig(criterion="dr_fim", estimator=estimator, num_batches=2, dsu_p=1.0, micro_batch_size=micro,
-                           exchange="quantile", **kw)
+    cfg = EstimationConfig(
+        criterion="dr_fim",
+        estimator=estimator,
+        num_batches=2,
+        dsu_p=1.0,
+        micro_batch_size=micro,
+        exchange="quantile",
+        **kw,
+    )
     stats = estimate_statistics(model, image_batches(2, b=5), weights, cfg, disable_tqdm=True)
     return stats, scores_from_stats(stats, cfg)
 
@@ -36,11 +42,14 @@ def _close(a, b):
         torch.testing.assert_close(a[n], b[n], rtol=_RTOL, atol=_RTOL * scale)
 
 
-@pytest.mark.parametrize("estimator,micro,draw", [("diagonal", 1, "channel"), ("variational", 2, "channel"),
-                                                  ("variational", 3, "scalar")])
+@pytest.mark.parametrize(
+    "estimator,micro,draw", [("diagonal", 1, "channel"), ("variational", 2, "channel"), ("variational", 3, "scalar")]
+)
 def test_micro_batched_equals_whole_batch(estimator, micro, draw):
-    (whole, whole_scores), (parts, part_scores) = _stats(estimator, None, dsu_draw=draw), _stats(estimator, micro,
-                                                                                                 dsu_draw=draw)
+    (whole, whole_scores), (parts, part_scores) = (
+        _stats(estimator, None, dsu_draw=draw),
+        _stats(estimator, micro, dsu_draw=draw),
+    )
     assert whole.batch_weights == parts.batch_weights  # the same DSU draws, bit for bit
     _close(parts.fisher, whole.fisher)
     _close(parts.fisher_shift, whole.fisher_shift)
@@ -49,8 +58,10 @@ def test_micro_batched_equals_whole_batch(estimator, micro, draw):
             torch.testing.assert_close(parts.extra[key][n], lam, rtol=_RTOL, atol=0)
     _close(part_scores, whole_scores)
     for n in whole_scores:  # and the same ranking
-        assert torch.equal(part_scores[n].flatten().argsort()[-5:].sort().values,
-                           whole_scores[n].flatten().argsort()[-5:].sort().values)
+        assert torch.equal(
+            part_scores[n].flatten().argsort()[-5:].sort().values,
+            whole_scores[n].flatten().argsort()[-5:].sort().values,
+        )
 
 
 def test_micro_batched_per_batch_reading_and_empirical():

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from fisher_helpers import image_batches, tiny_dinov2
 from torch import nn
 
 from fishertune.fisher import DSUHooks, EstimationConfig, estimate_scores, find_blocks
-
-from fisher_helpers import image_batches, tiny_dinov2
 
 
 class Echo(nn.Module):
@@ -67,8 +66,18 @@ def test_find_blocks_counts_registers():
 def test_eomt_query_tokens_are_prefix_in_its_last_blocks():
     import transformers as T
 
-    cfg = T.EomtConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, image_size=32,
-                       patch_size=8, num_queries=5, num_blocks=1, num_register_tokens=2, num_labels=3)
+    cfg = T.EomtConfig(
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+        num_queries=5,
+        num_blocks=1,
+        num_register_tokens=2,
+        num_labels=3,
+    )
     model = T.EomtForUniversalSegmentation(cfg).eval()
     blocks, prefix = find_blocks(model)
     assert len(blocks) == 3 and prefix == [3, 3, 8]

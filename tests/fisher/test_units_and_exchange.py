@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from fisher_helpers import PixelClassifier, image_batches, tiny_dinov2
 
 from fishertune.fisher import (
     EstimationConfig,
@@ -25,8 +26,6 @@ from fishertune.fisher import (
 )
 from fishertune.fisher.criteria import exchange_rate, quantile_value, shift_weight
 from fishertune.fisher.passes import EstimationStats, PerBatchDelta, ShiftWeight
-
-from fisher_helpers import PixelClassifier, image_batches, tiny_dinov2
 
 # Two "layers" of hand-picked statistics: mean(F) = 2, so delta_eps = 0.05 gives eps = 0.1.
 F = {"a": torch.tensor([4.0, 3.0, 2.0, 1.0]), "b": torch.tensor([0.5, 1.5])}
@@ -70,11 +69,16 @@ def test_percentile_ranks_mid_rank_with_ties():
 
 def test_percentile_ranks_match_brute_force_on_2d_tensors_with_ties():
     g = torch.Generator().manual_seed(0)
-    scores = {"w": torch.randint(0, 7, (5, 9), generator=g).float(), "v": torch.randint(0, 7, (13,), generator=g).float()}
+    scores = {
+        "w": torch.randint(0, 7, (5, 9), generator=g).float(),
+        "v": torch.randint(0, 7, (13,), generator=g).float(),
+    }
     every = torch.cat([t.reshape(-1) for t in scores.values()])
     got = percentile_ranks(scores)
     for name, t in scores.items():
-        ref = ((every[None] < t.reshape(-1, 1)).sum(1) + (every[None] <= t.reshape(-1, 1)).sum(1)) / (2.0 * every.numel())
+        ref = ((every[None] < t.reshape(-1, 1)).sum(1) + (every[None] <= t.reshape(-1, 1)).sum(1)) / (
+            2.0 * every.numel()
+        )
         torch.testing.assert_close(got[name], ref.float().reshape(t.shape))
 
 
@@ -104,8 +108,9 @@ def test_eq15_printed_form_from_precisions():
     prec = {n: F[n] / gamma + 1.0 for n in F}
     prec_s = {n: F_SHIFT[n] / gamma + 1.0 for n in F}
     fisher = {n: fisher_from_precision(prec[n], gamma, 1.0) for n in F}
-    stats = EstimationStats(fisher, None, weight=W, floor=gamma, gamma=gamma,
-                            extra={"precision": prec, "precision_shift": prec_s})
+    stats = EstimationStats(
+        fisher, None, weight=W, floor=gamma, gamma=gamma, extra={"precision": prec, "precision_shift": prec_s}
+    )
     ratio = {"a": torch.tensor([0.0, 7.5 / 9.0, 10.0 / 11.5, 5.0 / 6.5]), "b": torch.tensor([5.0 / 4.0, 0.0])}
     _close(scores_from_stats(stats, _cfg(criterion="delta_fim", estimator="variational")), ratio, rtol=1e-5, atol=1e-6)
     printed = scores_from_stats(stats, _cfg(estimator="variational", exchange="gamma"))
@@ -170,11 +175,16 @@ def test_pixel_fisher_is_the_closed_form_one_pixel_fisher_at_any_crop_size(size)
     x, y = _iid_pixel_images(size, 3000, seed=size, features=features)
     batches = [{"pixel_values": x[i : i + 250], "labels": y[i : i + 250]} for i in range(0, len(x), 250)]
     weights = {"proj": model.proj.weight}
-    got = estimate_scores(model, batches, weights, EstimationConfig(criterion="fim", estimator="diagonal",
-                                                                    num_batches=len(batches)))["proj"]
+    got = estimate_scores(
+        model, batches, weights, EstimationConfig(criterion="fim", estimator="diagonal", num_batches=len(batches))
+    )["proj"]
     torch.testing.assert_close(got, exact, rtol=0.1, atol=0.0)
-    per_sample = estimate_scores(model, batches, weights, EstimationConfig(
-        criterion="fim", estimator="diagonal", num_batches=len(batches), fisher_unit="sample"))["proj"]
+    per_sample = estimate_scores(
+        model,
+        batches,
+        weights,
+        EstimationConfig(criterion="fim", estimator="diagonal", num_batches=len(batches), fisher_unit="sample"),
+    )["proj"]
     torch.testing.assert_close(per_sample * size * size, exact, rtol=0.1, atol=0.0)
 
 
@@ -194,8 +204,9 @@ def test_gamma_from_the_first_batch():
 def test_default_drf_mask_overlaps_neither_term_fully():
     """Through the public API: the default DR-FIM's top 5% is neither F's nor dF's (Jaccard <= 0.8 each)."""
     model = tiny_dinov2(layers=2)
-    weights = {n: m.weight for n, m in model.named_modules()
-               if n.endswith(("q_proj", "k_proj", "v_proj", "fc1", "fc2"))}
+    weights = {
+        n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj", "fc1", "fc2"))
+    }
     data = image_batches(6, b=8)
     masks = {}
     for crit in ("fim", "delta_fim", "dr_fim"):
@@ -215,8 +226,9 @@ def test_default_drf_mask_overlaps_neither_term_fully():
 
 
 def test_statistics_round_trip_scores_every_exchange(tmp_path):
-    stats = EstimationStats(F, F_SHIFT, weight=W, floor=0.0, weighted_delta={n: 2 * d.double() for n, d in DF.items()},
-                            num_weighted=2)
+    stats = EstimationStats(
+        F, F_SHIFT, weight=W, floor=0.0, weighted_delta={n: 2 * d.double() for n, d in DF.items()}, num_weighted=2
+    )
     path = save_statistics(stats, tmp_path / "stats.safetensors")
     back = load_statistics(path)
     for exchange in ("rank", "quantile", "sum"):
@@ -233,7 +245,12 @@ def test_statistics_round_trip_scores_every_exchange(tmp_path):
 def test_config_defaults_and_refusals():
     cfg = EstimationConfig()
     assert (cfg.dsu_p, cfg.exchange, cfg.fisher_unit, cfg.gamma, cfg.shift_weight_reading) == (
-        0.5, "rank", "pixel", None, "mean")
+        0.5,
+        "rank",
+        "pixel",
+        None,
+        "mean",
+    )
     with pytest.raises(ValueError, match="estimator='variational'"):
         EstimationConfig(estimator="diagonal", exchange="gamma")
     with pytest.raises(ValueError, match="per_batch"):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from fisher_helpers import SoftmaxRegression
 
 from fishertune.fisher import EstimationConfig, estimate_scores, fisher_from_precision, kl_divergence
 from fishertune.fisher.variational import (
@@ -13,8 +14,6 @@ from fishertune.fisher.variational import (
     reparam_data_grad,
     variational_delta,
 )
-
-from fisher_helpers import SoftmaxRegression
 
 H = torch.tensor([0.0, 1e-9, 1e-8, 1e-6, 1e-4, 1e-2])  # spans the floor gamma/tau^2 = 1e-9 used below
 
@@ -69,9 +68,12 @@ def test_variational_end_to_end_recovers_eq9_on_fixed_data(softmax_data):
     x, y = softmax_data
     model = SoftmaxRegression()
     data = [{"pixel_values": x, "labels": y}] * 40
-    got = estimate_scores(model, data, {"fc": model.fc.weight},
-                          EstimationConfig(criterion="fim", estimator="variational", gamma=1e-9, tau=1e-2,
-                                           fisher_type="empirical"))["fc"]
+    got = estimate_scores(
+        model,
+        data,
+        {"fc": model.fc.weight},
+        EstimationConfig(criterion="fim", estimator="variational", gamma=1e-9, tau=1e-2, fisher_type="empirical"),
+    )["fc"]
     with torch.no_grad():
         p = torch.softmax(model(x), -1)
     # Per-sample squares of the ground-truth gradient (what the "expected" mode averages) on fixed data:

@@ -7,13 +7,12 @@ cross-curvature between entries that makes the sampled gradient noisy at scale.
 
 import pytest
 import torch
+from fisher_helpers import SoftmaxRegression
 
 from fishertune.fisher import EstimationConfig
 from fishertune.fisher.likelihood import default_log_prob_fn
 from fishertune.fisher.passes import _antithetic_grad_diff
 from fishertune.fisher.variational import PrecisionFit, expected_data_grad, reparam_data_grad
-
-from fisher_helpers import SoftmaxRegression
 
 
 def _problem(softmax_data):
@@ -21,7 +20,8 @@ def _problem(softmax_data):
     model = SoftmaxRegression()
     w = model.fc.weight.detach().double()
     hessian = torch.autograd.functional.hessian(  # in float64: the reference carries no rounding of its own
-        lambda v: torch.nn.functional.cross_entropy(x.double() @ v.T, y), w).reshape(w.numel(), w.numel())
+        lambda v: torch.nn.functional.cross_entropy(x.double() @ v.T, y), w
+    ).reshape(w.numel(), w.numel())
     return model, x, y, hessian
 
 
@@ -32,14 +32,24 @@ def test_sampled_gradient_through_the_model_is_the_curvature_times_the_draw(soft
     sqrt(s) = 6.7e-3 the differences are ~1e-3 (atol 1e-7 is 1e-4 of them), and the cubic term of the
     expansion is ~(x . delta)^2 ~ 4e-4 relative (rtol 2e-3). A factor off by 1% fails."""
     model, x, y, hessian = _problem(softmax_data)
-    cfg = EstimationConfig(criterion="fim", estimator="variational", variational_gradient="reparam", gamma=1e-8,
-                           tau=1e-2)
+    cfg = EstimationConfig(
+        criterion="fim", estimator="variational", variational_gradient="reparam", gamma=1e-8, tau=1e-2
+    )
     log_var = torch.full((4, 3), -10.0)  # sqrt(s) = 6.7e-3: well inside the quadratic regime of the logits
     xi = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     delta = (0.5 * log_var).exp() * xi
     gens = {"labels": torch.Generator().manual_seed(1)}
-    diff, count = _antithetic_grad_diff(model, {"pixel_values": x, "labels": y}, {"fc": model.fc.weight},
-                                        {"fc": "fc.weight"}, {"fc": delta}, cfg, default_log_prob_fn, gens, 1.0)
+    diff, count = _antithetic_grad_diff(
+        model,
+        {"pixel_values": x, "labels": y},
+        {"fc": model.fc.weight},
+        {"fc": "fc.weight"},
+        {"fc": delta},
+        cfg,
+        default_log_prob_fn,
+        gens,
+        1.0,
+    )
     assert count == 64
     h_delta = (hessian @ delta.double().reshape(-1)).reshape(4, 3)
     torch.testing.assert_close(diff["fc"].double() / count, 2 * h_delta, rtol=2e-3, atol=1e-7)
@@ -65,8 +75,13 @@ def test_sgvb_fit_reaches_the_closed_form_optimum_of_eq14(softmax_data):
     for _ in range(steps):
         xi = torch.randn(fits, 4, 3, generator=gen)
         delta = fit.offsets({"w": xi})["w"]
-        fit.update({"w": reparam_data_grad(fit.log_var["w"], xi, 2 * (delta.reshape(fits, 12) @ hessian32).reshape(
-            fits, 4, 3))})
+        fit.update(
+            {
+                "w": reparam_data_grad(
+                    fit.log_var["w"], xi, 2 * (delta.reshape(fits, 12) @ hessian32).reshape(fits, 4, 3)
+                )
+            }
+        )
     closed = hessian.diagonal().reshape(4, 3).float() / gamma + tau**-2
     rel = fit.precision()["w"] / closed - 1
     assert abs(float(rel.mean())) < 0.012, float(rel.mean())
@@ -80,10 +95,12 @@ def test_prior_floor_sets_gamma_from_the_first_batch(floor, softmax_data):
 
     x, y = softmax_data
     model = SoftmaxRegression()
-    cfg = EstimationConfig(criterion="fim", estimator="variational", num_batches=2, prior_floor=floor,
-                           fisher_type="empirical")
-    stats = estimate_statistics(model, [{"pixel_values": x, "labels": y}] * 2, {"fc": model.fc.weight}, cfg,
-                                disable_tqdm=True)
+    cfg = EstimationConfig(
+        criterion="fim", estimator="variational", num_batches=2, prior_floor=floor, fisher_type="empirical"
+    )
+    stats = estimate_statistics(
+        model, [{"pixel_values": x, "labels": y}] * 2, {"fc": model.fc.weight}, cfg, disable_tqdm=True
+    )
     with torch.no_grad():
         p = torch.softmax(model(x), -1)
     f = (((p - torch.nn.functional.one_hot(y, 4))[:, :, None] * x[:, None, :]) ** 2).mean(0)  # Eq. 9, empirical

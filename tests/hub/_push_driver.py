@@ -69,8 +69,18 @@ def make_run_folder(peft_model, run_dir: str) -> None:
 
 
 #: What a user's folder may hold besides the run: never uploaded, whatever `files=` says.
-SECRETS = (".env", ".netrc", ".ssh/id_rsa", ".ssh/config", "server.pem", "deploy.key", "id_ed25519",
-           ".git/config", "sub/.hidden/notes.txt", "base_model/.env")
+SECRETS = (
+    ".env",
+    ".netrc",
+    ".ssh/id_rsa",
+    ".ssh/config",
+    "server.pem",
+    "deploy.key",
+    "id_ed25519",
+    ".git/config",
+    "sub/.hidden/notes.txt",
+    "base_model/.env",
+)
 
 
 def plant_secrets(folder: str) -> None:
@@ -117,8 +127,14 @@ def main(work: str) -> dict:
     result["run_dir"] = run_dir
 
     # files= lists what goes up (a run manifest's files): secrets in it are still left out
-    listed = ["adapter_config.json", "adapter_model.safetensors", "README.md", "base_model/config.json",
-              "base_model/model.safetensors", *SECRETS]
+    listed = [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+        "base_model/config.json",
+        "base_model/model.safetensors",
+        *SECRETS,
+    ]
     result["url_d"] = str(push_output_folder(run_dir, REPO_D, token=TOKEN, files=listed))
     for bad in ("../outside.txt", "missing.json"):
         try:
@@ -136,8 +152,9 @@ def main(work: str) -> dict:
     result["url_e"] = str(push_output_folder(whole, REPO_E, token=TOKEN))
 
     # allow_patterns restricts the upload; a pattern matching nothing is an error before any request
-    result["url_c"] = str(push_output_folder(run_dir, REPO_C, token=TOKEN,
-                                         allow_patterns=["adapter_*", "README.md", "base_model/*"]))
+    result["url_c"] = str(
+        push_output_folder(run_dir, REPO_C, token=TOKEN, allow_patterns=["adapter_*", "README.md", "base_model/*"])
+    )
     try:
         push_output_folder(run_dir, "fishertune-test/never", token=TOKEN, allow_patterns=["*.nothing"])
         errors["no_match"] = None

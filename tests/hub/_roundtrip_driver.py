@@ -54,9 +54,8 @@ def library(work: str, repo: str, token: str, strategy: str) -> dict:
     import torch
 
     sys.path.insert(0, TESTS)
-    from training._tiny import SIZE, ensure_fisher, make_trainer
-
     from fishertune.models import processor_for
+    from training._tiny import SIZE, ensure_fisher, make_trainer
 
     ensure_fisher()
     out = os.path.join(work, "lib")
@@ -125,18 +124,21 @@ def load(work: str, repo: str, how: str) -> dict:
     x = torch.load(os.path.join(work, "local.pt"))["x"]
     result: dict = {}
     if how == "auto_peft":
-        import fishertune  # noqa: F401
         from peft import AutoPeftModel
+
+        import fishertune  # noqa: F401
 
         model = AutoPeftModel.from_pretrained(repo)
     elif how == "auto_model":
-        import fishertune  # noqa: F401
         from transformers import AutoModelForSemanticSegmentation
+
+        import fishertune  # noqa: F401
 
         model = AutoModelForSemanticSegmentation.from_pretrained(repo)
     elif how == "pipeline":
-        import fishertune  # noqa: F401
         from transformers import pipeline
+
+        import fishertune  # noqa: F401
 
         segment = pipeline("image-segmentation", model=repo)
         image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
@@ -163,8 +165,9 @@ if __name__ == "__main__":
     mode, work, *rest = sys.argv[1:]
     name = rest[1] if mode == "load" else mode
     try:
-        res = {"recipe": recipe, "library": library, "load": load, "strategies": strategies,
-               "backbone": backbone}[mode](work, *rest)
+        res = {"recipe": recipe, "library": library, "load": load, "strategies": strategies, "backbone": backbone}[
+            mode
+        ](work, *rest)
     except BaseException:
         res = {"traceback": traceback.format_exc()}
     with open(os.path.join(work, f"{name}.json"), "w") as f:

@@ -31,6 +31,7 @@ def test_from_pretrained_builds_the_config_with_the_named_backbone(tmp_path, bac
     torch.manual_seed(1)  # another random decoder: only the backbone comes from the named weights
     loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "base")
     assert type(loaded) is type(built) and not loaded.training
+
     def fields(config):
         return {k: v for k, v in config.to_diff_dict().items() if k != "_name_or_path"}
 

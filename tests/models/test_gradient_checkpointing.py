@@ -28,8 +28,14 @@ def _model(head: str, method: str):
         model = PyramidMask2Former.from_backbone(config, num_labels=3, **TINY_M2F)
     torch.manual_seed(1)
     if method == "fishertune":
-        model = peft.get_peft_model(model, FisherTuneConfig(target_modules=["q_proj", "v_proj", "fc1"], delta_max=0.2,
-                                                            modules_to_save=["decode_head"] if head == "light" else None))
+        model = peft.get_peft_model(
+            model,
+            FisherTuneConfig(
+                target_modules=["q_proj", "v_proj", "fc1"],
+                delta_max=0.2,
+                modules_to_save=["decode_head"] if head == "light" else None,
+            ),
+        )
         g = torch.Generator().manual_seed(2)  # the same selection and delta values in both models
         weights = model.base_model.fishertune_target_weights()
         model.base_model.select({n: torch.rand(w.shape, generator=g) for n, w in weights.items()}, init_weights=False)
@@ -38,12 +44,16 @@ def _model(head: str, method: str):
                 if "fishertune_values" in name:
                     p.normal_(0, 0.01, generator=g)
     elif method == "lora":
-        model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        model = peft.get_peft_model(
+            model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
     elif method == "vqt":
         from fishertune.baselines import VQTConfig, apply_vqt
 
         model = apply_vqt(model, VQTConfig(num_queries=2))
-        link = model.decode_head.vqt_classifier.classifier if head == "light" else model.transformer_module.vqt_query_link
+        link = (
+            model.decode_head.vqt_classifier.classifier if head == "light" else model.transformer_module.vqt_query_link
+        )
         with torch.no_grad():  # trained-looking instead of zero, so the queries get a gradient
             (link.weight if head == "light" else link.mix).normal_(0, 0.5)
     return model.train()
@@ -62,7 +72,9 @@ def test_checkpointed_gradients_equal_the_plain_ones(head, method, images):
     plain = _model(head, method)
     ckpt = _model(head, method)
     ckpt.activation_checkpointing_enable()
-    blocks = [m for m in ckpt.modules() if type(m).__name__.endswith("Layer") and getattr(m, "gradient_checkpointing", False)]
+    blocks = [
+        m for m in ckpt.modules() if type(m).__name__.endswith("Layer") and getattr(m, "gradient_checkpointing", False)
+    ]
     assert len(blocks) >= 4, "the backbone blocks are not checkpointed"
     if head == "mask2former":  # Mask2Former's point sampling draws random points: the same draws on both sides
         torch.manual_seed(5)

@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 from transformers import Mask2FormerImageProcessor
 
 from fishertune.backbones import backbone_blocks

@@ -78,9 +78,10 @@ def test_from_backbone_loads_real_weights():
     reference = ViTModel.from_pretrained(VIT_TINY, add_pooling_layer=False).eval()
     model = build_model("light", VIT_TINY, num_labels=19).eval()
     assert model.config.taps == [3, 6, 9, 12] and model.config.backbone_config.hidden_size == 192
-    assert "id2label" not in model.config.to_dict()["backbone_config"] or len(
-        model.config.to_dict()["backbone_config"]["id2label"]
-    ) < 1000
+    assert (
+        "id2label" not in model.config.to_dict()["backbone_config"]
+        or len(model.config.to_dict()["backbone_config"]["id2label"]) < 1000
+    )
     for (n, p), (m, q) in zip(model.backbone.state_dict().items(), reference.state_dict().items()):
         assert n == m and torch.equal(p, q), n
     x = torch.randn(1, 3, 64, 96)  # non-square, not the 224 of pretraining

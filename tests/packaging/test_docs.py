@@ -28,8 +28,15 @@ def test_readme_is_a_short_guide_that_starts_with_the_two_commands():
     assert len(lines) <= 250
     top = "\n".join(lines[:15])
     assert "    make demo " in top and "    make test " in top
-    for section in ("## Install", "## Use it as a PEFT method", "## Train with Algorithm 1", "## Recipes",
-                    "## Multi-GPU with accelerate", "## Load and predict", "## Results"):
+    for section in (
+        "## Install",
+        "## Use it as a PEFT method",
+        "## Train with Algorithm 1",
+        "## Recipes",
+        "## Multi-GPU with accelerate",
+        "## Load and predict",
+        "## Results",
+    ):
         assert section in lines, section
     assert "benchmarks/README.md" in "\n".join(lines)
 

@@ -54,8 +54,9 @@ def _copy_build_inputs(dest: Path) -> Path:
     for name in BUILD_INPUTS:
         path = REPO / name
         if path.is_dir():
-            shutil.copytree(path, src / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+            shutil.copytree(
+                path, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+            )
         else:
             shutil.copy2(path, src / name)
     return src
@@ -73,8 +74,22 @@ def built(tmp_path_factory):
     work = tmp_path_factory.mktemp("build")
     src = _copy_build_inputs(work)
     dist = work / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", str(dist), str(src)], cwd=work)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        cwd=work,
+    )
     _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})"], cwd=src)
     (wheel,) = dist.glob("fishertune-*.whl")
     (sdist,) = dist.glob("fishertune-*.tar.gz")
@@ -100,8 +115,10 @@ def test_installed_wheel_runs_a_job_outside_the_checkout(built, tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-          str(wheel)], cwd=tmp_path)
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        cwd=tmp_path,
+    )
     site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path)
     # The running venv's packages (torch, transformers, ...) as a plain directory: its own .pth files are not read.
     Path(site.stdout.strip(), "zz_running_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")

@@ -138,7 +138,9 @@ def fetch(version: str | None = None, sdist: str | os.PathLike | None = None, fo
     sdist = sdist or os.environ.get(SDIST_ENV) or None
     if not force and _is_current(TARGET, version):
         return TARGET
-    lock = Path(tempfile.gettempdir()) / f"fishertune-peft-tests-{hashlib.sha1(str(HERE).encode()).hexdigest()[:12]}.lock"
+    lock = (
+        Path(tempfile.gettempdir()) / f"fishertune-peft-tests-{hashlib.sha1(str(HERE).encode()).hexdigest()[:12]}.lock"
+    )
     with _lock(lock):
         if not force and _is_current(TARGET, version):  # another process fetched meanwhile
             return TARGET

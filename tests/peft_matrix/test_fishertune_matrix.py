@@ -240,21 +240,29 @@ _PER_METHOD_LISTS = {
     "test_multiple_adapters_mixed_modules_to_save_order_switched": {"config_cls": FISHERTUNE_CONFIG_CLASSES},
     "test_mixed_adapter_batches_different_target_layers": {
         "test_name, config0, config1": [
-            ("FisherTune, different layers", FisherTuneConfig(target_modules=["lin0"], **_RANDOM_DELTAS),
-             FisherTuneConfig(target_modules=["lin1"], **_RANDOM_DELTAS)),
+            (
+                "FisherTune, different layers",
+                FisherTuneConfig(target_modules=["lin0"], **_RANDOM_DELTAS),
+                FisherTuneConfig(target_modules=["lin1"], **_RANDOM_DELTAS),
+            ),
         ]
     },
     "test_mixed_adapter_batches_partly_overlapping_target_layers": {
         "test_name, config0, config1": [
-            ("FisherTune, overlapping layers", FisherTuneConfig(target_modules=["lin0"], **_RANDOM_DELTAS),
-             FisherTuneConfig(target_modules=["lin0", "lin1"], **_RANDOM_DELTAS)),
+            (
+                "FisherTune, overlapping layers",
+                FisherTuneConfig(target_modules=["lin0"], **_RANDOM_DELTAS),
+                FisherTuneConfig(target_modules=["lin0", "lin1"], **_RANDOM_DELTAS),
+            ),
         ]
     },
     "test_mixed_adapter_batches_multiple_modules_to_save": {
         "test_name, config0, config1": [
-            ("FisherTune, modules_to_save",
-             FisherTuneConfig(target_modules=["lin0"], modules_to_save=["lin1"], **_RANDOM_DELTAS),
-             FisherTuneConfig(target_modules=["lin0"], modules_to_save=["lin1"], **_RANDOM_DELTAS)),
+            (
+                "FisherTune, modules_to_save",
+                FisherTuneConfig(target_modules=["lin0"], modules_to_save=["lin1"], **_RANDOM_DELTAS),
+                FisherTuneConfig(target_modules=["lin0"], modules_to_save=["lin1"], **_RANDOM_DELTAS),
+            ),
         ]
     },
     "test_adapter_name_makes_no_difference": {
@@ -275,7 +283,9 @@ NOT_APPLICABLE: dict[str, str] = {
 }
 
 
-_used: set[str] = set()  # which swaps and skips took effect (checked below, so that a new peft cannot shrink the matrix)
+_used: set[str] = (
+    set()
+)  # which swaps and skips took effect (checked below, so that a new peft cannot shrink the matrix)
 
 
 def _retarget(base: type, name: str) -> type:

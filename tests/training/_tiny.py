@@ -18,8 +18,13 @@ SIZE = 16
 def tiny_model(seed: int = 0, num_layers: int = 2) -> LightSegmenter:
     torch.manual_seed(seed)
     cfg = T.Dinov2Config(
-        hidden_size=16, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=32,
-        image_size=SIZE, patch_size=4, layerscale_value=1.0,
+        hidden_size=16,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=SIZE,
+        patch_size=4,
+        layerscale_value=1.0,
     )
     return LightSegmenter.from_backbone(cfg, num_labels=NUM_LABELS)
 
@@ -104,10 +109,24 @@ def make_trainer(output_dir, model=None, dataset=None, callbacks=None, **overrid
     from fishertune.training import FisherTuneTrainer, FisherTuneTrainingArguments
 
     kwargs = dict(
-        output_dir=str(output_dir), max_steps=8, warmup_phase_steps=3, estimation_batches=2,
-        per_device_train_batch_size=4, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        delta_min=0.02, delta_max=0.1, criterion="fim", estimator="diagonal", fisher_type="empirical",
-        learning_rate=1e-2, disable_tqdm=True, seed=0, train_sampling_strategy="sequential",
+        output_dir=str(output_dir),
+        max_steps=8,
+        warmup_phase_steps=3,
+        estimation_batches=2,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        delta_min=0.02,
+        delta_max=0.1,
+        criterion="fim",
+        estimator="diagonal",
+        fisher_type="empirical",
+        learning_rate=1e-2,
+        disable_tqdm=True,
+        seed=0,
+        train_sampling_strategy="sequential",
     )
     kwargs.update(overrides)
     args = FisherTuneTrainingArguments(**kwargs)

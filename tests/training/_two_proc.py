@@ -37,7 +37,10 @@ def run(out: str, per_device_batch: int, save_at: int | None = None, resume: str
     # by design; without it the 2 x 2 and 1 x 4 runs must agree exactly.
     model.decode_head.batch_norm = nn.Identity()
     trainer = make_trainer(
-        out, model=model, per_device_train_batch_size=per_device_batch, criterion="fim" if real else "random",
+        out,
+        model=model,
+        per_device_train_batch_size=per_device_batch,
+        criterion="fim" if real else "random",
         estimation_batches=2,  # per process: 2 x 4 samples on one process, 2 x 2 on each of two
         callbacks=[counter := CountSteps(), *([SaveAt(save_at)] if save_at else [])],
     )
@@ -45,8 +48,15 @@ def run(out: str, per_device_batch: int, save_at: int | None = None, resume: str
     rank = trainer.args.process_index
     torch.save(model_state(trainer.model), os.path.join(out, f"state_rank{rank}.pt"))
     with open(os.path.join(out, f"log_rank{rank}.json"), "w") as f:
-        json.dump({"history": trainer.state.log_history, "world_size": trainer.args.world_size, "real": real,
-                   "steps_run": counter.steps_run}, f)
+        json.dump(
+            {
+                "history": trainer.state.log_history,
+                "world_size": trainer.args.world_size,
+                "real": real,
+                "steps_run": counter.steps_run,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ def test_every_added_field_is_documented(tmp_path):
             continue
         assert f.metadata.get("help"), f"{f.name} has no help"
         # the configs' options are generated from the configs and documented once, in their Args
-        where = {**dict.fromkeys(ESTIMATION_FIELDS, EstimationConfig.__doc__),
-                 **dict.fromkeys(TUNER_FIELDS, FisherTuneConfig.__doc__)}.get(f.name, doc)
+        where = {
+            **dict.fromkeys(ESTIMATION_FIELDS, EstimationConfig.__doc__),
+            **dict.fromkeys(TUNER_FIELDS, FisherTuneConfig.__doc__),
+        }.get(f.name, doc)
         assert f"        {f.name} (" in where or f.name in doc, f"{f.name} is not in the Args docstring"
 
 
@@ -35,8 +37,9 @@ def test_note_lists_every_changed_default(tmp_path):
     note = FisherTuneTrainingArguments.__doc__.split("NOTE:")[1].split("Args:")[0]
     changed = [f.name for f in fields(TrainingArguments) if getattr(ours, f.name) != getattr(theirs, f.name)]
     changed = [n for n in changed if n not in ("output_dir", "logging_dir")]
-    assert sorted(changed) == sorted(["learning_rate", "weight_decay", "lr_scheduler_type", "lr_scheduler_kwargs",
-                                      "remove_unused_columns"])
+    assert sorted(changed) == sorted(
+        ["learning_rate", "weight_decay", "lr_scheduler_type", "lr_scheduler_kwargs", "remove_unused_columns"]
+    )
     for name in changed:
         assert name in note
     assert ours.learning_rate == 1e-4 and ours.weight_decay == 0.05
@@ -92,5 +95,3 @@ def test_method_is_separate_from_the_criterion(tmp_path):
     assert "criterion" not in args.fishertune_options() and args.fishertune_options()["method"] == "lora"
     sparse = _args(tmp_path, criterion="fim")
     assert (sparse.method, sparse.fishertune_options()["criterion"]) == ("sparse", "fim")
-
-

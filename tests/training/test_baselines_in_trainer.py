@@ -104,10 +104,10 @@ def test_preinstalled_method_is_kept_and_mismatch_fails(tmp_path):
 
 
 def test_rejects_peft_model(tmp_path):
-    from fishertune.training import FisherTuneTrainingArguments
-    from fishertune.training import prepare_model
-    from fishertune.tuner import target_regex
     from peft import LoraConfig, get_peft_model
+
+    from fishertune.training import FisherTuneTrainingArguments, prepare_model
+    from fishertune.tuner import target_regex
 
     model = tiny_model()
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=target_regex(model)))
@@ -131,4 +131,5 @@ def test_baseline_params_in_the_head_get_the_backbone_group():
     assert link == {id(p) for g in groups if g["group_name"].startswith("backbone") for p in g["params"]}
     assert by_name["backbone"]["lr"] == by_name["backbone_no_decay"]["lr"] == 1e-4
     assert {id(p) for p in model.head.classifier.parameters()} == {
-        id(p) for g in groups if g["group_name"].startswith("decoder") for p in g["params"]}
+        id(p) for g in groups if g["group_name"].startswith("decoder") for p in g["params"]
+    }

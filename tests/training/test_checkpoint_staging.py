@@ -22,13 +22,16 @@ def test_best_model_checkpoint_names_final_folders(tmp_path):
     args = make_trainer(tmp_path, **SAVE).args
     args.eval_strategy, args.eval_steps, args.metric_for_best_model = "steps", 2, "loss"
     args.load_best_model_at_end, args.save_total_limit, args.greater_is_better = True, 1, False
-    trainer = FisherTuneTrainer(model=tiny_model(), args=args, train_dataset=TinySegDataset(),
-                                eval_dataset=TinySegDataset(4, seed=1))
+    trainer = FisherTuneTrainer(
+        model=tiny_model(), args=args, train_dataset=TinySegDataset(), eval_dataset=TinySegDataset(4, seed=1)
+    )
     trainer.train()
     best = trainer.state.best_model_checkpoint
     assert best is not None and os.path.dirname(best) == str(tmp_path) and os.path.isdir(best)
-    recorded = [json.load(open(os.path.join(c, "trainer_state.json")))["best_model_checkpoint"]
-                for c in sorted(tmp_path.glob("checkpoint-*"))]
+    recorded = [
+        json.load(open(os.path.join(c, "trainer_state.json")))["best_model_checkpoint"]
+        for c in sorted(tmp_path.glob("checkpoint-*"))
+    ]
     assert recorded and all(os.path.dirname(r) == str(tmp_path) for r in recorded), recorded
     assert not list(tmp_path.glob(TMP_PREFIX + "*"))
 
@@ -76,10 +79,12 @@ def test_checkpoint_push_sees_the_final_complete_folder(tmp_path, monkeypatch):
     from fishertune.training.checkpoints import missing_parts
 
     pushed = []
-    monkeypatch.setattr(Trainer, "init_hf_repo",
-                        lambda self, token=None: setattr(self, "hub_model_id", self.args.hub_model_id))
-    monkeypatch.setattr(fishertune.hub, "push_checkpoint",
-                        lambda folder, *a, **k: pushed.append((folder, missing_parts(folder))))
+    monkeypatch.setattr(
+        Trainer, "init_hf_repo", lambda self, token=None: setattr(self, "hub_model_id", self.args.hub_model_id)
+    )
+    monkeypatch.setattr(
+        fishertune.hub, "push_checkpoint", lambda folder, *a, **k: pushed.append((folder, missing_parts(folder)))
+    )
     trainer = make_trainer(tmp_path, max_steps=4, push_to_hub=True, hub_model_id="user/r", **SAVE)
     monkeypatch.setattr(trainer, "push_to_hub", lambda *a, **k: None)
     trainer.train()

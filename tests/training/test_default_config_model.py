@@ -23,11 +23,15 @@ class Snap(TrainerCallback):
 
 
 def test_default_config_model_warms_up_frozen_and_is_reselected_from_the_scores(tmp_path):
-    model = get_peft_model(tiny_model(), fishertune.FisherTuneConfig(delta_max=0.1, delta_min=0.02,
-                                                                     modules_to_save=["decode_head"]))
+    model = get_peft_model(
+        tiny_model(), fishertune.FisherTuneConfig(delta_max=0.1, delta_min=0.02, modules_to_save=["decode_head"])
+    )
     start = model_state(model)
-    magnitude = {n: m.fishertune_indices["default"].clone() for n, m in model.named_modules()
-                 if isinstance(m, FisherTuneLayer) and "default" in m.fishertune_indices}
+    magnitude = {
+        n: m.fishertune_indices["default"].clone()
+        for n, m in model.named_modules()
+        if isinstance(m, FisherTuneLayer) and "default" in m.fishertune_indices
+    }
     assert magnitude  # the default config allocated at injection
     snap = Snap()
     trainer = make_trainer(tmp_path, model=model, callbacks=[snap], delta_min=None, delta_max=None)
@@ -41,13 +45,21 @@ def test_default_config_model_warms_up_frozen_and_is_reselected_from_the_scores(
     scores = {k: v for k, v in trainer.scores.items()}
     shapes = {n: w.shape for n, w in trainer.model.fishertune_target_weights().items()}
     expected = global_topk(scores, 0.1, shapes=shapes)
-    layers = {n.removeprefix("base_model.model."): m for n, m in trainer.model.named_modules()
-              if isinstance(m, FisherTuneLayer)}
+    layers = {
+        n.removeprefix("base_model.model."): m
+        for n, m in trainer.model.named_modules()
+        if isinstance(m, FisherTuneLayer)
+    }
     for name, sel in expected.items():
-        got = layers[name].fishertune_indices["default"].long() if "default" in layers[name].fishertune_indices \
+        got = (
+            layers[name].fishertune_indices["default"].long()
+            if "default" in layers[name].fishertune_indices
             else torch.zeros(0, dtype=torch.long)
+        )
         assert torch.equal(got, sel.indices)
-    assert any(not torch.equal(magnitude.get("base_model.model." + n, torch.zeros(0)).long(), s.indices)
-               for n, s in expected.items())
+    assert any(
+        not torch.equal(magnitude.get("base_model.model." + n, torch.zeros(0)).long(), s.indices)
+        for n, s in expected.items()
+    )
     # phase 3 trains the selected deltas
     assert all(names and all("fishertune_values" in n for n in names) for step, names in snap.trainable if step > 3)

@@ -32,7 +32,8 @@ def test_backbone_parameters_leave_out_the_decoder_inside_the_backbone():
     names = [n for n, _ in backbone_parameters(model)]
     assert names and not any(_is_decoder(n) for n in names)
     assert {n for n, _ in model.backbone.named_parameters() if not n.startswith(DECODER)} == {
-        n.removeprefix("backbone.") for n in names}
+        n.removeprefix("backbone.") for n in names
+    }
 
 
 @pytest.mark.parametrize("method", ["sparse", "frozen"])
@@ -60,7 +61,7 @@ def _trained(base, name: str) -> torch.Tensor:
     for d in DECODER:
         prefix = f"backbone.{d}"
         if module_path.startswith(prefix):
-            wrapped = f"{prefix}.modules_to_save.default{module_path[len(prefix):]}.{leaf}"
+            wrapped = f"{prefix}.modules_to_save.default{module_path[len(prefix) :]}.{leaf}"
             params = dict(base.named_parameters())
             return params.get(wrapped, params.get(name))
     raise KeyError(name)

@@ -73,8 +73,11 @@ def test_every_estimation_option_from_cli_and_yaml_reaches_the_config(tmp_path, 
     for targs in (cli, from_yaml):
         assert getattr(_reached(targs), field.name) == value, field.name
         # every other field keeps EstimationConfig's default
-        rest = {f.name: getattr(_reached(targs), f.name) for f in dataclasses.fields(EstimationConfig)
-                if f.name not in (field.name, "num_batches", "seed")}
+        rest = {
+            f.name: getattr(_reached(targs), f.name)
+            for f in dataclasses.fields(EstimationConfig)
+            if f.name not in (field.name, "num_batches", "seed")
+        }
         assert rest == {k: getattr(EstimationConfig(), k) for k in rest}
 
 
@@ -82,8 +85,18 @@ def test_the_trainer_estimates_with_that_config(tmp_path, monkeypatch):
     """One run with several options from a YAML recipe: the config the estimator receives is the expected one."""
     import fishertune.fisher as fisher
 
-    options = dict(criterion="dr_fim", estimator="diagonal", fisher_type="true", fisher_unit="sample", dsu_p=0.25,
-                   dsu_blocks=[1], exchange="quantile", exchange_quantile=0.9, shift_weight="literal", seed=3)
+    options = dict(
+        criterion="dr_fim",
+        estimator="diagonal",
+        fisher_type="true",
+        fisher_unit="sample",
+        dsu_p=0.25,
+        dsu_blocks=[1],
+        exchange="quantile",
+        exchange_quantile=0.9,
+        shift_weight="literal",
+        seed=3,
+    )
     seen = []
     real = fisher.estimate_scores
 

@@ -13,8 +13,9 @@ from ._tiny import TinySegDataset, make_trainer, tiny_model
 
 @pytest.mark.parametrize("disable_tqdm", [False, True])
 def test_trainer_shows_the_estimation_bar_unless_disable_tqdm(tmp_path, capfd, disable_tqdm):
-    trainer = make_trainer(tmp_path, criterion="dr_fim", estimator="diagonal", fisher_type="true",
-                           disable_tqdm=disable_tqdm)
+    trainer = make_trainer(
+        tmp_path, criterion="dr_fim", estimator="diagonal", fisher_type="true", disable_tqdm=disable_tqdm
+    )
     trainer.train()
     err = capfd.readouterr().err
     if disable_tqdm:

@@ -74,8 +74,13 @@ def test_a_data_free_criterion_leaves_it_empty():
 
 @pytest.mark.parametrize("save_statistics", [False, True])
 def test_trainer_logs_the_estimation_seconds(tmp_path, save_statistics):
-    trainer = make_trainer(tmp_path, criterion="dr_fim", estimator="diagonal", fisher_type="true",
-                           save_estimation_statistics=save_statistics)
+    trainer = make_trainer(
+        tmp_path,
+        criterion="dr_fim",
+        estimator="diagonal",
+        fisher_type="true",
+        save_estimation_statistics=save_statistics,
+    )
     assert trainer.estimation_timing is None
     trainer.train()
     timing = trainer.estimation_timing

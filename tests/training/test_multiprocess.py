@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
+from _toolkit import launch
 from fishertune.training.state import STATE_NAME
 
-from _toolkit import launch
-
 from . import _two_proc
+
 
 def _launch_two(out, *extra: str) -> None:
     launch(_two_proc.__file__, out, "2", *extra, timeout=240)

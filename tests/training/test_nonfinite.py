@@ -59,8 +59,11 @@ def _finite(state):
 def test_nan_loss_in_phase_3_stops_before_anything_is_applied_or_saved(tmp_path):
     poison = Poison({5: "loss"})
     trainer = make_trainer(tmp_path, callbacks=[poison], save_strategy="steps", save_steps=1)
-    with pytest.raises(FloatingPointError, match=r"step 5 \(phase 3\): the loss is nan; first non-finite tensor: "
-                                                 r"gradient of base_model\.model\.backbone\..*fishertune_values"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"step 5 \(phase 3\): the loss is nan; first non-finite tensor: "
+        r"gradient of base_model\.model\.backbone\..*fishertune_values",
+    ):
         trainer.train()
     state = model_state(trainer.model)
     assert _finite(state)
@@ -111,7 +114,9 @@ def test_an_update_that_leaves_a_parameter_nonfinite_always_stops(tmp_path, poli
 
 
 def test_policy_validation():
-    with pytest.raises(ValueError, match="nonfinite_policy must be one of 'error', 'skip', got .*'skip' drops the step"):
+    with pytest.raises(
+        ValueError, match="nonfinite_policy must be one of 'error', 'skip', got .*'skip' drops the step"
+    ):
         FisherTuneTrainingArguments(output_dir="x", nonfinite_policy="ignore")
     with pytest.raises(ValueError, match="nonfinite_max_skips must be >= 0"):
         FisherTuneTrainingArguments(output_dir="x", nonfinite_max_skips=-1)

@@ -62,8 +62,9 @@ def test_inactive_tail_gets_no_decay_no_state_and_late_entries_start_fresh():
     torch.manual_seed(0)
     p = nn.Parameter(torch.zeros(10))
     active = {"n": 4}
-    opt = FisherTuneAdamW([{"params": [p], "sparse_prefix": True}], active_counts={p: lambda: active["n"]},
-                          lr=0.1, weight_decay=0.5)
+    opt = FisherTuneAdamW(
+        [{"params": [p], "sparse_prefix": True}], active_counts={p: lambda: active["n"]}, lr=0.1, weight_decay=0.5
+    )
     for _ in range(3):
         p.grad = torch.ones(10)  # even a (wrong) gradient on the tail must not move it
         opt.step()

@@ -29,15 +29,18 @@ def _layer(active: int = 4):
 def _optimizer(model, decay):
     groups = build_param_groups(model, set(), decoder_lr=LR, backbone_lr=LR, weight_decay=WD)
     counts, bases = sparse_prefix_hooks(model)
-    return FisherTuneAdamW(groups, active_counts=counts, lr=LR, weight_decay=WD, sparse_weight_decay=decay,
-                           base_values=bases)
+    return FisherTuneAdamW(
+        groups, active_counts=counts, lr=LR, weight_decay=WD, sparse_weight_decay=decay, base_values=bases
+    )
 
 
 def test_decay_alone_by_hand():
     """Zero gradient: Adam's step is 0, what moves is the decay. 3 of 4 entries active."""
-    for decay, expected in (("delta", [0.2 * 0.95, -0.1 * 0.95, 0.3 * 0.95, 0.4]),
-                            # delta - lr wd (W0 + delta), W0 at the ranked entries 3.0, -2.0, 1.0
-                            ("weight", [0.2 - 0.05 * 3.2, -0.1 - 0.05 * -2.1, 0.3 - 0.05 * 1.3, 0.4])):
+    for decay, expected in (
+        ("delta", [0.2 * 0.95, -0.1 * 0.95, 0.3 * 0.95, 0.4]),
+        # delta - lr wd (W0 + delta), W0 at the ranked entries 3.0, -2.0, 1.0
+        ("weight", [0.2 - 0.05 * 3.2, -0.1 - 0.05 * -2.1, 0.3 - 0.05 * 1.3, 0.4]),
+    ):
         model, layer, values = _layer(active=3)
         assert layer.fishertune_indices["default"].tolist() == [3, 1, 0, 2]
         values.grad = torch.zeros_like(values)
@@ -48,8 +51,9 @@ def test_decay_alone_by_hand():
 def test_weight_decay_on_the_weight_is_dense_adamw_on_the_active_entries():
     model, layer, values = _layer()
     grad = torch.tensor([0.3, -0.7, 0.05, 1.1])
-    dense = torch.nn.Parameter(W0 + torch.zeros(4).index_put((layer.fishertune_indices["default"],),
-                                                             values.detach()).reshape(2, 2))
+    dense = torch.nn.Parameter(
+        W0 + torch.zeros(4).index_put((layer.fishertune_indices["default"],), values.detach()).reshape(2, 2)
+    )
     reference = torch.optim.AdamW([dense], lr=LR, weight_decay=WD)
     opt = _optimizer(model, "weight")
     idx = layer.fishertune_indices["default"]

@@ -34,8 +34,9 @@ class Recorder(TrainerCallback):
         active = sum(m.fishertune_active.get("default", 0) for m in layers)
         grads_ok = all(
             m.fishertune_values["default"].grad is None
-            or torch.all(m.fishertune_values["default"].grad[m.fishertune_active["default"]:] == 0)
-            for m in layers if "default" in m.fishertune_values
+            or torch.all(m.fishertune_values["default"].grad[m.fishertune_active["default"] :] == 0)
+            for m in layers
+            if "default" in m.fishertune_values
         )
         self.steps.append((state.global_step, active, grads_ok))
         if self.trainer is not None:
@@ -88,16 +89,23 @@ def test_three_phases_end_to_end(tmp_path):
     opt = trainer.optimizer.optimizer
     names = [g["group_name"] for g in opt.param_groups]
     assert "backbone_sparse" in names and "decoder" in names and "backbone" not in names
-    sparse_state = sum(opt.state[p]["exp_avg"].numel() for g in opt.param_groups if g["sparse_prefix"]
-                       for p in g["params"])
+    sparse_state = sum(
+        opt.state[p]["exp_avg"].numel() for g in opt.param_groups if g["sparse_prefix"] for p in g["params"]
+    )
     assert sparse_state == allocated
     lrs = [h["learning_rate"] for h in logs]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
 
 
 def test_learning_rates_per_part(tmp_path):
-    trainer = make_trainer(tmp_path, backbone_learning_rate=1e-3, decoder_learning_rate=5e-2, max_steps=4,
-                           warmup_phase_steps=1, lr_scheduler_type="constant")
+    trainer = make_trainer(
+        tmp_path,
+        backbone_learning_rate=1e-3,
+        decoder_learning_rate=5e-2,
+        max_steps=4,
+        warmup_phase_steps=1,
+        lr_scheduler_type="constant",
+    )
     trainer.train()
     lrs = {g["group_name"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert lrs["backbone_sparse"] == 1e-3 and lrs["decoder"] == 5e-2 and lrs["decoder_no_decay"] == 5e-2
@@ -151,7 +159,9 @@ def test_lora_baseline_and_any_peft_model(tmp_path):
 def test_peft_model_must_match_the_method(tmp_path):
     from peft import get_peft_model
 
-    peft_model = get_peft_model(tiny_model(), fishertune.FisherTuneConfig(delta_max=0.2, modules_to_save=["decode_head"]))
+    peft_model = get_peft_model(
+        tiny_model(), fishertune.FisherTuneConfig(delta_max=0.2, modules_to_save=["decode_head"])
+    )
     with pytest.raises(ValueError, match="FisherTuneConfig of the model says"):
         make_trainer(tmp_path, model=peft_model)  # make_trainer sets delta_min/max = 0.02/0.1
     with pytest.raises(ValueError, match="method='lora'"):
@@ -165,15 +175,23 @@ def test_user_optimizer_is_refused(tmp_path):
     with pytest.raises(ValueError, match="builds .* its own optimizer"):
         model = tiny_model()
         make_trainer(tmp_path, model=model, method="frozen").__class__(
-            model=model, args=make_trainer(tmp_path, method="frozen").args,
+            model=model,
+            args=make_trainer(tmp_path, method="frozen").args,
             optimizers=(torch.optim.SGD(model.parameters(), lr=1.0), None),
         )
 
 
 def test_default_criterion_dr_fim_with_the_variational_estimator(tmp_path):
     # the paper's configuration (DSU-perturbed variational DR-FIM) through the real estimator
-    trainer = make_trainer(tmp_path, criterion="dr_fim", estimator="variational", fisher_type="true",
-                           max_steps=2, warmup_phase_steps=1, estimation_batches=2)
+    trainer = make_trainer(
+        tmp_path,
+        criterion="dr_fim",
+        estimator="variational",
+        fisher_type="true",
+        max_steps=2,
+        warmup_phase_steps=1,
+        estimation_batches=2,
+    )
     trainer.train()
     assert trainer.model.num_allocated() == round(0.1 * trainer.model.num_targeted())
     assert trainer.scores is not None and set(trainer.scores) == set(trainer.model.fishertune_target_weights())

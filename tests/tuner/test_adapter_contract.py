@@ -141,12 +141,14 @@ def test_older_file_without_layout_loads_and_a_missing_selected_layer_is_caught(
     x, _ = batch
     model, path = _saved(tmp_path)
     legacy = _rewrite(
-        path, tmp_path / "legacy", lambda sd: {k: v for k, v in sd.items() if "fishertune_active" not in k
-                                               and "fishertune_layout" not in k}
+        path,
+        tmp_path / "legacy",
+        lambda sd: {k: v for k, v in sd.items() if "fishertune_active" not in k and "fishertune_layout" not in k},
     )
     with torch.no_grad():
-        assert torch.equal(PeftModel.from_pretrained(tiny_vit(3), legacy)(pixel_values=x).logits,
-                           model.eval()(pixel_values=x).logits)
+        assert torch.equal(
+            PeftModel.from_pretrained(tiny_vit(3), legacy)(pixel_values=x).logits, model.eval()(pixel_values=x).logits
+        )
     gap = _rewrite(legacy, tmp_path / "gap", lambda sd: {k: v for k, v in sd.items() if ".layers.0.mlp.fc2." not in k})
     with pytest.raises(ValueError, match=r"ranks have gaps.*layers\.0\.mlp\.fc2"), pytest.warns(UserWarning):
         PeftModel.from_pretrained(tiny_vit(3), gap)

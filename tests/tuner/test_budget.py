@@ -64,8 +64,10 @@ def test_budget_beyond_the_targeted_entries_is_refused():
     with pytest.raises(ValueError, match=r"0.6 of the backbone's 23904 parameters is 14342 entries, more than the"):
         _model(budget_base="backbone", delta_max=0.6)
     with pytest.raises(ValueError, match="budget_base='targeted'"):
-        get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)),
-                       fishertune.FisherTuneConfig(target_modules=["0"], budget_base="backbone"))
+        get_peft_model(
+            torch.nn.Sequential(torch.nn.Linear(4, 4)),
+            fishertune.FisherTuneConfig(target_modules=["0"], budget_base="backbone"),
+        )
 
 
 def test_config_validation_and_help():

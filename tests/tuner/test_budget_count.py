@@ -42,7 +42,9 @@ def test_a_fixed_count_is_allocated_and_ramped_in_entries():
     model.set_active_fraction(0.5)
     assert model.num_active() == 250
     # the same count on a deeper backbone: a count, not a share
-    deeper = get_peft_model(tiny_vit(3), fishertune.FisherTuneConfig(modules_to_save=["classifier"], delta_max_count=500))
+    deeper = get_peft_model(
+        tiny_vit(3), fishertune.FisherTuneConfig(modules_to_save=["classifier"], delta_max_count=500)
+    )
     assert deeper.num_allocated() == 500 and deeper.peft_config["default"].delta_min_count == 100  # a fifth
 
 
@@ -55,8 +57,11 @@ def test_count_ranks_like_the_share_it_equals():
 
 
 def test_count_is_validated_and_exclusive_with_the_shares():
-    for bad in (dict(delta_max_count=100, delta_max=0.05), dict(delta_max_count=100, delta_min=0.01),
-                dict(delta_max_count=100, budget_base="backbone")):
+    for bad in (
+        dict(delta_max_count=100, delta_max=0.05),
+        dict(delta_max_count=100, delta_min=0.01),
+        dict(delta_max_count=100, budget_base="backbone"),
+    ):
         with pytest.raises(ValueError, match="mutually exclusive with the shares"):
             fishertune.FisherTuneConfig(**bad)
     with pytest.raises(ValueError, match="delta_max_count must be a positive number of entries"):
@@ -90,8 +95,9 @@ class _MetaSegmenter(nn.Module):
 
     def __init__(self):
         super().__init__()
-        cfg = Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4,
-                           patch_size=14, image_size=518)
+        cfg = Dinov2Config(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4, patch_size=14, image_size=518
+        )
         with torch.device("meta"):
             self.backbone = Dinov2Model(cfg)
             self.head = nn.Linear(1024, 19)
@@ -110,8 +116,12 @@ def test_paper_config_selects_the_papers_15_21m_entries_of_vit_l(config, tmp_pat
 
 
 def test_backbone_base_is_5_percent_of_vit_l_which_rounds_near_the_paper():
-    model = get_peft_model(_MetaSegmenter(), fishertune.FisherTuneConfig(
-        init_criterion=None, budget_base="backbone", delta_max=0.05, modules_to_save=["head"]))
+    model = get_peft_model(
+        _MetaSegmenter(),
+        fishertune.FisherTuneConfig(
+            init_criterion=None, budget_base="backbone", delta_max=0.05, modules_to_save=["head"]
+        ),
+    )
     assert model._budget("default", 0.05) == round(0.05 * VIT_L_PARAMS) == 15_218_432  # "15.22M", the paper: 15.21M
     assert num_backbone_params(model) == VIT_L_PARAMS
 

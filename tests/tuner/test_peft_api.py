@@ -112,7 +112,9 @@ def test_adapter_names_are_refused_where_they_cannot_apply(batch):
 
 @pytest.mark.parametrize("targets", [None, ["q_proj", "k_proj", "v_proj", "fc1", "fc2"]])
 def test_layers_to_transform_wraps_only_those_blocks(targets):
-    model = peft.get_peft_model(tiny_vit(), fishertune.FisherTuneConfig(target_modules=targets, layers_to_transform=[0]))
+    model = peft.get_peft_model(
+        tiny_vit(), fishertune.FisherTuneConfig(target_modules=targets, layers_to_transform=[0])
+    )
     wrapped = [n for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)]
     assert len(wrapped) == 5 and all(".layers.0." in n for n in wrapped), wrapped  # q, k, v, fc1, fc2 of block 0
     config = fishertune.FisherTuneConfig(target_modules=targets, layers_to_transform=[1, 2], layers_pattern="layers")

@@ -19,15 +19,30 @@ def _linear_names(model):
 
 FAMILIES = {
     # name: (model factory, expected leaf suffixes per block, number of blocks)
-    "dinov2": (lambda: T.Dinov2Model(T.Dinov2Config(**SMALL, intermediate_size=64)), ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"]),
+    "dinov2": (
+        lambda: T.Dinov2Model(T.Dinov2Config(**SMALL, intermediate_size=64)),
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+    ),
     "dinov2_swiglu": (
         lambda: T.Dinov2Model(T.Dinov2Config(**SMALL, intermediate_size=64, use_swiglu_ffn=True)),
         ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
     ),
-    "vit": (lambda: T.ViTModel(T.ViTConfig(**SMALL, intermediate_size=64)), ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"]),
-    "vit_cls": (lambda: T.ViTForImageClassification(T.ViTConfig(**SMALL, intermediate_size=64)), ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"]),
-    "vit_mae": (lambda: T.ViTMAEModel(T.ViTMAEConfig(**SMALL, intermediate_size=64)), ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"]),
-    "clip": (lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**SMALL, intermediate_size=64)), ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.fc1", "mlp.fc2"]),
+    "vit": (
+        lambda: T.ViTModel(T.ViTConfig(**SMALL, intermediate_size=64)),
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+    ),
+    "vit_cls": (
+        lambda: T.ViTForImageClassification(T.ViTConfig(**SMALL, intermediate_size=64)),
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+    ),
+    "vit_mae": (
+        lambda: T.ViTMAEModel(T.ViTMAEConfig(**SMALL, intermediate_size=64)),
+        ["attention.q_proj", "attention.k_proj", "attention.v_proj", "mlp.fc1", "mlp.fc2"],
+    ),
+    "clip": (
+        lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**SMALL, intermediate_size=64)),
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.fc1", "mlp.fc2"],
+    ),
     "sam": (
         lambda: T.SamVisionModel(T.SamVisionConfig(**SMALL, mlp_dim=64, output_channels=16, global_attn_indexes=[1])),
         ["attn.qkv", "mlp.lin1", "mlp.lin2"],
@@ -58,10 +73,20 @@ def test_sam_preset_is_a_fused_qkv_family():
 
 
 def test_mask2former_decoder_is_never_caught():
-    backbone = T.Dinov2Config(**SMALL, intermediate_size=64, out_features=["stage1", "stage2"], image_size=32, patch_size=8)
+    backbone = T.Dinov2Config(
+        **SMALL, intermediate_size=64, out_features=["stage1", "stage2"], image_size=32, patch_size=8
+    )
     cfg = T.Mask2FormerConfig(
-        backbone_config=backbone, num_queries=4, decoder_layers=2, hidden_dim=32, mask_feature_size=32,
-        feature_size=32, encoder_layers=1, dim_feedforward=64, num_labels=3, use_pretrained_backbone=False,
+        backbone_config=backbone,
+        num_queries=4,
+        decoder_layers=2,
+        hidden_dim=32,
+        mask_feature_size=32,
+        feature_size=32,
+        encoder_layers=1,
+        dim_feedforward=64,
+        num_labels=3,
+        use_pretrained_backbone=False,
     )
     model = T.Mask2FormerForUniversalSegmentation(cfg)
     names = _linear_names(model)

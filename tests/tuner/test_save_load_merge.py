@@ -147,7 +147,9 @@ def test_low_precision_forward_and_autocast(batch, dtype):
     values = [p for n, p in model.named_parameters() if p.requires_grad]
     assert all(v.grad is not None and v.grad.dtype == torch.float32 and torch.isfinite(v.grad).all() for v in values)
     # a model cast to low precision runs forward in that dtype
-    half = get_peft_model(tiny_vit(3), fishertune.FisherTuneConfig(init_criterion="magnitude", init_weights=False)).to(dtype)
+    half = get_peft_model(tiny_vit(3), fishertune.FisherTuneConfig(init_criterion="magnitude", init_weights=False)).to(
+        dtype
+    )
     with torch.no_grad():
         torch.testing.assert_close(half(pixel_values=x.to(dtype)).logits.float(), ref, rtol=0.1, atol=0.1)
 
@@ -162,12 +164,19 @@ def test_push_to_hub_uploads_the_adapter(tmp_path, batch, monkeypatch):
 
     def fake_upload(self, working_dir, repo_id, files_timestamps, **kw):
         uploaded["repo"] = repo_id
-        uploaded["files"] = {f: load_file(os.path.join(working_dir, f)) if f.endswith(".safetensors") else None for f in os.listdir(working_dir)}
+        uploaded["files"] = {
+            f: load_file(os.path.join(working_dir, f)) if f.endswith(".safetensors") else None
+            for f in os.listdir(working_dir)
+        }
 
     import transformers.utils.hub as hub
 
     monkeypatch.setattr(hub, "hf_api", lambda: FakeApi())
-    monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *a, **k: type("C", (), {"save": lambda self, p: open(p, "w").write("card")})())
+    monkeypatch.setattr(
+        hub,
+        "create_and_tag_model_card",
+        lambda *a, **k: type("C", (), {"save": lambda self, p: open(p, "w").write("card")})(),
+    )
     monkeypatch.setattr(type(model), "_upload_modified_files", fake_upload)
     model.push_to_hub("user/repo")
     assert uploaded["repo"] == "user/repo"
@@ -181,8 +190,10 @@ def test_merge_and_unload_with_a_weightless_module_to_save(batch):
     x, _ = batch
     base = tiny_vit(3)
     base.classifier = torch.nn.Sequential(torch.nn.Linear(32, 5))
-    model = get_peft_model(base, fishertune.FisherTuneConfig(init_criterion="magnitude", init_weights=False,
-                                                             modules_to_save=["classifier"]))
+    model = get_peft_model(
+        base,
+        fishertune.FisherTuneConfig(init_criterion="magnitude", init_weights=False, modules_to_save=["classifier"]),
+    )
     with torch.no_grad():
         model.base_model.model.classifier.modules_to_save["default"][0].weight.add_(1.0)
         ref = model(pixel_values=x).logits

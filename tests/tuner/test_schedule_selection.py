@@ -45,7 +45,10 @@ def test_global_topk_is_global_not_per_layer():
 
 def test_global_topk_deterministic_and_rejects_nan():
     g = torch.Generator().manual_seed(0)
-    scores = {"x": torch.randint(0, 3, (50, 7), generator=g).float(), "y": torch.randint(0, 3, (9,), generator=g).float()}
+    scores = {
+        "x": torch.randint(0, 3, (50, 7), generator=g).float(),
+        "y": torch.randint(0, 3, (9,), generator=g).float(),
+    }
     a, b = global_topk(scores, 0.3), global_topk(scores, 0.3)
     for n in scores:
         assert torch.equal(a[n].indices, b[n].indices) and torch.equal(a[n].ranks, b[n].ranks)

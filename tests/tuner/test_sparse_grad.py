@@ -249,7 +249,9 @@ def _peft_grads(mode, num_layers=3, **cfg):
     with grad_mode(mode):
         model(pixel_values=x, labels=y).loss.backward()
     layers = {n: m for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)}
-    return model, {n: m.fishertune_values["default"].grad for n, m in layers.items() if "default" in m.fishertune_values}
+    return model, {
+        n: m.fishertune_values["default"].grad for n, m in layers.items() if "default" in m.fishertune_values
+    }
 
 
 @pytest.mark.parametrize("sparse_mode", ["sampled", "compact"])
@@ -268,7 +270,9 @@ def test_whole_model_sparse_paths_equal_dense(delta_min, sparse_mode):
             with grad_mode(mode):
                 model(pixel_values=x, labels=y).loss.backward()
             grads = {
-                n: m.fishertune_values["default"].grad for n, m in model.named_modules() if isinstance(m, FisherTuneLayer)
+                n: m.fishertune_values["default"].grad
+                for n, m in model.named_modules()
+                if isinstance(m, FisherTuneLayer)
             }
         models[mode] = (model, grads)
     (ms, gs), (md, gd) = models[sparse_mode], models["dense"]

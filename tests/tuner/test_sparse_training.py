@@ -60,7 +60,9 @@ def test_inactive_entries_stay_bitwise_pretrained_under_adamw(batch):
                 assert torch.all(v.detach()[new] == 0)
                 st = opt.state.get(v, {})
                 if st:
-                    moments_at_activation.append(bool(torch.all(st["exp_avg"][new] == 0) and torch.all(st["exp_avg_sq"][new] == 0)))
+                    moments_at_activation.append(
+                        bool(torch.all(st["exp_avg"][new] == 0) and torch.all(st["exp_avg_sq"][new] == 0))
+                    )
         prev_active = active
         model(pixel_values=x, labels=y).loss.backward()
         opt.step()
@@ -87,7 +89,9 @@ def test_storage_is_sparse_and_empty_layers_hold_nothing(batch):
     assert all(len(m.fishertune_values) == 0 for m in layers.values())
     names = list(layers)
     # only the last block's fc2 gets entries: score it above everything else
-    scores = {n.removeprefix("base_model.model."): torch.zeros_like(m.get_base_layer().weight) for n, m in layers.items()}
+    scores = {
+        n.removeprefix("base_model.model."): torch.zeros_like(m.get_base_layer().weight) for n, m in layers.items()
+    }
     last = names[-1].removeprefix("base_model.model.")
     scores[last] = torch.ones_like(scores[last])
     model.select(scores)
@@ -109,7 +113,9 @@ def test_backward_stops_below_the_lowest_tuned_block(batch):
     x, y = batch
     model = _peft(num_layers=3, init_criterion=None)
     layers = _layers(model)
-    scores = {n.removeprefix("base_model.model."): torch.zeros_like(m.get_base_layer().weight) for n, m in layers.items()}
+    scores = {
+        n.removeprefix("base_model.model."): torch.zeros_like(m.get_base_layer().weight) for n, m in layers.items()
+    }
     for n in scores:
         if ".layers.2." in n:
             scores[n] = torch.rand_like(scores[n]) + 1
@@ -136,7 +142,10 @@ def test_selection_counts_and_nested_active_sets():
     for t in range(11):
         p = model.set_schedule_step(t, 10)
         assert model.num_active() == round(p * n)
-        cur = {name: set(m.fishertune_indices["default"][: m.fishertune_active["default"]].tolist()) for name, m in layers.items()}
+        cur = {
+            name: set(m.fishertune_indices["default"][: m.fishertune_active["default"]].tolist())
+            for name, m in layers.items()
+        }
         if prev is not None:
             assert all(prev[k] <= cur[k] for k in cur)
         prev = cur

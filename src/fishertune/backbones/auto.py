@@ -56,9 +56,7 @@ def build_auto_model(config: PreTrainedConfig) -> nn.Module:
     return model_cls(config, **_without_pooler(model_cls, {}))
 
 
-def load_auto_model(
-    name_or_path: str | os.PathLike, config: PreTrainedConfig, **from_pretrained_kwargs
-) -> nn.Module:
+def load_auto_model(name_or_path: str | os.PathLike, config: PreTrainedConfig, **from_pretrained_kwargs) -> nn.Module:
     """``AutoModel.from_pretrained`` of a folder or Hub id whose config is ``config``, without pooler."""
     model_cls = _auto_model_class(config)
     return model_cls.from_pretrained(name_or_path, **_without_pooler(model_cls, dict(from_pretrained_kwargs)))

@@ -95,9 +95,7 @@ HF_FAMILIES = (
     # EomtForUniversalSegmentation: the ViT blocks only, never mask_head / class_predictor.
     BackboneFamily(
         name="eomt",
-        target_pattern=(
-            r"layers\.\d+\.(attention\.(q_proj|k_proj|v_proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj))"
-        ),
+        target_pattern=(r"layers\.\d+\.(attention\.(q_proj|k_proj|v_proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj))"),
         block_paths=("layers",),
         prefix_tokens=_eomt_prefix,
         build=_build_eomt,

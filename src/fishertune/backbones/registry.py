@@ -87,9 +87,7 @@ class BackboneFamily:
         return self._regex.fullmatch(relative_name) is not None
 
 
-_HOW_TO_REGISTER = (
-    "fishertune.backbones.register_family(BackboneFamily(name=..., target_pattern=..., block_paths=...))"
-)
+_HOW_TO_REGISTER = "fishertune.backbones.register_family(BackboneFamily(name=..., target_pattern=..., block_paths=...))"
 #: The registered families by name (`register_family` also keeps their `model_types` apart).
 FAMILIES: Registry[BackboneFamily] = Registry("backbone family", _HOW_TO_REGISTER)
 
@@ -225,9 +223,7 @@ def backbone_blocks(backbone: nn.Module, family: BackboneFamily | None = None) -
     )
 
 
-def num_prefix_tokens(
-    backbone: nn.Module | PreTrainedConfig | None, num_blocks: int | None = None
-) -> int | list[int]:
+def num_prefix_tokens(backbone: nn.Module | PreTrainedConfig | None, num_blocks: int | None = None) -> int | list[int]:
     """Tokens in front of the patch tokens of a backbone (or its config): CLS + registers by default, the
     config's ``num_prefix_tokens`` (EVA02), 0 for SAM; with ``num_blocks`` EoMT gives one count per block."""
     family = family_of(backbone)

@@ -43,7 +43,9 @@ class AdaptFormerConfig(BaselineConfig):
     """
 
     method = "adaptformer"
-    card_line = "AdaptFormer: a scaled bottleneck MLP parallel to every block's FFN (backbone frozen), plus the decoder."
+    card_line = (
+        "AdaptFormer: a scaled bottleneck MLP parallel to every block's FFN (backbone frozen), plus the decoder."
+    )
     bottleneck: int = field(default=64, metadata={"help": "Bottleneck width."})
     scale: float = field(default=0.1, metadata={"help": "Fixed scale of the adapter branch."})
     input: str = field(default="residual", metadata={"help": "'residual' or 'normed' adapter input."})
@@ -78,9 +80,7 @@ def apply_adaptformer(model: nn.Module, config: AdaptFormerConfig | None = None)
     if info["model_type"] not in FFN_MODULES:
         raise NotImplementedError(f"AdaptFormer: no FFN layout known for {info['model_type']!r}.")
     norm_name, out_name = FFN_MODULES[info["model_type"]]
-    adapters = nn.ModuleList(
-        Bottleneck(info["hidden_size"], config.bottleneck, config.scale) for _ in info["layers"]
-    )
+    adapters = nn.ModuleList(Bottleneck(info["hidden_size"], config.bottleneck, config.scale) for _ in info["layers"])
     backbone.adaptformer_adapters = adapters
     blocks = backbone_blocks(backbone)
     handles = []

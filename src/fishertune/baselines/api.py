@@ -162,7 +162,11 @@ def parameter_table(model: nn.Module, fishertune_fraction: float = 0.05, lora_ra
         p.numel() for n, p in backbone.named_parameters() if not any(s.startswith(prefixes) for s in n.split("."))
     )
     rows = [
-        ("fishertune", int(round(fishertune_fraction * entries)), f"{fishertune_fraction:.0%} of {entries} targeted entries"),
+        (
+            "fishertune",
+            int(round(fishertune_fraction * entries)),
+            f"{fishertune_fraction:.0%} of {entries} targeted entries",
+        ),
         ("lora", sum(lora_rank * (m.in_features + m.out_features) for m in linears), f"r={lora_rank} on q/k/v/FFN"),
     ]
     head = vqt_head(model)

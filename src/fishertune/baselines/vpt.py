@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..backbones import backbone_blocks
+from ..backbones.eva02 import check_extra_token_blocks, extra_prefix_tokens
 from ._common import (
     BaselineConfig,
     _check_positive,
@@ -35,7 +36,6 @@ from ._common import (
     resolve_backbone,
     wrap_forward,
 )
-from ..backbones.eva02 import check_extra_token_blocks, extra_prefix_tokens
 
 
 @dataclass
@@ -81,7 +81,9 @@ def apply_vpt(model: nn.Module, config: VPTConfig | None = None) -> nn.Module:
         check_extra_token_blocks(backbone_blocks(found), "VPT")
     backbone, info = prepare_backbone(model, config)
     patch = getattr(backbone.config, "patch_size", 16)
-    prompts = VPTPrompts(config, len(info["layers"]), info["hidden_size"], patch if isinstance(patch, int) else patch[0])
+    prompts = VPTPrompts(
+        config, len(info["layers"]), info["hidden_size"], patch if isinstance(patch, int) else patch[0]
+    )
     backbone.vpt_prompts = prompts
     blocks = backbone_blocks(backbone)
     npt, num = info["num_prefix_tokens"], config.num_tokens

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..backbones import backbone_blocks
+from ..backbones.eva02 import check_extra_token_blocks, extra_prefix_tokens
 from ._common import (
     BaselineConfig,
     _check_positive,
@@ -50,9 +51,7 @@ from ._common import (
     resolve_backbone,
     wrap_forward,
 )
-from ..backbones.eva02 import check_extra_token_blocks, extra_prefix_tokens
 from .vqt_heads import install_link, link_num_parameters, vqt_head
-
 
 _UNSUPPORTED = {
     "eomt": "its last blocks run EoMT's own queries under a masked attention, and no decoder reads ours",
@@ -113,8 +112,9 @@ def apply_vqt(model: nn.Module, config: VQTConfig | None = None) -> nn.Module:
         raise ValueError("link_to_head=True but the model has no light head nor HF Mask2Former queries.")
     backbone, info = prepare_backbone(model, config)
     patch = getattr(backbone.config, "patch_size", 16)
-    queries = VQTQueries(len(info["layers"]), config.num_queries, info["hidden_size"],
-                         patch if isinstance(patch, int) else patch[0])
+    queries = VQTQueries(
+        len(info["layers"]), config.num_queries, info["hidden_size"], patch if isinstance(patch, int) else patch[0]
+    )
     backbone.vqt_queries = queries
     blocks = backbone_blocks(backbone)
     for j, i in enumerate(info["layers"]):

@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import datasets
 
-from . import (acdc, bdd100k, camvid, cityscapes, dark_zurich, foggy_driving, foggy_zurich, gtav, mapillary,
-               nighttime_driving, synthetic)
+from . import (
+    acdc,
+    bdd100k,
+    camvid,
+    cityscapes,
+    dark_zurich,
+    foggy_driving,
+    foggy_zurich,
+    gtav,
+    mapillary,
+    nighttime_driving,
+)
 from ._common import DatasetLayoutError, LabelError, get_id2label, make_dataset
 from .custom import ID2LABEL_FILE, label_lut, load_custom, read_id2label
 from .keyed import BAD_FILE_POLICIES, BadSampleError, KeyedTrainingDataset
@@ -29,8 +39,21 @@ from .transforms import (
     train_transforms,
 )
 
-_MODULES = {m.NAME: m for m in (gtav, cityscapes, bdd100k, mapillary, acdc, camvid, foggy_zurich, foggy_driving,
-                                 dark_zurich, nighttime_driving)}
+_MODULES = {
+    m.NAME: m
+    for m in (
+        gtav,
+        cityscapes,
+        bdd100k,
+        mapillary,
+        acdc,
+        camvid,
+        foggy_zurich,
+        foggy_driving,
+        dark_zurich,
+        nighttime_driving,
+    )
+}
 DATASET_NAMES = (*_MODULES, "synthetic")
 # Evaluation (long, short) keep-ratio sizes per dataset (Rein's test pipelines; CamVid native).
 EVAL_SCALES = {name: m.EVAL_SCALE for name, m in _MODULES.items()}

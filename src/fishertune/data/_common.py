@@ -111,8 +111,10 @@ def map_label_file(image_path: str, label_path: str, label_map: LabelMap, out_pa
     shown = displayed_size(size, orientation)
     if (raw.shape[1], raw.shape[0]) not in (size, shown):
         turned = f" ({shown[0]}x{shown[1]} as displayed, EXIF orientation {orientation})" if shown != size else ""
-        raise LabelError(f"Label file {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image {image_path} is "
-                         f"{size[0]}x{size[1]}{turned}.")
+        raise LabelError(
+            f"Label file {label_path} is {raw.shape[1]}x{raw.shape[0]} but its image {image_path} is "
+            f"{size[0]}x{size[1]}{turned}."
+        )
     # Stored in the displayed layout, as the image decodes (`to_rgb`, datasets' decoder): the two stay aligned.
     raw = orient_label(raw, orientation, size)
     unknown = label_map.unknown_ids(raw)
@@ -211,7 +213,9 @@ def build_dataset(
     keep = [i for i, lbl in enumerate(labels) if lbl is not None]
     if not keep:
         raise DatasetLayoutError(f"{name} split {split!r}: every image/label pair was invalid.")
-    return make_dataset([pairs[i][0] for i in keep], [labels[i] for i in keep], name=name, split=split, id2label=label_map.id2label)
+    return make_dataset(
+        [pairs[i][0] for i in keep], [labels[i] for i in keep], name=name, split=split, id2label=label_map.id2label
+    )
 
 
 def make_meta(name: str, split: str, id2label: dict[int, str], **extra) -> str:

@@ -38,8 +38,12 @@ def load(root: str, split: str = "val", condition: str = "all", **kw):
     if condition not in CONDITIONS:
         raise ValueError(f"ACDC condition must be one of {CONDITIONS} or 'all', got {condition!r}")
     root = Path(root)
-    img_dir = require_dir(root / "rgb_anon" / condition / split, f"ACDC {condition} split {split!r}", root / "rgb_anon" / condition)
-    gt_dir = require_dir(root / "gt" / condition / split, f"ACDC {condition} labels of split {split!r}", root / "gt" / condition)
+    img_dir = require_dir(
+        root / "rgb_anon" / condition / split, f"ACDC {condition} split {split!r}", root / "rgb_anon" / condition
+    )
+    gt_dir = require_dir(
+        root / "gt" / condition / split, f"ACDC {condition} labels of split {split!r}", root / "gt" / condition
+    )
     images = list_files(img_dir, "_rgb_anon.png")
     pairs = pair_by_suffix(images, img_dir, gt_dir, "_rgb_anon.png", "_gt_labelIds.png")
     return build_dataset(pairs, name=NAME, split=f"{split}_{condition}", label_map=cityscapes_label_map(), **kw)

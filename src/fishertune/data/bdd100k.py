@@ -31,7 +31,9 @@ def load(root: str, split: str = "val", **kw):
     root = Path(root)
     if (root / "seg").is_dir() and not (root / "images" / "10k").is_dir():
         img_dir = require_dir(root / "seg" / "images" / split, f"BDD100K split {split!r}", root / "seg" / "images")
-        lbl_dir = require_dir(root / "seg" / "labels" / split, f"BDD100K labels of split {split!r}", root / "seg" / "labels")
+        lbl_dir = require_dir(
+            root / "seg" / "labels" / split, f"BDD100K labels of split {split!r}", root / "seg" / "labels"
+        )
         label_suffix = "_train_id.png"
     else:
         img_dir = require_dir(root / "images" / "10k" / split, f"BDD100K split {split!r}", root / "images" / "10k")

@@ -47,7 +47,7 @@ def read_id2label(path) -> dict[int, str]:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path} must hold a non-empty mapping of class id to name, e.g. {{\"0\": \"road\"}}.")
+        raise ValueError(f'{path} must hold a non-empty mapping of class id to name, e.g. {{"0": "road"}}.')
     try:
         return {int(k): str(v) for k, v in sorted(data.items(), key=lambda kv: int(kv[0]))}
     except ValueError as err:
@@ -76,16 +76,20 @@ def _masks_pairs(root: Path, split: str) -> list[tuple[str, str]]:
     if not (base / "images").is_dir():
         splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
         splits = splits or (["train"] if (root / "images").is_dir() else [])
-        raise DatasetLayoutError(f"{root} has no split {split!r}: expected {root}/images/ (the 'train' split) or "
-                                 f"{root}/<split>/images/; splits there: {splits}.")
+        raise DatasetLayoutError(
+            f"{root} has no split {split!r}: expected {root}/images/ (the 'train' split) or "
+            f"{root}/<split>/images/; splits there: {splits}."
+        )
     masks = {p.stem: p for p in (base / "masks").glob("*") if p.is_file()} if (base / "masks").is_dir() else {}
     images = sorted(p for p in (base / "images").glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise DatasetLayoutError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {base / 'images'}.")
     missing = [p.name for p in images if p.stem not in masks]
     if missing:
-        raise DatasetLayoutError(f"{len(missing)} image(s) of {base / 'images'} have no mask of the same stem in "
-                                 f"{base / 'masks'}: {missing[:5]}.")
+        raise DatasetLayoutError(
+            f"{len(missing)} image(s) of {base / 'images'} have no mask of the same stem in "
+            f"{base / 'masks'}: {missing[:5]}."
+        )
     return [(str(p), str(masks[p.stem])) for p in images]
 
 
@@ -122,8 +126,10 @@ def _class_names(ds, source: str, folder: Optional[Path]) -> dict[int, str]:
     found = _hub_id2label(source) if folder is None else None
     if found is None:
         where = f"{folder}/{ID2LABEL_FILE}" if folder is not None else f"the dataset repository's {ID2LABEL_FILE}"
-        raise ValueError(f"No class names for {source!r}: write {where} ({{\"0\": \"road\", ...}}), as "
-                         "transformers' semantic-segmentation example reads it.")
+        raise ValueError(
+            f'No class names for {source!r}: write {where} ({{"0": "road", ...}}), as '
+            "transformers' semantic-segmentation example reads it."
+        )
     return found
 
 
@@ -131,8 +137,11 @@ def _pick_split(dd, source: str, split: str, train_val_split: Optional[float]):
     if not isinstance(dd, datasets.DatasetDict):
         dd = datasets.DatasetDict({"train": dd})
     if split in dd:
-        return dd[split] if not (train_val_split and "validation" not in dd and split == "train") else \
-            dd["train"].train_test_split(test_size=train_val_split, seed=SPLIT_SEED)["train"]
+        return (
+            dd[split]
+            if not (train_val_split and "validation" not in dd and split == "train")
+            else dd["train"].train_test_split(test_size=train_val_split, seed=SPLIT_SEED)["train"]
+        )
     if split == "validation" and train_val_split and "train" in dd:
         return dd["train"].train_test_split(test_size=train_val_split, seed=SPLIT_SEED)["test"]
     hint = " (--train_val_split holds one out of 'train')" if split == "validation" else ""
@@ -156,16 +165,23 @@ def load_custom(source: str, split: str = "train", *, config_name: Optional[str]
     path = Path(source).expanduser()
     if train_val_split is not None and not 0.0 < train_val_split < 1.0:
         raise ValueError(f"train_val_split must be a share in (0, 1), got {train_val_split}.")
-    if path.is_dir() and is_masks_folder(path) and not (path / "dataset_dict.json").is_file() \
-            and not (path / "state.json").is_file():
+    if (
+        path.is_dir()
+        and is_masks_folder(path)
+        and not (path / "dataset_dict.json").is_file()
+        and not (path / "state.json").is_file()
+    ):
         if not (path / ID2LABEL_FILE).is_file():
-            raise DatasetLayoutError(f"{path} has images/ + masks/ but no {ID2LABEL_FILE} naming the classes "
-                                     "({\"0\": \"road\", \"1\": \"car\", ...}).")
+            raise DatasetLayoutError(
+                f"{path} has images/ + masks/ but no {ID2LABEL_FILE} naming the classes "
+                '({"0": "road", "1": "car", ...}).'
+            )
         label_map = _masks_label_map(read_id2label(path / ID2LABEL_FILE), reduce_labels)
         if train_val_split and split in ("train", "validation") and not (path / "validation" / "images").is_dir():
             ds = build_dataset(_masks_pairs(path, "train"), name=str(path), split="train", label_map=label_map, **kw)
-            return ds.train_test_split(test_size=train_val_split, seed=SPLIT_SEED)["test" if split == "validation"
-                                                                                    else "train"]
+            return ds.train_test_split(test_size=train_val_split, seed=SPLIT_SEED)[
+                "test" if split == "validation" else "train"
+            ]
         return build_dataset(_masks_pairs(path, split), name=str(path), split=split, label_map=label_map, **kw)
     if path.is_dir():
         dd = datasets.load_from_disk(str(path))
@@ -176,17 +192,22 @@ def load_custom(source: str, split: str = "train", *, config_name: Optional[str]
         dd = datasets.load_dataset(source, config_name)
         folder = None
     ds = _pick_split(dd, source, split, train_val_split)
-    for column, role, flag in ((image_column, "image", "--image_column_name"),
-                               (label_column, "label", "--label_column_name")):
+    for column, role, flag in (
+        (image_column, "image", "--image_column_name"),
+        (label_column, "label", "--label_column_name"),
+    ):
         if column not in ds.column_names:
-            raise ValueError(f"{source!r} has no column {column!r} for the {role}s; its columns are "
-                             f"{ds.column_names}: pass {flag}.")
+            raise ValueError(
+                f"{source!r} has no column {column!r} for the {role}s; its columns are {ds.column_names}: pass {flag}."
+            )
     ds = ds.select_columns([image_column, label_column])
     if image_column != "image" or label_column != "label":
         ds = ds.rename_columns({image_column: "image", label_column: "label"})
     if not isinstance(ds.features["label"], datasets.Image):
-        raise ValueError(f"Column {label_column!r} of {source!r} holds {ds.features['label']}, not segmentation maps "
-                         "(datasets.Image).")
+        raise ValueError(
+            f"Column {label_column!r} of {source!r} holds {ds.features['label']}, not segmentation maps "
+            "(datasets.Image)."
+        )
     id2label = _class_names(ds, source, folder)
     ds.info.description = make_meta(str(source), split, id2label, reduce_labels=reduce_labels)
     return ds

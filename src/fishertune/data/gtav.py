@@ -24,7 +24,9 @@ EVAL_SCALE = (1280, 720)
 def _split_numbers(root: Path, split: str) -> set[int]:
     mat = root / "split.mat"
     if not mat.is_file():
-        raise DatasetLayoutError(f"GTAV split {split!r} needs {mat} (the official split file); use split='all' without it.")
+        raise DatasetLayoutError(
+            f"GTAV split {split!r} needs {mat} (the official split file); use split='all' without it."
+        )
     try:
         from scipy.io import loadmat  # only this optional path needs scipy
     except ImportError as err:

@@ -81,16 +81,20 @@ def to_rgb(image: Image.Image, source: Optional[str] = None) -> Image.Image:
     if mode in _SIXTEEN_BIT or mode == "I":
         arr = np.asarray(image)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ImageFormatError(f"{what} has 32-bit integer pixels in {arr.min()}..{arr.max()}: only 8- and 16-bit "
-                                   "ranges are known; convert it to 8-bit RGB (or 16-bit) first.")
+            raise ImageFormatError(
+                f"{what} has 32-bit integer pixels in {arr.min()}..{arr.max()}: only 8- and 16-bit "
+                "ranges are known; convert it to 8-bit RGB (or 16-bit) first."
+            )
         return Image.fromarray(_scaled(arr, 257.0)).convert("RGB")
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
         finite = np.isfinite(arr).all()
         if not finite or (arr.size and (arr.min() < 0.0 or arr.max() > 1.0)):
             lo, hi = (float(np.nanmin(arr)), float(np.nanmax(arr))) if arr.size else (0.0, 0.0)
-            raise ImageFormatError(f"{what} has float pixels in {lo:g}..{hi:g}{'' if finite else ' (NaN/inf)'}: "
-                                   "float images must lie in [0, 1]; rescale it or save it as 8-bit RGB.")
+            raise ImageFormatError(
+                f"{what} has float pixels in {lo:g}..{hi:g}{'' if finite else ' (NaN/inf)'}: "
+                "float images must lie in [0, 1]; rescale it or save it as 8-bit RGB."
+            )
         return Image.fromarray(_scaled(arr, 1.0 / 255.0)).convert("RGB")
     return image.convert("RGB")
 

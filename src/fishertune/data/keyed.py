@@ -48,8 +48,10 @@ class KeyedTrainingDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset, transform, seed: int = 0, bad_file_policy: str = "error"):
         if bad_file_policy not in BAD_FILE_POLICIES:
-            raise ValueError(f"bad_file_policy must be 'error' (stop naming the file) or 'skip' (warn, count and "
-                             f"use the next sample), got {bad_file_policy!r}.")
+            raise ValueError(
+                f"bad_file_policy must be 'error' (stop naming the file) or 'skip' (warn, count and "
+                f"use the next sample), got {bad_file_policy!r}."
+            )
         self.dataset, self.seed, self.bad_file_policy = dataset, int(seed), bad_file_policy
         self._apply: Callable = getattr(transform, "sample", transform)
         self.epoch = 0
@@ -83,8 +85,11 @@ class KeyedTrainingDataset(torch.utils.data.Dataset):
             raise failure
         self.skipped[index] = self.source_path(index) or f"sample {index}"
         self._count_skip()
-        warnings.warn(f"{failure} Skipped ({len(self.skipped)} bad file(s) so far in this process); "
-                      "the next readable sample takes its place.", stacklevel=2)
+        warnings.warn(
+            f"{failure} Skipped ({len(self.skipped)} bad file(s) so far in this process); "
+            "the next readable sample takes its place.",
+            stacklevel=2,
+        )
         for step in range(1, len(self)):
             other = (index + step) % len(self)
             if other in self.skipped:

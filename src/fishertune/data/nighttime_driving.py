@@ -30,10 +30,10 @@ def load(root: str, split: str = "test", **kw):
         **kw: passed to `build_dataset` (`cache_dir`, `num_workers`, `skip_invalid`).
     """
     root = Path(root)
-    img_dir = require_dir(root / "leftImg8bit" / split / "night", f"Nighttime Driving split {split!r}",
-                          root / "leftImg8bit")
-    gt_dir = require_dir(root / GT_DIR / split / "night", f"Nighttime Driving labels of split {split!r}",
-                         root / GT_DIR)
+    img_dir = require_dir(
+        root / "leftImg8bit" / split / "night", f"Nighttime Driving split {split!r}", root / "leftImg8bit"
+    )
+    gt_dir = require_dir(root / GT_DIR / split / "night", f"Nighttime Driving labels of split {split!r}", root / GT_DIR)
     images = list_files(img_dir, "_leftImg8bit.png")
     pairs = pair_by_suffix(images, img_dir, gt_dir, "_leftImg8bit.png", "_gtCoarse_labelIds.png")
     return build_dataset(pairs, name=NAME, split=split, label_map=cityscapes_label_map(), **kw)

@@ -39,7 +39,13 @@ class SyntheticDomain:
         fog (`float`): blend weight towards a flat grey (0 = clear).
     """
 
-    palette: tuple = ((0.50, 0.25, 0.50), (0.45, 0.45, 0.45), (0.30, 0.55, 0.15), (0.40, 0.60, 0.90), (0.10, 0.10, 0.60))
+    palette: tuple = (
+        (0.50, 0.25, 0.50),
+        (0.45, 0.45, 0.45),
+        (0.30, 0.55, 0.15),
+        (0.40, 0.60, 0.90),
+        (0.10, 0.10, 0.60),
+    )
     color_jitter: float = 0.05
     texture_amp: float = 0.06
     texture_freq: float = 6.0
@@ -54,8 +60,10 @@ _SOURCE = SyntheticDomain()
 DOMAIN_STYLES: dict[str, SyntheticDomain] = {
     "source": _SOURCE,
     # Same scenes, other colours: every class keeps its identity only through shape and context.
-    "palette": replace(_SOURCE, palette=((0.35, 0.35, 0.30), (0.70, 0.45, 0.30), (0.55, 0.60, 0.20),
-                                         (0.85, 0.75, 0.60), (0.75, 0.15, 0.10))),  # fmt: skip
+    "palette": replace(
+        _SOURCE,
+        palette=((0.35, 0.35, 0.30), (0.70, 0.45, 0.30), (0.55, 0.60, 0.20), (0.85, 0.75, 0.60), (0.75, 0.15, 0.10)),
+    ),  # fmt: skip
     "texture": replace(_SOURCE, texture_amp=0.25, texture_freq=20.0),
     "noise": replace(_SOURCE, noise=0.15),
     "blur": replace(_SOURCE, blur=2.5),

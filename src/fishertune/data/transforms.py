@@ -27,7 +27,9 @@ def normalization_from_processor(processor) -> tuple[tuple[float, ...], tuple[fl
 
 def _to_tensor(image: np.ndarray, label: np.ndarray, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
-    x = (x - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(std, dtype=torch.float32)[:, None, None]
+    x = (x - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(std, dtype=torch.float32)[
+        :, None, None
+    ]
     return x, torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
 
 
@@ -143,7 +145,11 @@ class SegmentationTransforms:
 
     def train_one(self, image: Image.Image, label: Image.Image, rng):
         w, h = image.size
-        short = int(rng.choice(self.short_edges)) if self.short_edges is not None else int(rng.integers(*self.scale_range, endpoint=True))
+        short = (
+            int(rng.choice(self.short_edges))
+            if self.short_edges is not None
+            else int(rng.integers(*self.scale_range, endpoint=True))
+        )
         factor = min(short / min(w, h), self.max_size / max(w, h))
         image, label = _resize(image, label, (int(w * factor + 0.5), int(h * factor + 0.5)))
         img, lbl = np.asarray(image), np.asarray(label)

@@ -117,8 +117,11 @@ def evaluate_model(model, datasets: Mapping, batch_size: int = 1, mode: str = "s
             metric = SegmentationMetric(num_classes or 1, ignore_index, class_names, device=device)
         results[target] = metric.compute()
         if results[target]["num_pixels"] == 0:
-            warnings.warn(f"Target {target!r} has no valid pixel (every label is ignore_index={ignore_index}): its "
-                          "metrics are NaN (null in metrics.json) and it is left out of the mean.", stacklevel=2)
+            warnings.warn(
+                f"Target {target!r} has no valid pixel (every label is ignore_index={ignore_index}): its "
+                "metrics are NaN (null in metrics.json) and it is left out of the mean.",
+                stacklevel=2,
+            )
     if was_training and hasattr(model, "train"):
         model.train()
     results["mean"] = mean_over_targets(results)

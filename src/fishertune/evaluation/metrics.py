@@ -15,7 +15,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """Confusion matrix [C, C] (int64; rows = target, columns = prediction) of two label maps.
 
     Args:
@@ -105,11 +107,13 @@ class SegmentationMetric:
 
     Example:
         >>> metric = SegmentationMetric(19)
-        >>> metric.update(logits, labels)   # logits [B,C,h,w] (resized to labels) or ids [B,H,W]
+        >>> metric.update(logits, labels)  # logits [B,C,h,w] (resized to labels) or ids [B,H,W]
         >>> metric.compute()["mIoU"]
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None, device=None):
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, class_names: Sequence[str] | None = None, device=None
+    ):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes, self.ignore_index = num_classes, ignore_index

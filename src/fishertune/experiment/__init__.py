@@ -13,8 +13,14 @@
 
 from __future__ import annotations
 
-from .arguments import (BUILTIN_BACKBONES, BUILTIN_PREFIX, EvaluateArguments, ExperimentArguments, PredictArguments,
-                        parse_target)
+from .arguments import (
+    BUILTIN_BACKBONES,
+    BUILTIN_PREFIX,
+    EvaluateArguments,
+    ExperimentArguments,
+    PredictArguments,
+    parse_target,
+)
 from .card import render_model_card, write_model_card
 from .config_io import parse_args, resolved_config
 from .predict import predict_folder, predict_output
@@ -26,8 +32,9 @@ def parse_experiment_args(argv=None, configs_dir=None, default_config=None, desc
     """`(ExperimentArguments, FisherTuneTrainingArguments, config path)` from `--config` YAML + flags."""
     from ..training import FisherTuneTrainingArguments
 
-    return parse_args((ExperimentArguments, FisherTuneTrainingArguments), argv, configs_dir, default_config,
-                      description=description)
+    return parse_args(
+        (ExperimentArguments, FisherTuneTrainingArguments), argv, configs_dir, default_config, description=description
+    )
 
 
 __all__ = [

@@ -28,9 +28,25 @@ BUILTIN_BACKBONES = {
 HEADS = ("light", "mask2former", "eomt")
 #: The fields that change the model or the data a run trains on: saved with each checkpoint and compared on resume
 #: (`run_settings`; `--allow_changed_settings` lets one differ). `data_root` is not among them: a dataset may move.
-RUN_SETTINGS = ("backbone", "head", "taps", "num_queries", "dataset", "train_split", "label_space", "crop_size",
-                "scale_range", "num_scales", "cat_max_ratio", "flip_prob", "photometric", "keyed_augmentation",
-                "num_synthetic_samples", "synthetic_size", "max_train_samples")
+RUN_SETTINGS = (
+    "backbone",
+    "head",
+    "taps",
+    "num_queries",
+    "dataset",
+    "train_split",
+    "label_space",
+    "crop_size",
+    "scale_range",
+    "num_scales",
+    "cat_max_ratio",
+    "flip_prob",
+    "photometric",
+    "keyed_augmentation",
+    "num_synthetic_samples",
+    "synthetic_size",
+    "max_train_samples",
+)
 EVAL_MODES = ("whole", "slide")
 
 
@@ -56,8 +72,10 @@ def check_dataset_name(name: str, what: str) -> None:
         return
     if "/" in name and not name.startswith((".", "/", "~")):
         return  # a Hub dataset id: its existence is checked when it is loaded
-    raise ValueError(f"{what}: unknown dataset {name!r}, neither one of {_builtin_names()}, nor an existing folder "
-                     "(images/ + masks/ + id2label.json, or a save_to_disk dataset), nor a Hub dataset id ('owner/name').")
+    raise ValueError(
+        f"{what}: unknown dataset {name!r}, neither one of {_builtin_names()}, nor an existing folder "
+        "(images/ + masks/ + id2label.json, or a save_to_disk dataset), nor a Hub dataset id ('owner/name')."
+    )
 
 
 def label_mapping_dict(pairs: list[str]) -> dict[str, str]:
@@ -66,8 +84,9 @@ def label_mapping_dict(pairs: list[str]) -> dict[str, str]:
     for pair in pairs or []:
         name, sep, target = pair.partition("=")
         if not sep or not name.strip() or not target.strip():
-            raise ValueError(f"label_mapping entries read 'target class=model class' (e.g. tree=vegetation), "
-                             f"got {pair!r}.")
+            raise ValueError(
+                f"label_mapping entries read 'target class=model class' (e.g. tree=vegetation), got {pair!r}."
+            )
         out[name.strip()] = target.strip()
     return out
 
@@ -125,59 +144,110 @@ class ExperimentArguments:
         card_title (`str`, *optional*): model card title. (`hub_model_id`, `push_to_hub` are training arguments.)
     """
 
-    backbone: str = field(default=BUILTIN_PREFIX + "vit-small-demo", metadata={
-        "help": "Hub id, local folder, 'config:<name>' for a built-in random-init ViT (vit-small-demo, "
-                "vit-micro-test), or 'timm:<eva02 name>' for timm's pretrained EVA02."})
+    backbone: str = field(
+        default=BUILTIN_PREFIX + "vit-small-demo",
+        metadata={
+            "help": "Hub id, local folder, 'config:<name>' for a built-in random-init ViT (vit-small-demo, "
+            "vit-micro-test), or 'timm:<eva02 name>' for timm's pretrained EVA02."
+        },
+    )
     head: str = field(default="light", metadata={"help": "Segmentation head.", "choices": list(HEADS)})
     taps: Optional[list[int]] = field(default=None, metadata={"help": "1-based blocks feeding the head."})
-    num_queries: Optional[int] = field(default=None, metadata={"help": "Mask2Former/EoMT queries (None: model default)."})
-    dataset: str = field(default="synthetic", metadata={"help": "Source dataset (gtav, cityscapes, camvid, synthetic, ...), or your own data as --dataset_name."})
-    dataset_name: Optional[str] = field(default=None, metadata={
-        "help": "Your own source data (replaces --dataset): a Hub dataset id, a save_to_disk folder, or a folder "
-                "of images/ + masks/ (same stems) + id2label.json."})
+    num_queries: Optional[int] = field(
+        default=None, metadata={"help": "Mask2Former/EoMT queries (None: model default)."}
+    )
+    dataset: str = field(
+        default="synthetic",
+        metadata={
+            "help": "Source dataset (gtav, cityscapes, camvid, synthetic, ...), or your own data as --dataset_name."
+        },
+    )
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Your own source data (replaces --dataset): a Hub dataset id, a save_to_disk folder, or a folder "
+            "of images/ + masks/ (same stems) + id2label.json."
+        },
+    )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "The Hub dataset's configuration."})
     image_column_name: str = field(default="image", metadata={"help": "Your dataset's image column."})
     label_column_name: str = field(default="label", metadata={"help": "Your dataset's segmentation-map column."})
-    do_reduce_labels: bool = field(default=False, metadata={
-        "help": "Your labels' 0 is a background to ignore: 0 -> 255, the other ids minus 1 (e.g. ADE20k)."})
-    train_val_split: Optional[float] = field(default=None, metadata={
-        "help": "Share of your dataset's train split held out as 'validation' when it has none (fixed seed)."})
+    do_reduce_labels: bool = field(
+        default=False,
+        metadata={"help": "Your labels' 0 is a background to ignore: 0 -> 255, the other ids minus 1 (e.g. ADE20k)."},
+    )
+    train_val_split: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Share of your dataset's train split held out as 'validation' when it has none (fixed seed)."
+        },
+    )
     data_root: Optional[str] = field(default=None, metadata={"help": "Source dataset folder (unused for synthetic)."})
     train_split: str = field(default="source", metadata={"help": "Source training split (synthetic: a domain)."})
     val_split: Optional[str] = field(default=None, metadata={"help": "Source validation split (model selection only)."})
-    targets: list[str] = field(default_factory=list, metadata={
-        "help": "Unseen target domains as dataset:split, e.g. cityscapes:val camvid:target_dusk synthetic:fog."})
-    target_roots: list[str] = field(default_factory=list, metadata={
-        "help": "dataset=folder for target datasets other than the source one, e.g. bdd100k=/data/bdd100k."})
+    targets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Unseen target domains as dataset:split, e.g. cityscapes:val camvid:target_dusk synthetic:fog."
+        },
+    )
+    target_roots: list[str] = field(
+        default_factory=list,
+        metadata={"help": "dataset=folder for target datasets other than the source one, e.g. bdd100k=/data/bdd100k."},
+    )
     label_space: Optional[str] = field(default=None, metadata={"help": "CamVid: 'camvid' (11) or 'cityscapes' (19)."})
-    label_mapping: list[str] = field(default_factory=list, metadata={
-        "help": "Score targets whose classes differ from the model's: 'target class=model class' pairs (e.g. "
-                "tree=vegetation); equal names map to themselves, other classes are ignored. Without it such a "
-                "target is refused."})
+    label_mapping: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Score targets whose classes differ from the model's: 'target class=model class' pairs (e.g. "
+            "tree=vegetation); equal names map to themselves, other classes are ignored. Without it such a "
+            "target is refused."
+        },
+    )
     crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata={"help": "Training crop (h w)."})
     scale_range: list[int] = field(default_factory=lambda: [256, 1024], metadata={"help": "Training short-edge range."})
     photometric: bool = field(default=True, metadata={"help": "mmseg photometric distortion in training."})
-    num_scales: Optional[int] = field(default=16, metadata={
-        "help": "Training short edges: num_scales evenly spaced values of scale_range (16: Rein's 256, 307, ..., "
-                "1024); None (YAML null): any integer in scale_range."})
-    cat_max_ratio: float = field(default=0.75, metadata={
-        "help": "Re-draw a training crop (up to 10 times) while one class fills this share of it or more "
-                "(mmseg's RandomCrop); 1.0 disables."})
+    num_scales: Optional[int] = field(
+        default=16,
+        metadata={
+            "help": "Training short edges: num_scales evenly spaced values of scale_range (16: Rein's 256, 307, ..., "
+            "1024); None (YAML null): any integer in scale_range."
+        },
+    )
+    cat_max_ratio: float = field(
+        default=0.75,
+        metadata={
+            "help": "Re-draw a training crop (up to 10 times) while one class fills this share of it or more "
+            "(mmseg's RandomCrop); 1.0 disables."
+        },
+    )
     flip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability in training."})
-    keyed_augmentation: bool = field(default=True, metadata={
-        "help": "Key every augmentation draw by (seed, epoch, sample index), so that a resumed run augments as "
-                "the uninterrupted one. False draws from torch's RNG at each call (a datasets set_transform, "
-                "seeded by the trainer): a resumed run then augments differently. False reproduces runs made "
-                "that way; it needs bad_file_policy='error'."})
-    bad_file_policy: str = field(default="error", metadata={
-        "help": "A training image that fails to decode mid-run: 'error' stops naming the file (after saving a "
-                "checkpoint to resume from), 'skip' warns with the path and a count and uses the next sample.",
-        "choices": ["error", "skip"]})
-    eval_mode: str = field(default="slide", metadata={"help": "Inference: whole or slide.", "choices": list(EVAL_MODES)})
+    keyed_augmentation: bool = field(
+        default=True,
+        metadata={
+            "help": "Key every augmentation draw by (seed, epoch, sample index), so that a resumed run augments as "
+            "the uninterrupted one. False draws from torch's RNG at each call (a datasets set_transform, "
+            "seeded by the trainer): a resumed run then augments differently. False reproduces runs made "
+            "that way; it needs bad_file_policy='error'."
+        },
+    )
+    bad_file_policy: str = field(
+        default="error",
+        metadata={
+            "help": "A training image that fails to decode mid-run: 'error' stops naming the file (after saving a "
+            "checkpoint to resume from), 'skip' warns with the path and a count and uses the next sample.",
+            "choices": ["error", "skip"],
+        },
+    )
+    eval_mode: str = field(
+        default="slide", metadata={"help": "Inference: whole or slide.", "choices": list(EVAL_MODES)}
+    )
     eval_crop_size: int = field(default=512, metadata={"help": "Sliding-window size."})
     eval_stride: int = field(default=341, metadata={"help": "Sliding-window stride."})
-    eval_scale: Optional[list[int]] = field(default=None, metadata={
-        "help": "(long short) keep-ratio evaluation size; default: the dataset's (Rein's protocol)."})
+    eval_scale: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "(long short) keep-ratio evaluation size; default: the dataset's (Rein's protocol)."},
+    )
     num_synthetic_samples: int = field(default=256, metadata={"help": "Synthetic training images."})
     num_synthetic_eval_samples: int = field(default=64, metadata={"help": "Synthetic images per eval domain."})
     synthetic_size: list[int] = field(default_factory=lambda: [64, 96], metadata={"help": "Synthetic image (h w)."})
@@ -186,10 +256,14 @@ class ExperimentArguments:
     merge: bool = field(default=False, metadata={"help": "Save the merged model instead of the adapter."})
     card_title: Optional[str] = field(default=None, metadata={"help": "Model card title (default from the run)."})
     quick: bool = field(default=False, metadata={"help": "CI smoke run: a few steps and samples."})
-    overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Start a new run in an output_dir that holds an earlier run's files and checkpoints, deleting them "
-                "first (without it that is an error; --resume_from_checkpoint last continues that run instead). "
-                "Files no run wrote there are never deleted: such a folder is refused."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an output_dir that holds an earlier run's files and checkpoints, deleting them "
+            "first (without it that is an error; --resume_from_checkpoint last continues that run instead). "
+            "Files no run wrote there are never deleted: such a folder is refused."
+        },
+    )
 
     def __post_init__(self) -> None:
         from ..data import DATASET_NAMES
@@ -199,11 +273,14 @@ class ExperimentArguments:
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be 'whole' or 'slide', got {self.eval_mode!r}.")
         if self.bad_file_policy not in ("error", "skip"):
-            raise ValueError(f"bad_file_policy must be 'error' (stop naming the file) or 'skip' (warn, count, use "
-                             f"the next sample), got {self.bad_file_policy!r}.")
-        if self.backbone.startswith(BUILTIN_PREFIX) and self.backbone[len(BUILTIN_PREFIX):] not in BUILTIN_BACKBONES:
-            raise ValueError(f"Unknown built-in backbone {self.backbone!r}; "
-                             f"choose {BUILTIN_PREFIX}<{'|'.join(BUILTIN_BACKBONES)}>.")
+            raise ValueError(
+                f"bad_file_policy must be 'error' (stop naming the file) or 'skip' (warn, count, use "
+                f"the next sample), got {self.bad_file_policy!r}."
+            )
+        if self.backbone.startswith(BUILTIN_PREFIX) and self.backbone[len(BUILTIN_PREFIX) :] not in BUILTIN_BACKBONES:
+            raise ValueError(
+                f"Unknown built-in backbone {self.backbone!r}; choose {BUILTIN_PREFIX}<{'|'.join(BUILTIN_BACKBONES)}>."
+            )
         if self.backbone.startswith(TIMM_PREFIX):
             from ..backbones.eva02 import timm_eva02_name  # no timm import: only the name is checked here
 
@@ -236,19 +313,26 @@ class ExperimentArguments:
             raise ValueError(f"eval_scale must be (long short), got {self.eval_scale}.")
 
     def _check_augmentation(self) -> None:
-        if self.num_scales is not None and (isinstance(self.num_scales, bool) or not isinstance(self.num_scales, int)
-                                            or self.num_scales < 1):
-            raise ValueError(f"num_scales must be a positive integer (16: Rein's short edges) or None (any integer "
-                             f"in scale_range), got {self.num_scales!r}.")
+        if self.num_scales is not None and (
+            isinstance(self.num_scales, bool) or not isinstance(self.num_scales, int) or self.num_scales < 1
+        ):
+            raise ValueError(
+                f"num_scales must be a positive integer (16: Rein's short edges) or None (any integer "
+                f"in scale_range), got {self.num_scales!r}."
+            )
         if not 0.0 < self.cat_max_ratio <= 1.0:
-            raise ValueError(f"cat_max_ratio must be in (0, 1] (0.75: mmseg's; 1.0 disables the re-draws), "
-                             f"got {self.cat_max_ratio!r}.")
+            raise ValueError(
+                f"cat_max_ratio must be in (0, 1] (0.75: mmseg's; 1.0 disables the re-draws), "
+                f"got {self.cat_max_ratio!r}."
+            )
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be a probability in [0, 1], got {self.flip_prob!r}.")
         if not self.keyed_augmentation and self.bad_file_policy != "error":
             # Skipping a bad sample is KeyedTrainingDataset's job; a plain datasets transform can only raise.
-            raise ValueError(f"bad_file_policy={self.bad_file_policy!r} needs keyed_augmentation=True; with "
-                             "keyed_augmentation=False use bad_file_policy='error'.")
+            raise ValueError(
+                f"bad_file_policy={self.bad_file_policy!r} needs keyed_augmentation=True; with "
+                "keyed_augmentation=False use bad_file_policy='error'."
+            )
 
     def run_settings(self) -> dict:
         """`RUN_SETTINGS` and their values (what `FisherTuneTrainer(run_settings=...)` stores and compares)."""
@@ -282,9 +366,13 @@ class EvaluateArguments:
     targets: list[str] = field(default_factory=list, metadata={"help": "dataset:split domains (default: the run's)."})
     target_roots: list[str] = field(default_factory=list, metadata={"help": "dataset=folder pairs."})
     label_space: Optional[str] = field(default=None, metadata={"help": "CamVid label space override."})
-    label_mapping: Optional[list[str]] = field(default=None, metadata={
-        "help": "'target class=model class' pairs for targets whose classes differ from the model's (default: "
-                "the run's)."})
+    label_mapping: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "'target class=model class' pairs for targets whose classes differ from the model's (default: "
+            "the run's)."
+        },
+    )
     eval_mode: Optional[str] = field(default=None, metadata={"help": "whole or slide (default: the run's)."})
     eval_scale: Optional[list[int]] = field(default=None, metadata={"help": "(long short) evaluation size."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate every evaluation set."})

@@ -31,11 +31,15 @@ def dinov2_config(**kwargs):
     if size is not None:
         hidden = kwargs.get("hidden_size", Dinov2Config().hidden_size)
         if size <= 0 or size % hidden:
-            raise ValueError(f"intermediate_size={size} is not a multiple of hidden_size={hidden}: DINOv2 sizes its "
-                             "FFN as hidden_size * mlp_ratio (an integer); use a multiple or set mlp_ratio instead.")
+            raise ValueError(
+                f"intermediate_size={size} is not a multiple of hidden_size={hidden}: DINOv2 sizes its "
+                "FFN as hidden_size * mlp_ratio (an integer); use a multiple or set mlp_ratio instead."
+            )
         if kwargs.get("mlp_ratio", size // hidden) != size // hidden:
-            raise ValueError(f"intermediate_size={size} and mlp_ratio={kwargs['mlp_ratio']} disagree "
-                             f"(hidden_size={hidden}); set one of them.")
+            raise ValueError(
+                f"intermediate_size={size} and mlp_ratio={kwargs['mlp_ratio']} disagree "
+                f"(hidden_size={hidden}); set one of them."
+            )
         kwargs["mlp_ratio"] = size // hidden
     return Dinov2Config(**kwargs)
 
@@ -43,7 +47,7 @@ def dinov2_config(**kwargs):
 def backbone_source(backbone: str):
     """What `build_model` takes: a `Dinov2Config` for `config:<name>`, else the Hub id, folder or `timm:` name."""
     if backbone.startswith(BUILTIN_PREFIX):
-        return dinov2_config(**BUILTIN_BACKBONES[backbone[len(BUILTIN_PREFIX):]])
+        return dinov2_config(**BUILTIN_BACKBONES[backbone[len(BUILTIN_PREFIX) :]])
     return backbone
 
 
@@ -59,8 +63,11 @@ def normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     try:
         processor = AutoImageProcessor.from_pretrained(backbone)
     except (OSError, ValueError) as err:  # what transformers raises for a missing file, repo or connection
-        logger.warning("No image processor for %r (%s); normalising with ImageNet's mean and std.",
-                       backbone, str(err).splitlines()[0])
+        logger.warning(
+            "No image processor for %r (%s); normalising with ImageNet's mean and std.",
+            backbone,
+            str(err).splitlines()[0],
+        )
         return ftdata.IMAGENET_MEAN, ftdata.IMAGENET_STD
     if getattr(processor, "image_mean", None) is None or getattr(processor, "image_std", None) is None:
         return ftdata.IMAGENET_MEAN, ftdata.IMAGENET_STD
@@ -79,8 +86,15 @@ def source_id2label(args: ExperimentArguments) -> dict[int, str]:
 def _custom(source: str, split: str, config_name, image_column: str, label_column: str, reduce_labels: bool,
             train_val_split):  # fmt: skip
     # Loaded once per process (the class names and the split both read it); datasets are not changed in place.
-    return ftdata.load_custom(source, split, config_name=config_name, image_column=image_column,
-                              label_column=label_column, reduce_labels=reduce_labels, train_val_split=train_val_split)
+    return ftdata.load_custom(
+        source,
+        split,
+        config_name=config_name,
+        image_column=image_column,
+        label_column=label_column,
+        reduce_labels=reduce_labels,
+        train_val_split=train_val_split,
+    )
 
 
 def build_base_model(args: ExperimentArguments, id2label: dict[int, str], seed: Optional[int] = None):
@@ -103,8 +117,15 @@ def load_split(args: ExperimentArguments, name: str, split: str, train: bool, ro
         seed = SYNTHETIC_TRAIN_SEED if train else SYNTHETIC_EVAL_SEED
         return ftdata.make_synthetic_dataset(n, domain=split, size=tuple(args.synthetic_size), seed=seed)
     if not ftdata.is_builtin(name):  # your own data: a folder or a Hub id, with the run's column options
-        ds = _custom(name, split, args.dataset_config_name, args.image_column_name, args.label_column_name,
-                     args.do_reduce_labels, args.train_val_split)
+        ds = _custom(
+            name,
+            split,
+            args.dataset_config_name,
+            args.image_column_name,
+            args.label_column_name,
+            args.do_reduce_labels,
+            args.train_val_split,
+        )
         return ds.select(range(min(limit, len(ds)))) if limit else ds
     roots = args.target_root_map() if roots is None else roots
     if name not in roots:
@@ -141,17 +162,23 @@ def label_space_lut(args: ExperimentArguments, spec: str, ds, id2label: dict):
         return None
     mapping = label_mapping_dict(args.label_mapping)
     if not mapping:
-        hint = (" For CamVid scored in the Cityscapes space pass --label_space cityscapes." if spec.startswith("camvid")
-                else "")
+        hint = (
+            " For CamVid scored in the Cityscapes space pass --label_space cityscapes."
+            if spec.startswith("camvid")
+            else ""
+        )
         raise ValueError(
             f"Target {spec!r} has the classes {[names[k] for k in sorted(names)]} but the model predicts "
             f"{[model_names[k] for k in sorted(model_names)]}: scoring one against the other compares unrelated "
             f"classes.{hint} To map the target's classes onto the model's by name, pass --label_mapping "
-            "'target class=model class' ... (equal names map to themselves, the rest are ignored).")
+            "'target class=model class' ... (equal names map to themselves, the rest are ignored)."
+        )
     lut, unmatched = ftdata.name_mapping_lut(names, model_names, mapping)
     if len(unmatched) == len(names):
-        raise ValueError(f"label_mapping maps none of the classes of {spec!r} ({sorted(names.values())}) onto the "
-                         f"model's ({sorted(model_names.values())}).")
+        raise ValueError(
+            f"label_mapping maps none of the classes of {spec!r} ({sorted(names.values())}) onto the "
+            f"model's ({sorted(model_names.values())})."
+        )
     if unmatched:
         logger.warning("Target %r: classes %s match no class of the model and are ignored.", spec, unmatched)
     return lut
@@ -161,10 +188,17 @@ def train_transform(args: ExperimentArguments, label_lut=None):
     """Rein's training augmentation as `args` sizes it (crop, scales, crop re-draws, flip, photometric), normalised
     for the backbone: a `SegmentationTransforms` to wrap in `KeyedTrainingDataset` or pass to `set_transform`."""
     mean, std = normalization(args.backbone)
-    return ftdata.train_transforms(crop_size=tuple(args.crop_size), scale_range=tuple(args.scale_range),
-                                   num_scales=args.num_scales, cat_max_ratio=args.cat_max_ratio,
-                                   flip_prob=args.flip_prob, photometric=args.photometric, mean=mean, std=std,
-                                   label_lut=label_lut)
+    return ftdata.train_transforms(
+        crop_size=tuple(args.crop_size),
+        scale_range=tuple(args.scale_range),
+        num_scales=args.num_scales,
+        cat_max_ratio=args.cat_max_ratio,
+        flip_prob=args.flip_prob,
+        photometric=args.photometric,
+        mean=mean,
+        std=std,
+        label_lut=label_lut,
+    )
 
 
 def build_train_dataset(args: ExperimentArguments, seed: int = 0):

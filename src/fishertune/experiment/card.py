@@ -35,14 +35,30 @@ def eval_results(results: Mapping[str, Mapping[str, Any]], mean: Optional[float]
         parts = name.split(":")
         dataset, split = (parts[-2], parts[-1]) if len(parts) >= 2 else (name, None)
         label = f"source validation {dataset}:{split}" if parts[0] == "source" else name
-        out.append(EvalResult(task_type="image-segmentation", task_name="Semantic segmentation", dataset_type=dataset,
-                              dataset_name=label, dataset_split=split, metric_type="mean_iou", metric_name="mIoU",
-                              metric_value=round(float(m["mIoU"]), 2)))
+        out.append(
+            EvalResult(
+                task_type="image-segmentation",
+                task_name="Semantic segmentation",
+                dataset_type=dataset,
+                dataset_name=label,
+                dataset_split=split,
+                metric_type="mean_iou",
+                metric_name="mIoU",
+                metric_value=round(float(m["mIoU"]), 2),
+            )
+        )
     if mean is not None:
-        out.append(EvalResult(task_type="image-segmentation", task_name="Semantic segmentation",
-                              dataset_type="targets", dataset_name="mean over target domains",
-                              metric_type="mean_iou", metric_name="mean mIoU over targets",
-                              metric_value=round(float(mean), 2)))
+        out.append(
+            EvalResult(
+                task_type="image-segmentation",
+                task_name="Semantic segmentation",
+                dataset_type="targets",
+                dataset_name="mean over target domains",
+                metric_type="mean_iou",
+                metric_name="mean mIoU over targets",
+                metric_value=round(float(mean), 2),
+            )
+        )
     return out
 
 
@@ -128,8 +144,15 @@ def _budget_lines(targs) -> dict:
     return {"delta_min": config.delta_min, "delta_max": config.delta_max}
 
 
-def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths, repo_id: str | None = None,
-                 model_dir: str | None = None) -> dict:
+def card_context(
+    out: str,
+    exp,
+    targs,
+    metrics: Mapping[str, Any],
+    phase_lengths,
+    repo_id: str | None = None,
+    model_dir: str | None = None,
+) -> dict:
     """The template variables of a run's card, from its arguments, metrics and output folder (the model files
     in `model_dir`, default `out`: the folder they are written in before they are moved into `out`)."""
     import json
@@ -191,8 +214,9 @@ def card_context(out: str, exp, targs, metrics: Mapping[str, Any], phase_lengths
     }  # fmt: skip
 
 
-def write_model_card(out: str, exp, targs, metrics: Mapping[str, Any], trainer, repo_id: str | None = None,
-                     model_dir: str | None = None) -> str:
+def write_model_card(
+    out: str, exp, targs, metrics: Mapping[str, Any], trainer, repo_id: str | None = None, model_dir: str | None = None
+) -> str:
     """Render the card of a finished run into `model_dir or out`/README.md; returns its path."""
     lengths = targs.phase_lengths(trainer.state.max_steps)
     path = os.path.join(model_dir or out, CARD_NAME)

@@ -70,13 +70,23 @@ def parse_args(dataclass_types, argv: Optional[list[str]] = None, configs_dir: O
     config = pop_config(argv) or default_config
     # The help starts with the description (argparse's generated usage line lists 200 flags; the description
     # shows the real usage).
-    parser = HfArgumentParser(dataclass_types, description=description, formatter_class=_HelpFormatter,
-                              usage=argparse.SUPPRESS if description else None)
+    parser = HfArgumentParser(
+        dataclass_types,
+        description=description,
+        formatter_class=_HelpFormatter,
+        usage=argparse.SUPPRESS if description else None,
+    )
     if "-h" in argv or "--help" in argv:
         configs = sorted(f[:-5] for f in os.listdir(configs_dir) if f.endswith(".yaml")) if configs_dir else []
-        parser.add_argument("--config", default=default_config, help=(
-            "YAML file, or the name of one in recipes/configs/" + (f" ({', '.join(configs)})" if configs else "")
-            + ", whose keys (the flags below) replace the defaults shown here; flags override both."))
+        parser.add_argument(
+            "--config",
+            default=default_config,
+            help=(
+                "YAML file, or the name of one in recipes/configs/"
+                + (f" ({', '.join(configs)})" if configs else "")
+                + ", whose keys (the flags below) replace the defaults shown here; flags override both."
+            ),
+        )
         actions = parser._optionals._group_actions
         actions.insert(1, actions.pop())  # listed right after --help
         parser.parse_args(argv)  # prints the help and exits

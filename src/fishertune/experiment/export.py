@@ -15,8 +15,8 @@ from typing import Optional
 
 from .. import data as ftdata
 from ..atomic import write_json
-from ..outputs import ADAPTER_CONFIG_NAME as ADAPTER_CONFIG
 from ..models import processor_for
+from ..outputs import ADAPTER_CONFIG_NAME as ADAPTER_CONFIG
 from .arguments import ExperimentArguments
 from .build import normalization
 

@@ -19,8 +19,17 @@ import os
 from typing import Any, Optional
 
 from .. import atomic
-from ..outputs import (ADAPTER_CONFIG_NAME, CARD_NAME, CONFIG_NAME, IMAGE_PROCESSOR_NAME, METRICS_NAME,
-                       MODEL_CONFIG_NAME, RUN_MANIFEST_NAME, TRACKER_LOGS_DIR, TRAINING_OUTPUTS)
+from ..outputs import (
+    ADAPTER_CONFIG_NAME,
+    CARD_NAME,
+    CONFIG_NAME,
+    IMAGE_PROCESSOR_NAME,
+    METRICS_NAME,
+    MODEL_CONFIG_NAME,
+    RUN_MANIFEST_NAME,
+    TRACKER_LOGS_DIR,
+    TRAINING_OUTPUTS,
+)
 from .resume import checkpoints_in
 
 FORMAT_VERSION = 1
@@ -69,13 +78,18 @@ def read_manifest(folder: str) -> Optional[dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise OutputFolderError(f"{path} is damaged ({err}): the run manifest cannot be read. Rerun the training "
-                                "into a new --output_dir (or with --overwrite_output_dir true).") from err
+        raise OutputFolderError(
+            f"{path} is damaged ({err}): the run manifest cannot be read. Rerun the training "
+            "into a new --output_dir (or with --overwrite_output_dir true)."
+        ) from err
     files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(v, dict) and {"sha256", "size"} <= set(v)
-                                              for v in files.values()):
-        raise OutputFolderError(f"{path} is damaged: not a run manifest (a mapping whose 'files' maps each path to "
-                                "its sha256 and size). Rerun the training into a new --output_dir.")
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and {"sha256", "size"} <= set(v) for v in files.values()
+    ):
+        raise OutputFolderError(
+            f"{path} is damaged: not a run manifest (a mapping whose 'files' maps each path to "
+            "its sha256 and size). Rerun the training into a new --output_dir."
+        )
     return manifest
 
 
@@ -91,13 +105,20 @@ def verify(folder: str, manifest: dict[str, Any]) -> None:
         if os.path.getsize(path) != listed[rel]["size"] or atomic.sha256_file(path) != listed[rel]["sha256"]:
             modified.append(rel)
     if stray or missing or modified:
-        problems = [f"{what}: {some(names)}" for what, names in
-                    (("stray (not written by that run)", stray), ("missing", missing),
-                     ("modified since the run wrote it", modified)) if names]
+        problems = [
+            f"{what}: {some(names)}"
+            for what, names in (
+                ("stray (not written by that run)", stray),
+                ("missing", missing),
+                ("modified since the run wrote it", modified),
+            )
+            if names
+        ]
         raise OutputFolderError(
             f"{folder} does not hold the files of one run: its {RUN_MANIFEST_NAME} lists what run "
             f"{manifest.get('run_id')} wrote, and {'; '.join(problems)}. Move stray files away, or rerun the "
-            "training (a new --output_dir, or --overwrite_output_dir true).")
+            "training (a new --output_dir, or --overwrite_output_dir true)."
+        )
 
 
 def publish(stage: str, out: str, *, run_id: str, method: str, settings: dict) -> list[str]:
@@ -121,10 +142,20 @@ def publish(stage: str, out: str, *, run_id: str, method: str, settings: dict) -
     for rel in sorted(set(previous["files"]) - written) if previous else []:
         if os.path.isfile(os.path.join(out, rel)):
             os.remove(os.path.join(out, rel))
-    files = {rel: {"sha256": atomic.sha256_file(os.path.join(out, rel)),
-                   "size": os.path.getsize(os.path.join(out, rel))} for rel in sorted(written)}
-    atomic.write_json(os.path.join(out, RUN_MANIFEST_NAME), {
-        "format_version": FORMAT_VERSION, "run_id": run_id, "method": method,
-        "settings_sha256": settings_digest(settings), "fishertune_version": __version__, "files": files,
-    }, sort_keys=True)
+    files = {
+        rel: {"sha256": atomic.sha256_file(os.path.join(out, rel)), "size": os.path.getsize(os.path.join(out, rel))}
+        for rel in sorted(written)
+    }
+    atomic.write_json(
+        os.path.join(out, RUN_MANIFEST_NAME),
+        {
+            "format_version": FORMAT_VERSION,
+            "run_id": run_id,
+            "method": method,
+            "settings_sha256": settings_digest(settings),
+            "fishertune_version": __version__,
+            "files": files,
+        },
+        sort_keys=True,
+    )
     return sorted(files)

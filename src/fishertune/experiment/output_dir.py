@@ -63,7 +63,8 @@ class OutputDirPlan:
         raise FileExistsError(
             f"{self.folder} holds the files of an earlier run ({some(self.earlier)}); a new run there would mix "
             f"its files with them.{resume} Choose another --output_dir, or pass --overwrite_output_dir true to "
-            "delete that run's files first.")
+            "delete that run's files first."
+        )
 
     def freed_bytes(self) -> int:
         total = sum(os.path.getsize(os.path.join(self.folder, f)) for f in self.files)
@@ -124,7 +125,8 @@ def inspect_output_dir(folder: str) -> OutputDirPlan:
         raise FileExistsError(
             f"{folder} holds files that no fishertune run wrote there ({some(others)}): a run would overwrite "
             "or mix with them, and --overwrite_output_dir deletes only an earlier run's own files. Choose a new or "
-            "empty --output_dir, or move those files away.")
+            "empty --output_dir, or move those files away."
+        )
     return OutputDirPlan(folder, mine, checkpoints_in(folder), manifest is not None)
 
 
@@ -140,8 +142,12 @@ def check_writable(folder: str) -> None:
             os.close(fd)
             os.remove(probe)
     except OSError as err:
-        raise PermissionError(err.errno, f"--output_dir {folder} is not writable ({err.strerror}); nothing was "
-                                         "trained. Choose a folder you can write to.", folder) from err
+        raise PermissionError(
+            err.errno,
+            f"--output_dir {folder} is not writable ({err.strerror}); nothing was "
+            "trained. Choose a folder you can write to.",
+            folder,
+        ) from err
 
 
 def required_bytes(model, checkpoints: bool) -> int:
@@ -160,6 +166,10 @@ def check_free_space(folder: str, need: int, freed: int = 0) -> None:
     """Raise `OSError(ENOSPC)` naming `folder` when its filesystem has less than `need` bytes free (after `freed`)."""
     free = shutil.disk_usage(folder).free + freed
     if free < need:
-        raise OSError(errno.ENOSPC, f"--output_dir {folder} has {free / 2**30:.2f} GiB free, the run needs about "
-                                    f"{need / 2**30:.2f} GiB (the model and a checkpoint, x{SAFETY_FACTOR}); nothing "
-                                    "was trained. Free some space or choose a folder on another disk.", folder)
+        raise OSError(
+            errno.ENOSPC,
+            f"--output_dir {folder} has {free / 2**30:.2f} GiB free, the run needs about "
+            f"{need / 2**30:.2f} GiB (the model and a checkpoint, x{SAFETY_FACTOR}); nothing "
+            "was trained. Free some space or choose a folder on another disk.",
+            folder,
+        )

@@ -189,8 +189,18 @@ def predict_output(folder: str, images_dir: str, out_dir: str, device=None, mode
     mean, std = normalization(exp.backbone)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     scale = exp.eval_scale or (None if exp.dataset == "synthetic" else _dataset_scale(exp.dataset))
-    return predict_folder(model, images_dir, out_dir, id2label, mean, std, scale=scale, mode=mode or exp.eval_mode,
-                          crop_size=exp.eval_crop_size, stride=exp.eval_stride)
+    return predict_folder(
+        model,
+        images_dir,
+        out_dir,
+        id2label,
+        mean,
+        std,
+        scale=scale,
+        mode=mode or exp.eval_mode,
+        crop_size=exp.eval_crop_size,
+        stride=exp.eval_stride,
+    )
 
 
 def _dataset_scale(name: str):

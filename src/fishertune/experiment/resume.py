@@ -73,10 +73,14 @@ def resolve_resume(resume, output_dir: str, overwrite: bool = False, is_main: bo
             )
         if not os.path.isfile(os.path.join(ckpt, TRAINER_STATE)):
             inner = checkpoints_in(ckpt)
-            hint = f" (it holds {os.path.basename(inner[-1])}: pass that folder, or 'last' with --output_dir {ckpt})" \
-                if inner else ""
-            raise FileNotFoundError(f"--resume_from_checkpoint {ckpt}: not a checkpoint, it has no {TRAINER_STATE}"
-                                    f"{hint}.")
+            hint = (
+                f" (it holds {os.path.basename(inner[-1])}: pass that folder, or 'last' with --output_dir {ckpt})"
+                if inner
+                else ""
+            )
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {ckpt}: not a checkpoint, it has no {TRAINER_STATE}{hint}."
+            )
     # Resuming from elsewhere into a folder of another run would mix two runs' checkpoints.
     foreign = [c for c in existing if not _inside(ckpt, output_dir)]
     if foreign and not overwrite:
@@ -88,8 +92,10 @@ def resolve_resume(resume, output_dir: str, overwrite: bool = False, is_main: bo
     if missing:
         newest, _ = newest_complete(os.path.dirname(os.path.abspath(ckpt)))
         hint = f" Resume from {newest} (the newest complete one) instead." if newest else ""
-        raise FileNotFoundError(f"--resume_from_checkpoint {ckpt}: incomplete checkpoint (no {', '.join(missing)}: "
-                                f"a save that did not finish).{hint}")
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {ckpt}: incomplete checkpoint (no {', '.join(missing)}: "
+            f"a save that did not finish).{hint}"
+        )
     _delete(foreign if is_main else [], "another run")
     return os.path.abspath(ckpt)
 
@@ -98,10 +104,14 @@ def _how_to_go_on(output_dir: str) -> str:
     """What to do about the checkpoints in `output_dir`; deleting them is suggested only when none can be resumed."""
     complete, skipped = newest_complete(output_dir)
     if complete is not None:
-        return (f"Resume that run with --resume_from_checkpoint last (it continues from {os.path.basename(complete)}, "
-                "the newest complete checkpoint), or choose another --output_dir.")
-    return (f"None of them can be resumed ({describe(skipped)}): choose another --output_dir, or pass "
-            "--overwrite_output_dir true to delete them and start over.")
+        return (
+            f"Resume that run with --resume_from_checkpoint last (it continues from {os.path.basename(complete)}, "
+            "the newest complete checkpoint), or choose another --output_dir."
+        )
+    return (
+        f"None of them can be resumed ({describe(skipped)}): choose another --output_dir, or pass "
+        "--overwrite_output_dir true to delete them and start over."
+    )
 
 
 def _delete(checkpoints: list[str], whose: str) -> None:

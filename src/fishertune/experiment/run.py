@@ -77,8 +77,13 @@ def evaluate_all(model, exp: ExperimentArguments, targets: dict, source_val: dic
                  disable_tqdm: Optional[bool] = None) -> dict:  # fmt: skip
     """`{target: metrics%, ..., "mean": over targets, source key: metrics%}` with the run's inference settings
     (a progress bar of images per domain unless `disable_tqdm`)."""
-    kw = dict(mode=exp.eval_mode, crop_size=exp.eval_crop_size, stride=exp.eval_stride,
-              num_classes=model.config.num_labels, disable_tqdm=disable_tqdm)
+    kw = dict(
+        mode=exp.eval_mode,
+        crop_size=exp.eval_crop_size,
+        stride=exp.eval_stride,
+        num_classes=model.config.num_labels,
+        disable_tqdm=disable_tqdm,
+    )
     results = {}
     if targets:
         raw = evaluate_model(model, targets, **kw)
@@ -128,8 +133,9 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     plan = inspect_output_dir(out)
     # is_main=False: validation only; the earlier run's files, checkpoints included, are deleted below once every
     # check (writable, free space) has passed.
-    targs.resume_from_checkpoint = resolve_resume(targs.resume_from_checkpoint, out,
-                                                  overwrite=exp.overwrite_output_dir, is_main=False)
+    targs.resume_from_checkpoint = resolve_resume(
+        targs.resume_from_checkpoint, out, overwrite=exp.overwrite_output_dir, is_main=False
+    )
     check_resume_settings(targs.resume_from_checkpoint, targs, exp.run_settings())
     replace_earlier = plan.require_fresh(targs.resume_from_checkpoint, exp.overwrite_output_dir)
     if targs.should_save:
@@ -146,8 +152,11 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
     model = build_base_model(exp, id2label, seed=targs.seed)
     stage = None
     if targs.should_save:
-        check_free_space(out, required_bytes(model, checkpoints=targs.save_strategy != "no"),
-                         freed=plan.freed_bytes() if replace_earlier else 0)
+        check_free_space(
+            out,
+            required_bytes(model, checkpoints=targs.save_strategy != "no"),
+            freed=plan.freed_bytes() if replace_earlier else 0,
+        )
         if replace_earlier:
             plan.delete_earlier()
         atomic.remove_stale_temporaries(out)  # a killed run's unfinished outputs
@@ -162,9 +171,14 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
 
     # -- evaluation during training (eval_strategy, metric_for_best_model): the run's targets, its evaluator --
     trainer = with_target_evaluation(FisherTuneTrainer)(
-        model=model, args=targs, train_dataset=train_ds, data_collator=collate_fn, eval_sets={**targets, **source_val},
+        model=model,
+        args=targs,
+        train_dataset=train_ds,
+        data_collator=collate_fn,
+        eval_sets={**targets, **source_val},
         evaluate_fn=lambda m: evaluate_all(m, exp, targets, source_val, disable_tqdm=True),
-        run_settings=exp.run_settings())
+        run_settings=exp.run_settings(),
+    )
     # -- end of evaluation during training --
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
@@ -194,9 +208,9 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
         from ..hub import push_output_folder
 
         repo_id = targs.hub_model_id or os.path.basename(os.path.abspath(out))
-        result["push_url"] = push_output_folder(out, repo_id, token=targs.hub_token,
-                                                private=bool(targs.hub_private_repo),
-                                                files=[*files, RUN_MANIFEST_NAME])
+        result["push_url"] = push_output_folder(
+            out, repo_id, token=targs.hub_token, private=bool(targs.hub_private_repo), files=[*files, RUN_MANIFEST_NAME]
+        )
     result["files"] = sorted({f.split("/")[0] for f in files} | {RUN_MANIFEST_NAME})
     if verbose:
         print(report(result))

@@ -15,8 +15,15 @@ from typing import Optional
 import torch
 import yaml
 
-from ..outputs import (ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, BASELINE_DIR, CONFIG_NAME, METRICS_NAME,
-                       MODEL_CONFIG_NAME, RUN_MANIFEST_NAME)
+from ..outputs import (
+    ADAPTER_CONFIG_NAME,
+    BASE_MODEL_DIR,
+    BASELINE_DIR,
+    CONFIG_NAME,
+    METRICS_NAME,
+    MODEL_CONFIG_NAME,
+    RUN_MANIFEST_NAME,
+)
 from .arguments import ExperimentArguments
 from .build import build_base_model, build_eval_datasets, build_source_val, source_id2label
 from .manifest import OutputFolderError, read_manifest, verify
@@ -44,8 +51,10 @@ def read_run_config(folder: str) -> dict:
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"{path} is damaged, not YAML ({err}). Rerun the training to write it again.") from err
     if not isinstance(config, dict):
-        raise ValueError(f"{path} is damaged: a run's settings are a mapping, this file holds "
-                         f"{'nothing' if config is None else type(config).__name__}. Rerun the training.")
+        raise ValueError(
+            f"{path} is damaged: a run's settings are a mapping, this file holds "
+            f"{'nothing' if config is None else type(config).__name__}. Rerun the training."
+        )
     missing = [k for k in _REQUIRED_KEYS if k not in config]
     if missing:
         raise ValueError(f"{path} is damaged (truncated?): it lacks {', '.join(missing)}. Rerun the training.")
@@ -75,10 +84,15 @@ def check_output_folder(folder: str) -> None:
         verify(folder, manifest)
         return
     if "run_id" in read_run_config(folder):
-        raise OutputFolderError(f"{folder} has no {RUN_MANIFEST_NAME} although its run wrote one last: the run "
-                                "stopped before it finished writing its outputs. Rerun the training.")
-    warnings.warn(f"{folder} has no {RUN_MANIFEST_NAME} (written by an older fishertune): its files cannot be "
-                  "checked to belong to one run.", stacklevel=3)
+        raise OutputFolderError(
+            f"{folder} has no {RUN_MANIFEST_NAME} although its run wrote one last: the run "
+            "stopped before it finished writing its outputs. Rerun the training."
+        )
+    warnings.warn(
+        f"{folder} has no {RUN_MANIFEST_NAME} (written by an older fishertune): its files cannot be "
+        "checked to belong to one run.",
+        stacklevel=3,
+    )
 
 
 def load_output(folder: str, device: Optional[str] = None):
@@ -113,7 +127,9 @@ def load_output(folder: str, device: Optional[str] = None):
             # must be installed again before its parameters, which `from_pretrained` dropped, can go back in.
             load_method_state(model, baseline_dir)
     else:
-        raise FileNotFoundError(f"{folder} holds neither an adapter ({ADAPTER_CONFIG_NAME}) nor a model ({MODEL_CONFIG_NAME}).")
+        raise FileNotFoundError(
+            f"{folder} holds neither an adapter ({ADAPTER_CONFIG_NAME}) nor a model ({MODEL_CONFIG_NAME})."
+        )
     return model.to(resolve_device(device)).eval(), exp
 
 

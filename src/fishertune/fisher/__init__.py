@@ -22,11 +22,11 @@ from .criteria import (
 from .diagonal import diagonal_fisher
 from .estimate import estimate_scores, estimate_statistics, scores_from_stats
 from .io import load_scores, load_statistics, save_scores, save_statistics
+from .likelihood import fisher_sample_weights
 from .perturb import DSUHooks, dsu_transform, find_blocks
 from .plots import plot_sensitivity_map, sensitivity_table
-from .timing import EstimationTiming
 from .registry import Criterion, criterion_names, get_criterion, register_criterion, unregister_criterion
-from .likelihood import fisher_sample_weights
+from .timing import EstimationTiming
 from .variational import fisher_from_precision, kl_divergence, variational_delta
 
 __all__ = [

@@ -122,64 +122,95 @@ class EstimationConfig:
     # `choices` (argparse's, via HfArgumentParser) is also what __post_init__ accepts: one list per option.
     criterion: str = field(
         default="dr_fim",
-        metadata={"help": "Selection criterion, a name of fishertune.fisher.criterion_names() (dr_fim: Eq. 7/15).",
-                  "choices": CRITERIA},
+        metadata={
+            "help": "Selection criterion, a name of fishertune.fisher.criterion_names() (dr_fim: Eq. 7/15).",
+            "choices": CRITERIA,
+        },
     )
     estimator: str = field(
         default="variational",
         metadata={"help": "'variational' (Eq. 10-15) or 'diagonal' (Eq. 9).", "choices": ["variational", "diagonal"]},
     )
     fisher_type: str = field(
-        default="true", metadata={"help": "'true' (labels sampled from the prediction, Eq. 4) or 'empirical' "
-                                          "(ground truth).", "choices": ["true", "empirical"]}
+        default="true",
+        metadata={
+            "help": "'true' (labels sampled from the prediction, Eq. 4) or 'empirical' (ground truth).",
+            "choices": ["true", "empirical"],
+        },
     )
     fisher_unit: str = field(
-        default="pixel", metadata={"help": "F's unit: 'pixel' (crop-size invariant F) or 'sample'.",
-                                   "choices": ["pixel", "sample"]}
+        default="pixel",
+        metadata={"help": "F's unit: 'pixel' (crop-size invariant F) or 'sample'.", "choices": ["pixel", "sample"]},
     )
     num_batches: int = field(default=100, metadata={"help": "T2: estimation batches per process."})
     delta_eps: float = field(default=1e-3, metadata={"help": "Eq. 5's eps as a fraction of mean(F)."})
     exchange: str = field(
         default="rank", metadata={"help": "F-vs-dF exchange rate of Eq. 7/15.", "choices": list(EXCHANGES)}
     )
-    exchange_quantile: float = field(default=0.99, metadata={"help": "Quantile of F worth one unit of w*dF ('quantile')."})
-    gamma: Optional[float] = field(default=None, metadata={"help": "KL weight of Eq. 11; None: prior_floor * tau^2 * mean(F)."})
+    exchange_quantile: float = field(
+        default=0.99, metadata={"help": "Quantile of F worth one unit of w*dF ('quantile')."}
+    )
+    gamma: Optional[float] = field(
+        default=None, metadata={"help": "KL weight of Eq. 11; None: prior_floor * tau^2 * mean(F)."}
+    )
     prior_floor: float = field(
-        default=_DEFAULT_PRIOR_FLOOR, metadata={"help": "Prior floor gamma/tau^2 as a fraction of the first batch's mean F (default "
-                                        "1e-3; 1e-1 and above mute dF below the floor; unused with gamma)."})
+        default=_DEFAULT_PRIOR_FLOOR,
+        metadata={
+            "help": "Prior floor gamma/tau^2 as a fraction of the first batch's mean F (default "
+            "1e-3; 1e-1 and above mute dF below the floor; unused with gamma)."
+        },
+    )
     tau: float = field(default=1e-3, metadata={"help": "Prior std around the pretrained weights (Eq. 10)."})
     variational_lr: float = field(default=0.1, metadata={"help": "Preconditioned SGD step on log-variance."})
     variational_gradient: str = field(
-        default="expected", metadata={"help": "'expected' (closed form, default) or 'reparam' (sampled).",
-                                      "choices": ["expected", "reparam"]}
+        default="expected",
+        metadata={
+            "help": "'expected' (closed form, default) or 'reparam' (sampled).",
+            "choices": ["expected", "reparam"],
+        },
     )
     variational_steps_per_batch: int = field(default=1, metadata={"help": "ELBO steps (antithetic draws) per batch."})
-    dsu_p: float = field(default=0.5, metadata={"help": "Probability of perturbing a hooked block per step (DSU: 0.5)."})
+    dsu_p: float = field(
+        default=0.5, metadata={"help": "Probability of perturbing a hooked block per step (DSU: 0.5)."}
+    )
     dsu_eps: float = field(default=1e-6, metadata={"help": "eps inside sqrt(var + eps) of Eq. 6."})
     dsu_blocks: Optional[list[int]] = field(default=None, metadata={"help": "Blocks to perturb; None = all."})
     dsu_draw: str = field(
-        default="channel", metadata={"help": "Shape of Eq. 6's eps: 'channel' (DSU's, per sample and channel) or "
-                                             "'scalar' (the paper's: one pair per batch, its own Eq. 7 weight).",
-                                     "choices": list(DRAWS)}
+        default="channel",
+        metadata={
+            "help": "Shape of Eq. 6's eps: 'channel' (DSU's, per sample and channel) or "
+            "'scalar' (the paper's: one pair per batch, its own Eq. 7 weight).",
+            "choices": list(DRAWS),
+        },
     )
     shift_weight: str = field(
-        default="abs_mean", metadata={"help": "Weight w of dF in Eq. 7: 'abs_mean' or 'literal'.",
-                                      "choices": ["abs_mean", "literal"]}
+        default="abs_mean",
+        metadata={"help": "Weight w of dF in Eq. 7: 'abs_mean' or 'literal'.", "choices": ["abs_mean", "literal"]},
     )
     shift_weight_reading: str = field(
-        default="mean", metadata={"help": "'mean' (dF of all batches x mean weight) or 'per_batch'.",
-                                  "choices": ["mean", "per_batch"]}
+        default="mean",
+        metadata={"help": "'mean' (dF of all batches x mean weight) or 'per_batch'.", "choices": ["mean", "per_batch"]},
     )
     micro_batch_size: Optional[int] = field(
-        default=None, metadata={"help": "Samples per forward/backward of phase 2 (None: the whole batch); lower it "
-                                        "when phase 2 is refused for memory."})
+        default=None,
+        metadata={
+            "help": "Samples per forward/backward of phase 2 (None: the whole batch); lower it "
+            "when phase 2 is refused for memory."
+        },
+    )
     accumulator_dtype: str = field(
-        default="float64", metadata={"help": "Dtype of the sums of per-sample squares: 'float64' or 'float32'.",
-                                     "choices": ["float64", "float32"]}
+        default="float64",
+        metadata={
+            "help": "Dtype of the sums of per-sample squares: 'float64' or 'float32'.",
+            "choices": ["float64", "float32"],
+        },
     )
     memory_check: str = field(
-        default="refuse", metadata={"help": "When phase 2's estimated memory exceeds what is available: 'refuse', "
-                                            "'warn' or 'off'.", "choices": ["refuse", "warn", "off"]}
+        default="refuse",
+        metadata={
+            "help": "When phase 2's estimated memory exceeds what is available: 'refuse', 'warn' or 'off'.",
+            "choices": ["refuse", "warn", "off"],
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of every random draw of the estimation."})
 
@@ -188,21 +219,29 @@ class EstimationConfig:
         for f in fields(self):
             options = f.metadata.get("choices")
             if options is not None and getattr(self, f.name) not in options:
-                raise ValueError(f"{f.name}={getattr(self, f.name)!r} is not supported; use one of "
-                                 f"{', '.join(map(repr, options))}.")
+                raise ValueError(
+                    f"{f.name}={getattr(self, f.name)!r} is not supported; use one of {', '.join(map(repr, options))}."
+                )
         if self.num_batches < 1:
             raise ValueError(f"num_batches must be >= 1 (T2 estimation batches), got {self.num_batches}.")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1 or None (the whole batch), got {self.micro_batch_size}.")
-        if (self.micro_batch_size is not None and self.estimator == "variational"
-                and self.variational_gradient == "reparam"):
-            raise ValueError("micro_batch_size needs per-sample passes: use variational_gradient='expected' (default) "
-                             "or the diagonal estimator, or micro_batch_size=None.")
+        if (
+            self.micro_batch_size is not None
+            and self.estimator == "variational"
+            and self.variational_gradient == "reparam"
+        ):
+            raise ValueError(
+                "micro_batch_size needs per-sample passes: use variational_gradient='expected' (default) "
+                "or the diagonal estimator, or micro_batch_size=None."
+            )
         if self.variational_steps_per_batch < 1:
             raise ValueError(f"variational_steps_per_batch must be >= 1, got {self.variational_steps_per_batch}.")
         if self.gamma is not None and self.prior_floor != _DEFAULT_PRIOR_FLOOR:
-            raise ValueError(f"gamma={self.gamma} and prior_floor={self.prior_floor} both set the prior floor "
-                             "gamma/tau^2: give one (prior_floor, relative to F's scale, is the portable one).")
+            raise ValueError(
+                f"gamma={self.gamma} and prior_floor={self.prior_floor} both set the prior floor "
+                "gamma/tau^2: give one (prior_floor, relative to F's scale, is the portable one)."
+            )
         for name in ("tau", "variational_lr", "dsu_eps", "delta_eps", "prior_floor"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}; see the EstimationConfig docstring.")
@@ -211,17 +250,28 @@ class EstimationConfig:
         if not 0.0 <= self.exchange_quantile <= 1.0:
             raise ValueError(f"exchange_quantile is a quantile in [0, 1], got {self.exchange_quantile}.")
         if self.exchange == "gamma" and self.estimator != "variational":
-            raise ValueError("exchange='gamma' is the printed Eq. 15 (the ELBO's gamma as the rate): it needs "
-                             "estimator='variational'; with the diagonal estimator use 'rank' or 'quantile'.")
-        if (self.shift_weight_reading == "per_batch" and self.estimator == "variational"
-                and self.variational_gradient == "reparam"):
-            raise ValueError("shift_weight_reading='per_batch' needs each batch's Fisher: use the diagonal estimator "
-                             "or variational_gradient='expected'.")
+            raise ValueError(
+                "exchange='gamma' is the printed Eq. 15 (the ELBO's gamma as the rate): it needs "
+                "estimator='variational'; with the diagonal estimator use 'rank' or 'quantile'."
+            )
+        if (
+            self.shift_weight_reading == "per_batch"
+            and self.estimator == "variational"
+            and self.variational_gradient == "reparam"
+        ):
+            raise ValueError(
+                "shift_weight_reading='per_batch' needs each batch's Fisher: use the diagonal estimator "
+                "or variational_gradient='expected'."
+            )
         if self.variational_lr > 1.0:
-            raise ValueError(f"variational_lr must be in (0, 1] (a fraction of the distance per step), got {self.variational_lr}.")
+            raise ValueError(
+                f"variational_lr must be in (0, 1] (a fraction of the distance per step), got {self.variational_lr}."
+            )
         if not 0.0 <= self.dsu_p <= 1.0:
             raise ValueError(f"dsu_p is a probability in [0, 1], got {self.dsu_p}.")
         if self.dsu_blocks is not None:
             self.dsu_blocks = list(self.dsu_blocks)
             if not self.dsu_blocks or any(not isinstance(i, int) or i < 0 for i in self.dsu_blocks):
-                raise ValueError(f"dsu_blocks must be None (all blocks) or non-empty block indices >= 0, got {self.dsu_blocks}.")
+                raise ValueError(
+                    f"dsu_blocks must be None (all blocks) or non-empty block indices >= 0, got {self.dsu_blocks}."
+                )

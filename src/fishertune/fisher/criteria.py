@@ -88,8 +88,10 @@ def exchange_rate(fisher: Mapping[str, torch.Tensor], exchange: str, quantile: f
         return quantile_value(fisher, quantile)
     if exchange == "gamma":
         if gamma is None:
-            raise ValueError("exchange='gamma' is the printed Eq. 15 and needs the variational estimator's gamma; "
-                             "use estimator='variational' or another exchange ('rank', 'quantile', 'sum').")
+            raise ValueError(
+                "exchange='gamma' is the printed Eq. 15 and needs the variational estimator's gamma; "
+                "use estimator='variational' or another exchange ('rank', 'quantile', 'sum')."
+            )
         return gamma
     if exchange == "sum":
         return 1.0

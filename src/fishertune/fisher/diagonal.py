@@ -50,8 +50,9 @@ def linear_owners(model: nn.Module, weights: Mapping[str, nn.Parameter]) -> dict
     return {n: by_id[id(w)] for n, w in weights.items()}
 
 
-def per_sample_grad_squares(x: torch.Tensor, g: torch.Tensor, batch_size: int, scale: float = 1.0,
-                            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def per_sample_grad_squares(
+    x: torch.Tensor, g: torch.Tensor, batch_size: int, scale: float = 1.0, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """``sum_i (g_i^T x_i / scale)^2`` [out, in] in ``dtype`` (fp64 by default), for layer inputs ``x`` [..., in] and output grads ``g`` [..., out].
 
     The leading dimension may be a multiple of the batch (SAM's windows are batch-major), so rows
@@ -120,8 +121,9 @@ class GradSquareAccumulator:
     gradient is the sum over calls).
     """
 
-    def __init__(self, owners: Mapping[str, nn.Module], weights: Mapping[str, nn.Parameter],
-                 dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self, owners: Mapping[str, nn.Module], weights: Mapping[str, nn.Parameter], dtype: torch.dtype = torch.float64
+    ) -> None:
         self.owners, self.dtype = dict(owners), dtype
         self.sums = {n: torch.zeros(w.shape, dtype=dtype, device=w.device) for n, w in weights.items()}
         self.count = torch.zeros((), dtype=torch.float64)
@@ -141,6 +143,7 @@ class GradSquareAccumulator:
         self._reset()
         handles = []
         for name, mod in self.owners.items():
+
             def hook(m, inputs, output, name=name):
                 if not (isinstance(output, torch.Tensor) and output.requires_grad):
                     return None  # no gradient can reach this call: it contributes nothing
@@ -150,6 +153,7 @@ class GradSquareAccumulator:
                 self._slots[name].append(None)
                 x = inputs[0].detach()
                 return _GradTap.apply(output, self._anchor, lambda g: self._receive(name, k, x, g))
+
             handles.append(mod.register_forward_hook(hook))
         try:
             yield

@@ -74,8 +74,9 @@ def _check_finite(stats: Mapping[str, torch.Tensor], what: str) -> None:
             )
 
 
-def scores_from_stats(stats: EstimationStats, config: EstimationConfig,
-                      timing: Optional[EstimationTiming] = None) -> dict[str, torch.Tensor]:
+def scores_from_stats(
+    stats: EstimationStats, config: EstimationConfig, timing: Optional[EstimationTiming] = None
+) -> dict[str, torch.Tensor]:
     """The criterion's score from the measured statistics, by its registry entry's `from_stats`: e.g. F
     (Eq. 9 / 14), dF (Eq. 5 / the ratio of Eq. 15) with eps relative to F's scale, or DR-FIM (Eq. 7 / 15)
     with the configured exchange rate (`fishertune.fisher.registry`). `timing` (an `EstimationTiming`)
@@ -97,7 +98,11 @@ def _warn_if_floored(stats: EstimationStats, config: EstimationConfig) -> None:
     if resolved < 0.5 * total:
         logger.warning(
             "Only %d of %d entries have a Fisher above the prior floor gamma/tau^2=%.3g: the variational ranking of "
-            "the rest is the prior's. Lower `prior_floor` (or `gamma`, or raise `tau`).", resolved, total, stats.floor)
+            "the rest is the prior's. Lower `prior_floor` (or `gamma`, or raise `tau`).",
+            resolved,
+            total,
+            stats.floor,
+        )
 
 
 def estimate_scores(
@@ -141,8 +146,17 @@ def estimate_scores(
     criterion = get_criterion(config.criterion)
     if not criterion.needs_data:
         return criterion.scores(weights, config)
-    stats = estimate_statistics(model, dataloader, weights, config, log_prob_fn, blocks=blocks,
-                                num_prefix_tokens=num_prefix_tokens, disable_tqdm=disable_tqdm, timing=timing)
+    stats = estimate_statistics(
+        model,
+        dataloader,
+        weights,
+        config,
+        log_prob_fn,
+        blocks=blocks,
+        num_prefix_tokens=num_prefix_tokens,
+        disable_tqdm=disable_tqdm,
+        timing=timing,
+    )
     scores = scores_from_stats(stats, config, timing=timing)
     _check_finite(scores, f"{config.criterion} score")
     return {n: s.detach().float().cpu() for n, s in scores.items()}
@@ -192,8 +206,10 @@ def estimate_statistics(
         dsu_gen = torch.Generator().manual_seed(config.seed + 1)
         prefix = num_prefix_tokens if num_prefix_tokens is not None else 0
         dsu = DSUHooks(blocks, prefix, config.dsu_p, config.dsu_eps, dsu_gen, draw=config.dsu_draw)
-    gens = {"labels": torch.Generator().manual_seed(config.seed + 2),
-            "xi": torch.Generator(device=device).manual_seed(config.seed + 3)}
+    gens = {
+        "labels": torch.Generator().manual_seed(config.seed + 2),
+        "xi": torch.Generator(device=device).manual_seed(config.seed + 3),
+    }
     ac_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     scale = _FP16_LOSS_SCALE if ac_dtype == torch.float16 else 1.0
     limit = config.num_batches
@@ -207,17 +223,41 @@ def estimate_statistics(
         timing.arrived()
     first = _to_device(first, device)
     batches = _batches(first, source, config.num_batches, device, timing)
-    batches = tqdm(batches, total=limit, desc=f"Estimating {config.criterion} ({config.estimator})", unit="batch",
-                   disable=_hide_progress(disable_tqdm), leave=False)
-    with batches, _estimation_mode(model, weights), (dsu if dsu is not None else nullcontext()):
-        check_phase2_memory(model, weights, config, first, log_prob_fn, dsu is not None,
-                            show=None if _hide_progress(disable_tqdm) else tqdm.write)  # printed above the bar
+    batches = tqdm(
+        batches,
+        total=limit,
+        desc=f"Estimating {config.criterion} ({config.estimator})",
+        unit="batch",
+        disable=_hide_progress(disable_tqdm),
+        leave=False,
+    )
+    with batches, _estimation_mode(model, weights), dsu if dsu is not None else nullcontext():
+        check_phase2_memory(
+            model,
+            weights,
+            config,
+            first,
+            log_prob_fn,
+            dsu is not None,
+            show=None if _hide_progress(disable_tqdm) else tqdm.write,
+        )  # printed above the bar
         del first  # the generator holds it until the passes take it
         if config.estimator == "diagonal":
             stats = run_diagonal(model, batches, weights, config, log_prob_fn, dsu, gens, scale, per_batch_delta)
         else:
-            stats = run_variational(model, batches, weights, config, log_prob_fn, dsu, device, gens, scale,
-                                    limit * config.variational_steps_per_batch, per_batch_delta)
+            stats = run_variational(
+                model,
+                batches,
+                weights,
+                config,
+                log_prob_fn,
+                dsu,
+                device,
+                gens,
+                scale,
+                limit * config.variational_steps_per_batch,
+                per_batch_delta,
+            )
     what = "variational" if config.estimator == "variational" else "diagonal"
     _check_finite(stats.fisher, f"{what} Fisher (Eq. 9/14)")
     if stats.fisher_shift is not None:

@@ -43,8 +43,12 @@ def save_statistics(stats, path: str | os.PathLike) -> str:
         for n, t in (values or {}).items():
             tensors[f"{group}/{n}"] = t.detach().float().cpu().contiguous()
             order.append(f"{group}/{n}")
-    meta = {"format": "pt", "content": "fishertune-statistics", "order": json.dumps(order),
-            "scalars": json.dumps({k: getattr(stats, k) for k in _STAT_SCALARS})}
+    meta = {
+        "format": "pt",
+        "content": "fishertune-statistics",
+        "order": json.dumps(order),
+        "scalars": json.dumps({k: getattr(stats, k) for k in _STAT_SCALARS}),
+    }
     save_file(tensors, str(path), metadata=meta)
     return str(path)
 

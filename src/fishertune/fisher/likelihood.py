@@ -68,7 +68,9 @@ def sample_labels(
     return (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_max(c - 1)
 
 
-def per_sample_nll(log_probs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def per_sample_nll(
+    log_probs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L_i [B], n_i [B])``: mean negative log-likelihood over the valid pixels of each sample, and
     their number (1 per sample for a classifier).
 
@@ -101,6 +103,7 @@ def fisher_sample_weights(n_valid: torch.Tensor, unit: str, power: float = 0.5) 
         return counted
     return n_valid.to(torch.float32).pow(power) * counted
 
+
 def batch_nll(
     model: nn.Module,
     batch: Mapping[str, torch.Tensor],
@@ -127,8 +130,11 @@ def batch_nll(
             "([B, C, ...] scores need [B, ...] labels); check `log_prob_fn` / `semantic_logits`."
         )
     gt = gt.to(log_probs.device) if gt is not None else None
-    mask = valid_mask(gt) if gt is not None else torch.ones(log_probs.shape[:1] + log_probs.shape[2:], dtype=torch.bool,
-                                                            device=log_probs.device)
+    mask = (
+        valid_mask(gt)
+        if gt is not None
+        else torch.ones(log_probs.shape[:1] + log_probs.shape[2:], dtype=torch.bool, device=log_probs.device)
+    )
     if labels_override is not None:
         labels = labels_override
     elif fisher_type == "true":

@@ -57,8 +57,12 @@ class Phase2Memory:
 
     @property
     def passes(self) -> int:
-        return (self.entries * self.bytes_per_entry + self.samples_per_pass * self.activations_per_sample
-                + self.transient + _RUNTIME_BYTES)
+        return (
+            self.entries * self.bytes_per_entry
+            + self.samples_per_pass * self.activations_per_sample
+            + self.transient
+            + _RUNTIME_BYTES
+        )
 
     @property
     def scoring(self) -> int:
@@ -69,10 +73,12 @@ class Phase2Memory:
         return max(self.passes, self.scoring)
 
     def describe(self) -> str:
-        return (f"phase 2 needs about {_size(self.total)}: passes {_size(self.passes)} "
-                f"({self.bytes_per_entry} B x {self.entries:,} targeted entries + activations "
-                f"{_size(self.activations_per_sample)}/sample x {self.samples_per_pass} samples per pass), "
-                f"scoring {_size(self.scoring)} ({_SCORE_BYTES} B per entry)")
+        return (
+            f"phase 2 needs about {_size(self.total)}: passes {_size(self.passes)} "
+            f"({self.bytes_per_entry} B x {self.entries:,} targeted entries + activations "
+            f"{_size(self.activations_per_sample)}/sample x {self.samples_per_pass} samples per pass), "
+            f"scoring {_size(self.scoring)} ({_SCORE_BYTES} B per entry)"
+        )
 
 
 def pass_bytes_per_entry(config: EstimationConfig, perturbed: bool) -> int:
@@ -83,8 +89,7 @@ def pass_bytes_per_entry(config: EstimationConfig, perturbed: bool) -> int:
     return acc * (2 if perturbed else 1)
 
 
-def saved_activation_bytes(model: nn.Module, sample: Mapping, config: EstimationConfig,
-                           log_prob_fn: LogProbFn) -> int:
+def saved_activation_bytes(model: nn.Module, sample: Mapping, config: EstimationConfig, log_prob_fn: LogProbFn) -> int:
     """Bytes autograd saves for the backward of a forward (and loss) of ``sample``, each storage counted once.
     Call it with the estimation's requires_grad flags set: only what the targeted weights' gradients need is saved."""
     seen: dict[tuple, int] = {}
@@ -95,14 +100,27 @@ def saved_activation_bytes(model: nn.Module, sample: Mapping, config: Estimation
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        nll, _, _ = batch_nll(model, sample, log_prob_fn, config.fisher_type, torch.Generator().manual_seed(0), 0,
-                              sample["pixel_values"].shape[0])
+        nll, _, _ = batch_nll(
+            model,
+            sample,
+            log_prob_fn,
+            config.fisher_type,
+            torch.Generator().manual_seed(0),
+            0,
+            sample["pixel_values"].shape[0],
+        )
     del nll
     return int(sum(seen.values()))
 
 
-def estimate_phase2_bytes(model: nn.Module, weights: Mapping[str, nn.Parameter], config: EstimationConfig,
-                          sample_batch: Mapping, log_prob_fn: LogProbFn, perturbed: bool) -> Phase2Memory:
+def estimate_phase2_bytes(
+    model: nn.Module,
+    weights: Mapping[str, nn.Parameter],
+    config: EstimationConfig,
+    sample_batch: Mapping,
+    log_prob_fn: LogProbFn,
+    perturbed: bool,
+) -> Phase2Memory:
     """The `Phase2Memory` of estimating ``weights`` with ``config`` on batches like ``sample_batch`` (on the device)."""
     batch = sample_batch["pixel_values"].shape[0]
     m = min(batch, config.micro_batch_size or batch)
@@ -110,10 +128,13 @@ def estimate_phase2_bytes(model: nn.Module, weights: Mapping[str, nn.Parameter],
     per_sample = saved_activation_bytes(model, one, config, log_prob_fn)
     largest = max(w.numel() for w in weights.values())
     transient = 2 * 4 * min(m * largest, max(_CHUNK_ELEMENTS, largest))  # the product and its square, fp32
-    return Phase2Memory(entries=sum(w.numel() for w in weights.values()),
-                        bytes_per_entry=pass_bytes_per_entry(config, perturbed),
-                        activations_per_sample=per_sample, samples_per_pass=m,
-                        transient=transient)
+    return Phase2Memory(
+        entries=sum(w.numel() for w in weights.values()),
+        bytes_per_entry=pass_bytes_per_entry(config, perturbed),
+        activations_per_sample=per_sample,
+        samples_per_pass=m,
+        transient=transient,
+    )
 
 
 def available_bytes(device: torch.device) -> Optional[int]:
@@ -138,9 +159,15 @@ def available_bytes(device: torch.device) -> Optional[int]:
     return None
 
 
-def check_phase2_memory(model: nn.Module, weights: Mapping[str, nn.Parameter], config: EstimationConfig,
-                        sample_batch: Mapping, log_prob_fn: LogProbFn, perturbed: bool,
-                        show: Optional[Callable[[str], None]] = None) -> Phase2Memory:
+def check_phase2_memory(
+    model: nn.Module,
+    weights: Mapping[str, nn.Parameter],
+    config: EstimationConfig,
+    sample_batch: Mapping,
+    log_prob_fn: LogProbFn,
+    perturbed: bool,
+    show: Optional[Callable[[str], None]] = None,
+) -> Phase2Memory:
     """Log phase 2's estimated memory (and pass the line to ``show``, e.g. to print it) and, with
     ``config.memory_check="refuse"``, raise `MemoryError` naming ``micro_batch_size`` when the device has less
     available. Each process checks its own device."""
@@ -154,12 +181,17 @@ def check_phase2_memory(model: nn.Module, weights: Mapping[str, nn.Parameter], c
     if free is None or estimate.total <= free or config.memory_check == "off":
         return estimate
     one = max(estimate.passes - (estimate.samples_per_pass - 1) * estimate.activations_per_sample, estimate.scoring)
-    hint = (f"Lower `micro_batch_size` (now {config.micro_batch_size}; at 1 phase 2 needs about "
-            f"{_size(one)})" if estimate.samples_per_pass > 1 else "`micro_batch_size` is already 1")
+    hint = (
+        f"Lower `micro_batch_size` (now {config.micro_batch_size}; at 1 phase 2 needs about {_size(one)})"
+        if estimate.samples_per_pass > 1
+        else "`micro_batch_size` is already 1"
+    )
     if config.accumulator_dtype == "float64":
         hint += ", set `accumulator_dtype: float32` (4 B less per entry)"
-    message = (f"{estimate.describe()}, but {device} has {_size(free)} available. {hint}, or target fewer "
-               "weights; `memory_check: warn` runs it anyway.")
+    message = (
+        f"{estimate.describe()}, but {device} has {_size(free)} available. {hint}, or target fewer "
+        "weights; `memory_check: warn` runs it anyway."
+    )
     if config.memory_check == "warn":
         logger.warning(message)
         return estimate

@@ -86,8 +86,13 @@ def micro_batches(batch: Mapping, size: Optional[int]):
     b = batch["pixel_values"].shape[0]
     size = b if size is None else size
     for start in range(0, b, size):
-        yield start, {k: v[start : start + size] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == b else v
-                      for k, v in batch.items()}
+        yield (
+            start,
+            {
+                k: v[start : start + size] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == b else v
+                for k, v in batch.items()
+            },
+        )
 
 
 def _record_dsu_stds(model, batch, dsu) -> None:
@@ -123,8 +128,9 @@ def fisher_pass(model, batch, acc, cfg, log_prob_fn, gens, label_state, dsu=None
             if dsu is not None:
                 dsu.batch_slice = (offset + start, total)
             with acc.capture():
-                nll, n_valid, _ = batch_nll(model, part, log_prob_fn, cfg.fisher_type, gens["labels"], offset + start,
-                                            total, forward=model)
+                nll, n_valid, _ = batch_nll(
+                    model, part, log_prob_fn, cfg.fisher_type, gens["labels"], offset + start, total, forward=model
+                )
             acc.accumulate(_loss_for_squares(nll, n_valid, cfg.fisher_unit, scale), m, int((n_valid > 0).sum()), scale)
             del nll, n_valid
     finally:
@@ -169,7 +175,9 @@ def run_diagonal(model, batches, weights, cfg, log_prob_fn, dsu, gens, scale, pe
         step_fisher, step_w = {}, None
         for perturbed in accs:
             acc = accumulator(owners, weights, cfg) if per_batch else accs[perturbed]
-            shift = fisher_pass(model, batch, acc, cfg, log_prob_fn, gens, label_state, dsu if perturbed else None, scale)
+            shift = fisher_pass(
+                model, batch, acc, cfg, log_prob_fn, gens, label_state, dsu if perturbed else None, scale
+            )
             if perturbed:
                 step_w = w.add(shift)
             if per_batch:
@@ -182,8 +190,14 @@ def run_diagonal(model, batches, weights, cfg, log_prob_fn, dsu, gens, scale, pe
     else:
         fisher = accs[False].finalize()
         fisher_shift = accs[True].finalize() if dsu is not None else None
-    return EstimationStats(fisher, fisher_shift, w.value, weighted_delta=weighted.sums, num_weighted=weighted.count,
-                           batch_weights=w.weights)
+    return EstimationStats(
+        fisher,
+        fisher_shift,
+        w.value,
+        weighted_delta=weighted.sums,
+        num_weighted=weighted.count,
+        batch_weights=w.weights,
+    )
 
 
 def _antithetic_grad_diff(model, batch, weights, full_names, offsets, cfg, log_prob_fn, gens, scale):
@@ -198,18 +212,33 @@ def _antithetic_grad_diff(model, batch, weights, full_names, offsets, cfg, log_p
             _, _, labels = batch_nll(model, batch, log_prob_fn, "true", gens["labels"], offset, total, forward=model)
     grads = []
     for sign in (1.0, -1.0):
-        params = {full_names[n]: (w.detach().float() + sign * offsets[n]).to(w.dtype).requires_grad_(True)
-                  for n, w in weights.items()}
+        params = {
+            full_names[n]: (w.detach().float() + sign * offsets[n]).to(w.dtype).requires_grad_(True)
+            for n, w in weights.items()
+        }
 
         def forward(**kwargs):
             return functional_call(model, params, args=(), kwargs=kwargs)
 
-        nll, n_valid, _ = batch_nll(model, batch, log_prob_fn, cfg.fisher_type, gens["labels"], offset, total,
-                                    labels_override=labels, forward=forward)
+        nll, n_valid, _ = batch_nll(
+            model,
+            batch,
+            log_prob_fn,
+            cfg.fisher_type,
+            gens["labels"],
+            offset,
+            total,
+            labels_override=labels,
+            forward=forward,
+        )
         c = fisher_sample_weights(n_valid, cfg.fisher_unit, power=1.0).to(nll.device)
         g = torch.autograd.grad((nll * c).sum() * scale, list(params.values()), allow_unused=True)
-        grads.append([torch.zeros_like(p, dtype=torch.float32) if x is None else x.float() / scale
-                      for p, x in zip(params.values(), g)])
+        grads.append(
+            [
+                torch.zeros_like(p, dtype=torch.float32) if x is None else x.float() / scale
+                for p, x in zip(params.values(), g)
+            ]
+        )
     return {n: gp - gm for n, gp, gm in zip(weights, *grads)}, int((n_valid > 0).sum())
 
 
@@ -227,8 +256,9 @@ def _expected_terms(fit: PrecisionFit, fisher_batch: Mapping):
     return lambda n: expected_data_grad(fit.log_var[n], fisher_batch[n])
 
 
-def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens, scale, total_steps,
-                    per_batch=False) -> EstimationStats:
+def run_variational(
+    model, batches, weights, cfg, log_prob_fn, dsu, device, gens, scale, total_steps, per_batch=False
+) -> EstimationStats:
     """Eq. 10-14: one precision fit on clean inputs and, with ``dsu``, one on DSU-perturbed inputs."""
     shapes = {n: w.shape for n, w in weights.items()}
     fits = {False: PrecisionFit(shapes, cfg.gamma, cfg.tau, cfg.variational_lr, total_steps, device)}
@@ -239,8 +269,11 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
     if cfg.variational_gradient == "reparam":
         by_id = {id(p): n for n, p in model.named_parameters()}
         full_names = {n: by_id[id(w)] for n, w in weights.items()}
-    per_batch = (dsu is not None and cfg.variational_gradient == "expected"
-                 and (per_batch or cfg.shift_weight_reading == "per_batch"))
+    per_batch = (
+        dsu is not None
+        and cfg.variational_gradient == "expected"
+        and (per_batch or cfg.shift_weight_reading == "per_batch")
+    )
     w = ShiftWeight(cfg.shift_weight)
     weighted = None
     for batch in batches:
@@ -262,8 +295,10 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
             # One xi per step, shared by the clean and the perturbed fit: their noise cancels in Lambda_x - Lambda_x'.
             xi = None
             if cfg.variational_gradient == "reparam":
-                xi = {n: torch.randn(tuple(s), generator=gens["xi"], device=gens["xi"].device).to(device)
-                      for n, s in shapes.items()}
+                xi = {
+                    n: torch.randn(tuple(s), generator=gens["xi"], device=gens["xi"].device).to(device)
+                    for n, s in shapes.items()
+                }
             for perturbed, fit in fits.items():
                 if cfg.variational_gradient == "expected" and perturbed in fisher_t:
                     fit.update(_expected_terms(fit, fisher_t[perturbed]))
@@ -281,8 +316,9 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
                     shift = dsu.step_shift() if perturbed else None
                 else:  # the batch's Eq. 9 Fisher, all-reduced so every rank takes the same step
                     acc = accumulator(owners, weights, cfg)
-                    shift = fisher_pass(model, batch, acc, cfg, log_prob_fn, gens, label_state,
-                                        dsu if perturbed else None, scale)
+                    shift = fisher_pass(
+                        model, batch, acc, cfg, log_prob_fn, gens, label_state, dsu if perturbed else None, scale
+                    )
                     fisher_t[perturbed] = acc.finalize()
                     del acc  # before the next pass allocates its own fp64 sums: one set alive at a time
                     fit.update(_expected_terms(fit, fisher_t[perturbed]))
@@ -295,9 +331,19 @@ def run_variational(model, batches, weights, cfg, log_prob_fn, dsu, device, gens
     gamma = fits[False].gamma
     precisions = {p: fit.precision(release=True) for p, fit in fits.items()}
     fisher = {n: fisher_from_precision(v, gamma, cfg.tau) for n, v in precisions[False].items()}
-    fisher_shift = ({n: fisher_from_precision(v, gamma, cfg.tau) for n, v in precisions[True].items()}
-                    if True in precisions else None)
-    return EstimationStats(fisher, fisher_shift, w.value, floor=gamma / cfg.tau**2, gamma=gamma,
-                           weighted_delta=weighted.sums if (per_batch and weighted) else None,
-                           num_weighted=weighted.count if (per_batch and weighted) else 0, batch_weights=w.weights,
-                           extra={"precision": precisions[False], "precision_shift": precisions.get(True)})
+    fisher_shift = (
+        {n: fisher_from_precision(v, gamma, cfg.tau) for n, v in precisions[True].items()}
+        if True in precisions
+        else None
+    )
+    return EstimationStats(
+        fisher,
+        fisher_shift,
+        w.value,
+        floor=gamma / cfg.tau**2,
+        gamma=gamma,
+        weighted_delta=weighted.sums if (per_batch and weighted) else None,
+        num_weighted=weighted.count if (per_batch and weighted) else 0,
+        batch_weights=w.weights,
+        extra={"precision": precisions[False], "precision_shift": precisions.get(True)},
+    )

@@ -19,7 +19,6 @@ from torch import nn
 from ..backbones import backbone_blocks, locate
 from .dist import all_reduce_sum_, global_slice
 
-
 #: The shapes of DSU's draws (`DSUHooks`, `EstimationConfig.dsu_draw`).
 DRAWS = ("channel", "scalar")
 
@@ -195,8 +194,10 @@ class DSUHooks:
             # Always draw, so the generator advances identically whatever the coin says.
             if self.draw == "scalar":
                 if self._step_pair is None:  # at the step's first block: one (eps_mu, eps_sigma) for all
-                    self._step_pair = (torch.randn((), generator=self.generator),
-                                       torch.randn((), generator=self.generator))
+                    self._step_pair = (
+                        torch.randn((), generator=self.generator),
+                        torch.randn((), generator=self.generator),
+                    )
                 eps_mu, eps_sigma = (e.expand(total, c) for e in self._step_pair)
             else:
                 eps_mu = torch.randn(total, c, generator=self.generator)
@@ -227,8 +228,14 @@ class DSUHooks:
                         self._stds[idx] = stds
                 x_new, alpha, beta = dsu_transform(x, eps_mu, eps_sigma, self.eps, stds=stds)
             if self.record:
-                self.records[idx] = {"x": tokens.detach().float(), "x_new": x_new.detach(), "alpha": alpha.detach(),
-                                     "beta": beta.detach(), "eps_mu": eps_mu, "eps_sigma": eps_sigma}
+                self.records[idx] = {
+                    "x": tokens.detach().float(),
+                    "x_new": x_new.detach(),
+                    "alpha": alpha.detach(),
+                    "beta": beta.detach(),
+                    "eps_mu": eps_mu,
+                    "eps_sigma": eps_sigma,
+                }
             new_h = put_back(x_new)
             return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
 
@@ -261,7 +268,5 @@ def find_blocks(model: nn.Module) -> tuple[list[nn.Module], int | list[int]]:
     try:
         blocks = backbone_blocks(backbone, family)
     except ValueError as err:
-        raise ValueError(
-            f"{err} Or pass `blocks=` and `num_prefix_tokens=` to estimate_scores."
-        ) from None
+        raise ValueError(f"{err} Or pass `blocks=` and `num_prefix_tokens=` to estimate_scores.") from None
     return list(blocks), family.prefix_tokens(getattr(backbone, "config", None), len(blocks))

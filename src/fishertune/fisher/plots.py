@@ -42,7 +42,11 @@ def sensitivity_table(
         if blk is None:
             continue
         s = s.detach().float().cpu()
-        mask = _as_mask(selected[name], s.shape) if selected is not None and name in selected else torch.zeros_like(s, dtype=torch.bool)
+        mask = (
+            _as_mask(selected[name], s.shape)
+            if selected is not None and name in selected
+            else torch.zeros_like(s, dtype=torch.bool)
+        )
         leaf = name.split(".")[-1]
         parts = []
         if leaf in fused_qkv_leaves():
@@ -84,7 +88,9 @@ def plot_sensitivity_map(
     panels = [(shown, "log10 mean score" if positive else "mean score", "viridis")]
     if selected is not None:
         panels.append((frac, "selected fraction", "magma"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(4.0, 0.45 * num_blocks + 2), 2.2 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(max(4.0, 0.45 * num_blocks + 2), 2.2 * len(panels)), squeeze=False
+    )
     for ax, (data, title, cmap) in zip(axes[:, 0], panels):
         im = ax.imshow(data.numpy(), aspect="auto", cmap=cmap)
         ax.set_yticks(range(4), GROUPS)

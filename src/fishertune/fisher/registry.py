@@ -5,9 +5,14 @@ Everything that names the criteria (`EstimationConfig`'s validation and help, `e
 criterion registered here works end to end through `FisherTuneTrainer` with no other edit:
 
     >>> from fishertune.fisher import Criterion, register_criterion, percentile_ranks
-    >>> register_criterion(Criterion(
-    ...     "fim_rank", help="pct(F): Fisher percentile ranks.", needs_data=True,
-    ...     from_stats=lambda stats, config: percentile_ranks(stats.fisher)))
+    >>> register_criterion(
+    ...     Criterion(
+    ...         "fim_rank",
+    ...         help="pct(F): Fisher percentile ranks.",
+    ...         needs_data=True,
+    ...         from_stats=lambda stats, config: percentile_ranks(stats.fisher),
+    ...     )
+    ... )
 """
 
 from __future__ import annotations
@@ -103,12 +108,16 @@ def shift_statistics(stats: "EstimationStats", config: Config) -> tuple[Scores, 
             raise ValueError("shift_weight_reading='per_batch' needs statistics estimated with that reading.")
         norm = weight * max(stats.num_weighted, 1)
         return {n: (d / norm).float() for n, d in stats.weighted_delta.items()}, weight
-    if stats.extra.get("precision_shift") is not None:  # Eq. 15's ratio: |L - L'| / (min(L, L') + eps/gamma), prior floor included
+    if (
+        stats.extra.get("precision_shift") is not None
+    ):  # Eq. 15's ratio: |L - L'| / (min(L, L') + eps/gamma), prior floor included
         p, ps = stats.extra["precision"], stats.extra["precision_shift"]
         return {n: variational_delta(p[n], ps[n], stats.gamma, eps) for n in p}, weight
     if stats.fisher_shift is None:
-        raise ValueError(f"criterion {config.criterion!r} needs the DSU-perturbed Fisher; these statistics have "
-                         "none (estimated for a criterion without needs_dsu).")
+        raise ValueError(
+            f"criterion {config.criterion!r} needs the DSU-perturbed Fisher; these statistics have "
+            "none (estimated for a criterion without needs_dsu)."
+        )
     return {n: domain_sensitivity(fisher[n], stats.fisher_shift[n], eps + stats.floor) for n in fisher}, weight
 
 
@@ -123,15 +132,38 @@ def _random(group: Optional[str]) -> Callable[[Mapping[str, torch.Tensor], Any],
 
 _BUILTINS = (
     Criterion("random", "U(0, 1) per entry (the random ablation).", needs_data=False, scores=_random(None)),
-    *(Criterion(f"random_{g}", f"random inside the {g} projections (fused qkv: their third).", needs_data=False,
-                scores=_random(g)) for g in "qkv"),
-    Criterion("magnitude", "|W| per entry.", needs_data=False, scores=lambda weights, config: magnitude_scores(weights)),
-    Criterion("fim", "Fisher F only (Eq. 9 / 14; Child-Tuning-D style).", needs_data=True,
-              from_stats=lambda stats, config: stats.fisher),
-    Criterion("delta_fim", "domain sensitivity dF only (Eq. 5 / the ratio of Eq. 15).", needs_data=True,
-              needs_dsu=True, from_stats=lambda stats, config: shift_statistics(stats, config)[0]),
-    Criterion("dr_fim", "DR-FIM, F and w * dF at the configured exchange rate (Eq. 7 / 15; FisherTune).",
-              needs_data=True, needs_dsu=True, from_stats=_dr_fim),
+    *(
+        Criterion(
+            f"random_{g}",
+            f"random inside the {g} projections (fused qkv: their third).",
+            needs_data=False,
+            scores=_random(g),
+        )
+        for g in "qkv"
+    ),
+    Criterion(
+        "magnitude", "|W| per entry.", needs_data=False, scores=lambda weights, config: magnitude_scores(weights)
+    ),
+    Criterion(
+        "fim",
+        "Fisher F only (Eq. 9 / 14; Child-Tuning-D style).",
+        needs_data=True,
+        from_stats=lambda stats, config: stats.fisher,
+    ),
+    Criterion(
+        "delta_fim",
+        "domain sensitivity dF only (Eq. 5 / the ratio of Eq. 15).",
+        needs_data=True,
+        needs_dsu=True,
+        from_stats=lambda stats, config: shift_statistics(stats, config)[0],
+    ),
+    Criterion(
+        "dr_fim",
+        "DR-FIM, F and w * dF at the configured exchange rate (Eq. 7 / 15; FisherTune).",
+        needs_data=True,
+        needs_dsu=True,
+        from_stats=_dr_fim,
+    ),
 )
 for _c in _BUILTINS:
     register_criterion(_c)

@@ -37,7 +37,6 @@ from collections.abc import Callable, Mapping
 import torch
 
 
-
 def kl_divergence(log_var: torch.Tensor, theta_hat: torch.Tensor, theta_pt: torch.Tensor, tau: float) -> torch.Tensor:
     """Eq. 13: KL(N(theta_hat, diag(exp(log_var))) || N(theta_pt, tau^2 I)), summed over entries."""
     s = log_var.exp()
@@ -84,7 +83,12 @@ class PrecisionFit:
     """Per-entry SGD on log s = -log Lambda (Eq. 11) with the schedule described in the module docstring."""
 
     def __init__(
-        self, shapes: Mapping[str, torch.Size], gamma: float | None, tau: float, lr: float, total_steps: int,
+        self,
+        shapes: Mapping[str, torch.Size],
+        gamma: float | None,
+        tau: float,
+        lr: float,
+        total_steps: int,
         device: torch.device | str = "cpu",
     ) -> None:
         # gamma may be set after construction (before the first update): the estimator derives it from

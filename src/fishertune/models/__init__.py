@@ -39,13 +39,13 @@ from .backbone import (
 from .eomt import EomtSegConfig, EomtSegmenter
 from .light import LightSegConfig, LightSegmenter
 from .mask2former import PyramidMask2Former, PyramidMask2FormerConfig, PyramidMask2FormerOutput
-from .processing import FisherTuneImageProcessor, processor_for
 from .mask_classification import (
     DistributedEomtLoss,
     DistributedMask2FormerLoss,
     mask_class_semantic_logits,
     semantic_to_instances,
 )
+from .processing import FisherTuneImageProcessor, processor_for
 
 MODEL_CLASSES = {"light": LightSegmenter, "mask2former": PyramidMask2Former, "eomt": EomtSegmenter}
 

@@ -122,9 +122,7 @@ def load_backbone(
     return model.config, model
 
 
-def tapped_features(
-    backbone: nn.Module, pixel_values: torch.Tensor, taps: Sequence[int]
-) -> list[torch.Tensor]:
+def tapped_features(backbone: nn.Module, pixel_values: torch.Tensor, taps: Sequence[int]) -> list[torch.Tensor]:
     """Patch-token maps [B, C, h, w] of the 1-based `taps` blocks (no final norm, prefix tokens dropped).
 
     Position embeddings are interpolated to the input size, so non-square and larger inputs work.

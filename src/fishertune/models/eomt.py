@@ -161,8 +161,10 @@ class EomtSegmenter(PreTrainedModel):
         depth = eomt_config.num_hidden_layers
         if not 1 <= eomt_config.num_blocks <= depth:
             # Otherwise the queries would join before the first block and fail deep inside with a shape error.
-            raise ValueError(f"num_blocks={eomt_config.num_blocks}: EoMT's queries join the last num_blocks of the "
-                             f"backbone's {depth} blocks; choose 1 <= num_blocks <= {depth} (EoMT's default is 4).")
+            raise ValueError(
+                f"num_blocks={eomt_config.num_blocks}: EoMT's queries join the last num_blocks of the "
+                f"backbone's {depth} blocks; choose 1 <= num_blocks <= {depth} (EoMT's default is 4)."
+            )
         config = cls.config_class(backbone_config=eomt_config.to_dict(), **labels_kwargs(num_labels, id2label))
         model = cls(config)
         if source is not None:

@@ -12,7 +12,6 @@ from .methods import BASELINE_METHODS, METHODS, get_method
 from .nonfinite import POLICIES as NONFINITE_POLICIES
 from .optimizer import SPARSE_DECAY
 
-
 #: TrainingArguments fields that change the optimisation or the data a run trains on: a resumed run must agree on
 #: them with its checkpoint unless `allow_changed_settings` names them (with FisherTune's own options, see
 #: `resume_settings` and `fishertune.training.state.check_compatible`).
@@ -114,8 +113,12 @@ class FisherTuneTrainingArguments(ConfigArguments, TrainingArguments):
 
     method: str = field(
         default="sparse",
-        metadata={"help": "Training method: sparse (FisherTune: `criterion` selects the entries) or a baseline: "
-                          + ", ".join(BASELINE_METHODS) + ".", "choices": list(METHODS)},
+        metadata={
+            "help": "Training method: sparse (FisherTune: `criterion` selects the entries) or a baseline: "
+            + ", ".join(BASELINE_METHODS)
+            + ".",
+            "choices": list(METHODS),
+        },
     )
     warmup_phase_steps: Optional[int] = field(
         default=None, metadata={"help": "T1: decoder-only warm-up steps; overrides warmup_phase_ratio."}
@@ -133,53 +136,77 @@ class FisherTuneTrainingArguments(ConfigArguments, TrainingArguments):
         default=None, metadata={"help": "T3: tuning steps; default max_steps - T1."}
     )
     backbone_learning_rate: Optional[float] = field(
-        default=None, metadata={"help": "Backbone lr (None: learning_rate; 0: the backbone's tuned parameters stay put)."})
+        default=None,
+        metadata={"help": "Backbone lr (None: learning_rate; 0: the backbone's tuned parameters stay put)."},
+    )
     decoder_learning_rate: Optional[float] = field(
-        default=None, metadata={"help": "Decoder lr (None: learning_rate; 0: the decoder stays put)."})
+        default=None, metadata={"help": "Decoder lr (None: learning_rate; 0: the decoder stays put)."}
+    )
     save_sensitivity_plot: bool = field(default=True, metadata={"help": "Plot the sensitivity map after estimation."})
     nonfinite_policy: str = field(
         default="error",
-        metadata={"help": "NaN/inf loss or gradient in phases 1/3: 'error' stops naming the step and tensor; 'skip' "
-                          "drops the step (at most nonfinite_max_skips times).", "choices": list(NONFINITE_POLICIES)},
+        metadata={
+            "help": "NaN/inf loss or gradient in phases 1/3: 'error' stops naming the step and tensor; 'skip' "
+            "drops the step (at most nonfinite_max_skips times).",
+            "choices": list(NONFINITE_POLICIES),
+        },
     )
     nonfinite_max_skips: int = field(
         default=10, metadata={"help": "With nonfinite_policy='skip': steps a run may drop before it stops."}
     )
     allow_changed_settings: list[str] = field(
         default_factory=list,
-        metadata={"help": "On resume, settings that may differ from the checkpoint's, comma-separated (e.g. "
-                          "learning_rate,seed); others that change the model, data or optimisation are refused. "
-                          "The run uses and logs the new values."},
+        metadata={
+            "help": "On resume, settings that may differ from the checkpoint's, comma-separated (e.g. "
+            "learning_rate,seed); others that change the model, data or optimisation are refused. "
+            "The run uses and logs the new values."
+        },
     )
     save_estimation_statistics: bool = field(
         default=False,
-        metadata={"help": "Also write F, F' and both dF readings (fishertune_statistics.safetensors, ~5x the scores) "
-                          "so other criteria and exchange rates can be scored without another estimation."},
+        metadata={
+            "help": "Also write F, F' and both dF readings (fishertune_statistics.safetensors, ~5x the scores) "
+            "so other criteria and exchange rates can be scored without another estimation."
+        },
     )
 
     # Rein's recipe (see the NOTE in the docstring).
     learning_rate: float = field(default=1e-4, metadata={"help": "Initial AdamW learning rate (Rein: 1e-4)."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (Rein: 0.05; never on norms etc.)."})
+    weight_decay: float = field(
+        default=0.05, metadata={"help": "AdamW weight decay (Rein: 0.05; never on norms etc.)."}
+    )
     sparse_weight_decay: str = field(
-        default="delta", metadata={"help": "What weight decay acts on for FisherTune's sparse entries: 'delta' (a pull "
-                                           "to the pretrained W0, as on LoRA/adapter parameters) or 'weight' (W0 + "
-                                           "delta, as AdamW in full fine-tuning).", "choices": list(SPARSE_DECAY)})
+        default="delta",
+        metadata={
+            "help": "What weight decay acts on for FisherTune's sparse entries: 'delta' (a pull "
+            "to the pretrained W0, as on LoRA/adapter parameters) or 'weight' (W0 + "
+            "delta, as AdamW in full fine-tuning).",
+            "choices": list(SPARSE_DECAY),
+        },
+    )
     lr_scheduler_type: str = field(default="polynomial", metadata={"help": "LR schedule (Rein: poly, power 0.9)."})
     lr_scheduler_kwargs: dict | str | None = field(
         default_factory=lambda: {"power": 0.9, "lr_end": 0.0},
         metadata={"help": "Extra scheduler arguments (Rein: power 0.9 down to 0)."},
     )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep columns the collator turns into inputs."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep columns the collator turns into inputs."}
+    )
 
     def __post_init__(self) -> None:
         get_method(self.method)
         for name in ("backbone_learning_rate", "decoder_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value >= 0:  # NaN too: it would train by nothing or by gradient ascent
-                raise ValueError(f"{name} must be >= 0 (0 keeps those parameters fixed; leave it unset to use "
-                                 f"learning_rate), got {value}.")
-        names = [self.allow_changed_settings] if isinstance(self.allow_changed_settings, str) else \
-            list(self.allow_changed_settings or [])
+                raise ValueError(
+                    f"{name} must be >= 0 (0 keeps those parameters fixed; leave it unset to use "
+                    f"learning_rate), got {value}."
+                )
+        names = (
+            [self.allow_changed_settings]
+            if isinstance(self.allow_changed_settings, str)
+            else list(self.allow_changed_settings or [])
+        )
         self.allow_changed_settings = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
         if self.nonfinite_max_skips < 0:
             raise ValueError(f"nonfinite_max_skips must be >= 0, got {self.nonfinite_max_skips}.")
@@ -190,8 +217,10 @@ class FisherTuneTrainingArguments(ConfigArguments, TrainingArguments):
         for f in fields(self):  # this class's own fields with choices (the configs' are checked by the configs)
             options, value = f.metadata.get("choices"), getattr(self, f.name)
             if f.name not in CONFIG_FIELDS and options is not None and value is not None and value not in options:
-                raise ValueError(f"{f.name} must be one of {', '.join(map(repr, options))}, got {value!r} "
-                                 f"({f.metadata.get('help', '')})")
+                raise ValueError(
+                    f"{f.name} must be one of {', '.join(map(repr, options))}, got {value!r} "
+                    f"({f.metadata.get('help', '')})"
+                )
         for name in ("warmup_phase_steps", "estimation_batches", "tuning_phase_steps"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -253,8 +282,14 @@ class FisherTuneTrainingArguments(ConfigArguments, TrainingArguments):
         own = {f.name for f in fields(TrainingArguments)}
         # How to react to a NaN may change on resume (e.g. resume a run that stopped at a NaN with policy 'skip').
         # The learning rates are compared with the other optimisation settings (`resume_settings`).
-        skip = {"save_sensitivity_plot", "backbone_learning_rate", "decoder_learning_rate", "nonfinite_policy",
-                "nonfinite_max_skips", "allow_changed_settings"}
+        skip = {
+            "save_sensitivity_plot",
+            "backbone_learning_rate",
+            "decoder_learning_rate",
+            "nonfinite_policy",
+            "nonfinite_max_skips",
+            "allow_changed_settings",
+        }
         if not get_method(self.method).is_sparse:
             skip.add("criterion")  # a baseline selects nothing: its criterion is not part of the run
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own and f.name not in skip}

@@ -52,8 +52,11 @@ def checkpoints_in(folder: str) -> list[str]:
     """`checkpoint-<step>` folders directly under `folder`, by step."""
     if not os.path.isdir(folder):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(folder)
-             if (m := _CKPT.match(name)) and os.path.isdir(os.path.join(folder, name))]
+    found = [
+        (int(m.group(1)), name)
+        for name in os.listdir(folder)
+        if (m := _CKPT.match(name)) and os.path.isdir(os.path.join(folder, name))
+    ]
     return [os.path.join(folder, name) for _, name in sorted(found)]
 
 
@@ -90,8 +93,10 @@ def last_checkpoint(folder: str) -> str:
             "checkpoint folder written by an earlier run, or start a new run in another output_dir."
         )
     if skipped:
-        logger.warning(f"Resuming from {checkpoint}, the newest complete checkpoint; skipped the incomplete "
-                       f"{describe(skipped)} (a save that did not finish).")
+        logger.warning(
+            f"Resuming from {checkpoint}, the newest complete checkpoint; skipped the incomplete "
+            f"{describe(skipped)} (a save that did not finish)."
+        )
     return checkpoint
 
 
@@ -140,7 +145,7 @@ def save_staged(args, state, run_dir: str, save: Callable[[str], None], write_st
     final = os.path.join(run_dir, name)
     distributed = _distributed(args)
     previous_best = state.best_model_checkpoint
-    with (staged_dir(final) if args.should_save else contextlib.nullcontext()) as staging:
+    with staged_dir(final) if args.should_save else contextlib.nullcontext() as staging:
         if distributed:
             box = [staging]
             dist.broadcast_object_list(box, src=0)  # every rank writes its RNG state into the main process's folder
@@ -161,8 +166,12 @@ def save_staged(args, state, run_dir: str, save: Callable[[str], None], write_st
     if distributed:
         dist.barrier()  # the final folder exists for every rank
     if args.should_save:
-        rotate_checkpoints(output_dir=run_dir, save_total_limit=args.save_total_limit,
-                           best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=args.save_total_limit,
+            best_model_checkpoint=state.best_model_checkpoint,
+            use_mtime=True,
+        )
     return final
 
 

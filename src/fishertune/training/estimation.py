@@ -69,18 +69,22 @@ def estimate_and_select(model, args, make_loader: Callable[[], Any], dataset, ba
         weights = model.fishertune_target_weights()
         timing = fisher.EstimationTiming()
         if args.save_estimation_statistics and fisher.get_criterion(config.criterion).needs_data:
-            stats = fisher.estimate_statistics(model, loader, weights, config, per_batch_delta=True,
-                                               disable_tqdm=args.disable_tqdm, timing=timing)
+            stats = fisher.estimate_statistics(
+                model, loader, weights, config, per_batch_delta=True, disable_tqdm=args.disable_tqdm, timing=timing
+            )
             if args.should_save:  # F, F', both dF readings: any criterion or exchange can be re-scored
                 os.makedirs(args.output_dir, exist_ok=True)
-                atomic.write_with(os.path.join(args.output_dir, STATISTICS_NAME),
-                                  lambda tmp: fisher.save_statistics(stats, tmp))
+                atomic.write_with(
+                    os.path.join(args.output_dir, STATISTICS_NAME), lambda tmp: fisher.save_statistics(stats, tmp)
+                )
             # Saving the statistics happens between the passes and the scoring, outside both timings.
-            scores = {n: s.detach().float().cpu()
-                      for n, s in fisher.scores_from_stats(stats, config, timing=timing).items()}
+            scores = {
+                n: s.detach().float().cpu() for n, s in fisher.scores_from_stats(stats, config, timing=timing).items()
+            }
         else:
-            scores = fisher.estimate_scores(model, loader, weights, config,
-                                            disable_tqdm=args.disable_tqdm, timing=timing)
+            scores = fisher.estimate_scores(
+                model, loader, weights, config, disable_tqdm=args.disable_tqdm, timing=timing
+            )
     # The Trainer zeroed the gradients before this callback; none may leak into the first tuning step.
     model.zero_grad(set_to_none=True)
     scores = _broadcast(scores, args.device)
@@ -90,8 +94,10 @@ def estimate_and_select(model, args, make_loader: Callable[[], Any], dataset, ba
     t2 = batches
     used = timing.num_batches if fisher.get_criterion(config.criterion).needs_data else t2
     if used < t2:
-        logger.warning(f"estimation_batches={t2} asks for more batches than the training data holds: the scores "
-                       f"are estimated over {used} batch(es), recorded as estimation_batches={used}.")
+        logger.warning(
+            f"estimation_batches={t2} asks for more batches than the training data holds: the scores "
+            f"are estimated over {used} batch(es), recorded as estimation_batches={used}."
+        )
         summary["estimation_batches_requested"] = float(t2)
     summary["estimation_batches"] = float(used)
     if args.should_save:
@@ -117,8 +123,10 @@ def _selection_summary(counts: dict[str, int], num_targeted: int) -> dict[str, f
     for name, n in counts.items():
         kind = name.rsplit(".", 1)[-1]
         by_kind[kind] = by_kind.get(kind, 0) + n
-    summary = {"allocated_entries": float(sum(counts.values())),
-               "allocated_fraction": sum(counts.values()) / max(num_targeted, 1)}
+    summary = {
+        "allocated_entries": float(sum(counts.values())),
+        "allocated_fraction": sum(counts.values()) / max(num_targeted, 1),
+    }
     summary.update({f"selected_share/{k}": v / total for k, v in sorted(by_kind.items())})
     return summary
 

@@ -26,7 +26,7 @@ from transformers.utils import logging
 
 from .. import hub
 from ..atomic import write_text
-from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, MODEL_CONFIG_NAME, IMAGE_PROCESSOR_NAME
+from ..outputs import ADAPTER_CONFIG_NAME, BASE_MODEL_DIR, CARD_NAME, IMAGE_PROCESSOR_NAME, MODEL_CONFIG_NAME
 
 logger = logging.get_logger(__name__)
 
@@ -102,9 +102,11 @@ def push_to_hub(trainer, commit_message: str = "End of training", token: Optiona
         return None
     out = args.output_dir
     if trainer.processing_class is None:
-        logger.warning("FisherTuneTrainer has no processing_class: the repo will hold no preprocessor_config.json, "
-                       "and pipeline('image-segmentation', model=repo) needs one; pass processing_class="
-                       "fishertune.models.processor_for(mean, std) to the trainer.")
+        logger.warning(
+            "FisherTuneTrainer has no processing_class: the repo will hold no preprocessor_config.json, "
+            "and pipeline('image-segmentation', model=repo) needs one; pass processing_class="
+            "fishertune.models.processor_for(mean, std) to the trainer."
+        )
     base_dir = _base_dir(trainer)
     is_adapter = os.path.isfile(os.path.join(out, ADAPTER_CONFIG_NAME))
     write_card(trainer, trainer.hub_model_id, is_adapter, model_name)
@@ -112,8 +114,15 @@ def push_to_hub(trainer, commit_message: str = "End of training", token: Optiona
     files = [n for n in dict.fromkeys(names) if os.path.isfile(os.path.join(out, n))]
     if is_adapter and base_dir is not None:
         files += [f"{BASE_MODEL_DIR}/{p}" for p in hub.select_files(base_dir)]
-    return hub.push_output_folder(out, trainer.hub_model_id, token=token, private=private, files=files,
-                                  commit_message=commit_message, revision=revision or args.hub_revision)
+    return hub.push_output_folder(
+        out,
+        trainer.hub_model_id,
+        token=token,
+        private=private,
+        files=files,
+        commit_message=commit_message,
+        revision=revision or args.hub_revision,
+    )
 
 
 class HubPushCallback(TrainerCallback):

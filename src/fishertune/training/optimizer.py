@@ -35,11 +35,22 @@ from ..tuner import FisherTuneLayer
 # Learned tokens and lookup tables, whatever their module (HF ViTs, CLIP, Mask2Former, EoMT). The
 # patch projection ("patch_embeddings.projection") is a conv weight and keeps its decay.
 _NO_DECAY_KEYS = (
-    "position_embedding", "pos_embed", "cls_token", "mask_token", "register_tokens", "class_embedding",
-    "query_embed", "queries_embedder", "query_feat", "queries_features", "level_embed", "learnable_tokens",
+    "position_embedding",
+    "pos_embed",
+    "cls_token",
+    "mask_token",
+    "register_tokens",
+    "class_embedding",
+    "query_embed",
+    "queries_embedder",
+    "query_feat",
+    "queries_features",
+    "level_embed",
+    "learnable_tokens",
     "layer_scale",  # DINOv2's per-channel LayerScale: a scale like a norm's weight
     # fishertune.baselines: Rein's tokens (matched by "learnable_tokens") and scale, VPT-deep's prompts
-    "rein_tokens.scale", "vpt_prompts.prompt_embeddings",
+    "rein_tokens.scale",
+    "vpt_prompts.prompt_embeddings",
 )
 SPARSE_KEY = "fishertune_values"
 #: What weight decay acts on for the sparse deltas (see the module docstring).
@@ -50,9 +61,10 @@ BASELINE_PREFIXES = ("rein_", "vpt_", "adaptformer_", "vqt_")
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) or "norm" in type(
-        module
-    ).__name__.lower()
+    return (
+        isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm))
+        or "norm" in type(module).__name__.lower()
+    )
 
 
 def no_weight_decay(name: str, module: nn.Module) -> bool:
@@ -72,8 +84,9 @@ def build_param_groups(
     model: nn.Module, backbone_ids: set[int], decoder_lr: float, backbone_lr: float, weight_decay: float
 ) -> list[dict]:
     """Named AdamW groups of `model`'s trainable parameters (see the module docstring)."""
-    buckets: dict[str, list[nn.Parameter]] = {k: [] for k in ("decoder", "decoder_no_decay", "backbone",
-                                                                "backbone_no_decay", "backbone_sparse")}
+    buckets: dict[str, list[nn.Parameter]] = {
+        k: [] for k in ("decoder", "decoder_no_decay", "backbone", "backbone_no_decay", "backbone_sparse")
+    }
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
         for leaf, p in module.named_parameters(recurse=False):
@@ -94,8 +107,15 @@ def build_param_groups(
         if params:
             lr = backbone_lr if key.startswith("backbone") else decoder_lr
             wd = 0.0 if key.endswith("no_decay") else weight_decay
-            groups.append({"params": params, "lr": lr, "weight_decay": wd, "group_name": key,
-                           "sparse_prefix": key == "backbone_sparse"})
+            groups.append(
+                {
+                    "params": params,
+                    "lr": lr,
+                    "weight_decay": wd,
+                    "group_name": key,
+                    "sparse_prefix": key == "backbone_sparse",
+                }
+            )
     return groups
 
 
@@ -130,20 +150,32 @@ class FisherTuneAdamW(torch.optim.AdamW):
         **kwargs: `torch.optim.AdamW` arguments (`lr`, `betas`, `eps`, `weight_decay`).
     """
 
-    def __init__(self, params: Iterable, active_counts: Mapping[nn.Parameter, Callable[[], int]] | None = None,
-                 sparse_weight_decay: str = "delta",
-                 base_values: Mapping[nn.Parameter, Callable[[int], torch.Tensor]] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        params: Iterable,
+        active_counts: Mapping[nn.Parameter, Callable[[], int]] | None = None,
+        sparse_weight_decay: str = "delta",
+        base_values: Mapping[nn.Parameter, Callable[[int], torch.Tensor]] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(params, **kwargs)
         if sparse_weight_decay not in SPARSE_DECAY:
             raise ValueError(f"sparse_weight_decay must be one of {SPARSE_DECAY}, got {sparse_weight_decay!r}.")
         self.active_counts = dict(active_counts or {})
         self.sparse_weight_decay, self.base_values = sparse_weight_decay, dict(base_values or {})
         if sparse_weight_decay == "weight":
-            missing = [i for g in self.param_groups if g.get("sparse_prefix") for i, p in enumerate(g["params"])
-                       if p not in self.base_values]
+            missing = [
+                i
+                for g in self.param_groups
+                if g.get("sparse_prefix")
+                for i, p in enumerate(g["params"])
+                if p not in self.base_values
+            ]
             if missing:
-                raise ValueError("sparse_weight_decay='weight' decays W0 + delta and needs the pretrained W0 of "
-                                 "every sparse delta: pass base_values=sparse_prefix_hooks(model)[1].")
+                raise ValueError(
+                    "sparse_weight_decay='weight' decays W0 + delta and needs the pretrained W0 of "
+                    "every sparse delta: pass base_values=sparse_prefix_hooks(model)[1]."
+                )
         for group in self.param_groups:
             if group.get("sparse_prefix") and (group["amsgrad"] or group["maximize"]):
                 raise ValueError("The sparse FisherTune group supports plain AdamW only (no amsgrad/maximize).")

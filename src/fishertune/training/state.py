@@ -168,8 +168,10 @@ def check_allowed_names(allowed, expected: dict) -> None:
     known = set(expected.get("options", {})) | set(expected.get("settings", {}))
     unknown = sorted(set(allowed) - known)
     if unknown:
-        raise ValueError(f"allow_changed_settings names {', '.join(unknown)}, which a resume does not compare; "
-                         f"the settings it compares are: {', '.join(sorted(known))}.")
+        raise ValueError(
+            f"allow_changed_settings names {', '.join(unknown)}, which a resume does not compare; "
+            f"the settings it compares are: {', '.join(sorted(known))}."
+        )
 
 
 def check_compatible(saved: Optional[dict], expected: dict, checkpoint_dir: str,
@@ -187,11 +189,15 @@ def check_compatible(saved: Optional[dict], expected: dict, checkpoint_dir: str,
             "a new run."
         )
     if saved.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{checkpoint_dir} has FisherTune state format {saved.get('format_version')}, "
-                         f"this version reads {FORMAT_VERSION}.")
+        raise ValueError(
+            f"{checkpoint_dir} has FisherTune state format {saved.get('format_version')}, "
+            f"this version reads {FORMAT_VERSION}."
+        )
     if "model_fingerprint" in expected and saved.get("model_fingerprint") != expected["model_fingerprint"]:
-        raise ValueError(f"Cannot resume from {checkpoint_dir}: it belongs to another model: the model differs "
-                         "(parameter names or shapes). Resume with the same model, or start a new run.")
+        raise ValueError(
+            f"Cannot resume from {checkpoint_dir}: it belongs to another model: the model differs "
+            "(parameter names or shapes). Resume with the same model, or start a new run."
+        )
     check_allowed_names(allowed, expected)
     changed = differences(saved, expected)
     refused = {k: v for k, v in changed.items() if k not in set(allowed)}

@@ -40,6 +40,7 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from ..data.keyed import BadSampleError
+from ..outputs import SCORES_NAME
 from . import bad_files, checkpoints, estimation, hub_push
 from .arguments import FisherTuneTrainingArguments
 from .callbacks import EstimationCallback, NonFiniteCallback, TuningScheduleCallback, WarmupPhaseCallback
@@ -47,9 +48,15 @@ from .methods import get_method, prepare_model
 from .nonfinite import NonFiniteGuard
 from .optimizer import SPARSE_KEY, average_gradients, build_optimizer, carry_moments, fast_forward
 from .setup import backbone_parameters, is_fishertune
-from ..outputs import SCORES_NAME
-from .state import (FisherTuneState, check_allowed_names, check_compatible, describe_changes, model_fingerprint,
-                    read_state, write_state)
+from .state import (
+    FisherTuneState,
+    check_allowed_names,
+    check_compatible,
+    describe_changes,
+    model_fingerprint,
+    read_state,
+    write_state,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -99,12 +106,17 @@ class FisherTuneTrainer(Trainer):
         self._checkpoint_staging = None  # set while a checkpoint is staged
         checkpoints.check_supported(args)
         # fp16's grad scaler skips steps with inf gradients itself; the loss is still checked.
-        self.nonfinite = NonFiniteGuard(args.nonfinite_policy, args.nonfinite_max_skips,
-                                        check_grads=self.accelerator.scaler is None)
+        self.nonfinite = NonFiniteGuard(
+            args.nonfinite_policy, args.nonfinite_max_skips, check_grads=self.accelerator.scaler is None
+        )
         phase = self.fishertune_state
-        for cb in (WarmupPhaseCallback(phase), EstimationCallback(phase, self.start_tuning),
-                   TuningScheduleCallback(phase, self.apply_schedule), NonFiniteCallback(phase, self.nonfinite),
-                   hub_push.HubPushCallback(self)):
+        for cb in (
+            WarmupPhaseCallback(phase),
+            EstimationCallback(phase, self.start_tuning),
+            TuningScheduleCallback(phase, self.apply_schedule),
+            NonFiniteCallback(phase, self.nonfinite),
+            hub_push.HubPushCallback(self),
+        ):
             self.add_callback(cb)
 
     # -- the phase state, read through ------------------------------------------------------------
@@ -149,8 +161,9 @@ class FisherTuneTrainer(Trainer):
         """End of phase 1: estimate and select (method "sparse"), unfreeze, rebuild the optimizer."""
         if self.sparse:
             try:  # phase 2: scores, selection, files
-                result = estimation.estimate_and_select(self.model, self.args, self.get_train_dataloader,
-                                                        self.train_dataset, self.phase_lengths[1])
+                result = estimation.estimate_and_select(
+                    self.model, self.args, self.get_train_dataloader, self.train_dataset, self.phase_lengths[1]
+                )
             except BadSampleError as err:  # raised on every rank at the same batch (bad_files.AgreedLoader)
                 self.model.zero_grad(set_to_none=True)
                 self._stop_on_bad_file(err, " in phase 2 (estimation; it runs again when resumed)", pending=True)
@@ -183,7 +196,9 @@ class FisherTuneTrainer(Trainer):
                 model._ddp_params_and_buffers_to_ignore = sparse
             self._ddp_synced = {id(p) for n, p in model.named_parameters() if p.requires_grad and SPARSE_KEY not in n}
         self.optimizer = build_optimizer(model, {id(p) for _, p in self._backbone_params()}, self.args)
-        self._late_params = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in self._ddp_synced]
+        self._late_params = [
+            p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in self._ddp_synced
+        ]
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -269,19 +284,33 @@ class FisherTuneTrainer(Trainer):
                 logs["active_fraction"] = float(self.active_fraction)
                 logs["trainable_backbone_entries"] = float(self.model.num_active())
             else:
-                logs["trainable_backbone_entries"] = float(sum(p.numel() for _, p in self._backbone_params()
-                                                               if p.requires_grad))
+                logs["trainable_backbone_entries"] = float(
+                    sum(p.numel() for _, p in self._backbone_params() if p.requires_grad)
+                )
         super().log(logs, start_time)
 
     # -- Hub (fishertune.training.hub_push) -------------------------------------------------------
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
-                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
         """Upload the model, its image processor, a model card and (adapters) the base to `args.hub_model_id`
         (the base to `<hub_model_id>-base`), so that the repo id alone loads it; nothing else of `output_dir`.
         Runs to completion (`blocking` is accepted for transformers' signature). Returns the `CommitInfo`."""
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        return hub_push.push_to_hub(self, commit_message or "End of training", token=token, revision=revision,
-                                    private=private, model_name=kwargs.get("model_name"))
+        return hub_push.push_to_hub(
+            self,
+            commit_message or "End of training",
+            token=token,
+            revision=revision,
+            private=private,
+            model_name=kwargs.get("model_name"),
+        )
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # transformers pushes from inside its checkpoint write, before the FisherTune state is in it (and with
@@ -290,8 +319,11 @@ class FisherTuneTrainer(Trainer):
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _expected_state(self) -> dict:
-        return {"model_fingerprint": self._fingerprint, "options": self.args.fishertune_options(),
-                "settings": {**self.args.resume_settings(), **self.run_settings}}
+        return {
+            "model_fingerprint": self._fingerprint,
+            "options": self.args.fishertune_options(),
+            "settings": {**self.args.resume_settings(), **self.run_settings},
+        }
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self.args.should_save:
@@ -311,8 +343,9 @@ class FisherTuneTrainer(Trainer):
             finally:
                 self._checkpoint_staging = None
 
-        checkpoints.save_staged(self.args, self.state, self._get_output_dir(trial=trial), save,
-                                self._write_fishertune_state)
+        checkpoints.save_staged(
+            self.args, self.state, self._get_output_dir(trial=trial), save, self._write_fishertune_state
+        )
 
     def _write_fishertune_state(self, ckpt: str) -> None:
         ft = self.fishertune_state  # the counts and counters as of this save
@@ -327,11 +360,14 @@ class FisherTuneTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         saved = read_state(resume_from_checkpoint)
-        self._changed_settings = check_compatible(saved, self._expected_state(), resume_from_checkpoint,
-                                                  self.args.allow_changed_settings)
+        self._changed_settings = check_compatible(
+            saved, self._expected_state(), resume_from_checkpoint, self.args.allow_changed_settings
+        )
         if self._changed_settings:
-            logger.warning(f"Resuming from {resume_from_checkpoint} with changed settings (allow_changed_settings): "
-                           f"{describe_changes(self._changed_settings)}; the run uses the new values.")
+            logger.warning(
+                f"Resuming from {resume_from_checkpoint} with changed settings (allow_changed_settings): "
+                f"{describe_changes(self._changed_settings)}; the run uses the new values."
+            )
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         ft = self.fishertune_state
         ft.restore(saved)

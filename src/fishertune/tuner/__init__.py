@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 try:
-    register_peft_method(name="fishertune", config_cls=FisherTuneConfig, model_cls=FisherTuneModel, prefix="fishertune_")
+    register_peft_method(
+        name="fishertune", config_cls=FisherTuneConfig, model_cls=FisherTuneModel, prefix="fishertune_"
+    )
 except KeyError:  # already registered (module reloaded)
     pass

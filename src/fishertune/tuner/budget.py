@@ -33,7 +33,11 @@ def num_backbone_params(model: nn.Module) -> int:
 
 
 def budget_entries(
-    fraction: float, base: str, num_targeted: int, num_backbone: Optional[int], delta_max: float,
+    fraction: float,
+    base: str,
+    num_targeted: int,
+    num_backbone: Optional[int],
+    delta_max: float,
     count: Optional[int] = None,
 ) -> int:
     """The number of entries ``fraction`` stands for; refuses a ``delta_max`` budget beyond the targeted entries.

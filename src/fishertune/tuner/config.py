@@ -120,15 +120,18 @@ class FisherTuneConfig(PeftConfig):
     )
     # None = the default share (0.05 / 0.01), so that a share given together with a count can be refused.
     delta_max: Optional[float] = field(
-        default=None, metadata={"help": "Share of targeted entries allocated and trained at the end (paper: 0.05; "
-                                        "default 0.05)."}
+        default=None,
+        metadata={"help": "Share of targeted entries allocated and trained at the end (paper: 0.05; default 0.05)."},
     )
     delta_min: Optional[float] = field(
         default=None, metadata={"help": "Share of targeted entries active when tuning starts (Eq. 16; default 0.01)."}
     )
     delta_max_count: Optional[int] = field(
-        default=None, metadata={"help": "Fixed number of entries trained at the end, on any backbone (paper: "
-                                        "15210000); exclusive with delta_max/delta_min/budget_base."}
+        default=None,
+        metadata={
+            "help": "Fixed number of entries trained at the end, on any backbone (paper: "
+            "15210000); exclusive with delta_max/delta_min/budget_base."
+        },
     )
     delta_min_count: Optional[int] = field(
         default=None, metadata={"help": "Entries active when tuning starts with delta_max_count (default: a fifth)."}
@@ -216,11 +219,15 @@ class FisherTuneConfig(PeftConfig):
         """Shares by default; with `delta_max_count`, the shares of the count (what a saved config reloads as)."""
         if self.delta_max_count is None:
             if self.delta_min_count is not None:
-                raise ValueError(f"delta_min_count={self.delta_min_count} needs delta_max_count (the fixed budget it "
-                                 "ramps to); set both, or use the shares delta_min/delta_max.")
+                raise ValueError(
+                    f"delta_min_count={self.delta_min_count} needs delta_max_count (the fixed budget it "
+                    "ramps to); set both, or use the shares delta_min/delta_max."
+                )
             if self.budget_base == COUNT_BASE:
-                raise ValueError("budget_base='count' is set by delta_max_count; give delta_max_count, or use "
-                                 "budget_base='targeted' or 'backbone' with shares.")
+                raise ValueError(
+                    "budget_base='count' is set by delta_max_count; give delta_max_count, or use "
+                    "budget_base='targeted' or 'backbone' with shares."
+                )
             self.delta_min = _DEFAULT_SHARES[0] if self.delta_min is None else self.delta_min
             self.delta_max = _DEFAULT_SHARES[1] if self.delta_max is None else self.delta_max
             return
@@ -229,8 +236,9 @@ class FisherTuneConfig(PeftConfig):
             raise ValueError(f"delta_max_count must be a positive number of entries, got {k_max!r} (paper: 15210000).")
         k_min = k_max // 5 if self.delta_min_count is None else self.delta_min_count
         if isinstance(k_min, bool) or not isinstance(k_min, int) or not 0 <= k_min <= k_max:
-            raise ValueError(f"delta_min_count must be a number of entries in [0, delta_max_count={k_max}], "
-                             f"got {k_min!r}.")
+            raise ValueError(
+                f"delta_min_count must be a number of entries in [0, delta_max_count={k_max}], got {k_min!r}."
+            )
         shares = (k_min / k_max, 1.0)
         given = {"delta_min": self.delta_min, "delta_max": self.delta_max}
         # A reloaded config carries the shares of the count that this method wrote; anything else was set by hand.

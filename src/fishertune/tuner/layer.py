@@ -161,9 +161,7 @@ class FisherTuneLayer(BaseTunerLayer):
         """Backward passes of this layer that computed dL/d(values) by the sampled product or the compact GEMM
         instead of gathering the dense dL/dW (what ran, see `sparse_grad.values_grad_path`), counted since each
         adapter's current allocation."""
-        return {
-            path: sum(p.calls[path] for p in self._fishertune_patterns.values()) for path in ("sampled", "compact")
-        }
+        return {path: sum(p.calls[path] for p in self._fishertune_patterns.values()) for path in ("sampled", "compact")}
 
     def selection_pattern_bytes(self) -> int:
         """Bytes held by the selection patterns built so far (the index structures of the sparse gradient paths)."""
@@ -222,7 +220,9 @@ class Linear(nn.Module, FisherTuneLayer):
             if vals:
                 weight.data.view(-1).index_add_(0, idxs[0], -vals[0].detach().to(weight.dtype))
 
-    def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any) -> torch.Tensor:
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    ) -> torch.Tensor:
         """Sample i gets adapter ``adapter_names[i]`` ("__base__": none), as LoRA's per-sample adapters."""
         if len(adapter_names) != len(x):
             raise ValueError(
@@ -268,10 +268,16 @@ class Linear(nn.Module, FisherTuneLayer):
         # The sparse values-gradient paths serve one adapter (several active ones may share entries, and their
         # concatenation has no cached pattern) whose base weight is frozen; `values_grad_path` holds the rule.
         if len(vals) == 1 and torch.is_grad_enabled() and values.requires_grad and not base.weight.requires_grad:
-            name = next(n for n in self.active_adapters if self.fishertune_active.get(n, 0) > 0 and n in self.fishertune_values)
+            name = next(
+                n for n in self.active_adapters if self.fishertune_active.get(n, 0) > 0 and n in self.fishertune_values
+            )
             n = idx.numel()
             path = values_grad_path(
-                x.device.type, compute_dtype(x, base.weight), self.out_features, self.in_features, n,
+                x.device.type,
+                compute_dtype(x, base.weight),
+                self.out_features,
+                self.in_features,
+                n,
                 block=lambda: self.selection_pattern(name).block_size(n),
             )
             if path != "dense":

@@ -13,13 +13,13 @@ from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from peft.utils.integrations import init_empty_weights
 from torch import nn
 
+from .budget import budget_entries, num_backbone_params
+from .checkpoint import add_layout_for_save, allocate_from_checkpoint, check_saved_modules_to_save, tuner_layers
+from .combine import allocate_placeholders, allocation_of, check_weighted_request, weighted_union
 from .config import FisherTuneConfig
 from .data_free import magnitude_scores, random_scores
 from .layer import FisherTuneLayer, Linear
 from .mixed_batch import adapter_names_hooks
-from .budget import budget_entries, num_backbone_params
-from .checkpoint import add_layout_for_save, tuner_layers, allocate_from_checkpoint, check_saved_modules_to_save
-from .combine import allocate_placeholders, allocation_of, check_weighted_request, weighted_union
 from .presets import target_regex
 from .schedule import active_fraction
 from .selection import global_topk
@@ -125,7 +125,10 @@ class FisherTuneModel(BaseTuner):
         return {n: m.get_base_layer().weight for n, m in self._tuner_layers().items()}
 
     def select(
-        self, scores: Mapping[str, torch.Tensor], adapter_name: Optional[str] = None, init_weights: Optional[bool] = None
+        self,
+        scores: Mapping[str, torch.Tensor],
+        adapter_name: Optional[str] = None,
+        init_weights: Optional[bool] = None,
     ) -> dict[str, int]:
         """Allocate the top `delta_max` of all targeted entries by `scores` (one global ranking).
 
@@ -198,8 +201,9 @@ class FisherTuneModel(BaseTuner):
         """Entries that `fraction` of the config's budget base stands for (see `FisherTuneConfig.budget_base`)."""
         config = self.peft_config[adapter_name]
         backbone = getattr(self, "_fishertune_backbone_params", {}).get(adapter_name)
-        return budget_entries(fraction, config.budget_base, self.num_targeted(), backbone, config.delta_max,
-                              config.delta_max_count)
+        return budget_entries(
+            fraction, config.budget_base, self.num_targeted(), backbone, config.delta_max, config.delta_max_count
+        )
 
     def num_targeted(self) -> int:
         """N: the number of targeted weight entries (the base of delta_min and delta_max)."""

@@ -18,9 +18,7 @@ def active_fraction(step: int, total_steps: int, delta_min: float, delta_max: fl
     ``step`` is clamped to ``[0, total_steps]``; ``total_steps == 0`` means no ramp (p = delta_max).
     """
     if not 0.0 <= delta_min <= delta_max <= 1.0:
-        raise ValueError(
-            f"Need 0 <= delta_min <= delta_max <= 1, got delta_min={delta_min}, delta_max={delta_max}."
-        )
+        raise ValueError(f"Need 0 <= delta_min <= delta_max <= 1, got delta_min={delta_min}, delta_max={delta_max}.")
     if total_steps < 0:
         raise ValueError(f"total_steps must be >= 0, got {total_steps}.")
     if total_steps == 0:

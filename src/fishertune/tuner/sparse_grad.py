@@ -230,7 +230,9 @@ def sampled_values_grad(grad_out2, x2, pattern: SelectionPattern, n: int) -> tor
         mat1, mat2 = grad_out2.t(), x2
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        csr = torch.sparse_csr_tensor(crow, col, grad_out2.new_zeros(col.numel()), pattern.shape, check_invariants=False)
+        csr = torch.sparse_csr_tensor(
+            crow, col, grad_out2.new_zeros(col.numel()), pattern.shape, check_invariants=False
+        )
         vals = torch.sparse.sampled_addmm(csr, mat1, mat2, beta=0.0).values()
     return vals.index_select(0, gather)
 
