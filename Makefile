@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) recipes/train.py
 
-# The main suite, then the EVA02 (timm) tests in their own venv (see below).
+# Lint and format (ruff, pinned in the test extra), the main suite, then the EVA02 (timm) tests in their own venv.
 test: setup setup-eva02
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(EVA02_PY) -m pytest -q -p no:cacheprovider $(EVA02_TESTS)
 
