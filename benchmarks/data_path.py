@@ -161,7 +161,8 @@ def markdown(raw: dict) -> str:
         "",
         "| reader | images/s |",
         "|---|---|",
-        f"| one process (per worker: median {t['per_worker_s'] * 1000:.0f} ms per sample) | {t['per_worker_ips']:.2f} |",
+        f"| one process (per worker: median {t['per_worker_s'] * 1000:.0f} ms per sample) "
+        f"| {t['per_worker_ips']:.2f} |",
     ]
     lines += [
         f"| DataLoader, {w} worker(s), batch {raw['batch']} | {ips:.2f} |"

@@ -16,7 +16,8 @@ crops 224x304 from images scaled 0.5-1.0, horizontal flip, batch 8, AdamW lr 1e-
 - sparse criteria (random, fim, delta_fim, dr_fim; diagonal and variational estimators): T1 =
   10% decoder-only warm-up, T2 estimation batches (no optimizer step, not counted in N), T3 = 90%
   tuning with the active share growing from delta_min = 1% to delta_max = 5% (Eq. 16).
-- full / frozen / lora / rein / vpt / adaptformer / vqt: all N steps train what the method trains (no warm-up): the head gets the
+- full / frozen / lora / rein / vpt / adaptformer / vqt: all N steps train what the method trains (no warm-up): the
+  head gets the
   same N steps everywhere, and the backbone trains for N (baselines) or 0.9 N (sparse) steps.
 
 Evaluation: `fishertune.evaluation.evaluate_model` on the full-resolution 480x360 images in Rein's
@@ -227,7 +228,8 @@ def _rescore_grid(args, recipe: dict, out: Path, grid: list) -> None:
         else:
             r = rescore(source, recipe, method, seed, out_file)
             print(f"[{i + 1}/{len(grid)}] {method} seed {seed}: re-scored in {r['eval_seconds']:.0f}s: "
-                  f"{ {SHORT.get(t, t): round(v['mIoU'], 1) for t, v in r['metrics'].items()} }", flush=True)  # fmt: skip
+                  f"{ {SHORT.get(t, t): round(v['mIoU'], 1) for t, v in r['metrics'].items()} }",
+                  flush=True)  # fmt: skip
     aggregate(recipe, Path(args.out_dir))
 
 
@@ -315,7 +317,8 @@ def main(argv=None) -> None:
     except ValueError as err:
         p.error(str(err))
     recipe["command"] = "python benchmarks/dg_camvid.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    recipe["default"] = not (args.steps or args.estimation_batches or args.eval_every or args.extra or args.fisher_type != "true"
+    recipe["default"] = not (args.steps or args.estimation_batches or args.eval_every or args.extra
+                             or args.fisher_type != "true"
                              or args.also_every or args.also_scale or args.eval_window or args.eval_stride
                              or args.head != "light" or args.root != DEFAULT_ROOT or args.backbone != DEFAULT_BACKBONE
                              or list(args.corruptions) != DEFAULT_CORRUPTIONS)  # fmt: skip

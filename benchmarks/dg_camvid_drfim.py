@@ -54,7 +54,8 @@ def describe(stats, config, fraction: float) -> dict:
     from fishertune.fisher.plots import sensitivity_table
 
     flat = torch.cat([f.reshape(-1).double() for f in stats.fisher.values()])
-    qs = {f"{q:g}": float(torch.quantile(flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]], q))
+    qs = {f"{q:g}": float(torch.quantile(
+              flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]], q))
           for q in (0.05, 0.5, 0.95, 0.999)}  # fmt: skip
     eps = relative_eps(stats.fisher, config.delta_eps)
     if "precision" in stats.extra:  # the variational F' (Eq. 14) from its precision

@@ -33,7 +33,8 @@ def evaluation_sets(recipe: dict) -> dict:
     for name in CLEAN_TARGETS:
         sets[name] = load_dataset("camvid", recipe["root"], name)
     sets.update(corrupted_targets(recipe["root"], recipe["corruptions"], severity=recipe["severity"],
-                                  seed=recipe["corruption_seed"], cache_dir=recipe.get("corruption_cache") or DEFAULT_CACHE))  # fmt: skip
+                                  seed=recipe["corruption_seed"],
+                                  cache_dir=recipe.get("corruption_cache") or DEFAULT_CACHE))  # fmt: skip
     every = recipe.get("eval_every", 1)
     if every > 1:
         sets = {k: ds.select(range(0, len(ds), every)) for k, ds in sets.items()}

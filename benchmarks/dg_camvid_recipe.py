@@ -37,7 +37,8 @@ VARIANTS = {
     "dr_fim_q99_var": dict(criterion="dr_fim", estimator="variational", exchange="quantile", exchange_quantile=0.99),
     "dr_fim_q99_diag": dict(criterion="dr_fim", estimator="diagonal", exchange="quantile", exchange_quantile=0.99),
     "dr_fim_perbatch_var": dict(criterion="dr_fim", estimator="variational", shift_weight_reading="per_batch"),
-    # Eq. 7 as printed: one (eps_mu, eps_sigma) per batch, each batch's dF weighted by its own exp(-(|eps_mu| + |eps_sigma|)).
+    # Eq. 7 as printed: one (eps_mu, eps_sigma) per batch, each batch's dF weighted by its own
+    # exp(-(|eps_mu| + |eps_sigma|)).
     "dr_fim_paperw_var": dict(
         criterion="dr_fim", estimator="variational", dsu_draw="scalar", shift_weight_reading="per_batch"
     ),

@@ -17,13 +17,16 @@ LABELS = {
     "rein": "Rein (default config)", "vpt": "VPT-deep (150 prompts)",
     "vpt_lr1e3": "VPT-deep (150 prompts), prompt lr 1e-3", "adaptformer": "AdaptFormer (bottleneck 64)",
     "vqt": "VQT (10 queries per block)",
-    "fim_var": "F 5% (variational)", "delta_fim_var": "dF 5% (variational)", "dr_fim_var": "DRF 5% (variational) = FisherTune",
+    "fim_var": "F 5% (variational)", "delta_fim_var": "dF 5% (variational)",
+    "dr_fim_var": "DRF 5% (variational) = FisherTune",
     "fim_diag": "F 5% (diagonal)", "delta_fim_diag": "dF 5% (diagonal)", "dr_fim_diag": "DRF 5% (diagonal)",
-    "dr_fim_q99_var": "DRF 5%, quantile-0.99 exchange (var.)", "dr_fim_q99_diag": "DRF 5%, quantile-0.99 exchange (diag.)",
+    "dr_fim_q99_var": "DRF 5%, quantile-0.99 exchange (var.)",
+    "dr_fim_q99_diag": "DRF 5%, quantile-0.99 exchange (diag.)",
     "dr_fim_perbatch_var": "DRF 5%, per-batch weight (var.)",
     "dr_fim_paperw_var": "DRF 5%, Eq. 7 weight per batch draw (var.)",
     "dr_fim_paperw_diag": "DRF 5%, Eq. 7 weight per batch draw (diag.)",
-    "dr_fim_wd_weight_var": "DRF 5% (variational), decay on W0 + delta", "childtune_d": "ChildTune-D 5% (empirical F, fixed mask)",
+    "dr_fim_wd_weight_var": "DRF 5% (variational), decay on W0 + delta",
+    "childtune_d": "ChildTune-D 5% (empirical F, fixed mask)",
 }  # fmt: skip
 #: Row order of the tables and bars: baselines, then Table 4's criteria (random < F < dF < DRF) per estimator.
 DISPLAY_ORDER = [
@@ -52,12 +55,14 @@ DISPLAY_ORDER = [
 ]
 CLEAN_TARGETS = ("target_day_new_route", "target_dusk")
 SHORT = {"source_val": "src val", "target_day_new_route": "Seq05VD", "target_dusk": "dusk", "target_fog": "fog",
-         "target_frost": "frost", "target_snow": "snow", "target_motion_blur": "motion", "target_gaussian_noise": "noise",
+         "target_frost": "frost", "target_snow": "snow", "target_motion_blur": "motion",
+         "target_gaussian_noise": "noise",
          "target_dark": "dark"}  # fmt: skip
 
 
 def row_label(method: str, recipe: dict) -> str:
-    """`LABELS[method]` with the budget this recipe trained at: `--extra '{"delta_max": 0.1}'` labels "10%", not "5%"."""
+    """`LABELS[method]` with the budget this recipe trained at: `--extra '{"delta_max": 0.1}'` labels "10%", not
+    "5%"."""
     budget = (recipe.get("extra") or {}).get("delta_max", recipe.get("delta_max", 0.05))
     return LABELS[method].replace("5%", f"{100 * budget:g}%")
 
@@ -194,7 +199,8 @@ def markdown(summary: dict) -> str:
     cols.append("mean_targets")
     head = {"mean_clean_targets": "mean clean", "mean_corrupted": "mean corr.", "mean_targets": "**mean targets**"}
     lines = [
-        f"CamVid DG, {_backbone_label(r)} + {r.get('model', 'light')} head, {r['steps']} steps, batch {r['batch_size']}, "
+        f"CamVid DG, {_backbone_label(r)} + {r.get('model', 'light')} head, {r['steps']} steps, "
+        f"batch {r['batch_size']}, "
         f"mode `{r['mode']}`; mIoU (%), mean ± std over seeds (n per row). "
         "Targets are never used for training or selection.",
         _protocol_line(r),
@@ -222,7 +228,8 @@ def _machines_line(summary: dict) -> str:
         threads.setdefault((m.get("gpu") or m.get("cpu"), m.get("cpu_count"), m.get("torch")), set()).add(
             m.get("torch_threads")
         )
-    parts = [f"{device} ({cpus} CPUs, torch {torch}, {' or '.join(map(str, sorted(t - {None}) or ['?']))} threads per run)"
+    parts = [f"{device} ({cpus} CPUs, torch {torch}, "
+             f"{' or '.join(map(str, sorted(t - {None}) or ['?']))} threads per run)"
              for (device, cpus, torch), t in threads.items()]  # fmt: skip
     return (
         ("Machine: " if len(parts) == 1 else "Machines (runs of this table came from each): ") + "; ".join(parts) + "."

@@ -62,7 +62,8 @@ def main(argv=None) -> None:
             by_kind[kind] = by_kind.get(kind, 0) + int(m.sum())
             by_block[block] = by_block.get(block, 0) + int(m.sum())
         rows.append((method, seed, {k: v / total for k, v in sorted(by_kind.items())},
-                     {k: v / total for k, v in sorted(by_block.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 99)}))  # fmt: skip
+                     {k: v / total for k, v in sorted(
+                         by_block.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 99)}))  # fmt: skip
     if not rows:
         print(f"no saved scores in {runs}")
         return

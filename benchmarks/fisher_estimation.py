@@ -152,7 +152,8 @@ def main() -> None:
         f"{a.steps} timed steps; T2={a.t2}, T3={a.t3}"
     )
     print(
-        f"| {'configuration':32s} | s/batch | time / FT step | peak RSS / FT | peak above base / FT | T2 cost / T3 time |"
+        f"| {'configuration':32s} | s/batch | time / FT step | peak RSS / FT "
+        "| peak above base / FT | T2 cost / T3 time |"
     )
     print(f"|{'-' * 34}|---------|----------------|---------------|----------------------|-------------------|")
     for r in rows:

@@ -188,7 +188,8 @@ def header(args, rows: dict) -> str:
     table = f"{grid}x{grid}" + (" (the crop's own grid)" if crop_grid == (grid, grid) else
                                 f" interpolated to {crop_grid[0]}x{crop_grid[1]}")  # fmt: skip
     return (f"DINOv2 {args.model} (hidden {m['hidden_size']}, {layers} blocks, {m['num_attention_heads']} heads, patch "
-            f"{m['patch_size']}, random init; position table {table}) + Mask2Former (taps {ft['taps']}, {ft['num_queries']} queries, "
+            f"{m['patch_size']}, random init; position table {table}) + Mask2Former (taps {ft['taps']}, "
+            f"{ft['num_queries']} queries, "
             f"{ft['decoder_layers']} decoder layers, {ft['train_num_points']} points), {ft['params']:,} parameters; "
             f"crop {h}x{w}, batch {args.batch}, {args.dtype}, {dev}; torch {torch.__version__}; peak memory: {mem}; "
             f"1-min load average before the runs: {', '.join(f'{x:.1f}' for x in args.loads)}.\n")  # fmt: skip

@@ -170,8 +170,10 @@ def table(rows: dict, order: list) -> str:
     for key in order:
         r = rows[key]
         lines.append(
-            f"| {row_name(key[0], r, key[1])} | {r['trainable']:,} | {r['step_s']:.4g} | {ratio(r['step_s'], full['step_s'])} "
-            f"| {ratio(r['step_s'], lora['step_s'])} | {r['peak_bytes'] / MB:.1f} | {ratio(r['peak_bytes'], full['peak_bytes'])} "
+            f"| {row_name(key[0], r, key[1])} | {r['trainable']:,} | {r['step_s']:.4g} "
+            f"| {ratio(r['step_s'], full['step_s'])} "
+            f"| {ratio(r['step_s'], lora['step_s'])} | {r['peak_bytes'] / MB:.1f} "
+            f"| {ratio(r['peak_bytes'], full['peak_bytes'])} "
             f"| {ratio(r['peak_bytes'], lora['peak_bytes'])} | {r['state_bytes'] / MB:.2f} "
             f"| {ratio(r['state_bytes'], full['state_bytes'], 3)} |"
         )
@@ -206,7 +208,8 @@ def notes(rows: dict, deltas: list) -> list[str]:
             out.append(
                 f"At {pct(d)}, FisherTune's step with the dispatched values gradient ({a['sampled_layers']} sampled, "
                 f"{a['compact_layers']} compact of {a['tuned_layers']} layers; the entries' blocks span "
-                f"{a['block_share']:.0%} of the tuned weights) is {ratio(a['step_s'], b['step_s'])} its step with dense "
+                f"{a['block_share']:.0%} of the tuned weights) is {ratio(a['step_s'], b['step_s'])} its step "
+                "with dense "
                 f"gradients forced (same run); its selection patterns take {a['pattern_bytes'] / MB:.2f} MB (not "
                 "training state)."
             )
@@ -218,7 +221,8 @@ def notes(rows: dict, deltas: list) -> list[str]:
             out.append(
                 f"At {pct(d)}, {ft['tuned_layers']}/{ft['targeted_layers']} targeted layers hold entries; lowest tuned "
                 f"block {low} of {n}; the lowest block whose input needs a gradient is {enters} (expected {expected}: "
-                f"backward stops at the lowest tuned block's input{'' if enters == expected else ' -- NOT as expected'})."
+                "backward stops at the lowest tuned block's input"
+                f"{'' if enters == expected else ' -- NOT as expected'})."
             )
     return out
 
@@ -229,7 +233,8 @@ def model_line(args, image_size: int) -> str:
     selection = f"selection by the scores of `{Path(args.scores).name}`" if args.scores else "selection by magnitude"
     return (
         f"DINOv2 {args.model} (hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, random init; FisherTune "
-        f"{selection}), {image_size} px, batch {args.batch} ({tokens} tokens), {args.dtype}, {device_line(args.device, args.threads)}"
+        f"{selection}), {image_size} px, batch {args.batch} ({tokens} tokens), {args.dtype}, "
+        f"{device_line(args.device, args.threads)}"
     )
 
 
@@ -270,8 +275,10 @@ def section(args, image_size: int, deltas: list, methods: list) -> tuple[str, li
 
     hdr = (
         f"### {image_size} px\n\n{model_line(args, image_size)}; AdamW(wd=0.05); step time = lowest over {args.rounds} "
-        f"interleaved rounds of the median of {args.steps} steps after {args.warmup} warm-up; torch {torch.__version__}; "
-        f"machine load (1-min load average before each timing run, {os.cpu_count()} cores): {min(loads):.1f}-{max(loads):.1f}, "
+        f"interleaved rounds of the median of {args.steps} steps after {args.warmup} warm-up; "
+        f"torch {torch.__version__}; "
+        f"machine load (1-min load average before each timing run, {os.cpu_count()} cores): "
+        f"{min(loads):.1f}-{max(loads):.1f}, "
         f"median {sorted(loads)[len(loads) // 2]:.1f}; {time.time() - t0:.0f} s.\n"
     )
     text = (
@@ -294,8 +301,10 @@ def profile_section(args, image_size: int, delta: float, method: str) -> tuple[s
     phases = ", ".join(f"{k} {v:.3f} s" for k, v in r["phases_s"].items())
     name = method if method not in PER_DELTA else f"{method} {pct(delta)}"
     text = (
-        f"### Profile of one {name} step, {image_size} px\n\n{model_line(args, image_size)}; one step after {args.warmup} "
-        f"warm-up, {r['profiled_step_s']:.3f} s under the profiler; phases: {phases}. Top {args.profile_rows} ops by self "
+        f"### Profile of one {name} step, {image_size} px\n\n{model_line(args, image_size)}; "
+        f"one step after {args.warmup} "
+        f"warm-up, {r['profiled_step_s']:.3f} s under the profiler; phases: {phases}. "
+        f"Top {args.profile_rows} ops by self "
         f"{'CUDA' if args.device.startswith('cuda') else 'CPU'} time:\n\n```\n{r['profile_table'].rstrip()}\n```\n"
     )
     return text, dict(r, image_size=image_size, delta_max=delta)

@@ -15,7 +15,8 @@ OWN_COPIES = ("def _free_port", "def free_port", "accelerate.commands.launch", "
 def copies(root: Path = TESTS) -> list[str]:
     """`file: text` of every test file besides `_toolkit.py` that spells out a port finder or a launch command."""
     return [f"{p.relative_to(root)}: {text}" for p in sorted(root.rglob("*.py"))
-            if p.name not in ("_toolkit.py", "test_toolkit.py") for text in OWN_COPIES if text in p.read_text()]  # fmt: skip
+            if p.name not in ("_toolkit.py", "test_toolkit.py")
+            for text in OWN_COPIES if text in p.read_text()]  # fmt: skip
 
 
 def test_no_test_writes_its_own_launch():

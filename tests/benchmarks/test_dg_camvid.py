@@ -25,7 +25,8 @@ def _fake_run(out: Path, method: str, seed: int, base: float):
     targets = ["source_val", "target_day_new_route", "target_dusk", "target_fog", "target_dark"]
     metrics = {t: {"mIoU": base + i + seed, "aAcc": 90.0, "IoU": {}} for i, t in enumerate(targets)}
     (out / f"{method}__seed{seed}.json").write_text(json.dumps({
-        "method": method, "seed": seed, "metrics": metrics, "train_seconds": 1.0, "machine": {"cpu": "x", "cpu_count": 2},
+        "method": method, "seed": seed, "metrics": metrics, "train_seconds": 1.0,
+        "machine": {"cpu": "x", "cpu_count": 2},
         "selection": None, "trainable_backbone_entries": 0.0,
     }))  # fmt: skip
 

@@ -22,7 +22,8 @@ dg = load_benchmark("dg_camvid")
 ev = sys.modules["dg_camvid_eval"]
 
 SPLITS = {"source_train": [f"train/0006R0_f0{i}" for i in range(4)], "source_val": ["val/0016E5_0"],
-          "target_day_new_route": ["test/Seq05VD_f0", "test/Seq05VD_f1"], "target_dusk": ["train/0001TP_0"]}  # fmt: skip
+          "target_day_new_route": ["test/Seq05VD_f0", "test/Seq05VD_f1"],
+          "target_dusk": ["train/0001TP_0"]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

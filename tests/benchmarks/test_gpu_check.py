@@ -20,13 +20,17 @@ OUTPUTS = {"paper_scale": "paper_scale_cuda.md", "tuner_speed_bf16": "tuner_spee
            "crossover": "sparse_grad_crossover_cuda.md", "compact_crossover": "compact_grad_crossover_cuda_bf16.md",
            "tuner_speed_fp32": "tuner_speed_vitl_fp32.md"}  # fmt: skip
 
-# Records its command line (shell-quoted, one line); "-c" snippets: the CUDA probe answers $SHIM_CUDA, anything else prints a line. A script
+# Records its command line (shell-quoted, one line); "-c" snippets: the CUDA probe answers $SHIM_CUDA, anything
+# else prints a line. A script
 # whose command line holds $SHIM_FAIL exits 5; otherwise the file after --out (and its .json) is written.
 SHIM = r"""#!/usr/bin/env bash
 printf '%q ' "$@" >>"$SHIM_LOG"
 echo >>"$SHIM_LOG"
 if [ "$1" = -c ]; then
-    case "$2" in *sys.exit*cuda.is_available*) [ "${SHIM_CUDA:-1}" = 1 ]; exit $? ;; *) echo "torch (stand-in)"; exit 0 ;; esac
+    case "$2" in
+        *sys.exit*cuda.is_available*) [ "${SHIM_CUDA:-1}" = 1 ]; exit $? ;;
+        *) echo "torch (stand-in)"; exit 0 ;;
+    esac
 fi
 case "$*" in *"${SHIM_FAIL:-@none@}"*) echo "stand-in failure of $1" >&2; exit 5 ;; esac
 prev=""
@@ -194,7 +198,8 @@ def test_tiny_dry_run_writes_the_gpu_files(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["compact_grad_crossover_cuda_bf16.json", "compact_grad_crossover_cuda_bf16.md",
-                     "logs/compact_crossover.log", "logs/crossover.log", "logs/paper_scale.log", "paper_scale_cuda.json",
+                     "logs/compact_crossover.log", "logs/crossover.log", "logs/paper_scale.log",
+                     "paper_scale_cuda.json",
                      "paper_scale_cuda.md", "sparse_grad_crossover_cuda.json", "sparse_grad_crossover_cuda.md",
                      "summary.md"]  # fmt: skip
     summary = (out / "summary.md").read_text()

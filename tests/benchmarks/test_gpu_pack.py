@@ -18,7 +18,8 @@ from fake_trees import ids_grid, write_image, write_label  # noqa: E402
 
 gp = load_benchmark("gpu_pack")
 # not in sorted order: the pack must follow splits.json's order, as `ds.select(range(0, n, k))` does
-SPLITS = {"source_train": [f"train/0006R0_f{i}" for i in (2, 0, 1)], "source_val": [f"val/0016E5_{i}" for i in (3, 1, 4, 0, 2)],
+SPLITS = {"source_train": [f"train/0006R0_f{i}" for i in (2, 0, 1)],
+          "source_val": [f"val/0016E5_{i}" for i in (3, 1, 4, 0, 2)],
           "target_dusk": [f"train/0001TP_{i}" for i in (1, 3, 0, 2)]}  # fmt: skip
 import dg_camvid_recipe as recipe_mod  # noqa: E402  (benchmarks/ is on sys.path once gpu_pack is loaded)
 import dg_camvid_report as rp  # noqa: E402
@@ -65,7 +66,8 @@ def test_pack_keeps_the_training_split_and_every_kth_evaluation_image(tree, tmp_
     assert len(list((packed / "images").rglob("*.jpg"))) == 3 + 3 + 2
     # the recipe and the report say that 1 in 2 original images was scored, not every image
     ns = argparse.Namespace(quick=True, steps=None, estimation_batches=None, eval_every=1, fisher_type="true",
-                            corruptions=["fog"], extra=None, root=str(packed), backbone=str(backbone), workers=0)  # fmt: skip
+                            corruptions=["fog"], extra=None, root=str(packed), backbone=str(backbone),
+                            workers=0)  # fmt: skip
     recipe = recipe_mod.recipe_from_args(ns)
     assert recipe["packed_eval_every"] == 2 and "packed_eval_every" not in recipe_mod.recipe_from_args(
         argparse.Namespace(**{**vars(ns), "root": str(root)})

@@ -126,7 +126,8 @@ def test_extrapolations_by_hand(run):
 def test_two_batch_estimation_reading():
     """With 2 batches there is one interval (the first batch); the second batch is read from its arrival to the
     end of the passes. Made-up numbers, so every value is known."""
-    phases = {"warmup": {"steps_s": [9.0, 2.0], "peak_bytes": 5}, "tuning": {"steps_s": [7.0, 4.0, 3.0], "peak_bytes": 8},
+    phases = {"warmup": {"steps_s": [9.0, 2.0], "peak_bytes": 5},
+              "tuning": {"steps_s": [7.0, 4.0, 3.0], "peak_bytes": 8},
               "estimation": {"arrivals_s": [0.5, 6.5], "stats_s": 10.5, "phase_s": 20.0, "peak_bytes": 9}}  # fmt: skip
     rows = {"fishertune": {"phases": phases}, "full": {"phases": {"tuning": {"steps_s": [5.0, 6.0], "peak_bytes": 16}}}}
     d = ps.derive(rows, dict(t1=10, t2=100, t3=90, max_steps=100))

@@ -1,5 +1,6 @@
 """Evaluation during training through recipes/train.py: eval_strategy / eval_steps score every target (logged per
-target and as the target mean), metric_for_best_model picks a checkpoint, load_best_model_at_end loads it (and the final metrics are its)."""
+target and as the target mean), metric_for_best_model picks a checkpoint, load_best_model_at_end loads it (and the
+final metrics are its)."""
 
 from __future__ import annotations
 

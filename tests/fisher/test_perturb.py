@@ -146,7 +146,8 @@ def test_estimation_is_repeatable_on_one_model(estimator):
     weights = {n: m.weight for n, m in model.named_modules() if n.endswith(("q_proj", "fc2"))}
     cfg = EstimationConfig(criterion="dr_fim", estimator=estimator, num_batches=2, dsu_p=1.0)
     g = torch.Generator().manual_seed(1)
-    batches = [{"pixel_values": torch.randn(3, 3, 16, 16, generator=g), "labels": torch.randint(0, 3, (3, 16, 16), generator=g)}
+    batches = [{"pixel_values": torch.randn(3, 3, 16, 16, generator=g),
+                "labels": torch.randint(0, 3, (3, 16, 16), generator=g)}
                for _ in range(2)]  # fmt: skip
     first = estimate_scores(model, batches, weights, cfg)  # on a model that never ran
     second = estimate_scores(model, batches, weights, cfg)

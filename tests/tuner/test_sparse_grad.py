@@ -1,4 +1,5 @@
-"""The values gradient of the sparse-delta layer: the sampled product and the compact GEMM equal the dense GEMM + gather."""
+"""The values gradient of the sparse-delta layer: the sampled product and the compact GEMM
+equal the dense GEMM + gather."""
 
 import contextlib
 
@@ -122,7 +123,8 @@ def test_trained_base_weight_takes_the_dense_path(mode):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_on_cpu(dtype):
-    """sampled_addmm has no half kernel on CPU: "sampled" falls back to dense; the compact GEMM runs in the half dtype."""
+    """sampled_addmm has no half kernel on CPU: "sampled" falls back to dense; the compact GEMM runs in the half
+    dtype."""
     if not SG.sampled_supported("cpu", torch.float32) or SG.sampled_supported("cpu", dtype):
         pytest.skip("the fallback is for dtypes sampled_addmm lacks on CPU")
     lin = _layer(32, 64, bias=True)

@@ -1,5 +1,6 @@
 """The transformers ViT families: DINOv2 (with and without registers), DINOv3 ViT, ViT, ViT-MAE, CLIP vision,
-SAM vision and EoMT. Target patterns are written against the module names of transformers 5 (checked against the installed
+SAM vision and EoMT.
+Target patterns are written against the module names of transformers 5 (checked against the installed
 version by ``tests/backbones/test_registry.py``).
 """
 

@@ -70,7 +70,10 @@ class VQTConfig(BaselineConfig):
     """
 
     method = "vqt"
-    card_line = "VQT: learnable query tokens summarizing every block's features for the head (backbone frozen), plus the decoder."
+    card_line = (
+        "VQT: learnable query tokens summarizing every block's features for the head (backbone frozen), "
+        "plus the decoder."
+    )
     num_queries: int = field(default=10, metadata={"help": "Query tokens per block."})
     link_to_head: bool | None = field(default=None, metadata={"help": "None: link if a known head is found."})
 

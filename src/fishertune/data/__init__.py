@@ -103,7 +103,8 @@ def id2label(name: str, label_space: str | None = None) -> dict[int, str]:
 
 
 __all__ = [
-    "BAD_FILE_POLICIES", "BadSampleError", "KeyedTrainingDataset", "CAMVID_CLASSES", "CITYSCAPES_CLASSES", "DATASET_NAMES", "DatasetLayoutError", "EVAL_SCALES",
+    "BAD_FILE_POLICIES", "BadSampleError", "KeyedTrainingDataset", "CAMVID_CLASSES",
+    "CITYSCAPES_CLASSES", "DATASET_NAMES", "DatasetLayoutError", "EVAL_SCALES",
     "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "LabelError", "LabelMap", "SYNTHETIC_CLASSES",
     "SYNTHETIC_DOMAINS", "SegmentationTransforms", "SyntheticDomain", "collate_fn", "eval_transforms",
     "generate_sample", "get_id2label", "id2label", "ID2LABEL_FILE", "is_builtin", "label_lut", "load_custom",

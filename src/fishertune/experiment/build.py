@@ -98,7 +98,8 @@ def _custom(source: str, split: str, config_name, image_column: str, label_colum
 
 
 def build_base_model(args: ExperimentArguments, id2label: dict[int, str], seed: Optional[int] = None):
-    """The plain segmenter (backbone + head). `seed` makes random initialisation (head, built-in backbones) repeatable."""
+    """The plain segmenter (backbone + head). `seed` makes random initialisation (head, built-in backbones)
+    repeatable."""
     if seed is not None:
         torch.manual_seed(seed)
     kwargs = {"taps": tuple(args.taps)} if args.taps else {}

@@ -181,7 +181,8 @@ def card_context(
     if base_model_id is None and is_adapter and repo_id:  # the adapter's base goes to its own repo with the push
         base_model_id = base_repo_id(repo_id)
     return {
-        "title": exp.card_title or f"{criterion} on {exp.backbone} ({exp.head}), {exp.dataset} -> {', '.join(exp.targets)}",
+        "title": exp.card_title
+        or f"{criterion} on {exp.backbone} ({exp.head}), {exp.dataset} -> {', '.join(exp.targets)}",
         "version": __version__,
         "base_model": exp.backbone,
         "base_model_id": base_model_id,

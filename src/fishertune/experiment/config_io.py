@@ -26,7 +26,8 @@ def find_config(name_or_path: Optional[str], configs_dir: Optional[str] = None) 
             return candidate
     raise FileNotFoundError(
         f"Config '{name_or_path}' is neither a file nor a name in {configs_dir}; "
-        f"available: {sorted(f[:-5] for f in os.listdir(configs_dir)) if configs_dir and os.path.isdir(configs_dir) else []}"
+        "available: "
+        f"{sorted(f[:-5] for f in os.listdir(configs_dir)) if configs_dir and os.path.isdir(configs_dir) else []}"
     )
 
 

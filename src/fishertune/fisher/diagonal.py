@@ -53,7 +53,8 @@ def linear_owners(model: nn.Module, weights: Mapping[str, nn.Parameter]) -> dict
 def per_sample_grad_squares(
     x: torch.Tensor, g: torch.Tensor, batch_size: int, scale: float = 1.0, dtype: torch.dtype = torch.float64
 ) -> torch.Tensor:
-    """``sum_i (g_i^T x_i / scale)^2`` [out, in] in ``dtype`` (fp64 by default), for layer inputs ``x`` [..., in] and output grads ``g`` [..., out].
+    """``sum_i (g_i^T x_i / scale)^2`` [out, in] in ``dtype`` (fp64 by default), for layer inputs ``x`` [..., in]
+    and output grads ``g`` [..., out].
 
     The leading dimension may be a multiple of the batch (SAM's windows are batch-major), so rows
     are regrouped per sample. Products and squares are fp32 under any autocast dtype: bf16/fp16

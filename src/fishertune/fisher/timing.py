@@ -1,4 +1,5 @@
-"""`EstimationTiming`: where phase 2's time goes (batch arrivals, the passes, the scoring), filled in by the estimator."""
+"""`EstimationTiming`: where phase 2's time goes (batch arrivals, the passes, the scoring), filled in by the
+estimator."""
 
 from __future__ import annotations
 

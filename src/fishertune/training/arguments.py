@@ -240,7 +240,8 @@ class FisherTuneTrainingArguments(ConfigArguments, TrainingArguments):
                 )
         if not str(getattr(self.optim, "value", self.optim)).startswith("adamw_torch"):
             raise ValueError(
-                f"FisherTuneTrainer builds its own AdamW (Rein's param groups, sparse-aware decay); got optim={self.optim!r}. "
+                "FisherTuneTrainer builds its own AdamW (Rein's param groups, sparse-aware decay); "
+                f"got optim={self.optim!r}. "
                 "Use optim='adamw_torch'."
             )
         super().__post_init__()

@@ -5,7 +5,8 @@ Saving (`FisherTuneTrainer._save_checkpoint` calls `save_staged`). transformers'
 `_get_output_dir` names the staging folder while it runs), the FisherTune state and
 scores are added (`write_state(folder)`), and the folder is renamed to
 `checkpoint-<step>` (`fishertune.atomic.staged_dir`). Only then are older checkpoints rotated (`save_total_limit`),
-and `HubPushCallback.on_save` pushes the checkpoint (`hub_strategy`): a crash or an error at any point leaves the earlier checkpoints as they
+and `HubPushCallback.on_save` pushes the checkpoint (`hub_strategy`): a crash or an error at any point leaves the
+earlier checkpoints as they
 were and, at worst, a temporary folder that the next `train()` removes. `best_model_checkpoint` always names the
 final folder, in the trainer's state and in the `trainer_state.json` saved with the checkpoint.
 

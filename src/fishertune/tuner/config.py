@@ -200,7 +200,8 @@ class FisherTuneConfig(PeftConfig):
             )
         if self.layers_pattern is not None and self.layers_to_transform is None:
             raise ValueError(
-                f"layers_pattern={self.layers_pattern!r} needs layers_to_transform (the block indices to tune, e.g. [0])."
+                f"layers_pattern={self.layers_pattern!r} needs layers_to_transform "
+                "(the block indices to tune, e.g. [0])."
             )
         if self.allocation is not None:
             bad = [k for k, v in self.allocation.items() if len(v) != 2 or not 0 <= int(v[1]) <= int(v[0])]

@@ -75,7 +75,8 @@ class FisherTuneLayer(BaseTunerLayer):
         expected = tuple(weight.shape)
         if shape is not None and tuple(int(s) for s in shape) != expected:
             raise ValueError(
-                f"The FisherTune adapter '{adapter_name}' was made for a weight of shape {tuple(int(s) for s in shape)} "
+                f"The FisherTune adapter '{adapter_name}' was made for a weight of shape "
+                f"{tuple(int(s) for s in shape)} "
                 f"but this layer's weight has shape {expected}: the adapter belongs to another model."
             )
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= weight.numel()):

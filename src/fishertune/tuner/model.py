@@ -152,8 +152,10 @@ class FisherTuneModel(BaseTuner):
         extra = [n for n in scores if n not in layers]
         if missing or extra:
             raise KeyError(
-                f"Scores must cover exactly the targeted layers. Missing: {missing[:5]}{'...' if len(missing) > 5 else ''}; "
-                f"not targeted: {extra[:5]}{'...' if len(extra) > 5 else ''}. Use model.fishertune_target_weights() keys."
+                "Scores must cover exactly the targeted layers. "
+                f"Missing: {missing[:5]}{'...' if len(missing) > 5 else ''}; "
+                f"not targeted: {extra[:5]}{'...' if len(extra) > 5 else ''}. "
+                "Use model.fishertune_target_weights() keys."
             )
         shapes = {n: m.get_base_layer().weight.shape for n, m in layers.items()}
         k = self._budget(adapter_name, config.delta_max)
