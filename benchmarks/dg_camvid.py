@@ -65,13 +65,18 @@ from dg_camvid_recipe import (  # noqa: E402,F401
     experiment_args,
     recipe_from_args,
 )
-from dg_camvid_report import (  # noqa: E402
+from dg_camvid_report import (  # noqa: E402, F401  (re-exported: the tests and scripts read them from dg_camvid)
+    CLEAN_TARGETS,
+    DISPLAY_ORDER,
+    LABELS,
     SHORT,
     aggregate,
     markdown,
+    recipe_tag,
+    row_label,
     runs_dir,
     write_json,
-)  # noqa: E402,F401
+)
 
 RESULTS = HERE / "results"
 
