@@ -159,7 +159,8 @@ def run_experiment(exp: ExperimentArguments, targs: FisherTuneTrainingArguments,
         )
         if replace_earlier:
             plan.delete_earlier()
-        atomic.remove_stale_temporaries(out)  # a killed run's unfinished outputs
+        # A killed run's unfinished outputs; its checkpoint staging folders are the trainer's to remove (and report).
+        atomic.remove_stale_temporaries(out, of="outputs")
         # The outputs are written here and moved into `out` once complete (`manifest.publish`).
         stage = tempfile.mkdtemp(prefix=atomic.TMP_PREFIX, suffix="-outputs", dir=out)
     if not exp.merge and not plain_model and stage is not None:  # an adapter: base_model/ is its base
