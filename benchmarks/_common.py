@@ -69,3 +69,34 @@ def write_report(out, header: str, text: str, raw: dict) -> Path:
     out.write_text(header + text)
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
     return out
+
+
+def dinov2_problem(hidden: int, layers: int, image: int, batch: int, num_batches: int, seed: int = 0):
+    """A random-init DINOv2 classifier (heads of 64, FFN 4x, 16 px patches, 19 classes) in eval mode, its Eq. 3
+    weights (q, k, v, fc1, fc2) by name, and `num_batches` random batches of `batch` images with labels:
+    `(model, weights, batches)`, the same for the same arguments."""
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    cfg = T.Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        intermediate_size=4 * hidden,
+        image_size=image,
+        patch_size=16,
+        num_labels=19,
+    )
+    model = T.Dinov2ForImageClassification(cfg).eval()
+    targets = ("q_proj", "k_proj", "v_proj", "fc1", "fc2")
+    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(targets)}
+    g = torch.Generator().manual_seed(seed + 1)
+    batches = [
+        {
+            "pixel_values": torch.randn(batch, 3, image, image, generator=g),
+            "labels": torch.randint(0, 19, (batch,), generator=g),
+        }
+        for _ in range(num_batches)
+    ]
+    return model, weights, batches

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-import transformers as T
 
 from fishertune.fisher import EstimationConfig, estimate_statistics, scores_from_stats
+
+from _common import dinov2_problem
 
 
 def _flat(d: dict) -> torch.Tensor:
@@ -41,27 +42,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    cfg = T.Dinov2Config(
-        hidden_size=192,
-        num_hidden_layers=6,
-        num_attention_heads=3,
-        intermediate_size=768,
-        image_size=112,
-        patch_size=16,
-        num_labels=19,
-    )
-    model = T.Dinov2ForImageClassification(cfg).eval()
-    targets = ("q_proj", "k_proj", "v_proj", "fc1", "fc2")
-    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(targets)}
-    g = torch.Generator().manual_seed(1)
-    batches = [
-        {
-            "pixel_values": torch.randn(args.batch, 3, 112, 112, generator=g),
-            "labels": torch.randint(0, 19, (args.batch,), generator=g),
-        }
-        for _ in range(args.batches)
-    ]
+    model, weights, batches = dinov2_problem(192, 6, 112, args.batch, args.batches)
     print(f"{sum(w.numel() for w in weights.values()):,} targeted entries, T2 = {args.batches} batches of {args.batch}")
     print("| estimator | max rel. err. F | F' | DR-FIM score | Jaccard top 5% (DR-FIM) | Jaccard top 5% (F) |")
     print("|---|---|---|---|---|---|")

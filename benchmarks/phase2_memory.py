@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 
-from _common import HERE, reset_hwm, status_kib
+from _common import HERE, dinov2_problem, reset_hwm, status_kib
 
 #: name -> (hidden, layers, image px, batch, micro_batch_size)
 SIZES = {
@@ -28,33 +28,12 @@ _MIB = 2.0**20
 
 def worker(hidden: int, layers: int, image: int, batch: int, micro) -> dict:
     import torch
-    import transformers as T
 
     from fishertune.fisher import EstimationConfig, estimate_scores, memory
     from fishertune.fisher.likelihood import default_log_prob_fn
 
-    torch.manual_seed(0)
     torch.set_num_threads(2)
-    cfg = T.Dinov2Config(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        intermediate_size=4 * hidden,
-        image_size=image,
-        patch_size=16,
-        num_labels=19,
-    )
-    model = T.Dinov2ForImageClassification(cfg).eval()
-    targets = ("q_proj", "k_proj", "v_proj", "fc1", "fc2")
-    weights = {n: m.weight for n, m in model.named_modules() if n.endswith(targets)}
-    g = torch.Generator().manual_seed(1)
-    batches = [
-        {
-            "pixel_values": torch.randn(batch, 3, image, image, generator=g),
-            "labels": torch.randint(0, 19, (batch,), generator=g),
-        }
-        for _ in range(2)
-    ]
+    model, weights, batches = dinov2_problem(hidden, layers, image, batch, num_batches=2)
     config = EstimationConfig(num_batches=2, micro_batch_size=micro, dsu_p=1.0)
     for p in model.parameters():  # the estimation's flags, so that the estimate saves what the passes save
         p.requires_grad_(False)
